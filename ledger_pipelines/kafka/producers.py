@@ -1,0 +1,130 @@
+"""Idempotent producers. A publisher may advance its cursor only after :meth:`EntryProducer.publish`
+returned: that call returns once the broker acknowledged (acks=all) every message, and raises
+:class:`PublishError` naming the failed records otherwise."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from confluent_kafka import KafkaError, Producer
+
+from ..model import SCHEMA_VERSION, CanonicalEntry, encode_entry
+from ..settings import KafkaSettings
+from .topics import dlq_topic, entries_topic
+
+# A DLQ record keeps at most this much of the offending payload (and says how large it was).
+DLQ_PAYLOAD_LIMIT = 64 * 1024
+
+
+class PublishError(RuntimeError):
+    def __init__(self, failures: list[tuple[str, str]]):
+        self.failures = failures
+        sample = "; ".join(f"{k}: {e}" for k, e in failures[:5])
+        super().__init__(f"{len(failures)} message(s) not acknowledged by Kafka: {sample}")
+
+
+class _AckingProducer:
+    def __init__(self, settings: KafkaSettings, client_id: str, **overrides: Any):
+        conf = {
+            **settings.client_config(),
+            "client.id": client_id,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "compression.type": "lz4",
+            "message.max.bytes": 16 * 1024 * 1024 + 4096,
+            "queue.buffering.max.messages": 500_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
+        conf.update(overrides)
+        self.settings = settings
+        self.client_id = client_id
+        self._producer = Producer(conf)
+        self._failures: list[tuple[str, str]] = []
+        self._acked = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg) -> None:
+        if err is not None:
+            key = msg.key().decode("utf-8", "replace") if msg.key() else "?"
+            self._failures.append((key, err.str()))
+        else:
+            self._acked += 1
+
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: list) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+
+    def confirm(self, timeout: float = 120.0) -> int:
+        """Wait for every outstanding acknowledgement; raise if any message failed."""
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            self._failures.append(("(pending)", f"{remaining} message(s) still unacknowledged after {timeout}s"))
+        failures, self._failures = self._failures, []
+        acked, self._acked = self._acked, 0
+        if failures:
+            raise PublishError(failures)
+        return acked
+
+
+class EntryProducer(_AckingProducer):
+    """Publishes canonical entries to ``ledger.<ledger>.entries``, key = ``entry_id``."""
+
+    def __init__(self, settings: KafkaSettings, connector: str, **overrides: Any):
+        super().__init__(settings, client_id=f"ledger-pipelines.{connector}", **overrides)
+        self._headers = [("schema_version", str(SCHEMA_VERSION).encode()), ("connector", connector.encode())]
+        self._topics: dict[str, str] = {}
+
+    def send(self, entry: CanonicalEntry) -> None:
+        topic = self._topics.get(entry.ledger)
+        if topic is None:
+            topic = self._topics[entry.ledger] = entries_topic(self.settings, entry.ledger)
+        self._produce(topic, entry.entry_id.encode(), encode_entry(entry), self._headers)
+
+    def send_raw(self, ledger: str, key: bytes, value: bytes) -> None:
+        """Produce bytes as they are (tests and replays of foreign producers)."""
+        self._produce(entries_topic(self.settings, ledger), key, value, self._headers)
+
+    def publish(self, entries: Iterable[CanonicalEntry], timeout: float = 120.0) -> int:
+        for entry in entries:
+            self.send(entry)
+            self._producer.poll(0)
+        return self.confirm(timeout)
+
+
+def dlq_record(ledger: str | None, source: str, error: str, payload: bytes | str | None) -> dict:
+    """The DLQ value of ARCHITECTURE section 3, with the payload kept as text when it is UTF-8."""
+    record: dict[str, Any] = {"ledger": ledger, "source": source, "error": error, "payload": None}
+    if payload is None:
+        return record
+    raw = payload.encode() if isinstance(payload, str) else payload
+    record["payload_size"] = len(raw)
+    clipped = raw[:DLQ_PAYLOAD_LIMIT]
+    record["payload_truncated"] = len(raw) > DLQ_PAYLOAD_LIMIT
+    try:
+        record["payload"] = clipped.decode("utf-8")
+    except UnicodeDecodeError:
+        import base64
+
+        record["payload"] = base64.b64encode(clipped).decode()
+        record["payload_encoding"] = "base64"
+    return record
+
+
+class DeadLetterProducer(_AckingProducer):
+    """Sets aside what could not be decoded or validated, with the reason, on ``ledger.dlq``."""
+
+    def __init__(self, settings: KafkaSettings, source: str, **overrides: Any):
+        super().__init__(settings, client_id=f"ledger-pipelines.dlq.{source}", **overrides)
+        self._topic = dlq_topic(settings)
+        self._headers = [("schema_version", str(SCHEMA_VERSION).encode()), ("connector", source.encode())]
+
+    def send(self, ledger: str | None, source: str, error: str, payload: bytes | str | None) -> None:
+        value = msgspec.json.encode(dlq_record(ledger, source, error, payload))
+        self._produce(self._topic, source.encode(), value, self._headers)

@@ -1,0 +1,92 @@
+"""Topic naming (ARCHITECTURE section 3), creation and end offsets."""
+
+from __future__ import annotations
+
+import re
+
+from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
+
+from ..model import NAME_PATTERN
+from ..settings import KafkaSettings
+
+# Entry topics accept values up to 16 MiB so an oversized record reaches the event log's size
+# check and the dead-letter queue rather than failing silently at the producer.
+ENTRY_TOPIC_MAX_BYTES = 16 * 1024 * 1024
+_LEDGER_NAME = re.compile(NAME_PATTERN)
+
+
+def entries_topic(settings: KafkaSettings, ledger: str) -> str:
+    if not _LEDGER_NAME.match(ledger):
+        raise ValueError(f"ledger name {ledger!r} must match {NAME_PATTERN}")
+    return f"{settings.topic_prefix}{ledger}.entries"
+
+
+def dlq_topic(settings: KafkaSettings) -> str:
+    return f"{settings.topic_prefix}dlq"
+
+
+def actions_topic(settings: KafkaSettings) -> str:
+    return f"{settings.topic_prefix}bridge.actions"
+
+
+def _entries_regex(settings: KafkaSettings) -> re.Pattern:
+    return re.compile(rf"^{re.escape(settings.topic_prefix)}([a-z][a-z0-9_]{{0,62}})\.entries$")
+
+
+def ledger_of_topic(settings: KafkaSettings, topic: str) -> str | None:
+    m = _entries_regex(settings).match(topic)
+    return m.group(1) if m else None
+
+
+def admin(settings: KafkaSettings) -> AdminClient:
+    return AdminClient(settings.client_config())
+
+
+def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 30.0) -> list[str]:
+    """Create the entry topics of ``ledgers`` plus the DLQ and actions topics; returns those created."""
+    client = admin(settings)
+    existing = set(client.list_topics(timeout=timeout).topics)
+    wanted = {
+        entries_topic(settings, name): {"max.message.bytes": str(ENTRY_TOPIC_MAX_BYTES)} for name in ledgers
+    }
+    wanted[dlq_topic(settings)] = {"max.message.bytes": str(2 * 1024 * 1024)}
+    wanted[actions_topic(settings)] = {}
+    new = [
+        NewTopic(t, num_partitions=settings.partitions, replication_factor=settings.replication_factor, config=cfg)
+        for t, cfg in wanted.items()
+        if t not in existing
+    ]
+    created = []
+    if new:
+        for topic, fut in client.create_topics(new, request_timeout=timeout).items():
+            try:
+                fut.result()
+                created.append(topic)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+    return created
+
+
+def entry_topics(settings: KafkaSettings, client: AdminClient | None = None, timeout: float = 15.0) -> dict[str, int]:
+    """Entry topics that exist now, with their partition counts."""
+    client = client or admin(settings)
+    md = client.list_topics(timeout=timeout)
+    pattern = _entries_regex(settings)
+    return {name: len(t.partitions) for name, t in md.topics.items() if pattern.match(name) and not t.error}
+
+
+def end_offsets(
+    settings: KafkaSettings, topics: dict[str, int] | None = None, timeout: float = 15.0
+) -> dict[tuple[str, int], int]:
+    """Read-committed end offsets (last stable offsets) of every partition of the entry topics."""
+    client = admin(settings)
+    topics = entry_topics(settings, client, timeout) if topics is None else topics
+    request = {TopicPartition(t, p): OffsetSpec.latest() for t, n in topics.items() for p in range(n)}
+    if not request:
+        return {}
+    futures = client.list_offsets(
+        request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
+    )
+    return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}

@@ -1,0 +1,187 @@
+"""Canonical entry, schema version 1 (ARCHITECTURE section 2).
+
+Entries are immutable msgspec Structs. Amounts stay strings in canonical decimal form end to end
+(``"1234.50"``, ``"109000000000000000000"``) and become ``Decimal`` or scaled integers only where
+arithmetic happens; a float never touches them. Decoding validates in msgspec's C code (patterns,
+enums, required fields), then :func:`check_entry` applies the rules a pattern cannot express.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+LedgerKind = Literal["sql", "evm", "iso20022", "cdc"]
+Direction = Literal["debit", "credit"]
+Status = Literal["pending", "booked", "final", "reversed", "orphaned"]
+STATUSES: tuple[str, ...] = ("pending", "booked", "final", "reversed", "orphaned")
+
+# uint256 has 78 digits; leave headroom for a fractional part but refuse absurd lengths.
+MAX_AMOUNT_DIGITS = 96
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z$"
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+
+Amount = Annotated[str, msgspec.Meta(pattern=AMOUNT_PATTERN, max_length=MAX_AMOUNT_DIGITS + 1)]
+Timestamp = Annotated[str, msgspec.Meta(pattern=TIMESTAMP_PATTERN)]
+IsoDate = Annotated[str, msgspec.Meta(pattern=DATE_PATTERN)]
+LedgerName = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class EntryError(ValueError):
+    """A record that is not a valid canonical entry; the message names the field and the reason."""
+
+
+class CanonicalEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=False, kw_only=True):
+    schema_version: Literal[1]
+    entry_id: NonEmpty
+    ledger: LedgerName
+    ledger_kind: LedgerKind
+    source_ref: NonEmpty
+    correlation_id: str | None
+    account: NonEmpty
+    counterparty: str | None
+    asset: NonEmpty
+    amount: Amount
+    direction: Direction
+    booked_at: Timestamp
+    value_date: IsoDate | None
+    status: Status
+    position: dict[str, Any] = msgspec.field(default_factory=dict)
+    attributes: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    @property
+    def amount_decimal(self) -> Decimal:
+        return Decimal(self.amount)
+
+    @property
+    def booked_date(self) -> str:
+        return self.booked_at[:10]
+
+
+_decoder = msgspec.json.Decoder(CanonicalEntry)
+_encoder = msgspec.json.Encoder(order="sorted")
+_ID_SEP = ":"
+
+
+def check_entry(e: CanonicalEntry) -> CanonicalEntry:
+    """Rules beyond the field patterns: id derivation, real calendar timestamps."""
+    if e.entry_id != f"{e.ledger}{_ID_SEP}{e.source_ref}":
+        raise EntryError(f"entry_id: {e.entry_id!r} is not '<ledger>:<source_ref>' ({e.ledger}:{e.source_ref})")
+    try:
+        datetime.fromisoformat(e.booked_at)
+    except ValueError as exc:
+        raise EntryError(f"booked_at: {e.booked_at!r} is not a valid UTC timestamp ({exc})") from None
+    if e.value_date is not None:
+        try:
+            date.fromisoformat(e.value_date)
+        except ValueError as exc:
+            raise EntryError(f"value_date: {e.value_date!r} is not a valid date ({exc})") from None
+    return e
+
+
+def decode_entry(data: bytes | str) -> CanonicalEntry:
+    """Decode and validate one canonical entry (JSON); raises :class:`EntryError` with the reason."""
+    try:
+        entry = _decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise EntryError(_explain(str(exc), data)) from None
+    except msgspec.DecodeError as exc:
+        raise EntryError(f"not valid JSON: {exc}") from None
+    return check_entry(entry)
+
+
+def _explain(msg: str, data: bytes | str) -> str:
+    """msgspec says 'Expected `str` matching regex ... - at `$.amount`'; make it a user's sentence."""
+    m = re.search(r"at `\$\.(\w+)`", msg)
+    field = m.group(1) if m else None
+    if field == "amount":
+        try:
+            raw = msgspec.json.decode(data).get("amount")
+        except Exception:
+            raw = None
+        return f"amount: {raw!r} is not an exact non-negative decimal string without exponent ({msg})"
+    if field == "schema_version":
+        return f"schema_version: only version {SCHEMA_VERSION} is understood ({msg})"
+    if "missing required field" in msg:
+        return msg.replace("Object missing required field", "missing required field")
+    return f"{field}: {msg}" if field else msg
+
+
+def encode_entry(e: CanonicalEntry) -> bytes:
+    """Canonical JSON: field and attribute keys sorted, so equal entries encode to equal bytes."""
+    return _encoder.encode(e)
+
+
+def to_dict(e: CanonicalEntry) -> dict[str, Any]:
+    return msgspec.to_builtins(e)
+
+
+def make_entry(**fields: Any) -> CanonicalEntry:
+    """Build an entry from Python values, normalising the amount and timestamps; validates."""
+    fields.setdefault("schema_version", SCHEMA_VERSION)
+    if "entry_id" not in fields:
+        fields["entry_id"] = f"{fields['ledger']}{_ID_SEP}{fields['source_ref']}"
+    fields["amount"] = format_amount(fields["amount"])
+    if isinstance(fields.get("booked_at"), datetime):
+        fields["booked_at"] = format_timestamp(fields["booked_at"])
+    if isinstance(fields.get("value_date"), date):
+        fields["value_date"] = fields["value_date"].isoformat()
+    fields.setdefault("correlation_id", None)
+    fields.setdefault("counterparty", None)
+    fields.setdefault("value_date", None)
+    try:
+        return decode_entry(msgspec.json.encode(fields))
+    except EntryError as exc:
+        raise EntryError(f"{fields.get('entry_id')}: {exc}") from None
+
+
+def format_amount(value: Any) -> str:
+    """Exact decimal string of an int, Decimal or decimal string; floats are refused."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise EntryError(f"amount: {value!r} is a {type(value).__name__}; amounts must be exact (int, Decimal or str)")
+    if isinstance(value, int):
+        if value < 0:
+            raise EntryError(f"amount: {value} is negative; direction carries the sign")
+        return str(value)
+    if isinstance(value, str):
+        if re.fullmatch(AMOUNT_PATTERN, value):
+            return value
+        try:
+            value = Decimal(value)
+        except InvalidOperation:
+            raise EntryError(f"amount: {value!r} is not a decimal number") from None
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise EntryError(f"amount: {value} is not finite")
+        if value < 0:
+            raise EntryError(f"amount: {value} is negative; direction carries the sign")
+        text = f"{value:f}"
+        if not re.fullmatch(AMOUNT_PATTERN, text) or len(text) > MAX_AMOUNT_DIGITS + 1:
+            raise EntryError(f"amount: {value} cannot be represented exactly as a canonical decimal")
+        return text
+    raise EntryError(f"amount: unsupported type {type(value).__name__}")
+
+
+def format_timestamp(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        raise EntryError(f"booked_at: {ts} has no time zone; canonical timestamps are UTC")
+    ts = ts.astimezone(timezone.utc)
+    text = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    if ts.microsecond:
+        text += f".{ts.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+# The fields that say what moved. A later version of an entry (same entry_id) may change its
+# lifecycle (status, position, booked_at after a reorg, value_date, attributes) but not these.
+ECONOMIC_FIELDS = ("ledger", "ledger_kind", "source_ref", "account", "counterparty", "asset",
+                   "amount", "direction", "correlation_id")

@@ -1,0 +1,77 @@
+"""Settings from the environment, read when asked for (never at import time).
+
+Secrets (database URLs with passwords, SASL passwords) come only from the environment and are
+rendered with :func:`redact_url` wherever they could reach a log or Dagster metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from .stack import StackConfig
+
+TOPIC_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.$")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str
+    topic_prefix: str = "ledger."
+    partitions: int = 4
+    replication_factor: int = 1
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if not TOPIC_PREFIX_PATTERN.match(self.topic_prefix):
+            raise SettingsError(
+                f"topic prefix {self.topic_prefix!r} must be dot-separated [A-Za-z0-9_-] words ending in '.'"
+            )
+
+    @classmethod
+    def from_env(cls) -> "KafkaSettings":
+        env = os.environ
+        return cls(
+            bootstrap_servers=env.get("LEDGER_KAFKA_BOOTSTRAP") or StackConfig.from_env().kafka_bootstrap,
+            topic_prefix=env.get("LEDGER_TOPIC_PREFIX", "ledger."),
+            partitions=int(env.get("LEDGER_KAFKA_PARTITIONS", 4)),
+            replication_factor=int(env.get("LEDGER_KAFKA_REPLICATION", 1)),
+            security_protocol=env.get("LEDGER_KAFKA_SECURITY_PROTOCOL"),
+            sasl_mechanism=env.get("LEDGER_KAFKA_SASL_MECHANISM"),
+            sasl_username=env.get("LEDGER_KAFKA_SASL_USERNAME"),
+            sasl_password=env.get("LEDGER_KAFKA_SASL_PASSWORD"),
+        )
+
+    def client_config(self) -> dict:
+        conf = {"bootstrap.servers": self.bootstrap_servers}
+        if self.security_protocol:
+            conf["security.protocol"] = self.security_protocol
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            conf["sasl.password"] = self.sasl_password
+        return conf
+
+
+def default_warehouse_url() -> str:
+    return os.environ.get("LEDGER_WAREHOUSE_URL") or f"sqlite:///{StackConfig.from_env().root / 'warehouse.db'}"
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced, for logs and metadata."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)

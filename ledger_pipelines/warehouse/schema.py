@@ -1,0 +1,112 @@
+"""Warehouse tables (SQLAlchemy Core), portable between SQLite and PostgreSQL.
+
+Amounts are TEXT on SQLite (its NUMERIC affinity would turn them into floats) and unbounded
+NUMERIC on PostgreSQL; both are exact. Timestamps are RFC 3339 text on SQLite and TIMESTAMPTZ on
+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import postgresql
+
+metadata = MetaData()
+
+ExactAmount = Text().with_variant(postgresql.NUMERIC(), "postgresql")
+UtcTimestamp = Text().with_variant(DateTime(timezone=True), "postgresql")
+IsoDate = Text().with_variant(Date(), "postgresql")
+JsonText = Text().with_variant(postgresql.JSONB(), "postgresql")
+
+# Column order here is the order the writer sends rows in.
+EVENT_COLUMNS = (
+    "topic", "kafka_partition", "kafka_offset", "entry_id", "ledger", "ledger_kind", "source_ref",
+    "correlation_id", "account", "counterparty", "asset", "amount", "direction", "booked_at",
+    "value_date", "status", "position", "attributes", "content_hash", "run_id",
+)
+
+event_log = Table(
+    "ledger_event_log",
+    metadata,
+    Column("topic", String(255), nullable=False),
+    Column("kafka_partition", Integer, nullable=False),
+    Column("kafka_offset", BigInteger, nullable=False),
+    Column("entry_id", String(600), nullable=False),
+    Column("ledger", String(64), nullable=False),
+    Column("ledger_kind", String(16), nullable=False),
+    Column("source_ref", String(512), nullable=False),
+    Column("correlation_id", Text),
+    Column("account", Text, nullable=False),
+    Column("counterparty", Text),
+    Column("asset", Text, nullable=False),
+    Column("amount", ExactAmount, nullable=False),
+    Column("direction", String(6), nullable=False),
+    Column("booked_at", UtcTimestamp, nullable=False),
+    Column("value_date", IsoDate),
+    Column("status", String(10), nullable=False),
+    Column("position", JsonText),
+    Column("attributes", JsonText),
+    Column("content_hash", String(32), nullable=False),
+    Column("run_id", String(64)),
+    PrimaryKeyConstraint("topic", "kafka_partition", "kafka_offset", name="pk_ledger_event_log"),
+    # an identical re-publication of an entry is stored once
+    UniqueConstraint("entry_id", "content_hash", name="uq_ledger_event_log_version"),
+    Index("ix_ledger_event_log_ledger_booked", "ledger", "booked_at"),
+    Index("ix_ledger_event_log_correlation", "correlation_id"),
+)
+
+offsets = Table(
+    "ledger_offsets",
+    metadata,
+    Column("consumer", String(128), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("kafka_partition", Integer, nullable=False),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
+    PrimaryKeyConstraint("consumer", "topic", "kafka_partition", name="pk_ledger_offsets"),
+)
+
+rejected_events = Table(
+    "ledger_rejected_events",
+    metadata,
+    Column("topic", String(255), nullable=False),
+    Column("kafka_partition", Integer, nullable=False),
+    Column("kafka_offset", BigInteger, nullable=False),
+    Column("message_key", Text),
+    Column("error", Text, nullable=False),
+    Column("payload", LargeBinary),
+    Column("payload_size", BigInteger, nullable=False),
+    Column("rejected_at", UtcTimestamp, nullable=False),
+    Column("run_id", String(64)),
+    PrimaryKeyConstraint("topic", "kafka_partition", "kafka_offset", name="pk_ledger_rejected_events"),
+)
+
+entry_conflicts = Table(
+    "ledger_entry_conflicts",
+    metadata,
+    Column("topic", String(255), nullable=False),
+    Column("kafka_partition", Integer, nullable=False),
+    Column("kafka_offset", BigInteger, nullable=False),
+    Column("entry_id", String(600), nullable=False),
+    Column("existing_content_hash", String(32), nullable=False),
+    Column("content_hash", String(32), nullable=False),
+    Column("differing_fields", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("detected_at", UtcTimestamp, nullable=False),
+    Column("run_id", String(64)),
+    PrimaryKeyConstraint("topic", "kafka_partition", "kafka_offset", name="pk_ledger_entry_conflicts"),
+    Index("ix_ledger_entry_conflicts_entry", "entry_id"),
+)
