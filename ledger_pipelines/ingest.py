@@ -1,29 +1,39 @@
 """Exactly-once ingestion of the entry topics into the warehouse's event log.
 
-The run reads every partition from the offset stored in the warehouse up to a target offset fixed
+A run reads every partition from the offset stored in the warehouse up to a target offset fixed
 before it started (by the sensor, or by reading the end offsets once). Each batch writes its rows
-and the partitions' next offsets in one database transaction; consumer-group offsets are never
-committed. A partition is done when the consumer's position reaches its target: transaction
-markers occupy offsets that are never delivered, so waiting to *see* offset target-1 could hang.
+and its partitions' next offsets in one database transaction, advancing the offsets by
+compare-and-set; consumer-group offsets are never committed. A partition is done when the
+consumer's *position* reaches its target: transaction markers occupy offsets that are never
+delivered, so waiting to see offset target-1 could hang.
+
+Partitions are split over worker processes (``workers``), each with its own consumer and database
+connection, the way consumer groups scale Kafka reads: an entry's key is its ``entry_id``, so all
+versions of an entry are in one partition and workers never race on the same entry.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
+import msgspec
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
 from .kafka.producers import DLQ_PAYLOAD_LIMIT, DeadLetterProducer
 from .kafka.topics import end_offsets, ledger_of_topic
-from .model import EntryError, decode_entry, encode_entry
+from .model import EntryError, decode_wire
 from .settings import KafkaSettings
 from .warehouse import BatchCounts, EventBatch, Warehouse
 
 log = logging.getLogger(__name__)
+_canonical = msgspec.json.Encoder(order="sorted")
 
 DEFAULT_CONSUMER = "ledger_event_log"
 MAX_ENTRY_BYTES = 1024 * 1024
@@ -35,12 +45,17 @@ class IngestStalled(RuntimeError):
     pass
 
 
+class IngestWorkerFailed(RuntimeError):
+    pass
+
+
 @dataclass
 class IngestResult:
     counts: BatchCounts = field(default_factory=BatchCounts)
     consumed: int = 0
     batches: int = 0
     elapsed: float = 0.0
+    workers: int = 1
     start: dict[TopicPartitionKey, int] = field(default_factory=dict)
     targets: dict[TopicPartitionKey, int] = field(default_factory=dict)
     final: dict[TopicPartitionKey, int] = field(default_factory=dict)
@@ -50,6 +65,11 @@ class IngestResult:
     def rate(self) -> float:
         return self.consumed / self.elapsed if self.elapsed else 0.0
 
+    def add_batch(self, counts: BatchCounts, consumed: int) -> None:
+        self.counts.add(counts)
+        self.consumed += consumed
+        self.batches += 1
+
 
 def _row_of(msg, run_id: str | None, ledger: str | None, max_bytes: int):
     """(row, econ) for a valid message; raises EntryError with the reason otherwise."""
@@ -58,28 +78,29 @@ def _row_of(msg, run_id: str | None, ledger: str | None, max_bytes: int):
         raise EntryError("null value (tombstone): entry topics carry entries, not deletions")
     if len(value) > max_bytes:
         raise EntryError(f"value of {len(value)} bytes exceeds the {max_bytes}-byte entry limit")
-    e = decode_entry(value)
+    e = decode_wire(value)
     if ledger is not None and e.ledger != ledger:
         raise EntryError(f"ledger: {e.ledger!r} does not belong on topic {msg.topic()!r}")
     key = msg.key()
     if key is not None and key != e.entry_id.encode():
         raise EntryError(f"message key {key[:200]!r} differs from entry_id {e.entry_id!r}")
-    canonical = encode_entry(e)
-    digest = hashlib.blake2b(canonical, digest_size=16).hexdigest()
-    pos = _json(e.position)
-    attrs = _json(e.attributes)
-    row = (msg.topic(), msg.partition(), msg.offset(), e.entry_id, e.ledger, e.ledger_kind, e.source_ref,
-           e.correlation_id, e.account, e.counterparty, e.asset, e.amount, e.direction, e.booked_at,
-           e.value_date, e.status, pos, attrs, digest, run_id)
+    # hash of the canonical encoding: field order and spacing of the producer do not matter
+    digest = blake2b(_canonical.encode(e), digest_size=16).hexdigest()
     econ = (e.ledger, e.ledger_kind, e.source_ref, e.account, e.counterparty, e.asset, e.amount, e.direction,
             e.correlation_id)
+    row = (msg.topic(), msg.partition(), msg.offset(), e.entry_id, e.ledger, e.ledger_kind, e.source_ref,
+           e.correlation_id, e.account, e.counterparty, e.asset, e.amount, e.direction, e.booked_at,
+           e.value_date, e.status, bytes(e.position).decode(), bytes(e.attributes).decode(), digest, run_id)
     return row, econ
 
 
-def _json(obj) -> str:
-    import msgspec
-
-    return msgspec.json.encode(obj, order="sorted").decode() if obj else "{}"
+@dataclass(frozen=True)
+class IngestOptions:
+    consumer: str = DEFAULT_CONSUMER
+    batch_size: int = 10_000
+    max_entry_bytes: int = MAX_ENTRY_BYTES
+    stall_timeout: float = 60.0
+    run_id: str | None = None
 
 
 class EventLogIngestor:
@@ -92,132 +113,214 @@ class EventLogIngestor:
         max_entry_bytes: int = MAX_ENTRY_BYTES,
         stall_timeout: float = 60.0,
         run_id: str | None = None,
+        workers: int = 1,
         progress: Callable[[IngestResult], None] | None = None,
     ):
         self.kafka = kafka
         self.warehouse = warehouse
-        self.consumer_name = consumer
-        self.batch_size = batch_size
-        self.max_entry_bytes = max_entry_bytes
-        self.stall_timeout = stall_timeout
-        self.run_id = run_id
+        self.options = IngestOptions(consumer, batch_size, max_entry_bytes, stall_timeout, run_id)
+        self.workers = max(1, workers)
         self.progress = progress
-
-    def _consumer(self) -> Consumer:
-        return Consumer(
-            {
-                **self.kafka.client_config(),
-                # librdkafka wants a group id even for assign(); offsets are never committed to it
-                "group.id": f"ledger-pipelines.{self.consumer_name}",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "error",
-                "enable.partition.eof": False,
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "max.partition.fetch.bytes": 17 * 1024 * 1024,
-                "queued.max.messages.kbytes": 262_144,
-                "fetch.wait.max.ms": 50,
-                "client.id": f"ledger-pipelines.{self.consumer_name}",
-            }
-        )
 
     def run(self, targets: dict[TopicPartitionKey, int] | None = None) -> IngestResult:
         t0 = time.monotonic()
+        consumer = self.options.consumer
         self.warehouse.create_schema()
         if targets is None:
             targets = end_offsets(self.kafka)
-        self.warehouse.init_offsets(self.consumer_name, targets)
-        stored = self.warehouse.stored_offsets(self.consumer_name)
+        self.warehouse.init_offsets(consumer, targets)
+        stored = self.warehouse.stored_offsets(consumer)
         result = IngestResult(targets=dict(targets))
         result.start = {tp: stored[tp] for tp in targets}
-        todo = {tp: off for tp, off in targets.items() if stored[tp] < off}
-        current = {tp: stored[tp] for tp in todo}
-        if todo:
-            self._consume(todo, current, result)
-        result.final = {tp: self.warehouse.stored_offsets(self.consumer_name)[tp] for tp in targets}
+        # a target at or below the stored offset means another run already took that range
+        todo = {tp: (stored[tp], off) for tp, off in targets.items() if stored[tp] < off}
+        groups = _split(todo, self.workers)
+        result.workers = max(1, len(groups))
+        if len(groups) == 1:
+            consume_partitions(self.kafka, self.warehouse, groups[0], self.options,
+                               lambda counts, n: self._on_batch(result, counts, n))
+        elif groups:
+            self._run_workers(groups, result)
+        final = self.warehouse.stored_offsets(consumer)
+        result.final = {tp: final[tp] for tp in targets}
         try:
-            now_end = end_offsets(self.kafka, {t: n for t, n in _partition_counts(targets).items()})
+            now_end = end_offsets(self.kafka, _partition_counts(targets))
             result.lag = {tp: max(0, now_end.get(tp, 0) - result.final[tp]) for tp in targets}
         except KafkaException as exc:
             log.warning("could not read end offsets for the lag: %s", exc)
         result.elapsed = time.monotonic() - t0
         return result
 
-    def _consume(self, todo: dict, current: dict, result: IngestResult) -> None:
-        consumer = self._consumer()
-        writer = self.warehouse.writer(self.consumer_name, self.run_id)
-        dlq = None
-        ledgers = {t: ledger_of_topic(self.kafka, t) for t, _ in todo}
+    def _on_batch(self, result: IngestResult, counts: BatchCounts, consumed: int) -> None:
+        result.add_batch(counts, consumed)
+        if self.progress:
+            self.progress(result)
+
+    def _run_workers(self, groups: list[dict], result: IngestResult) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        reports = ctx.Queue()
+        procs = [
+            ctx.Process(target=_worker_main, name=f"event-log-worker-{i}", daemon=True,
+                        args=(i, self.kafka, self.warehouse.url, group, self.options, reports))
+            for i, group in enumerate(groups)
+        ]
+        for p in procs:
+            p.start()
+        running = len(procs)
+        failure = None
         try:
-            consumer.assign([TopicPartition(t, p, current[(t, p)]) for t, p in todo])
-            open_parts = set(todo)
-            last_progress = time.monotonic()
-            while open_parts:
-                msgs = consumer.consume(self.batch_size, timeout=0.5)
-                batch = EventBatch()
-                advanced: dict[TopicPartitionKey, int] = {}
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._AUTO_OFFSET_RESET:
-                            raise KafkaException(err)
-                        if err.fatal() or not err.retriable():
-                            raise KafkaException(err)
-                        log.warning("transient consumer error: %s", err)
-                        continue
-                    tp = (msg.topic(), msg.partition())
-                    off = msg.offset()
-                    if tp not in open_parts or off >= todo[tp]:
-                        continue  # beyond this run's fixed target: the next run takes it
-                    advanced[tp] = off + 1
-                    try:
-                        row, econ = _row_of(msg, self.run_id, ledgers[tp[0]], self.max_entry_bytes)
-                    except EntryError as exc:
-                        value = msg.value() or b""
-                        key = msg.key().decode("utf-8", "replace") if msg.key() else None
-                        batch.rejects.append((tp[0], tp[1], off, key, str(exc), value[:DLQ_PAYLOAD_LIMIT], len(value)))
-                        continue
-                    batch.rows.append(row)
-                    batch.econ.append(econ)
-                    batch.raw.append(msg.value())
-                # position covers offsets that hold no message (transaction markers, compaction)
-                positions = consumer.position([TopicPartition(t, p) for t, p in open_parts])
-                for tpo in positions:
-                    tp = (tpo.topic, tpo.partition)
-                    if tpo.offset != OFFSET_INVALID and tpo.offset > advanced.get(tp, current[tp]):
-                        advanced[tp] = tpo.offset
-                for tp, nxt in advanced.items():
-                    nxt = min(nxt, todo[tp])
-                    if nxt > current[tp]:
-                        batch.offsets[tp] = (current[tp], nxt)
-                if batch.offsets:
-                    if batch.rejects:
-                        dlq = dlq or DeadLetterProducer(self.kafka, source=self.consumer_name)
-                        for topic, part, off, _key, error, payload, _size in batch.rejects:
-                            dlq.send(ledgers[topic], f"kafka:{topic}/{part}/{off}", error, payload)
-                        # the DLQ has them before the offsets move past them
-                        dlq.confirm()
-                    result.counts.add(writer.write(batch))
-                    result.batches += 1
-                    result.consumed += len(batch.rows) + len(batch.rejects)
-                    for tp, (_, nxt) in batch.offsets.items():
-                        current[tp] = nxt
-                    last_progress = time.monotonic()
-                    if self.progress:
-                        self.progress(result)
-                done = [tp for tp in open_parts if current[tp] >= todo[tp]]
-                if done:
-                    consumer.pause([TopicPartition(t, p) for t, p in done])
-                    open_parts.difference_update(done)
-                if open_parts and time.monotonic() - last_progress > self.stall_timeout:
-                    raise IngestStalled(
-                        "no progress for %.0fs; waiting for %s"
-                        % (self.stall_timeout, {f"{t}[{p}]": (current[(t, p)], todo[(t, p)]) for t, p in open_parts})
-                    )
+            while running:
+                try:
+                    kind, worker, payload = reports.get(timeout=1.0)
+                except Exception:  # queue.Empty: look for a worker that died without a word
+                    dead = [p for p in procs if p.exitcode not in (None, 0)]
+                    if dead and failure is None:
+                        failure = f"{dead[0].name} exited with code {dead[0].exitcode}"
+                    if failure and all(p.exitcode is not None for p in procs):
+                        break
+                    continue
+                if kind == "batch":
+                    self._on_batch(result, BatchCounts(**payload[0]), payload[1])
+                elif kind == "done":
+                    running -= 1
+                elif kind == "error":
+                    running -= 1
+                    failure = failure or f"worker {worker}: {payload}"
+                    for p in procs:  # stop the others; their committed batches stand
+                        if p.is_alive():
+                            p.terminate()
         finally:
-            writer.close()
-            consumer.close()
+            for p in procs:
+                p.join(timeout=30)
+                if p.is_alive():
+                    p.kill()
+        if failure:
+            raise IngestWorkerFailed(failure)
+
+
+def _split(todo: dict, workers: int) -> list[dict]:
+    parts = sorted(todo)
+    n = min(workers, len(parts))
+    return [{tp: todo[tp] for tp in parts[i::n]} for i in range(n)] if n else []
+
+
+def _worker_main(index, kafka, warehouse_url, group, options, reports) -> None:
+    # die with the parent: a killed ingest run must not leave writers behind
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    warehouse = Warehouse(warehouse_url)
+    try:
+        consume_partitions(
+            kafka, warehouse, group, options,
+            lambda counts, n: reports.put(("batch", index, (counts.__dict__, n))),
+        )
+        reports.put(("done", index, None))
+    except BaseException as exc:  # reported to the parent, which fails the run
+        reports.put(("error", index, f"{type(exc).__name__}: {exc}"))
+    finally:
+        warehouse.dispose()
+
+
+def _consumer(kafka: KafkaSettings, options: IngestOptions) -> Consumer:
+    return Consumer(
+        {
+            **kafka.client_config(),
+            # librdkafka wants a group id even for assign(); offsets are never committed to it
+            "group.id": f"ledger-pipelines.{options.consumer}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "error",
+            "enable.partition.eof": False,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 17 * 1024 * 1024,
+            "queued.max.messages.kbytes": 262_144,
+            "fetch.wait.max.ms": 50,
+            "client.id": f"ledger-pipelines.{options.consumer}.{os.getpid()}",
+        }
+    )
+
+
+def consume_partitions(
+    kafka: KafkaSettings,
+    warehouse: Warehouse,
+    todo: dict[TopicPartitionKey, tuple[int, int]],
+    options: IngestOptions,
+    on_batch: Callable[[BatchCounts, int], None],
+) -> None:
+    """Ingest each partition of ``todo`` from its stored offset up to its target (start, target)."""
+    current = {tp: start for tp, (start, _) in todo.items()}
+    target = {tp: tgt for tp, (_, tgt) in todo.items()}
+    ledgers = {t: ledger_of_topic(kafka, t) for t, _ in todo}
+    consumer = _consumer(kafka, options)
+    writer = warehouse.writer(options.consumer, options.run_id)
+    dlq = None
+    try:
+        consumer.assign([TopicPartition(t, p, current[(t, p)]) for t, p in todo])
+        open_parts = set(todo)
+        last_progress = time.monotonic()
+        while open_parts:
+            msgs = consumer.consume(options.batch_size, timeout=0.5)
+            batch = EventBatch()
+            advanced: dict[TopicPartitionKey, int] = {}
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    if err.fatal() or not err.retriable() or err.code() == KafkaError._AUTO_OFFSET_RESET:
+                        raise KafkaException(err)
+                    log.warning("transient consumer error: %s", err)
+                    continue
+                tp = (msg.topic(), msg.partition())
+                off = msg.offset()
+                if tp not in open_parts or off >= target[tp]:
+                    continue  # beyond this run's fixed target: the next run takes it
+                advanced[tp] = off + 1
+                try:
+                    row, econ = _row_of(msg, options.run_id, ledgers[tp[0]], options.max_entry_bytes)
+                except EntryError as exc:
+                    value = msg.value() or b""
+                    key = msg.key().decode("utf-8", "replace") if msg.key() else None
+                    batch.rejects.append((tp[0], tp[1], off, key, str(exc), value[:DLQ_PAYLOAD_LIMIT], len(value)))
+                    continue
+                batch.rows.append(row)
+                batch.econ.append(econ)
+                batch.raw.append(msg.value())
+            # the position also covers offsets that hold no message (transaction markers)
+            for tpo in consumer.position([TopicPartition(t, p) for t, p in open_parts]):
+                tp = (tpo.topic, tpo.partition)
+                if tpo.offset != OFFSET_INVALID and tpo.offset > advanced.get(tp, current[tp]):
+                    advanced[tp] = tpo.offset
+            for tp, nxt in advanced.items():
+                nxt = min(nxt, target[tp])
+                if nxt > current[tp]:
+                    batch.offsets[tp] = (current[tp], nxt)
+            if batch.offsets:
+                if batch.rejects:
+                    dlq = dlq or DeadLetterProducer(kafka, source=options.consumer)
+                    for topic, part, off, _key, error, payload, size in batch.rejects:
+                        dlq.send(ledgers[topic], f"kafka:{topic}/{part}/{off}", error, payload, size)
+                    dlq.confirm()  # the DLQ holds them before any offset moves past them
+                counts = writer.write(batch)
+                for tp, (_, nxt) in batch.offsets.items():
+                    current[tp] = nxt
+                last_progress = time.monotonic()
+                on_batch(counts, len(batch.rows) + len(batch.rejects))
+            done = [tp for tp in open_parts if current[tp] >= target[tp]]
+            if done:
+                consumer.pause([TopicPartition(t, p) for t, p in done])
+                open_parts.difference_update(done)
+            if open_parts and time.monotonic() - last_progress > options.stall_timeout:
+                raise IngestStalled(
+                    "no progress for %.0fs; waiting for %s"
+                    % (options.stall_timeout, {f"{t}[{p}]": (current[(t, p)], target[(t, p)]) for t, p in open_parts})
+                )
+    finally:
+        writer.close()
+        consumer.close()
 
 
 def _partition_counts(targets) -> dict[str, int]:

@@ -98,15 +98,18 @@ class EntryProducer(_AckingProducer):
         return self.confirm(timeout)
 
 
-def dlq_record(ledger: str | None, source: str, error: str, payload: bytes | str | None) -> dict:
+def dlq_record(
+    ledger: str | None, source: str, error: str, payload: bytes | str | None, size: int | None = None
+) -> dict:
     """The DLQ value of ARCHITECTURE section 3, with the payload kept as text when it is UTF-8."""
     record: dict[str, Any] = {"ledger": ledger, "source": source, "error": error, "payload": None}
     if payload is None:
         return record
     raw = payload.encode() if isinstance(payload, str) else payload
-    record["payload_size"] = len(raw)
+    size = len(raw) if size is None else size  # the caller may hand over an already clipped payload
+    record["payload_size"] = size
     clipped = raw[:DLQ_PAYLOAD_LIMIT]
-    record["payload_truncated"] = len(raw) > DLQ_PAYLOAD_LIMIT
+    record["payload_truncated"] = size > len(clipped)
     try:
         record["payload"] = clipped.decode("utf-8")
     except UnicodeDecodeError:
@@ -125,6 +128,8 @@ class DeadLetterProducer(_AckingProducer):
         self._topic = dlq_topic(settings)
         self._headers = [("schema_version", str(SCHEMA_VERSION).encode()), ("connector", source.encode())]
 
-    def send(self, ledger: str | None, source: str, error: str, payload: bytes | str | None) -> None:
-        value = msgspec.json.encode(dlq_record(ledger, source, error, payload))
+    def send(
+        self, ledger: str | None, source: str, error: str, payload: bytes | str | None, size: int | None = None
+    ) -> None:
+        value = msgspec.json.encode(dlq_record(ledger, source, error, payload, size))
         self._produce(self._topic, source.encode(), value, self._headers)

@@ -66,7 +66,11 @@ class Warehouse:
         return redact_url(self.url)
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # concurrent first runs would race on CREATE TABLE; SQLite serialises on its own
+                conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
+            metadata.create_all(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -123,5 +127,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    # random-keyed index inserts (entry ids) thrash the default 2 MB page cache
+    cur.execute("PRAGMA cache_size=-262144")
+    cur.execute("PRAGMA temp_store=MEMORY")
+    cur.execute("PRAGMA wal_autocheckpoint=16384")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()

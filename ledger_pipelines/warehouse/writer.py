@@ -16,7 +16,6 @@ ECON_COLUMNS = ("ledger", "ledger_kind", "source_ref", "account", "counterparty"
 _AMOUNT = ECON_COLUMNS.index("amount")
 _ENTRY_ID = EVENT_COLUMNS.index("entry_id")
 _HASH = EVENT_COLUMNS.index("content_hash")
-_LOOKUP_CHUNK = 5000
 
 
 class ConcurrentIngestError(RuntimeError):
@@ -92,10 +91,10 @@ class _Writer:
 
     # -- dialect hooks
     def _begin(self, cur) -> None: ...
-    def _lookup(self, cur, ids: list[str]) -> list[tuple]: ...
-    def _insert_events(self, cur, rows: list[tuple]) -> None: ...
+    def _stage(self, cur, rows: list[tuple]) -> None: ...
 
     def write(self, batch: EventBatch) -> BatchCounts:
+        """One transaction: move the offsets, stage the rows, keep new versions, record the rest."""
         from . import utc_now
 
         counts = BatchCounts(rejected=len(batch.rejects))
@@ -110,54 +109,94 @@ class _Writer:
                         f"stored offset of {topic}[{part}] is no longer {expected}: another ingest run "
                         f"advanced it; this batch was rolled back"
                     )
-            inserts, conflicts = self._dedupe(cur, batch, counts, now)
-            if inserts:
-                self._insert_events(cur, inserts)
+            staged, skipped, conflicts = self._classify(cur, batch, counts, now)
+            if staged:
+                cur.execute(self._publish if not skipped else self._publish_except(len(skipped)),
+                            [x for key in skipped for x in key])
+                counts.inserted = cur.rowcount
             if conflicts:
                 cur.executemany(self._insert_conflicts, conflicts)
             if batch.rejects:
                 cur.executemany(self._insert_rejects, [(*r, now, self.run_id) for r in batch.rejects])
+            cur.execute(self._clear)
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
             raise
         finally:
             cur.close()
-        counts.inserted = len(inserts)
         counts.conflicts = len(conflicts)
         return counts
 
-    def _dedupe(self, cur, batch: EventBatch, counts: BatchCounts, now: str):
-        ids = list({row[_ENTRY_ID] for row in batch.rows})
+    def _classify(self, cur, batch: EventBatch, counts: BatchCounts, now: str):
+        """Stage the batch's first version of each entry and compare it with the stored ones.
+
+        Returns (staged count, staged keys to leave out, conflict rows). Existing versions are found
+        by a join inside the database, so only entries that already exist cost a round trip.
+        """
         known: dict[str, tuple[set, tuple]] = {}
-        for start in range(0, len(ids), _LOOKUP_CHUNK):
-            for rec in self._lookup(cur, ids[start:start + _LOOKUP_CHUNK]):
-                entry = known.get(rec[0])
-                if entry is None:
-                    known[rec[0]] = ({rec[1]}, tuple(rec[2:]))
-                else:
-                    entry[0].add(rec[1])
-        inserts, conflicts = [], []
+        stage, stage_raw, later = [], [], []
         for row, econ, raw in zip(batch.rows, batch.econ, batch.raw):
-            eid, h = row[_ENTRY_ID], row[_HASH]
-            seen = known.get(eid)
-            if seen is None:
-                known[eid] = ({h}, econ)
-                inserts.append(row)
-            elif h in seen[0]:
-                counts.duplicates += 1
+            eid = row[_ENTRY_ID]
+            if eid in known:
+                later.append((row, econ, raw))  # a second version inside this batch: decide below
             else:
-                diff = _differing(seen[1], econ)
+                known[eid] = ({row[_HASH]}, econ)
+                stage.append(row)
+                stage_raw.append(raw)
+        if stage:
+            self._stage(cur, stage)
+        cur.execute(self._existing)
+        existing = cur.fetchall()
+        skipped: list[tuple] = []
+        conflicts = []
+        if existing:
+            stored: dict[str, tuple[set, tuple]] = {}
+            for rec in existing:
+                entry = stored.setdefault(rec[0], (set(), tuple(rec[2:])))
+                entry[0].add(rec[1])
+            staged_rows = {row[_ENTRY_ID]: (row, raw) for row, raw in zip(stage, stage_raw)}
+            for eid, (hashes, econ) in stored.items():
+                row, raw = staged_rows[eid]
+                mine = known[eid]
+                skipped.append((row[0], row[1], row[2]))
+                if row[_HASH] in hashes:
+                    counts.duplicates += 1
+                    known[eid] = (hashes, econ)
+                    continue
+                diff = _differing(econ, mine[1])
                 if diff:
-                    conflicts.append((row[0], row[1], row[2], eid, next(iter(seen[0])), h, ",".join(diff), raw,
-                                      now, self.run_id))
+                    conflicts.append((row[0], row[1], row[2], eid, next(iter(hashes)), row[_HASH], ",".join(diff),
+                                      raw, now, self.run_id))
+                    known[eid] = (hashes, econ)
                 else:
-                    seen[0].add(h)
-                    inserts.append(row)
-        return inserts, conflicts
+                    skipped.pop()  # a new version of a known entry: keep it
+                    known[eid] = (hashes | {row[_HASH]}, econ)
+        extra = []
+        for row, econ, raw in later:
+            hashes, first = known[row[_ENTRY_ID]]
+            if row[_HASH] in hashes:
+                counts.duplicates += 1
+                continue
+            diff = _differing(first, econ)
+            if diff:
+                conflicts.append((row[0], row[1], row[2], row[_ENTRY_ID], next(iter(hashes)), row[_HASH],
+                                  ",".join(diff), raw, now, self.run_id))
+            else:
+                hashes.add(row[_HASH])
+                extra.append(row)
+        if extra:
+            self._stage(cur, extra)
+        return len(stage) + len(extra), skipped, conflicts
+
+    def _publish_except(self, n: int) -> str:
+        p = self.placeholder
+        keys = ", ".join([f"({p}, {p}, {p})"] * n)
+        return f"{self._publish} WHERE (topic, kafka_partition, kafka_offset) NOT IN (VALUES {keys})"
 
 
-_LOOKUP_COLUMNS = "entry_id, content_hash, " + ", ".join(ECON_COLUMNS)
+_COLS = ", ".join(EVENT_COLUMNS)
+_ECON = ", ".join(f"e.{c}" for c in ECON_COLUMNS)
 
 
 class SqliteWriter(_Writer):
@@ -166,20 +205,19 @@ class SqliteWriter(_Writer):
     def __init__(self, warehouse, consumer, run_id):
         super().__init__(warehouse, consumer, run_id)
         self.conn.isolation_level = None  # explicit BEGIN IMMEDIATE below
-        self._insert = self._sql(
-            f"INSERT INTO ledger_event_log ({', '.join(EVENT_COLUMNS)}) VALUES ({{}})", len(EVENT_COLUMNS)
-        )
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS event_stage AS SELECT * FROM ledger_event_log WHERE 0")
+        self._stage_sql = f"INSERT INTO temp.event_stage ({_COLS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+        self._existing = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
+                          f"WHERE e.entry_id IN (SELECT entry_id FROM temp.event_stage)")
+        self._publish = f"INSERT INTO ledger_event_log ({_COLS}) SELECT {_COLS} FROM temp.event_stage"
+        self._clear = "DELETE FROM temp.event_stage"
 
     def _begin(self, cur) -> None:
         # take the write lock up front: no lock upgrade deadlock between concurrent writers
         cur.execute("BEGIN IMMEDIATE")
 
-    def _lookup(self, cur, ids):
-        marks = ",".join("?" * len(ids))
-        return cur.execute(f"SELECT {_LOOKUP_COLUMNS} FROM ledger_event_log WHERE entry_id IN ({marks})", ids).fetchall()
-
-    def _insert_events(self, cur, rows):
-        cur.executemany(self._insert, rows)
+    def _stage(self, cur, rows):
+        cur.executemany(self._stage_sql, rows)
 
 
 class PostgresWriter(_Writer):
@@ -187,13 +225,17 @@ class PostgresWriter(_Writer):
 
     def __init__(self, warehouse, consumer, run_id):
         super().__init__(warehouse, consumer, run_id)
-        self._copy = f"COPY ledger_event_log ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+        self.conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS event_stage (LIKE ledger_event_log) ON COMMIT DELETE ROWS"
+        )
+        self.conn.commit()
+        self._copy = f"COPY event_stage ({_COLS}) FROM STDIN"
+        self._existing = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
+                          f"WHERE e.entry_id IN (SELECT entry_id FROM event_stage)")
+        self._publish = f"INSERT INTO ledger_event_log ({_COLS}) SELECT {_COLS} FROM event_stage"
+        self._clear = "SELECT 1"  # ON COMMIT DELETE ROWS empties the stage
 
-    def _lookup(self, cur, ids):
-        cur.execute(f"SELECT {_LOOKUP_COLUMNS} FROM ledger_event_log WHERE entry_id = ANY(%s)", (ids,))
-        return cur.fetchall()
-
-    def _insert_events(self, cur, rows):
+    def _stage(self, cur, rows):
         with cur.copy(self._copy) as copy:
             for row in rows:
                 copy.write_row(row)

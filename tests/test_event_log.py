@@ -1,0 +1,257 @@
+"""The event log on the real broker, into SQLite and PostgreSQL: exactly once, through crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import msgspec
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from ledger_pipelines.generate import synthetic_entries
+from ledger_pipelines.ingest import DEFAULT_CONSUMER, EventLogIngestor
+from ledger_pipelines.kafka import EntryProducer, end_offsets, ensure_topics, entries_topic
+from ledger_pipelines.kafka.topics import dlq_topic
+from ledger_pipelines.model import encode_entry, make_entry, to_dict
+from ledger_pipelines.warehouse import ConcurrentIngestError, Warehouse
+
+pytestmark = pytest.mark.services
+LEDGER = "core_banking"
+
+
+def _publish(kafka, count, start=0):
+    ensure_topics(kafka, [LEDGER])
+    return EntryProducer(kafka, "test").publish(synthetic_entries(LEDGER, count, start=start))
+
+
+def _offsets_consistent(wh: Warehouse, kafka) -> None:
+    """Stored offsets equal the end offsets, and every offset below them is a row or a set-aside record."""
+    stored = wh.stored_offsets(DEFAULT_CONSUMER)
+    ends = end_offsets(kafka)
+    assert stored == ends
+    accounted = wh.scalar("SELECT count(*) FROM ledger_event_log") + wh.scalar(
+        "SELECT count(*) FROM ledger_rejected_events") + wh.scalar("SELECT count(*) FROM ledger_entry_conflicts")
+    assert accounted <= sum(ends.values())
+
+
+def test_n_entries_exactly_n_rows(kafka, warehouse):
+    n = 12_345
+    assert _publish(kafka, n) == n
+    ends = end_offsets(kafka)
+    assert len(ends) == 4 and all(v > 0 for v in ends.values()), ends
+    result = EventLogIngestor(kafka, warehouse, batch_size=1000, workers=2).run(ends)
+    assert result.counts.inserted == n and result.consumed == n
+    assert warehouse.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
+    assert sum(result.lag.values()) == 0
+    _offsets_consistent(warehouse, kafka)
+    # amounts come back exact, to the cent
+    expected = {e.entry_id: e.amount for e in synthetic_entries(LEDGER, n)}
+    stored = dict(warehouse.rows("SELECT entry_id, amount FROM ledger_event_log"))
+    assert {k: f"{v}" for k, v in stored.items()} == expected
+    # the same targets again: nothing to do, nothing changes
+    again = EventLogIngestor(kafka, warehouse).run(ends)
+    assert again.consumed == 0 and again.counts.inserted == 0
+    assert warehouse.event_counts()["events"] == n
+
+
+def test_republished_entries_count_once_and_conflicts_are_kept_apart(kafka, warehouse):
+    entries = list(synthetic_entries(LEDGER, 100))
+    ensure_topics(kafka, [LEDGER])
+    producer = EntryProducer(kafka, "test")
+    producer.publish(entries)
+    EventLogIngestor(kafka, warehouse, workers=1).run()
+    # identical re-publication (a publisher that crashed before saving its cursor)
+    producer.publish(entries[:40])
+    # a new version: same economics, new lifecycle status
+    d = to_dict(entries[50]) | {"status": "reversed"}
+    producer.publish([make_entry(**d)])
+    # a conflict: same id, different amount and account; also repeated inside one batch
+    bad = to_dict(entries[60]) | {"amount": "1.00", "account": "DE00000000000000000000"}
+    producer.publish([make_entry(**bad), make_entry(**bad)])
+    result = EventLogIngestor(kafka, warehouse, workers=1).run()
+    assert result.counts.duplicates == 40
+    assert result.counts.inserted == 1
+    assert result.counts.conflicts == 2
+    counts = warehouse.event_counts()
+    assert counts == {"events": 101, "distinct_entries": 100, "rejected": 0, "conflicts": 2}
+    fields = warehouse.rows("SELECT DISTINCT differing_fields FROM ledger_entry_conflicts")
+    assert fields == [("account,amount",)]
+    # the stored amount of the conflicting entry is the original one
+    amount = warehouse.scalar("SELECT amount FROM ledger_event_log WHERE entry_id = :e", e=entries[60].entry_id)
+    assert f"{amount}" == entries[60].amount
+    statuses = warehouse.rows(
+        "SELECT status FROM ledger_event_log WHERE entry_id = :e ORDER BY kafka_offset", e=entries[50].entry_id)
+    assert statuses == [("booked",), ("reversed",)]
+    _offsets_consistent(warehouse, kafka)
+
+
+def _dlq_records(kafka, expected: int, timeout: float = 30.0) -> list[dict]:
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "t", "enable.auto.commit": False})
+    parts = end_offsets(kafka, {dlq_topic(kafka): kafka.partitions})
+    c.assign([TopicPartition(t, p, 0) for t, p in parts])
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        for m in c.consume(100, timeout=0.5):
+            if not m.error():
+                out.append(msgspec.json.decode(m.value()) | {"_key": m.key().decode()})
+    c.close()
+    return out
+
+
+def test_malformed_messages_go_to_the_dlq_with_reasons(kafka, warehouse):
+    ensure_topics(kafka, [LEDGER])
+    good = list(synthetic_entries(LEDGER, 6))
+    template = to_dict(good[0])
+    bad_payloads = {
+        "not-json": b"{this is not json",
+        "schema": msgspec.json.encode(template | {"schema_version": 2, "entry_id": f"{LEDGER}:x1", "source_ref": "x1"}),
+        "float": msgspec.json.encode(template | {"amount": 12.5, "entry_id": f"{LEDGER}:x2", "source_ref": "x2"}),
+        "negative": msgspec.json.encode(template | {"amount": "-5.00", "entry_id": f"{LEDGER}:x3", "source_ref": "x3"}),
+        "missing": msgspec.json.encode({k: v for k, v in template.items() if k != "direction"}
+                                       | {"entry_id": f"{LEDGER}:x4", "source_ref": "x4"}),
+        "huge": b'{"pad":"' + b"x" * (10 * 1024 * 1024) + b'"}',
+        "wrong-ledger": msgspec.json.encode(template | {"ledger": "other", "entry_id": "other:" + template["source_ref"]}),
+    }
+    p = Producer({"bootstrap.servers": kafka.bootstrap_servers, "message.max.bytes": 16 * 1024 * 1024})
+    topic = entries_topic(kafka, LEDGER)
+    # interleave: good, bad, good, bad ... all to one partition so the order is known
+    for i, (name, payload) in enumerate(bad_payloads.items()):
+        if i < len(good):
+            p.produce(topic, encode_entry(good[i]), good[i].entry_id.encode(), partition=0)
+        p.produce(topic, payload, name.encode(), partition=0)
+    p.produce(topic, None, b"tombstone", partition=0)
+    assert p.flush(30) == 0
+    result = EventLogIngestor(kafka, warehouse, workers=1).run()
+    assert result.counts.inserted == len(good)
+    assert result.counts.rejected == len(bad_payloads) + 1
+    reasons = dict(warehouse.rows("SELECT message_key, error FROM ledger_rejected_events"))
+    assert "not valid JSON" in reasons["not-json"]
+    assert "schema_version" in reasons["schema"]
+    assert "amount" in reasons["float"] and "JSON number" in reasons["float"]
+    assert "amount" in reasons["negative"]
+    assert "direction" in reasons["missing"]
+    assert "exceeds" in reasons["huge"] and str(10 * 1024 * 1024 + 10) in reasons["huge"]
+    assert "does not belong" in reasons["wrong-ledger"]
+    assert "tombstone" in reasons["tombstone"]
+    sizes = dict(warehouse.rows("SELECT message_key, payload_size FROM ledger_rejected_events"))
+    assert sizes["huge"] == 10 * 1024 * 1024 + 10
+    dlq = _dlq_records(kafka, len(bad_payloads) + 1)
+    assert len(dlq) == len(bad_payloads) + 1
+    assert all(r["error"] and r["ledger"] == LEDGER and r["source"].startswith("kafka:") for r in dlq)
+    huge = [r for r in dlq if r["payload_size"] == 10 * 1024 * 1024 + 10]
+    assert huge and huge[0]["payload_truncated"] is True
+    _offsets_consistent(warehouse, kafka)
+
+
+def test_transaction_markers_do_not_stall_ingest(kafka, warehouse):
+    ensure_topics(kafka, [LEDGER])
+    topic = entries_topic(kafka, LEDGER)
+    p = Producer({"bootstrap.servers": kafka.bootstrap_servers, "transactional.id": f"tx-{kafka.topic_prefix}"})
+    p.init_transactions(30)
+    entries = list(synthetic_entries(LEDGER, 30))
+    for chunk in (entries[:10], entries[10:20]):
+        p.begin_transaction()
+        for e in chunk:
+            p.produce(topic, encode_entry(e), e.entry_id.encode())
+        p.commit_transaction(30)
+    p.begin_transaction()  # aborted: must never reach the event log
+    for e in entries[20:]:
+        p.produce(topic, encode_entry(e), e.entry_id.encode())
+    p.abort_transaction(30)
+    ends = end_offsets(kafka)
+    assert sum(ends.values()) > 20  # markers take offsets of their own
+    result = EventLogIngestor(kafka, warehouse, workers=1, stall_timeout=20).run(ends)
+    assert result.counts.inserted == 20
+    assert warehouse.stored_offsets(DEFAULT_CONSUMER) == ends
+
+
+def _ingest_cmd(kafka, url, workers=2, batch=2000):
+    env = {**os.environ, "LEDGER_KAFKA_BOOTSTRAP": kafka.bootstrap_servers, "LEDGER_TOPIC_PREFIX": kafka.topic_prefix,
+           "LEDGER_WAREHOUSE_URL": url}
+    cmd = [sys.executable, "-m", "ledger_pipelines.cli", "ingest", "--workers", str(workers), "--batch-size", str(batch)]
+    return cmd, env
+
+
+def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url):
+    n = 150_000
+    _publish(kafka, n)
+    cmd, env = _ingest_cmd(kafka, warehouse_url)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wh = Warehouse(warehouse_url)
+    deadline = time.monotonic() + 120
+    seen = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            seen = wh.scalar("SELECT count(*) FROM ledger_event_log")
+        except Exception:
+            seen = 0  # schema not created yet
+        if seen >= 10_000:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ingest finished before it could be killed ({seen} rows): {proc.stderr.read()!r}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)  # workers die with their parent (PR_SET_PDEATHSIG)
+    partial = wh.scalar("SELECT count(*) FROM ledger_event_log")
+    assert 0 < partial < n, partial
+    stored = wh.stored_offsets(DEFAULT_CONSUMER)
+    # rows and offsets were committed together: every stored offset is backed by exactly its rows
+    assert sum(stored.values()) == partial
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    out = msgspec.json.decode(rerun.stdout.strip().splitlines()[-1])
+    assert out["rows"] == n - partial and out["duplicates"] == 0
+    assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
+    _offsets_consistent(wh, kafka)
+    wh.dispose()
+
+
+def test_broker_restart_between_runs(kafka, kafka_service, tmp_path):
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    _publish(kafka, 5000)
+    assert EventLogIngestor(kafka, wh).run().counts.inserted == 5000
+    kafka_service.stop()
+    assert not kafka_service.running()
+    kafka_service.start(timeout=120)
+    _publish(kafka, 3000, start=5000)
+    result = EventLogIngestor(kafka, wh).run()
+    assert result.counts.inserted == 3000 and result.counts.duplicates == 0
+    assert wh.event_counts()["events"] == 8000
+    _offsets_consistent(wh, kafka)
+
+
+def test_concurrent_runs_never_write_an_offset_twice(kafka, warehouse_url):
+    n = 40_000
+    _publish(kafka, n)
+    ends = end_offsets(kafka)
+    lost_race, unexpected, results = [], [], []
+
+    def run():
+        wh = Warehouse(warehouse_url)
+        try:
+            results.append(EventLogIngestor(kafka, wh, workers=1, batch_size=500).run(ends))
+        except ConcurrentIngestError as exc:
+            lost_race.append(exc)
+        except Exception as exc:  # anything else is a defect
+            unexpected.append(exc)
+        finally:
+            wh.dispose()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not unexpected, unexpected
+    wh = Warehouse(warehouse_url)
+    # a loser (if the two overlapped) stopped at its first stale batch; a re-run finishes the rest
+    EventLogIngestor(kafka, wh).run(ends)
+    assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
+    assert sum(r.counts.inserted for r in results) <= n
+    _offsets_consistent(wh, kafka)
+    wh.dispose()

@@ -1,0 +1,98 @@
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from ledger_pipelines.generate import synthetic_entries
+from ledger_pipelines.model import (
+    CanonicalEntry,
+    EntryError,
+    decode_entry,
+    decode_wire,
+    encode_entry,
+    format_amount,
+    make_entry,
+)
+
+UINT256_MAX = 2**256 - 1
+
+
+def _entry(**over):
+    base = dict(ledger="eth_usdc", ledger_kind="evm", source_ref="0xabc:3", account="0x" + "a" * 40,
+                counterparty="0x" + "b" * 40, asset="USDC", amount="1234.50", direction="debit",
+                booked_at="2026-11-24T10:15:00Z", status="final", position={"block_number": 1})
+    base.update(over)
+    return make_entry(**base)
+
+
+def test_round_trip_is_canonical_and_exact():
+    e = _entry(amount=str(UINT256_MAX), asset="erc20:0x" + "c" * 40)
+    data = encode_entry(e)
+    back = decode_entry(data)
+    assert back == e
+    assert back.amount_decimal == Decimal(UINT256_MAX)
+    assert int(back.amount) == UINT256_MAX  # beyond 2**64 and exact
+    assert encode_entry(back) == data
+    assert list(msgspec.json.decode(data)) == sorted(msgspec.json.decode(data))
+    assert e.entry_id == "eth_usdc:0xabc:3"
+
+
+def test_wire_decoding_agrees_with_full_decoding():
+    for e in synthetic_entries(count=50):
+        data = encode_entry(e)
+        w = decode_wire(data)
+        assert (w.entry_id, w.amount, w.booked_at, w.status) == (e.entry_id, e.amount, e.booked_at, e.status)
+        assert msgspec.json.decode(bytes(w.attributes)) == e.attributes
+
+
+def test_entries_are_immutable():
+    e = _entry()
+    with pytest.raises(AttributeError):
+        e.amount = "1"
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda d: d.update(amount=12.5), "amount"),
+        (lambda d: d.update(amount="-1.00"), "amount"),
+        (lambda d: d.update(amount="1e400"), "amount"),
+        (lambda d: d.update(amount="NaN"), "amount"),
+        (lambda d: d.update(amount="01.5"), "amount"),
+        (lambda d: d.update(amount="1" * 120), "amount"),
+        (lambda d: d.update(schema_version=2), "schema_version"),
+        (lambda d: d.pop("account"), "account"),
+        (lambda d: d.update(direction="sideways"), "direction"),
+        (lambda d: d.update(status="lost"), "status"),
+        (lambda d: d.update(booked_at="2026-11-24 10:15:00"), "booked_at"),
+        (lambda d: d.update(booked_at="2026-13-45T10:15:00Z"), "booked_at"),
+        (lambda d: d.update(booked_at="2026-11-24T10:15:00+02:00"), "booked_at"),
+        (lambda d: d.update(entry_id="other:1"), "entry_id"),
+        (lambda d: d.update(ledger="Bad Name"), "ledger"),
+    ],
+)
+def test_invalid_entries_name_the_field(mutate, reason):
+    d = msgspec.to_builtins(_entry())
+    mutate(d)
+    with pytest.raises(EntryError) as exc:
+        decode_entry(msgspec.json.encode(d))
+    assert reason in str(exc.value)
+
+
+def test_not_json():
+    with pytest.raises(EntryError, match="not valid JSON"):
+        decode_entry(b"\x00garbage")
+
+
+def test_format_amount_refuses_floats_and_keeps_scale():
+    assert format_amount(Decimal("1234.50")) == "1234.50"
+    assert format_amount(UINT256_MAX) == str(UINT256_MAX)
+    assert format_amount("0.000000000000000001") == "0.000000000000000001"
+    assert format_amount(Decimal("1E+3")) == "1000"
+    for bad in (1.5, -1, Decimal("NaN"), Decimal("-0.01"), "abc", True):
+        with pytest.raises(EntryError):
+            format_amount(bad)
+
+
+def test_struct_is_a_msgspec_struct():
+    assert issubclass(CanonicalEntry, msgspec.Struct)
