@@ -66,11 +66,19 @@ class Warehouse:
         return redact_url(self.url)
 
     def create_schema(self) -> None:
-        with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                # concurrent first runs would race on CREATE TABLE; SQLite serialises on its own
-                conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
-            metadata.create_all(conn)
+        """Create missing tables; safe when several processes do it at once."""
+        from sqlalchemy.exc import DBAPIError
+
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    if self.dialect == "postgresql":
+                        conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
+                    metadata.create_all(conn)
+                return
+            except DBAPIError as exc:  # another process created a table between check and create
+                if "already exists" not in str(exc) or attempt == 4:
+                    raise
 
     def dispose(self) -> None:
         self.engine.dispose()
