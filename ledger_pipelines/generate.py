@@ -17,30 +17,34 @@ def synthetic_entries(
     day: date | None = None,
     seed: int = 7,
     start: int = 0,
+    compact: bool = False,
 ) -> Iterator[CanonicalEntry]:
-    """``count`` valid journal-line entries booked on ``day`` (UTC), ids ``start`` .. ``start+count-1``."""
+    """``count`` valid journal-line entries booked on ``day`` (UTC), ids ``start`` .. ``start+count-1``.
+
+    ``compact`` leaves out position and attributes and uses short references (about 330 bytes of JSON an entry).
+    """
     rng = random.Random(seed * 1_000_003 + start)
     day = day or datetime.now(timezone.utc).date()
     midnight = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
     for i in range(start, start + count):
         cents = rng.randrange(1, 5_000_000_00)
         ts = midnight + timedelta(seconds=rng.randrange(86_400))
-        ref = f"jl-{i:010d}"
+        ref = f"{i}" if compact else f"jl-{i:010d}"
         yield CanonicalEntry(
             schema_version=SCHEMA_VERSION,
             entry_id=f"{ledger}:{ref}",
             ledger=ledger,
             ledger_kind="sql",
             source_ref=ref,
-            correlation_id=f"E2E-{i // 2:010d}",
-            account=f"DE{rng.randrange(10**19, 10**20)}",
-            counterparty=f"CH{rng.randrange(10**18, 10**19)}",
+            correlation_id=f"E{i // 2}" if compact else f"E2E-{i // 2:010d}",
+            account=f"GL{rng.randrange(10**5)}" if compact else f"DE{rng.randrange(10**19, 10**20)}",
+            counterparty=None if compact else f"CH{rng.randrange(10**18, 10**19)}",
             asset=_ASSETS[i % len(_ASSETS)],
             amount=f"{cents // 100}.{cents % 100:02d}",
             direction="debit" if i % 2 == 0 else "credit",
             booked_at=ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
             value_date=day.isoformat(),
             status="booked",
-            position={"journal_line_id": i},
-            attributes={"bank_tx_code": "PMNT-ICDT-ESCT"},
+            position={} if compact else {"journal_line_id": i},
+            attributes={} if compact else {"bank_tx_code": "PMNT-ICDT-ESCT"},
         )

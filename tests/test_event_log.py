@@ -115,6 +115,7 @@ def test_malformed_messages_go_to_the_dlq_with_reasons(kafka, warehouse):
         "missing": msgspec.json.encode({k: v for k, v in template.items() if k != "direction"}
                                        | {"entry_id": f"{LEDGER}:x4", "source_ref": "x4"}),
         "huge": b'{"pad":"' + b"x" * (10 * 1024 * 1024) + b'"}',
+        "nul": msgspec.json.encode(template | {"account": "DE\x0012", "entry_id": f"{LEDGER}:x5", "source_ref": "x5"}),
         "wrong-ledger": msgspec.json.encode(template | {"ledger": "other", "entry_id": "other:" + template["source_ref"]}),
     }
     p = Producer({"bootstrap.servers": kafka.bootstrap_servers, "message.max.bytes": 16 * 1024 * 1024})
@@ -137,6 +138,7 @@ def test_malformed_messages_go_to_the_dlq_with_reasons(kafka, warehouse):
     assert "direction" in reasons["missing"]
     assert "exceeds" in reasons["huge"] and str(10 * 1024 * 1024 + 10) in reasons["huge"]
     assert "does not belong" in reasons["wrong-ledger"]
+    assert "NUL" in reasons["nul"]
     assert "tombstone" in reasons["tombstone"]
     sizes = dict(warehouse.rows("SELECT message_key, payload_size FROM ledger_rejected_events"))
     assert sizes["huge"] == 10 * 1024 * 1024 + 10

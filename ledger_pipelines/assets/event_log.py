@@ -64,7 +64,7 @@ def ledger_event_log(
     try:
         ingestor = EventLogIngestor(
             kafka.settings(), wh, batch_size=config.batch_size, workers=config.workers,
-            run_id=context.run_id, progress=progress,
+            run_id=context.run.run_id, progress=progress,
         )
         result = ingestor.run(targets_of(config))
     finally:

@@ -15,6 +15,7 @@ ECON_COLUMNS = ("ledger", "ledger_kind", "source_ref", "account", "counterparty"
                 "direction", "correlation_id")
 _AMOUNT = ECON_COLUMNS.index("amount")
 _ENTRY_ID = EVENT_COLUMNS.index("entry_id")
+_ECON_INDEX = tuple(EVENT_COLUMNS.index(c) for c in ECON_COLUMNS)
 _HASH = EVENT_COLUMNS.index("content_hash")
 
 
@@ -25,7 +26,6 @@ class ConcurrentIngestError(RuntimeError):
 @dataclass
 class EventBatch:
     rows: list[tuple] = field(default_factory=list)  # EVENT_COLUMNS order
-    econ: list[tuple] = field(default_factory=list)  # ECON_COLUMNS of each row
     raw: list[bytes] = field(default_factory=list)  # message value of each row
     # (topic, partition, offset, key, error, payload, payload_size)
     rejects: list[tuple] = field(default_factory=list)
@@ -45,6 +45,10 @@ class BatchCounts:
         self.duplicates += other.duplicates
         self.conflicts += other.conflicts
         self.rejected += other.rejected
+
+
+def _econ(row: tuple) -> tuple:
+    return tuple(row[i] for i in _ECON_INDEX)
 
 
 def _differing(old: tuple, new: tuple) -> list[str]:
@@ -90,17 +94,22 @@ class _Writer:
         self._raw.invalidate()
 
     # -- dialect hooks
+    def _prepare(self, cur, batch: EventBatch) -> None:
+        """Work done before the write transaction (SQLite stages rows outside its write lock)."""
+
     def _begin(self, cur) -> None: ...
-    def _stage(self, cur, rows: list[tuple]) -> None: ...
+    def _existing(self, cur, batch: EventBatch) -> list[tuple]: ...
+    def _insert(self, cur, batch: EventBatch, inserts: list[tuple]) -> int: ...
 
     def write(self, batch: EventBatch) -> BatchCounts:
-        """One transaction: move the offsets, stage the rows, keep new versions, record the rest."""
+        """One transaction: move the offsets, keep new versions, record conflicts and rejects."""
         from . import utc_now
 
         counts = BatchCounts(rejected=len(batch.rejects))
         now = utc_now()
         cur = self.conn.cursor()
         try:
+            self._prepare(cur, batch)
             self._begin(cur)
             for (topic, part), (expected, new) in batch.offsets.items():
                 cur.execute(self._cas, (new, now, self.consumer, topic, part, expected))
@@ -109,16 +118,13 @@ class _Writer:
                         f"stored offset of {topic}[{part}] is no longer {expected}: another ingest run "
                         f"advanced it; this batch was rolled back"
                     )
-            staged, skipped, conflicts = self._classify(cur, batch, counts, now)
-            if staged:
-                cur.execute(self._publish if not skipped else self._publish_except(len(skipped)),
-                            [x for key in skipped for x in key])
-                counts.inserted = cur.rowcount
+            inserts, conflicts = self._classify(self._existing(cur, batch) if batch.rows else [], batch, counts, now)
+            if inserts:
+                counts.inserted = self._insert(cur, batch, inserts)
             if conflicts:
                 cur.executemany(self._insert_conflicts, conflicts)
             if batch.rejects:
                 cur.executemany(self._insert_rejects, [(*r, now, self.run_id) for r in batch.rejects])
-            cur.execute(self._clear)
             self.conn.commit()
         except BaseException:
             self.conn.rollback()
@@ -128,71 +134,35 @@ class _Writer:
         counts.conflicts = len(conflicts)
         return counts
 
-    def _classify(self, cur, batch: EventBatch, counts: BatchCounts, now: str):
-        """Stage the batch's first version of each entry and compare it with the stored ones.
+    def _classify(self, existing: list[tuple], batch: EventBatch, counts: BatchCounts, now: str):
+        """Split the batch into new versions to insert and conflicts; count exact duplicates.
 
-        Returns (staged count, staged keys to leave out, conflict rows). Existing versions are found
-        by a join inside the database, so only entries that already exist cost a round trip.
+        ``existing`` holds (entry_id, content_hash, *economic fields) of stored versions of the
+        batch's entries. Later rows of the batch are compared with earlier ones as well.
         """
         known: dict[str, tuple[set, tuple]] = {}
-        stage, stage_raw, later = [], [], []
-        for row, econ, raw in zip(batch.rows, batch.econ, batch.raw):
-            eid = row[_ENTRY_ID]
-            if eid in known:
-                later.append((row, econ, raw))  # a second version inside this batch: decide below
-            else:
-                known[eid] = ({row[_HASH]}, econ)
-                stage.append(row)
-                stage_raw.append(raw)
-        if stage:
-            self._stage(cur, stage)
-        cur.execute(self._existing)
-        existing = cur.fetchall()
-        skipped: list[tuple] = []
-        conflicts = []
-        if existing:
-            stored: dict[str, tuple[set, tuple]] = {}
-            for rec in existing:
-                entry = stored.setdefault(rec[0], (set(), tuple(rec[2:])))
-                entry[0].add(rec[1])
-            staged_rows = {row[_ENTRY_ID]: (row, raw) for row, raw in zip(stage, stage_raw)}
-            for eid, (hashes, econ) in stored.items():
-                row, raw = staged_rows[eid]
-                mine = known[eid]
-                skipped.append((row[0], row[1], row[2]))
-                if row[_HASH] in hashes:
-                    counts.duplicates += 1
-                    known[eid] = (hashes, econ)
-                    continue
-                diff = _differing(econ, mine[1])
-                if diff:
-                    conflicts.append((row[0], row[1], row[2], eid, next(iter(hashes)), row[_HASH], ",".join(diff),
-                                      raw, now, self.run_id))
-                    known[eid] = (hashes, econ)
-                else:
-                    skipped.pop()  # a new version of a known entry: keep it
-                    known[eid] = (hashes | {row[_HASH]}, econ)
-        extra = []
-        for row, econ, raw in later:
-            hashes, first = known[row[_ENTRY_ID]]
-            if row[_HASH] in hashes:
+        for rec in existing:
+            entry = known.setdefault(rec[0], (set(), tuple(rec[2:])))
+            entry[0].add(rec[1])
+        inserts, conflicts = [], []
+        for row, raw in zip(batch.rows, batch.raw):
+            eid, h = row[_ENTRY_ID], row[_HASH]
+            seen = known.get(eid)
+            if seen is None:
+                known[eid] = ({h}, row)  # its economic fields are read off the row only when needed
+                inserts.append(row)
+            elif h in seen[0]:
                 counts.duplicates += 1
-                continue
-            diff = _differing(first, econ)
-            if diff:
-                conflicts.append((row[0], row[1], row[2], row[_ENTRY_ID], next(iter(hashes)), row[_HASH],
-                                  ",".join(diff), raw, now, self.run_id))
             else:
-                hashes.add(row[_HASH])
-                extra.append(row)
-        if extra:
-            self._stage(cur, extra)
-        return len(stage) + len(extra), skipped, conflicts
-
-    def _publish_except(self, n: int) -> str:
-        p = self.placeholder
-        keys = ", ".join([f"({p}, {p}, {p})"] * n)
-        return f"{self._publish} WHERE (topic, kafka_partition, kafka_offset) NOT IN (VALUES {keys})"
+                first = seen[1] if len(seen[1]) == len(ECON_COLUMNS) else _econ(seen[1])
+                diff = _differing(first, _econ(row))
+                if diff:
+                    conflicts.append((row[0], row[1], row[2], eid, next(iter(seen[0])), h, ",".join(diff), raw,
+                                      now, self.run_id))
+                else:
+                    seen[0].add(h)  # a new version of the entry (status, position, ...)
+                    inserts.append(row)
+        return inserts, conflicts
 
 
 _COLS = ", ".join(EVENT_COLUMNS)
@@ -200,45 +170,70 @@ _ECON = ", ".join(f"e.{c}" for c in ECON_COLUMNS)
 
 
 class SqliteWriter(_Writer):
+    """Rows are staged in the connection's private temp table before the write lock is taken, so
+    that the serialised part of a batch is one INSERT ... SELECT running in SQLite's C code and
+    concurrent workers overlap their Python work with each other's writes."""
+
     placeholder = "?"
 
     def __init__(self, warehouse, consumer, run_id):
         super().__init__(warehouse, consumer, run_id)
-        self.conn.isolation_level = None  # explicit BEGIN IMMEDIATE below
+        self.conn.isolation_level = None  # explicit transactions below
         self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS event_stage AS SELECT * FROM ledger_event_log WHERE 0")
         self._stage_sql = f"INSERT INTO temp.event_stage ({_COLS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-        self._existing = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
-                          f"WHERE e.entry_id IN (SELECT entry_id FROM temp.event_stage)")
+        self._existing_sql = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
+                              f"WHERE e.entry_id IN (SELECT entry_id FROM temp.event_stage)")
         self._publish = f"INSERT INTO ledger_event_log ({_COLS}) SELECT {_COLS} FROM temp.event_stage"
-        self._clear = "DELETE FROM temp.event_stage"
+
+    def _prepare(self, cur, batch):
+        cur.execute("BEGIN")  # a transaction on the temp database only: no lock on the warehouse
+        cur.execute("DELETE FROM temp.event_stage")
+        if batch.rows:
+            cur.executemany(self._stage_sql, batch.rows)
+        cur.execute("COMMIT")
 
     def _begin(self, cur) -> None:
         # take the write lock up front: no lock upgrade deadlock between concurrent writers
         cur.execute("BEGIN IMMEDIATE")
 
-    def _stage(self, cur, rows):
-        cur.executemany(self._stage_sql, rows)
+    def _existing(self, cur, batch):
+        return cur.execute(self._existing_sql).fetchall()
+
+    def _insert(self, cur, batch, inserts):
+        if len(inserts) == len(batch.rows):
+            cur.execute(self._publish)
+        else:
+            keep = {(r[0], r[1], r[2]) for r in inserts}
+            skip = [x for r in batch.rows if (r[0], r[1], r[2]) not in keep for x in r[:3]]
+            keys = ", ".join(["(?, ?, ?)"] * (len(skip) // 3))
+            cur.execute(f"{self._publish} WHERE (topic, kafka_partition, kafka_offset) NOT IN (VALUES {keys})", skip)
+        return cur.rowcount
+
+
+def _pg_text_array(values) -> str:
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
 class PostgresWriter(_Writer):
+    """Existing versions are looked up with one array parameter; new rows go in with COPY."""
+
     placeholder = "%s"
 
     def __init__(self, warehouse, consumer, run_id):
         super().__init__(warehouse, consumer, run_id)
-        self.conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS event_stage (LIKE ledger_event_log) ON COMMIT DELETE ROWS"
-        )
-        self.conn.commit()
-        self._copy = f"COPY event_stage ({_COLS}) FROM STDIN"
-        self._existing = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
-                          f"WHERE e.entry_id IN (SELECT entry_id FROM event_stage)")
-        self._publish = f"INSERT INTO ledger_event_log ({_COLS}) SELECT {_COLS} FROM event_stage"
-        self._clear = "SELECT 1"  # ON COMMIT DELETE ROWS empties the stage
+        self._copy = f"COPY ledger_event_log ({_COLS}) FROM STDIN"
+        self._existing_sql = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
+                              f"WHERE e.entry_id = ANY(%s::text[])")
 
-    def _stage(self, cur, rows):
+    def _existing(self, cur, batch):
+        cur.execute(self._existing_sql, (_pg_text_array({r[_ENTRY_ID] for r in batch.rows}),))
+        return cur.fetchall()
+
+    def _insert(self, cur, batch, inserts):
         with cur.copy(self._copy) as copy:
-            for row in rows:
+            for row in inserts:
                 copy.write_row(row)
+        return len(inserts)
 
 
 def make_writer(warehouse: "Warehouse", consumer: str, run_id: str | None) -> _Writer:

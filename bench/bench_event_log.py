@@ -1,0 +1,180 @@
+"""Event-log ingest benchmark (issue: foundation).
+
+Produces N canonical entries to a 4-partition topic on the local broker, then measures in the
+same run:
+  (a) baseline: raw confluent-kafka batch consume + JSON decode (msgspec, untyped), no database;
+  (b) ledger_event_log ingest into a fresh SQLite file;
+  (c) ledger_event_log ingest into a fresh PostgreSQL database.
+Prints every figure, the ratios to the baseline, and the peak RSS of each phase (process tree).
+
+    .venv/bin/python bench/bench_event_log.py [--count 1000000] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import subprocess
+import time
+import uuid
+
+import msgspec
+import psutil
+import psycopg
+from confluent_kafka import TopicPartition
+
+from ledger_pipelines.generate import synthetic_entries
+from ledger_pipelines.ingest import EventLogIngestor, IngestOptions, _consumer
+from ledger_pipelines.kafka import EntryProducer, end_offsets, ensure_topics
+from ledger_pipelines.model import decode_entry, encode_entry
+from ledger_pipelines.settings import KafkaSettings
+from ledger_pipelines.stack import Kafka, Postgres, StackConfig
+from ledger_pipelines.warehouse import Warehouse
+
+
+def tree_peak_rss(proc: subprocess.Popen) -> int:
+    """Peak RSS of a process and its children (ingest workers), sampled every 20 ms until it exits."""
+    peak = 0
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        try:
+            total = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
+        except psutil.Error:
+            total = 0
+        peak = max(peak, total)
+        time.sleep(0.02)
+    return peak
+
+
+def phase_baseline(kafka: KafkaSettings, ends: dict) -> dict:
+    """Raw batch consume with the ingest's own consumer settings, decoding every message (no database)."""
+    out = {}
+    for label, decode in (("typed", decode_entry), ("untyped", msgspec.json.decode)):
+        c = _consumer(kafka, IngestOptions(consumer=f"bench-baseline-{label}"))
+        c.assign([TopicPartition(t, p, 0) for t, p in ends])
+        total, n, t0 = sum(ends.values()), 0, time.perf_counter()
+        while n < total:
+            for m in c.consume(10_000, timeout=1.0):
+                if m.error() is None:
+                    decode(m.value())
+                    n += 1
+        out[label] = n / (time.perf_counter() - t0)
+        c.close()
+    return {"per_second": out["typed"], "untyped_per_second": out["untyped"]}
+
+
+def phase_ingest(kafka: KafkaSettings, ends: dict, url: str, workers: int, count: int) -> dict:
+    wh = Warehouse(url)
+    result = EventLogIngestor(kafka, wh, workers=workers).run(ends)
+    assert result.counts.inserted == count, result.counts
+    assert wh.event_counts()["events"] == count
+    wh.dispose()
+    return {"per_second": result.consumed / result.elapsed, "seconds": result.elapsed, "batches": result.batches}
+
+
+def run_phase(name: str, kafka: KafkaSettings, ends: dict, **extra) -> dict:
+    spec = {"phase": name, "kafka": kafka.__dict__, "ends": [[t, p, o] for (t, p), o in ends.items()], **extra}
+    proc = subprocess.Popen([sys.executable, __file__, "--phase", json.dumps(spec)], stdout=subprocess.PIPE)
+    peak = tree_peak_rss(proc)
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {name} failed")
+    return {**json.loads(out.decode().strip().splitlines()[-1]), "peak_rss_mb": peak / 2**20}
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The run with the median rate, with the range of rates and the highest peak RSS of all runs."""
+    ordered = sorted(runs, key=lambda r: r["per_second"])
+    mid = dict(ordered[len(ordered) // 2])
+    mid.update(min=ordered[0]["per_second"], max=ordered[-1]["per_second"], runs=len(runs),
+               peak_rss_mb=max(r["peak_rss_mb"] for r in runs))
+    return mid
+
+
+def child(spec_text: str) -> int:
+    spec = json.loads(spec_text)
+    kafka = KafkaSettings(**spec["kafka"])
+    ends = {(t, p): o for t, p, o in spec["ends"]}
+    if spec["phase"] == "baseline":
+        out = phase_baseline(kafka, ends)
+    else:
+        out = phase_ingest(kafka, ends, spec["url"], spec["workers"], spec["count"])
+    print(json.dumps(out))
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each phase; the median is reported")
+    ap.add_argument("--json", help="write the figures to this file too")
+    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        return child(args.phase)
+
+    cfg = StackConfig.from_env()
+    Kafka(cfg).start()
+    Postgres(cfg).start()
+    kafka = KafkaSettings(bootstrap_servers=cfg.kafka_bootstrap, topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
+                          partitions=4)
+    ensure_topics(kafka, ["core_banking"])
+    sample = list(synthetic_entries("core_banking", min(10_000, args.count), compact=True))
+    size = sum(len(encode_entry(e)) for e in sample) / len(sample)
+    t0 = time.perf_counter()
+    EntryProducer(kafka, "bench").publish(synthetic_entries("core_banking", args.count, compact=True))
+    produce_s = time.perf_counter() - t0
+    ends = end_offsets(kafka)
+    print(f"produced {args.count:,} entries (mean {size:.0f} bytes) to 4 partitions in {produce_s:.2f}s "
+          f"({args.count / produce_s:,.0f}/s)")
+
+    figures = {"count": args.count, "mean_entry_bytes": round(size), "workers": args.workers}
+    base = figures["baseline"] = median_of([run_phase("baseline", kafka, ends) for _ in range(args.repeat)])
+    print(f"(a) baseline, raw batch consume + decode into canonical entries: {base['per_second']:,.0f} entries/s "
+          f"[{base['min']:,.0f}..{base['max']:,.0f}] (untyped JSON decode: {base['untyped_per_second']:,.0f}/s), "
+          f"peak RSS {base['peak_rss_mb']:.0f} MB")
+    admin = dict(host=cfg.host, port=cfg.pg_port, user=cfg.pg_user, password=cfg.pg_password(),
+                 dbname="postgres", autocommit=True)
+    with tempfile.TemporaryDirectory() as tmp, psycopg.connect(**admin) as conn:
+        for step, label in zip("bc", ("sqlite", "postgresql")):
+            runs = []
+            for i in range(args.repeat):
+                if label == "sqlite":
+                    url = f"sqlite:///{os.path.join(tmp, f'bench{i}.db')}"
+                else:
+                    dbname = f"bench_{uuid.uuid4().hex[:8]}"
+                    conn.execute(f'CREATE DATABASE "{dbname}"')
+                    conn.execute("CHECKPOINT")  # start from a clean buffer pool, not the last run's debt
+                    url = cfg.pg_url().rsplit("/", 1)[0] + f"/{dbname}"
+                try:
+                    runs.append(run_phase("ingest", kafka, ends, url=url, workers=args.workers, count=args.count))
+                finally:
+                    if label == "postgresql":
+                        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            fig = figures[label] = median_of(runs)
+            fig["ratio_to_baseline"] = fig["per_second"] / base["per_second"]
+            print(f"({step}) ledger_event_log ingest into {label}: {fig['per_second']:,.0f} entries/s "
+                  f"[{fig['min']:,.0f}..{fig['max']:,.0f}] ({fig['seconds']:.2f}s, {fig['batches']} batches, "
+                  f"{args.workers} workers), {fig['ratio_to_baseline']:.2f}x baseline, peak RSS {fig['peak_rss_mb']:.0f} MB")
+
+    targets_ok = {
+        "postgresql >= 150k/s": figures["postgresql"]["per_second"] >= 150_000,
+        "sqlite >= 100k/s": figures["sqlite"]["per_second"] >= 100_000,
+        "ingest >= 0.5x baseline": min(figures[k]["ratio_to_baseline"] for k in ("sqlite", "postgresql")) >= 0.5,
+        "peak RSS <= 1 GB": max(figures[k]["peak_rss_mb"] for k in ("sqlite", "postgresql")) <= 1024,
+    }
+    figures["targets"] = targets_ok
+    for name, ok in targets_ok.items():
+        print(f"  target {name}: {'met' if ok else 'MISSED'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
