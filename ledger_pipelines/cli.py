@@ -65,6 +65,108 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def _emit_error(source: str, reason: str) -> None:
+    sys.stderr.write(json.dumps({"source": source, "error": reason}) + "\n")
+
+
+def _read_logs(path: str) -> list[dict]:
+    import csv
+    from pathlib import Path
+
+    from .connectors.evm import logs_of
+
+    text = Path(path).read_text()
+    if path.endswith(".csv"):  # ethereum-etl logs CSV
+        return list(csv.DictReader(text.splitlines()))
+    stripped = text.lstrip()
+    if stripped.startswith("[") or stripped.startswith("{") and "\n{" not in stripped.strip():
+        return logs_of(json.loads(text))
+    return [log for line in text.splitlines() if line.strip() for log in logs_of([json.loads(line)])]
+
+
+def cmd_normalize(args) -> int:
+    from pathlib import Path
+
+    from .model import EntryError, encode_entry
+
+    out = sys.stdout.buffer
+    unreadable = 0
+    if args.kind == "iso20022":
+        from .connectors.iso20022 import CamtError, camt_to_entries
+
+        for path in args.files:
+            try:
+                entries, errors, statements = camt_to_entries(Path(path).read_bytes(), args.ledger or "bank_statements")
+            except (CamtError, OSError) as exc:
+                _emit_error(path, str(exc))
+                unreadable += 1
+                continue
+            for e in entries:
+                out.write(encode_entry(e) + b"\n")
+            for err in errors:
+                _emit_error(f"{path}: {err.source}", err.reason)
+            for st in statements:
+                check = st.balance_check()
+                if check.get("checked") and not check["balanced"]:
+                    _emit_error(f"{path}: {st.message_type} {st.statement_id}",
+                                f"balance check: opening {check['opening']} + movement {check['movement']} = "
+                                f"{check['computed_closing']}, closing {check['closing']} (difference "
+                                f"{check['difference']} {check['currency']})")
+    elif args.kind == "evm-logs":
+        from .connectors.evm import LogContext, TokenConfig, block_timestamps_of, log_ref, log_to_entry
+
+        stamps = block_timestamps_of(json.loads(Path(b).read_text()) for b in args.blocks)
+        tokens = {}
+        for spec in args.token:
+            addr, _, rest = spec.partition(":")
+            symbol, _, decimals = rest.partition(":")
+            tokens[addr.lower()] = TokenConfig(addr.lower(), symbol or None, int(decimals) if decimals else None)
+        ctx = LogContext(ledger=args.ledger or "evm", block_timestamps=stamps, tokens=tokens,
+                         watched=args.watch.lower() if args.watch else None, status_of=lambda _b: args.status)
+        for path in args.files:
+            try:
+                logs = _read_logs(path)
+            except (OSError, ValueError) as exc:
+                _emit_error(path, f"not a logs file: {exc}")
+                unreadable += 1
+                continue
+            for log in logs:
+                try:
+                    e = log_to_entry(log, ctx)
+                except EntryError as exc:
+                    _emit_error(f"{path}: log {log_ref(log)}", str(exc))
+                    continue
+                if e is not None:
+                    out.write(encode_entry(e) + b"\n")
+    else:
+        from .config import ledger_by_name, load_config
+        from .connectors.debezium import event_to_entries
+
+        ledgers = load_config(args.config)
+        lc = ledger_by_name(ledgers, args.ledger) if args.ledger else next(
+            (x for x in ledgers if x.kind == "cdc"), None)
+        if lc is None or lc.mapping is None:
+            _emit_error("config", "no cdc ledger with a mapping configured; pass --ledger")
+            return 2
+        for path in args.files:
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                _emit_error(path, str(exc))
+                unreadable += 1
+                continue
+            for n, line in enumerate(data.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    for e in event_to_entries(line, lc.mapping, lc.name):
+                        out.write(encode_entry(e) + b"\n")
+                except EntryError as exc:
+                    _emit_error(f"{path}: line {n}", str(exc))
+    out.flush()
+    return 2 if unreadable else 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -100,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=10_000)
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("normalize", help="ledger records to canonical entries on stdout (JSON Lines)")
+    s.add_argument("--kind", required=True, choices=["iso20022", "evm-logs", "debezium"])
+    s.add_argument("--ledger", help="ledger name (default: bank_statements / evm / the configured cdc ledger)")
+    s.add_argument("--config", help="ledger configuration (debezium mapping); default LEDGER_CONFIG")
+    s.add_argument("--blocks", nargs="*", default=[], help="eth_getBlockByNumber responses (block timestamps)")
+    s.add_argument("--token", action="append", default=[], help="ADDRESS:SYMBOL:DECIMALS of a known token")
+    s.add_argument("--watch", help="watched address: entries seen from it")
+    s.add_argument("--status", default="final", choices=["pending", "final"])
+    s.add_argument("files", nargs="+")
+    s.set_defaults(func=cmd_normalize)
 
     s = sub.add_parser("demo", help="start the stack and the Dagster UI with a generated stream flowing")
     s.add_argument("--rate", type=float, default=20.0, help="generated entries per second")

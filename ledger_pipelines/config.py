@@ -1,0 +1,109 @@
+"""Ledger configuration (YAML): which ledgers exist, their kind, connection and mapping.
+
+Connections are named by environment variable (``connection_env``, ``rpc_env``); the values are read
+only when a connector opens them. The path comes from ``--config`` or ``LEDGER_CONFIG`` (default:
+``config/ledgers.example.yaml`` in the repository).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .connectors.evm import TokenConfig
+from .connectors.mapping import ColumnMapping
+from .model import NAME_PATTERN
+from .stack import REPO_ROOT
+
+KINDS = ("sql", "evm", "iso20022", "cdc")
+DEFAULT_CONFIG = REPO_ROOT / "config" / "ledgers.example.yaml"
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    name: str
+    kind: str
+    connection_env: str | None = None
+    mapping: ColumnMapping | None = None
+    # evm
+    rpc_env: str | None = None
+    tokens: tuple[TokenConfig, ...] = ()
+    watched_address: str | None = None
+    confirmations: int = 6
+    start_block: int = 0
+    max_block_range: int = 2000
+    # iso20022
+    inbox: str | None = None
+    assets: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def connection_url(self) -> str | None:
+        env = self.connection_env or self.rpc_env
+        return os.environ.get(env) if env else None
+
+    def inbox_path(self) -> Path:
+        p = Path(os.path.expandvars(self.inbox or f".stack/inbox/{self.name}"))
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+def _ledger(d: dict[str, Any]) -> LedgerConfig:
+    name = d.get("name")
+    if not isinstance(name, str) or not re.match(NAME_PATTERN, name):
+        raise ConfigError(f"ledger name {name!r} must match {NAME_PATTERN}")
+    kind = d.get("kind")
+    if kind not in KINDS:
+        raise ConfigError(f"ledger {name}: kind {kind!r} is not one of {KINDS}")
+    for key in ("connection_env", "rpc_env"):
+        if d.get(key) is not None and not _ENV_NAME.match(d[key]):
+            raise ConfigError(f"ledger {name}: {key} must name an environment variable, got {d[key]!r}")
+    try:
+        mapping = ColumnMapping.from_dict(d.get("mapping")) if kind in ("sql", "cdc") else None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"ledger {name}: mapping: {exc}") from None
+    tokens = tuple(
+        TokenConfig(address=str(t["address"]).lower(), symbol=t.get("symbol"), decimals=t.get("decimals"))
+        for t in d.get("tokens", [])
+    )
+    watched = d.get("watched_address")
+    known = {"name", "kind", "connection_env", "mapping", "rpc_env", "tokens", "watched_address", "confirmations",
+             "start_block", "max_block_range", "inbox", "assets", "options"}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"ledger {name}: unknown keys {sorted(unknown)}")
+    return LedgerConfig(
+        name=name, kind=kind, connection_env=d.get("connection_env"), mapping=mapping, rpc_env=d.get("rpc_env"),
+        tokens=tokens, watched_address=watched.lower() if watched else None,
+        confirmations=int(d.get("confirmations", 6)), start_block=int(d.get("start_block", 0)),
+        max_block_range=int(d.get("max_block_range", 2000)), inbox=d.get("inbox"),
+        assets=tuple(d.get("assets", ())), options=dict(d.get("options", {})),
+    )
+
+
+def load_config(path: str | Path | None = None) -> list[LedgerConfig]:
+    path = Path(path or os.environ.get("LEDGER_CONFIG") or DEFAULT_CONFIG)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read ledger configuration {path}: {exc}") from None
+    ledgers = [_ledger(d) for d in (doc or {}).get("ledgers", [])]
+    names = [lc.name for lc in ledgers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: duplicate ledger names {names}")
+    return ledgers
+
+
+def ledger_by_name(ledgers: list[LedgerConfig], name: str) -> LedgerConfig:
+    for lc in ledgers:
+        if lc.name == name:
+            return lc
+    raise ConfigError(f"no ledger {name!r} configured (known: {[lc.name for lc in ledgers]})")

@@ -1,0 +1,202 @@
+"""EVM chains: ERC-20 ``Transfer`` logs (and pluggable decoders for other events) to canonical entries.
+
+Mapping is pure: :func:`decode_transfer_log` slices topics and reads one uint256 by hand (web3's
+generic event decoding is two orders of magnitude slower), :func:`transfer_log_to_entry` builds the
+entry. Logs may come from JSON-RPC (hex quantities), web3 (ints, HexBytes) or ethereum-etl CSV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
+
+TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+_ZERO_PAD = "0" * 24
+
+
+@dataclass(frozen=True)
+class Transfer:
+    token: str
+    sender: str
+    receiver: str
+    value: int
+    tx_hash: str
+    log_index: int
+    block_number: int
+    block_hash: str | None
+    removed: bool = False
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    address: str
+    symbol: str | None = None
+    decimals: int | None = None
+
+    def asset(self) -> str:
+        return self.symbol if self.symbol and self.decimals is not None else f"erc20:{self.address}"
+
+    def amount(self, value: int) -> str:
+        if self.decimals is None or self.symbol is None:
+            return str(value)
+        return format_amount(Decimal(value).scaleb(-self.decimals))
+
+
+def _hex(v: Any) -> str:
+    if isinstance(v, (bytes, bytearray)):
+        return "0x" + bytes(v).hex()
+    s = str(v)
+    return s.lower() if s.startswith("0x") else "0x" + s.lower()
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, int):
+        return v
+    s = str(v)
+    return int(s, 16) if s.startswith(("0x", "0X")) else int(s)
+
+
+def _topics(log: dict) -> list[str]:
+    topics = log.get("topics") or []
+    if isinstance(topics, str):  # ethereum-etl CSV: comma-joined
+        topics = [t for t in topics.split(",") if t]
+    return [_hex(t) for t in topics]
+
+
+def is_transfer_log(log: dict) -> bool:
+    topics = log.get("topics") or []
+    if isinstance(topics, str):
+        return topics.lower().startswith(TRANSFER_TOPIC)
+    return bool(topics) and _hex(topics[0]) == TRANSFER_TOPIC
+
+
+def log_ref(log: dict) -> str:
+    """``<tx_hash>:<log_index>`` of a log, for error messages and source references."""
+    try:
+        return f"{_hex(log.get('transactionHash') or log.get('transaction_hash'))}:{_int(log.get('logIndex', log.get('log_index')))}"
+    except Exception:
+        return "<log without transaction hash / log index>"
+
+
+def decode_transfer_log(log: dict) -> Transfer:
+    """An ERC-20 Transfer (topic0 Transfer, exactly 3 topics, 32-byte data); EntryError otherwise."""
+    topics = _topics(log)
+    ref = log_ref(log)
+    if not topics or topics[0] != TRANSFER_TOPIC:
+        raise EntryError(f"log {ref}: not a Transfer event (topic0 {topics[0] if topics else None})")
+    if len(topics) != 3:
+        raise EntryError(f"log {ref}: Transfer with {len(topics)} topics is not ERC-20 (ERC-721 indexes the token id)")
+    data = _hex(log.get("data") or "0x")
+    if len(data) != 66:
+        raise EntryError(f"log {ref}: Transfer data is {(len(data) - 2) // 2} bytes, an ERC-20 value takes 32")
+    for t in topics[1:]:
+        if len(t) != 66 or t[2:26] != _ZERO_PAD:
+            raise EntryError(f"log {ref}: topic {t} is not a left-padded address")
+    try:
+        value = int(data, 16)
+        block_number = _int(log.get("blockNumber", log.get("block_number")))
+        log_index = _int(log.get("logIndex", log.get("log_index")))
+    except (TypeError, ValueError) as exc:
+        raise EntryError(f"log {ref}: {exc}") from None
+    block_hash = log.get("blockHash", log.get("block_hash"))
+    return Transfer(
+        token=_hex(log.get("address")), sender="0x" + topics[1][26:], receiver="0x" + topics[2][26:],
+        value=value, tx_hash=_hex(log.get("transactionHash", log.get("transaction_hash"))), log_index=log_index,
+        block_number=block_number, block_hash=_hex(block_hash) if block_hash else None,
+        removed=bool(log.get("removed", False)),
+    )
+
+
+def transfer_log_to_entry(
+    t: Transfer,
+    ledger: str,
+    block_timestamp: int,
+    status: str = "final",
+    token: TokenConfig | None = None,
+    watched: str | None = None,
+    confirmations: int | None = None,
+) -> CanonicalEntry:
+    """Seen from ``watched`` when it is one side, else sender -> receiver as a debit of the sender."""
+    token = token or TokenConfig(t.token)
+    account, counterparty, direction = t.sender, t.receiver, "debit"
+    if watched is not None and t.receiver == watched and t.sender != watched:
+        account, counterparty, direction = t.receiver, t.sender, "credit"
+    position = {"block_number": t.block_number, "block_hash": t.block_hash, "log_index": t.log_index,
+                "transaction_hash": t.tx_hash}
+    if confirmations is not None:
+        position["confirmations"] = confirmations
+    return make_entry(
+        ledger=ledger, ledger_kind="evm", source_ref=f"{t.tx_hash}:{t.log_index}", correlation_id=None,
+        account=account, counterparty=counterparty, asset=token.asset(), amount=token.amount(t.value),
+        direction=direction,
+        booked_at=format_timestamp(datetime.fromtimestamp(block_timestamp, tz=timezone.utc)),
+        value_date=None, status=status, position=position,
+        attributes={"token_address": t.token, "raw_value": str(t.value), "from": t.sender, "to": t.receiver},
+    )
+
+
+# A decoder turns a log into an entry or raises EntryError; the bridge contract registers one.
+LogDecoder = Callable[[dict, "LogContext"], CanonicalEntry]
+
+
+@dataclass
+class LogContext:
+    ledger: str
+    block_timestamps: dict[int, int]
+    tokens: dict[str, TokenConfig] = field(default_factory=dict)
+    watched: str | None = None
+    status_of: Callable[[int], str] = lambda _block: "final"
+    decoders: dict[str, LogDecoder] = field(default_factory=dict)  # topic0 -> decoder
+
+
+def log_to_entry(log: dict, ctx: LogContext) -> CanonicalEntry | None:
+    """The entry of one log: a Transfer, an event with a registered decoder, or None (not ours)."""
+    topics = _topics(log)
+    if not topics:
+        return None
+    decoder = ctx.decoders.get(topics[0])
+    if decoder is not None:
+        return decoder(log, ctx)
+    if topics[0] != TRANSFER_TOPIC:
+        return None
+    t = decode_transfer_log(log)
+    if ctx.tokens and t.token not in ctx.tokens:
+        return None
+    if ctx.watched and ctx.watched not in (t.sender, t.receiver):
+        return None
+    ts = ctx.block_timestamps.get(t.block_number)
+    if ts is None and log.get("blockTimestamp") is not None:  # nodes that include it in logs
+        ts = _int(log["blockTimestamp"])
+    if ts is None:
+        raise EntryError(f"log {t.tx_hash}:{t.log_index}: no timestamp for block {t.block_number}")
+    status = "orphaned" if t.removed else ctx.status_of(t.block_number)
+    return transfer_log_to_entry(t, ctx.ledger, ts, status, ctx.tokens.get(t.token), ctx.watched)
+
+
+def logs_of(doc: Any) -> list[dict]:
+    """Logs from an ``eth_getLogs`` / ``eth_getFilterLogs`` response, a receipt, or a list of either."""
+    if isinstance(doc, dict) and "result" in doc:
+        doc = doc["result"]
+    if isinstance(doc, dict) and "logs" in doc:
+        return list(doc["logs"])
+    if isinstance(doc, list):
+        out = []
+        for item in doc:
+            out.extend(logs_of(item) if isinstance(item, dict) and ("logs" in item or "result" in item) else [item])
+        return out
+    raise ValueError("expected a JSON-RPC logs result, a receipt, or a list of logs")
+
+
+def block_timestamps_of(docs: Iterable[Any]) -> dict[int, int]:
+    """block number -> timestamp from ``eth_getBlockByNumber`` responses."""
+    out = {}
+    for doc in docs:
+        block = doc.get("result", doc) if isinstance(doc, dict) else None
+        if isinstance(block, dict) and "timestamp" in block and "number" in block:
+            out[_int(block["number"])] = _int(block["timestamp"])
+    return out

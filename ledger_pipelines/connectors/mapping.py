@@ -1,0 +1,163 @@
+"""Column mapping of a SQL ledger table (shared by the SQL and the CDC connectors).
+
+The documented default journal schema (``journal_lines``):
+
+| column | meaning |
+|---|---|
+| ``id`` | journal line id, integer, increasing (the source reference) |
+| ``txn_id`` | the transaction the line belongs to (debits = credits per transaction and currency) |
+| ``posted_at`` | UTC posting time |
+| ``account`` / ``counterparty`` | the account booked and the other side |
+| ``currency`` | ISO 4217 code or token symbol |
+| ``amount`` | exact decimal, positive |
+| ``side`` | ``D`` (debit) or ``C`` (credit) |
+| ``payment_ref`` | payment reference (EndToEndId / UETR / memo): the correlation id |
+
+Every table and column name passes :func:`validate_identifier` before it reaches SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
+from ..warehouse import validate_identifier
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    table: str = "journal_lines"
+    schema: str | None = None
+    id: str = "id"
+    transaction_id: str | None = "txn_id"
+    posted_at: str | None = "posted_at"
+    account: str = "account"
+    counterparty: str | None = "counterparty"
+    currency: str | None = "currency"
+    amount: str = "amount"
+    side: str | None = "side"
+    reference: str | None = "payment_ref"
+    # constants for tables that lack a column (e.g. a single-currency table)
+    currency_value: str | None = None
+    direction_value: str | None = None
+    debit_values: tuple[str, ...] = ("D", "DEBIT", "DR", "debit")
+    credit_values: tuple[str, ...] = ("C", "CREDIT", "CR", "credit")
+    # scale of a Kafka Connect Decimal whose schema is not in the event
+    decimal_scale: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        validate_identifier(self.table, "table")
+        if self.schema:
+            validate_identifier(self.schema, "schema")
+        for name in ("id", "transaction_id", "posted_at", "account", "counterparty", "currency", "amount", "side",
+                     "reference"):
+            value = getattr(self, name)
+            if value is not None:
+                validate_identifier(value, f"column for {name}")
+        for col in self.extra.values():
+            validate_identifier(col, "extra column")
+        if self.currency is None and self.currency_value is None:
+            raise ValueError("mapping needs a currency column or currency_value")
+        if self.side is None and self.direction_value not in ("debit", "credit"):
+            raise ValueError("mapping needs a side column or direction_value 'debit'/'credit'")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "ColumnMapping":
+        d = dict(d or {})
+        for key in ("debit_values", "credit_values"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    @property
+    def qualified_table(self) -> str:
+        return f'"{self.schema}"."{self.table}"' if self.schema else f'"{self.table}"'
+
+    def columns(self) -> list[str]:
+        cols = [self.id, self.transaction_id, self.posted_at, self.account, self.counterparty, self.currency,
+                self.amount, self.side, self.reference, *self.extra.values()]
+        return [c for c in dict.fromkeys(cols) if c]
+
+
+def exact_amount(value: Any, where: str) -> str:
+    """A column value as an exact canonical decimal; floats only as their shortest decimal text."""
+    if value is None:
+        raise EntryError(f"{where}: amount is NULL")
+    if isinstance(value, float):
+        # a float column (e.g. Debezium double) is exact only as the decimal the database printed
+        value = Decimal(repr(value))
+    try:
+        d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+    except InvalidOperation:
+        raise EntryError(f"{where}: amount {str(value)[:60]!r} is not a number") from None
+    if not d.is_finite():
+        raise EntryError(f"{where}: amount {value} is not finite")
+    if d < 0:
+        raise EntryError(f"{where}: amount {value} is negative; the side column carries the direction")
+    if d.adjusted() > 80:
+        raise EntryError(f"{where}: amount {value} is out of range")
+    return format_amount(d)
+
+
+def utc_timestamp(value: Any, where: str) -> str:
+    if isinstance(value, datetime):
+        ts = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return format_timestamp(ts)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_timestamp(datetime.fromtimestamp(value / 1000, tz=timezone.utc))
+    if isinstance(value, str):
+        try:
+            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(" ", "T"))
+        except ValueError:
+            raise EntryError(f"{where}: posted time {value!r} is not an ISO timestamp") from None
+        return format_timestamp(ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc))
+    raise EntryError(f"{where}: posted time {value!r} missing or of type {type(value).__name__}")
+
+
+def row_to_entry(
+    row: dict[str, Any], m: ColumnMapping, ledger: str, kind: str = "sql", source_ref: str | None = None,
+    status: str = "booked", position: dict | None = None, booked_at: str | None = None,
+) -> CanonicalEntry:
+    """One journal line (a mapping column -> value) to a canonical entry."""
+    rid = row.get(m.id)
+    where = f"{ledger} row {m.id}={rid!r}"
+    if rid is None:
+        raise EntryError(f"{where}: no id")
+    if m.side is not None:
+        side = str(row.get(m.side) or "").strip()
+        if side in m.debit_values:
+            direction = "debit"
+        elif side in m.credit_values:
+            direction = "credit"
+        else:
+            raise EntryError(f"{where}: side {side!r} is neither debit {m.debit_values} nor credit {m.credit_values}")
+    else:
+        direction = m.direction_value
+    currency = m.currency_value or row.get(m.currency)
+    if not currency:
+        raise EntryError(f"{where}: no currency")
+    account = row.get(m.account)
+    if account is None or str(account) == "":
+        raise EntryError(f"{where}: no account")
+    when = booked_at or utc_timestamp(row.get(m.posted_at) if m.posted_at else None, where)
+    attrs = {k: _plain(row.get(col)) for k, col in m.extra.items() if row.get(col) is not None}
+    if m.transaction_id and row.get(m.transaction_id) is not None:
+        attrs["transaction_id"] = str(row[m.transaction_id])
+    cp = row.get(m.counterparty) if m.counterparty else None
+    ref = row.get(m.reference) if m.reference else None
+    return make_entry(
+        ledger=ledger, ledger_kind=kind, source_ref=source_ref or str(rid), correlation_id=str(ref) if ref else None,
+        account=str(account), counterparty=str(cp) if cp not in (None, "") else None, asset=str(currency),
+        amount=exact_amount(row.get(m.amount), where), direction=direction, booked_at=when, value_date=None,
+        status=status, position=position or {"row_id": _plain(rid)}, attributes=attrs,
+    )
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (Decimal, datetime)):
+        return str(v)
+    return v
