@@ -44,7 +44,8 @@ class TokenConfig:
     def amount(self, value: int) -> str:
         if self.decimals is None or self.symbol is None:
             return str(value)
-        return format_amount(Decimal(value).scaleb(-self.decimals))
+        # normalised: 500 tokens of 16 decimals read 500, not 500.0000000000000000
+        return format_amount(Decimal(value).scaleb(-self.decimals).normalize())
 
 
 def _hex(v: Any) -> str:

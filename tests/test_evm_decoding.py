@@ -1,0 +1,107 @@
+"""ERC-20 Transfer decoding against ethereum-etl's expected output for recorded mainnet data."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import REALDATA
+from ledger_pipelines.connectors.evm import (
+    TRANSFER_TOPIC,
+    LogContext,
+    TokenConfig,
+    block_timestamps_of,
+    decode_transfer_log,
+    log_to_entry,
+    logs_of,
+)
+from ledger_pipelines.model import EntryError, encode_entry
+
+EVM = REALDATA / "evm"
+
+
+def _etl_rows(transfers):
+    return [{"token_address": t.token, "from_address": t.sender, "to_address": t.receiver, "value": str(t.value),
+             "transaction_hash": t.tx_hash, "log_index": str(t.log_index), "block_number": str(t.block_number)}
+            for t in transfers]
+
+
+def _transfers(logs):
+    return [decode_transfer_log(log) for log in logs if log_is_erc20(log)]
+
+
+def log_is_erc20(log):
+    topics = log["topics"].split(",") if isinstance(log["topics"], str) else log["topics"]
+    return topics[0].lower() == TRANSFER_TOPIC and len(topics) == 3
+
+
+def test_set1_filter_logs_equal_ethereum_etl():
+    d = EVM / "block_483920_export_token_transfers"
+    logs = logs_of(json.loads((d / "web3_response.eth_getFilterLogs_0x0.json").read_text()))
+    expected = list(csv.DictReader((d / "expected_token_transfers.csv").read_text().splitlines()))
+    assert _etl_rows(_transfers(logs)) == expected
+
+
+def test_set2_receipt_logs_equal_ethereum_etl_and_timestamps_come_from_blocks():
+    d = EVM / "block_1755635_stream"
+    logs = []
+    for f in sorted(d.glob("web3_response.eth_getTransactionReceipt_*.json")):
+        logs += logs_of(json.loads(f.read_text()))
+    assert len(logs) == 2  # a Transfer and a 3-topic non-Transfer event
+    expected = [json.loads(line) for line in (d / "expected_token_transfers.json").read_text().splitlines()]
+    got = _transfers(logs)
+    # ethereum-etl's JSON stores value as a number: compare as exact integers
+    assert [(t.token, t.sender, t.receiver, t.value, t.tx_hash, t.log_index, t.block_number, t.block_hash)
+            for t in got] == [(x["token_address"], x["from_address"], x["to_address"], int(x["value"]),
+                               x["transaction_hash"], x["log_index"], x["block_number"], x["block_hash"])
+                              for x in expected]
+    stamps = block_timestamps_of(json.loads(f.read_text()) for f in d.glob("web3_response.eth_getBlockByNumber_0x*"))
+    ctx = LogContext(ledger="eth_dao", block_timestamps=stamps,
+                     tokens={got[0].token: TokenConfig(got[0].token, "DAO", 16)})
+    entries = [e for e in (log_to_entry(log, ctx) for log in logs) if e is not None]
+    assert len(entries) == 1
+    e = entries[0]
+    assert e.booked_at == expected[0]["item_timestamp"] and e.amount == "500" and e.asset == "DAO"
+    assert e.entry_id == f"eth_dao:{expected[0]['transaction_hash']}:0"
+    assert e.attributes["raw_value"] == "5000000000000000000"
+
+
+def test_set3_ethereum_etl_logs_csv_with_values_beyond_2_64():
+    d = EVM / "block_1452581_extract_from_logs_csv"
+    logs = list(csv.DictReader((d / "logs.csv").read_text().splitlines()))
+    expected = list(csv.DictReader((d / "expected_token_transfers.csv").read_text().splitlines()))
+    assert _etl_rows(_transfers(logs)) == expected
+    assert int(expected[0]["value"]) > 2**64
+
+
+def _log(**over):
+    log = {"address": "0x" + "ab" * 20, "topics": [TRANSFER_TOPIC, "0x" + "0" * 24 + "11" * 20, "0x" + "0" * 24 + "22" * 20],
+           "data": "0x" + "f" * 64, "transactionHash": "0x" + "cd" * 32, "logIndex": "0x7", "blockNumber": "0x10",
+           "blockHash": "0x" + "ee" * 32}
+    log.update(over)
+    return log
+
+
+def test_uint256_max_is_exact_end_to_end():
+    ctx = LogContext(ledger="eth_x", block_timestamps={16: 1_700_000_000})
+    e = log_to_entry(_log(), ctx)
+    assert e.amount == str(2**256 - 1) and b'"amount":"' + str(2**256 - 1).encode() in encode_entry(e)
+
+
+@pytest.mark.parametrize("over, reason", [
+    ({"topics": [TRANSFER_TOPIC, "0x" + "0" * 24 + "11" * 20, "0x" + "0" * 24 + "22" * 20, "0x" + "0" * 63 + "1"]},
+     "4 topics"),
+    ({"data": "0x1234"}, "2 bytes"),
+    ({"topics": [TRANSFER_TOPIC, "0x" + "11" * 32, "0x" + "0" * 24 + "22" * 20]}, "not a left-padded address"),
+])
+def test_malformed_transfer_logs_are_refused_with_the_log_named(over, reason):
+    with pytest.raises(EntryError) as exc:
+        decode_transfer_log(_log(**over))
+    assert reason in str(exc.value) and "0x" + "cd" * 32 + ":7" in str(exc.value)
+
+
+def test_non_transfer_logs_are_not_entries():
+    ctx = LogContext(ledger="eth_x", block_timestamps={16: 1})
+    assert log_to_entry(_log(topics=["0x" + "12" * 32]), ctx) is None
