@@ -113,3 +113,64 @@ entry_conflicts = Table(
     PrimaryKeyConstraint("topic", "kafka_partition", "kafka_offset", name="pk_ledger_entry_conflicts"),
     Index("ix_ledger_entry_conflicts_entry", "entry_id"),
 )
+
+# Durable connector cursors: one JSON document per ledger (SQL watermark, EVM block, ...).
+cursors = Table(
+    "ledger_cursors",
+    metadata,
+    Column("ledger", String(64), primary_key=True),
+    Column("cursor", Text, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
+)
+
+# Statement files already published, by content hash: a file dropped twice is published once.
+processed_files = Table(
+    "ledger_processed_files",
+    metadata,
+    Column("ledger", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("file_name", Text, nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("rejected", Integer, nullable=False),
+    Column("processed_at", UtcTimestamp, nullable=False),
+    PrimaryKeyConstraint("ledger", "sha256", name="pk_ledger_processed_files"),
+)
+
+# Recently scanned EVM blocks with their hashes and entries, to detect reorgs and orphan entries.
+evm_blocks = Table(
+    "ledger_evm_blocks",
+    metadata,
+    Column("ledger", String(64), nullable=False),
+    Column("block_number", BigInteger, nullable=False),
+    Column("block_hash", String(66), nullable=False),
+    Column("entries", Text, nullable=False),  # JSON list of canonical entries published from it
+    PrimaryKeyConstraint("ledger", "block_number", name="pk_ledger_evm_blocks"),
+)
+
+SNAPSHOT_COLUMNS = (
+    "ledger", "snapshot_date", "entry_id", "ledger_kind", "source_ref", "correlation_id", "account",
+    "counterparty", "asset", "amount", "direction", "booked_at", "value_date", "status", "position", "attributes",
+)
+
+# Daily ledger snapshots read from each source of truth; a re-run replaces its (ledger, day).
+snapshots = Table(
+    "ledger_snapshots",
+    metadata,
+    Column("ledger", String(64), nullable=False),
+    Column("snapshot_date", IsoDate, nullable=False),
+    Column("entry_id", String(600), nullable=False),
+    Column("ledger_kind", String(16), nullable=False),
+    Column("source_ref", String(512), nullable=False),
+    Column("correlation_id", Text),
+    Column("account", Text, nullable=False),
+    Column("counterparty", Text),
+    Column("asset", Text, nullable=False),
+    Column("amount", ExactAmount, nullable=False),
+    Column("direction", String(6), nullable=False),
+    Column("booked_at", UtcTimestamp, nullable=False),
+    Column("value_date", IsoDate),
+    Column("status", String(10), nullable=False),
+    Column("position", Text),
+    Column("attributes", Text),
+    PrimaryKeyConstraint("ledger", "snapshot_date", "entry_id", name="pk_ledger_snapshots"),
+)

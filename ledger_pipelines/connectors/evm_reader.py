@@ -1,0 +1,211 @@
+"""EVM reader (JSON-RPC through web3's HTTP provider) and incremental publisher.
+
+- ``eth_getLogs`` is paged by block range; when the node says the result is too large, the range
+  is too wide, or it times out, the range is halved and retried with backoff.
+- Finality: an entry in a block at least ``confirmations`` deep is ``final``; shallower ones are
+  published as ``pending`` and published again as ``final`` once deep enough.
+- Reorgs: the hash of every block that gave entries (and of each pass's last final block) is kept
+  in ``ledger_evm_blocks``. When a kept block's hash changes, its entries are re-published with
+  status ``orphaned`` and the chain is scanned again from the last block that still matches.
+- Block timestamps are fetched once per block.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from sqlalchemy import text
+
+from ..model import CanonicalEntry, EntryError, decode_entry, encode_entry
+from .evm import TRANSFER_TOPIC, LogContext, LogDecoder, log_ref, log_to_entry
+
+if TYPE_CHECKING:
+    from ..config import LedgerConfig
+    from ..publish import Publisher, PublishResult
+
+log = logging.getLogger(__name__)
+_TOO_MUCH = ("too many", "limit", "range", "exceed", "timeout", "timed out", "response size", "query returned more")
+
+
+class RpcError(RuntimeError):
+    pass
+
+
+class EvmReader:
+    def __init__(self, lc: "LedgerConfig", url: str, decoders: dict[str, LogDecoder] | None = None,
+                 retries: int = 5):
+        from web3 import HTTPProvider
+
+        self.lc = lc
+        self.provider = HTTPProvider(url, request_kwargs={"timeout": 30})
+        self.decoders = decoders or {}
+        self.retries = retries
+        self._blocks: dict[int, dict] = {}
+        self.calls = 0
+
+    # -- JSON-RPC -------------------------------------------------------------------------
+    def rpc(self, method: str, params: list) -> Any:
+        self.calls += 1
+        resp = self.provider.make_request(method, params)
+        if "error" in resp:
+            err = resp["error"]
+            raise RpcError(f"{method}: {err.get('message', err) if isinstance(err, dict) else err}")
+        return resp["result"]
+
+    def head(self) -> int:
+        return int(self.rpc("eth_blockNumber", []), 16)
+
+    def block(self, number: int, refresh: bool = False) -> dict | None:
+        if refresh or number not in self._blocks:
+            b = self.rpc("eth_getBlockByNumber", [hex(number), False])
+            if b is None:
+                return None
+            self._blocks[number] = {"hash": b["hash"], "timestamp": int(b["timestamp"], 16)}
+        return self._blocks[number]
+
+    def get_logs(self, start: int, end: int) -> list[dict]:
+        """Logs of our topics (and tokens) in [start, end], paging and shrinking on provider limits."""
+        topics = [[TRANSFER_TOPIC, *self.decoders]]
+        addresses = [t.address for t in self.lc.tokens] + list(self.lc.options.get("bridge_contracts", []))
+        out: list[dict] = []
+        span = max(1, self.lc.max_block_range)
+        lo = start
+        while lo <= end:
+            hi = min(end, lo + span - 1)
+            flt: dict[str, Any] = {"fromBlock": hex(lo), "toBlock": hex(hi), "topics": topics}
+            if addresses:
+                flt["address"] = addresses
+            for attempt in range(self.retries + 1):
+                try:
+                    out.extend(self.rpc("eth_getLogs", [flt]))
+                    break
+                except Exception as exc:  # RpcError from the node, or a transport timeout
+                    message = str(exc).lower()
+                    if hi > lo and any(w in message for w in _TOO_MUCH):
+                        span = max(1, (hi - lo + 1) // 2)  # too much at once: halve and retry
+                        hi = lo + span - 1
+                        flt["toBlock"] = hex(hi)
+                        continue
+                    if attempt == self.retries:
+                        raise
+                    time.sleep(min(8.0, 0.25 * 2 ** attempt))
+            lo = hi + 1
+        return out
+
+    # -- mapping --------------------------------------------------------------------------
+    def entries(self, logs: list[dict], head: int) -> tuple[list[CanonicalEntry], list[tuple[str, str, bytes]]]:
+        safe = head - self.lc.confirmations
+        for n in sorted({int(lg["blockNumber"], 16) for lg in logs}):
+            self.block(n)
+        ctx = LogContext(
+            ledger=self.lc.name, block_timestamps={n: b["timestamp"] for n, b in self._blocks.items()},
+            tokens={t.address: t for t in self.lc.tokens}, watched=self.lc.watched_address,
+            status_of=lambda n: "final" if n <= safe else "pending", decoders=self.decoders,
+        )
+        entries, errors = [], []
+        for lg in logs:
+            try:
+                e = log_to_entry(lg, ctx)
+            except EntryError as exc:
+                errors.append((f"evm:{self.lc.name}:{log_ref(lg)}", str(exc), json.dumps(lg).encode()))
+                continue
+            if e is not None:
+                entries.append(e)
+        return entries, errors
+
+    def first_block_at(self, ts: int, head: int) -> int:
+        """The first block whose timestamp is >= ts (head + 1 when none is), by binary search."""
+        lo, hi = 0, head + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.block(mid)["timestamp"] >= ts:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def read_day(self, day: date) -> list[CanonicalEntry]:
+        """Entries of the blocks stamped on ``day`` (UTC) on the current canonical chain."""
+        head = self.head()
+        start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+        lo = self.first_block_at(int(start.timestamp()), head)
+        hi = self.first_block_at(int((start + timedelta(days=1)).timestamp()), head) - 1
+        if hi < lo:
+            return []
+        entries, errors = self.entries(self.get_logs(lo, hi), head)
+        for source, reason, _ in errors:
+            log.warning("%s: %s", source, reason)
+        return entries
+
+
+class EvmPublisher:
+    def __init__(self, lc: "LedgerConfig", url: str, publisher: "Publisher", decoders=None):
+        self.lc = lc
+        self.reader = EvmReader(lc, url, decoders)
+        self.pub = publisher
+        self.wh = publisher.warehouse
+        self.window = max(128, 4 * lc.confirmations)
+
+    def _stored(self) -> list[tuple[int, str, str]]:
+        return self.wh.rows("SELECT block_number, block_hash, entries FROM ledger_evm_blocks WHERE ledger = :l "
+                            "ORDER BY block_number DESC", l=self.lc.name)
+
+    def publish(self) -> "PublishResult":
+        from ..publish import PublishResult
+        from ..warehouse.state import get_cursor, set_cursor
+
+        result = PublishResult(self.lc.name)
+        head = self.reader.head()
+        safe = head - self.lc.confirmations
+        cursor = get_cursor(self.wh, self.lc.name) or {"next_block": self.lc.start_block}
+        start = cursor["next_block"]
+        # 1. reorg: kept blocks whose hash changed are abandoned; their entries become orphaned
+        orphaned: list[CanonicalEntry] = []
+        abandoned: list[int] = []
+        for number, stored_hash, entries_json in self._stored():
+            current = self.reader.block(number, refresh=True) if number <= head else None
+            if current is not None and current["hash"] == stored_hash:
+                break
+            abandoned.append(number)
+            for doc in json.loads(entries_json):
+                doc["status"] = "orphaned"
+                orphaned.append(decode_entry(msgspec.json.encode(doc)))
+        if abandoned:
+            start = min(start, min(abandoned))
+            log.warning("%s: reorg: %d kept block(s) from %d left the canonical chain; %d entries orphaned",
+                        self.lc.name, len(abandoned), min(abandoned), len(orphaned))
+        # 2. scan from the first block not known final up to the head
+        entries, errors = [], []
+        if start <= head:
+            entries, errors = self.reader.entries(self.reader.get_logs(start, head), head)
+        # 3. publish (orphaned versions first), then remember blocks and the cursor
+        result.published = self.pub.producer.publish([*orphaned, *entries])
+        result.rejected = self.pub._dead_letters(self.lc.name, errors)
+        by_block: dict[int, list[CanonicalEntry]] = {}
+        for e in entries:
+            by_block.setdefault(e.position["block_number"], []).append(e)
+        if safe >= start and safe not in by_block and safe >= 0:
+            by_block.setdefault(safe, [])  # a checkpoint: detects reorgs that touch no entry of ours
+        with self.wh.engine.begin() as c:
+            if abandoned:
+                c.execute(text("DELETE FROM ledger_evm_blocks WHERE ledger = :l AND block_number >= :n"),
+                          {"l": self.lc.name, "n": min(abandoned)})
+            for number, es in by_block.items():
+                block = self.reader.block(number)
+                c.execute(text("DELETE FROM ledger_evm_blocks WHERE ledger = :l AND block_number = :n"),
+                          {"l": self.lc.name, "n": number})
+                c.execute(text("INSERT INTO ledger_evm_blocks (ledger, block_number, block_hash, entries) "
+                               "VALUES (:l, :n, :h, :e)"),
+                          {"l": self.lc.name, "n": number, "h": block["hash"],
+                           "e": "[" + ",".join(encode_entry(e).decode() for e in es) + "]"})
+            c.execute(text("DELETE FROM ledger_evm_blocks WHERE ledger = :l AND block_number < :n"),
+                      {"l": self.lc.name, "n": head - self.window})
+            set_cursor(self.wh, self.lc.name, {"next_block": max(start, safe + 1), "head": head}, conn=c)
+        result.details = {"head": head, "final_through": safe, "scanned_from": start, "orphaned": len(orphaned),
+                          "pending": sum(1 for e in entries if e.status == "pending"), "rpc_calls": self.reader.calls}
+        return result

@@ -1,0 +1,91 @@
+"""The EVM connector on anvil: a token compiled with npm solc, transfers, publishing, daily snapshot,
+and a chain reorganisation (anvil_reorg) that orphans entries and corrects the day's snapshot."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from ledger_pipelines.config import LedgerConfig
+from ledger_pipelines.connectors.evm import TokenConfig
+from ledger_pipelines.contracts import deploy, web3_for
+from ledger_pipelines.ingest import EventLogIngestor
+from ledger_pipelines.publish import Publisher
+from ledger_pipelines.snapshots import snapshot_day
+from ledger_pipelines.warehouse import Warehouse
+from ledger_pipelines.warehouse.state import read_snapshot
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture
+def chain(anvil_service, stack_config):
+    w3 = web3_for(stack_config.anvil_url)
+    snap = w3.provider.make_request("evm_snapshot", [])["result"]
+    yield w3
+    w3.provider.make_request("evm_revert", [snap])
+
+
+def _ledger(token, confirmations=2, max_range=3):
+    return LedgerConfig(name="eth_usdc", kind="evm", tokens=(TokenConfig(token.address.lower(), "USDC", 6),),
+                        confirmations=confirmations, max_block_range=max_range)
+
+
+def test_transfers_publish_snapshot_and_reorg(chain, kafka, tmp_path, monkeypatch, stack_config):
+    w3 = chain
+    monkeypatch.setenv("LEDGER_EVM_RPC_URL", stack_config.anvil_url)
+    owner, alice, bob = w3.eth.accounts[:3]
+    token = deploy(w3, "LedgerToken", "USD Coin", "USDC", 6)
+    token.functions.mint(alice, 10**12).transact({"from": owner})
+    for cents in (1_500_000, 2_250_000, 999):
+        token.functions.transfer(bob, cents).transact({"from": alice})
+    lc = _ledger(token)
+    lc = LedgerConfig(**{**lc.__dict__, "rpc_env": "LEDGER_EVM_RPC_URL", "start_block": 0})
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    wh.create_schema()
+    pub = Publisher(kafka, wh)
+    first = pub.publish(lc)
+    assert first.published == 4 and first.rejected == 0  # mint + 3 transfers
+    # shallow blocks are pending until `confirmations` deep
+    assert first.details["pending"] >= 1
+    w3.provider.make_request("anvil_mine", [5])
+    second = pub.publish(lc)
+    assert second.details["pending"] == 0
+    EventLogIngestor(kafka, wh).run()
+    statuses = wh.rows("SELECT status, count(*) FROM ledger_event_log GROUP BY status ORDER BY status")
+    assert dict(statuses)["final"] == 4
+    amounts = sorted(r[0] for r in wh.rows("SELECT amount FROM ledger_event_log WHERE status = 'final'"))
+    assert amounts == sorted(["1000000", "1.5", "2.25", "0.000999"])
+    day = datetime.fromtimestamp(w3.eth.get_block("latest")["timestamp"], tz=timezone.utc).date()
+    stats = snapshot_day(lc, day, wh)
+    assert stats["rows"] == 4 and stats["totals"]["USDC"]["debit"] == "1000003.750999"
+
+    # reorg: replace the last 8 blocks (all three transfers) with an empty branch
+    tip = w3.eth.block_number
+    before_hashes = {n: w3.eth.get_block(n)["hash"] for n in range(tip - 7, tip + 1)}
+    w3.provider.make_request("anvil_reorg", [8, []])
+    assert any(w3.eth.get_block(n)["hash"] != h for n, h in before_hashes.items())
+    third = pub.publish(lc)
+    assert third.details["orphaned"] >= 3
+    EventLogIngestor(kafka, wh).run()
+    orphaned = wh.rows("SELECT count(DISTINCT entry_id) FROM ledger_event_log WHERE status = 'orphaned'")[0][0]
+    assert orphaned == third.details["orphaned"]
+    # the day's snapshot, taken again, shows only what the canonical chain holds now
+    again = snapshot_day(lc, day, wh)
+    assert again["rows"] == 4 - third.details["orphaned"]
+    assert len(read_snapshot(wh, "eth_usdc", day.isoformat())) == again["rows"]
+
+
+def test_get_logs_pages_small_ranges(chain, stack_config):
+    from ledger_pipelines.connectors.evm_reader import EvmReader
+
+    w3 = chain
+    owner, alice = w3.eth.accounts[:2]
+    token = deploy(w3, "LedgerToken", "T", "T", 0)
+    for _ in range(5):
+        token.functions.mint(alice, 7).transact({"from": owner})
+    reader = EvmReader(_ledger(token, max_range=1), stack_config.anvil_url)
+    head = reader.head()
+    logs = reader.get_logs(0, head)
+    assert len(logs) == 5 and reader.calls >= head  # one block a call
