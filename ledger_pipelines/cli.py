@@ -167,6 +167,28 @@ def cmd_normalize(args) -> int:
     return 2 if unreadable else 0
 
 
+def cmd_publish(args) -> int:
+    import time
+
+    from .config import ledger_by_name, load_config
+    from .publish import Publisher
+    from .warehouse import Warehouse
+
+    lc = ledger_by_name(load_config(args.config), args.ledger)
+    wh = Warehouse(None)
+    try:
+        publisher = Publisher(_kafka(args), wh)
+        while True:
+            r = publisher.publish(lc)
+            print(json.dumps({"ledger": r.ledger, "published": r.published, "rejected": r.rejected,
+                              "files": r.files, "details": r.details}, default=str), flush=True)
+            if not args.follow:
+                return 0
+            time.sleep(args.interval)
+    finally:
+        wh.dispose()
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -213,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--status", default="final", choices=["pending", "final"])
     s.add_argument("files", nargs="+")
     s.set_defaults(func=cmd_normalize)
+
+    s = sub.add_parser("publish", help="publish a configured ledger's new records to Kafka (one pass or --follow)")
+    s.add_argument("ledger")
+    s.add_argument("--config", help="ledger configuration; default LEDGER_CONFIG")
+    s.add_argument("--follow", action="store_true", help="keep publishing every --interval seconds")
+    s.add_argument("--interval", type=float, default=2.0)
+    s.add_argument("--topic-prefix")
+    s.set_defaults(func=cmd_publish)
 
     s = sub.add_parser("demo", help="start the stack and the Dagster UI with a generated stream flowing")
     s.add_argument("--rate", type=float, default=20.0, help="generated entries per second")

@@ -89,13 +89,26 @@ def _ledger(d: dict[str, Any]) -> LedgerConfig:
     )
 
 
-def load_config(path: str | Path | None = None) -> list[LedgerConfig]:
-    path = Path(path or os.environ.get("LEDGER_CONFIG") or DEFAULT_CONFIG)
+def config_path(path: str | Path | None = None) -> Path:
+    return Path(path or os.environ.get("LEDGER_CONFIG") or DEFAULT_CONFIG)
+
+
+def _document(path: str | Path | None) -> dict[str, Any]:
+    p = config_path(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        return yaml.safe_load(p.read_text()) or {}
     except OSError as exc:
-        raise ConfigError(f"cannot read ledger configuration {path}: {exc}") from None
-    ledgers = [_ledger(d) for d in (doc or {}).get("ledgers", [])]
+        raise ConfigError(f"cannot read ledger configuration {p}: {exc}") from None
+
+
+def partitions_start(path: str | Path | None = None) -> str:
+    """First day of the daily partitions (``partitions_start`` in the file, default 2026-11-01)."""
+    return str(_document(path).get("partitions_start", "2026-11-01"))
+
+
+def load_config(path: str | Path | None = None) -> list[LedgerConfig]:
+    doc = _document(path)
+    ledgers = [_ledger(d) for d in doc.get("ledgers", [])]
     names = [lc.name for lc in ledgers]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: duplicate ledger names {names}")

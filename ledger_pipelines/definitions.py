@@ -1,15 +1,27 @@
-"""The one place that builds the Dagster ``Definitions`` (loaded by workspace.yaml)."""
+"""The one place that builds the Dagster ``Definitions`` (loaded by workspace.yaml).
 
-from dagster import Definitions
+Which snapshot assets exist depends on the ledger configuration (``LEDGER_CONFIG``, default
+``config/ledgers.example.yaml``), read here and nowhere else at load time.
+"""
+
+from dagster import DailyPartitionsDefinition, Definitions
 
 from .assets.event_log import ledger_event_log
-from .jobs import event_log_job
+from .assets.snapshots import build_snapshot_asset
+from .config import load_config, partitions_start
+from .jobs import event_log_job, publish_job, snapshots_job
 from .resources import KafkaResource, WarehouseResource
+from .sensors.evm_blocks_sensor import evm_blocks_sensor
 from .sensors.kafka_offsets_sensor import kafka_offsets_sensor
+from .sensors.sql_rows_sensor import sql_rows_sensor
+from .sensors.statement_inbox_sensor import statement_inbox_sensor
+
+daily = DailyPartitionsDefinition(start_date=partitions_start(), timezone="UTC")
+snapshot_assets = [build_snapshot_asset(lc, daily) for lc in load_config()]
 
 defs = Definitions(
-    assets=[ledger_event_log],
-    jobs=[event_log_job],
-    sensors=[kafka_offsets_sensor],
+    assets=[ledger_event_log, *snapshot_assets],
+    jobs=[event_log_job, publish_job, snapshots_job],
+    sensors=[kafka_offsets_sensor, sql_rows_sensor, evm_blocks_sensor, statement_inbox_sensor],
     resources={"kafka": KafkaResource(), "warehouse": WarehouseResource()},
 )

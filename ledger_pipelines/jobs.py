@@ -1,11 +1,26 @@
-"""Jobs by asset selection."""
+"""Jobs by asset selection (and the publishing op job)."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, define_asset_job, job
+
+from .ops import publish_ledger
 
 EVENT_LOG_JOB = "event_log_job"
+PUBLISH_JOB = "publish_job"
 
 event_log_job = define_asset_job(
     EVENT_LOG_JOB,
     selection=AssetSelection.assets("ledger_event_log"),
     description="Consume the entry topics into the warehouse event log up to fixed offsets.",
+)
+
+
+@job(name=PUBLISH_JOB, description="Publish one configured ledger's new records to its Kafka topic.",
+     tags={"dagster/max_retries": 2})
+def publish_job():
+    publish_ledger()
+
+
+snapshots_job = define_asset_job(
+    "snapshots_job", selection=AssetSelection.groups("snapshots"),
+    description="Daily snapshots of every configured ledger, read from the sources.",
 )

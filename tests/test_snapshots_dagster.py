@@ -1,0 +1,118 @@
+"""Daily snapshot assets, a week backfilled in one run, the statement inbox and the source sensors."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+
+import pytest
+import yaml
+from dagster import DagsterInstance, SkipReason, build_sensor_context, materialize
+
+from conftest import REALDATA
+from ledger_pipelines.config import LedgerConfig
+from ledger_pipelines.connectors.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql import SqlLedger
+from ledger_pipelines.publish import Publisher
+from ledger_pipelines.resources import KafkaResource, WarehouseResource
+from ledger_pipelines.warehouse import Warehouse
+
+pytestmark = pytest.mark.services
+WEEK = [date(2026, 11, 17) + timedelta(days=i) for i in range(7)]
+
+
+def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch):
+    from sqlalchemy import text
+
+    from ledger_pipelines.definitions import defs
+
+    core = f"sqlite:///{tmp_path / 'core.db'}"
+    monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)
+    monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
+    ledger = SqlLedger(core, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    with ledger.engine.begin() as c:
+        for i, day in enumerate(WEEK):
+            for n in range(i + 1):  # day i has i+1 balanced transactions
+                for side in ("D", "C"):
+                    c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
+                                   "VALUES (:t, :p, :a, 'EUR', '10.00', :s)"),
+                              {"t": f"{day}-{n}", "p": f"{day}T12:00:0{n % 10}Z", "a": f"GL-{side}", "s": side})
+    ledger.dispose()
+    asset = defs.resolve_assets_def("core_banking_snapshot")
+    instance = DagsterInstance.ephemeral()
+    result = materialize(
+        [asset], instance=instance,
+        tags={"dagster/asset_partition_range_start": str(WEEK[0]), "dagster/asset_partition_range_end": str(WEEK[-1])},
+    )
+    assert result.success
+    mats = result.asset_materializations_for_node("core_banking_snapshot")
+    assert {m.partition for m in mats} == {str(d) for d in WEEK}  # one run, seven partitions
+    assert mats[0].metadata["rows"].value == 2 * sum(range(1, 8))
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    per_day = dict(wh.rows("SELECT snapshot_date, count(*) FROM ledger_snapshots GROUP BY snapshot_date"))
+    assert per_day == {str(d): 2 * (i + 1) for i, d in enumerate(WEEK)}
+    # re-running one partition replaces only that day
+    again = materialize([asset], instance=instance,
+                        partition_key=str(WEEK[2]))
+    assert again.success
+    assert dict(wh.rows("SELECT snapshot_date, count(*) FROM ledger_snapshots GROUP BY snapshot_date")) == per_day
+
+
+def test_statement_inbox_publishes_each_file_once_and_sets_bad_files_aside(kafka, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    lc = LedgerConfig(name="bank_statements", kind="iso20022", inbox=str(inbox))
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    pub = Publisher(kafka, wh)
+    src = REALDATA / "iso20022" / "fffs_FI_camt_053_sample.xml"
+    shutil.copy(src, inbox / "a.xml")
+    assert pub.publish(lc).published == 10
+    shutil.copy(src, inbox / "same-content-again.xml")  # dropped twice
+    (inbox / "broken.xml").write_bytes(src.read_bytes()[:500])
+    second = pub.publish(lc)
+    assert second.published == 0 and second.rejected == 1 and sorted(second.files) == ["broken.xml"]
+    assert pub.publish(lc).files == []
+
+
+def test_source_sensors_request_publish_runs(tmp_path, monkeypatch, kafka, stack_config):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    config = tmp_path / "ledgers.yaml"
+    config.write_text(yaml.safe_dump({"ledgers": [
+        {"name": "bank_statements", "kind": "iso20022", "inbox": str(inbox)},
+        {"name": "core_banking", "kind": "sql", "connection_env": "LEDGER_CORE_BANKING_URL", "mapping": {}},
+    ]}))
+    core = f"sqlite:///{tmp_path / 'core.db'}"
+    monkeypatch.setenv("LEDGER_CONFIG", str(config))
+    monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)
+    monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
+    from ledger_pipelines.sensors.sql_rows_sensor import sql_rows_sensor
+    from ledger_pipelines.sensors.statement_inbox_sensor import statement_inbox_sensor
+
+    def tick(sensor):
+        return sensor(build_sensor_context(instance=DagsterInstance.ephemeral(),
+                                           resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()}))
+
+    assert isinstance(tick(statement_inbox_sensor), SkipReason)
+    shutil.copy(REALDATA / "iso20022" / "oca_test-camt053.xml", inbox / "s.xml")
+    (req,) = tick(statement_inbox_sensor)
+    assert req.run_config["ops"]["publish_ledger"]["config"]["ledger"] == "bank_statements"
+    ledger = SqlLedger(core, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    assert isinstance(tick(sql_rows_sensor), SkipReason)
+    from sqlalchemy import text
+
+    with ledger.engine.begin() as c:
+        c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
+                       "VALUES ('T', '2026-11-24T10:00:00Z', 'GL', 'EUR', '1.00', 'D')"))
+    (req,) = tick(sql_rows_sensor)
+    monkeypatch.setenv("LEDGER_KAFKA_BOOTSTRAP", kafka.bootstrap_servers)
+    monkeypatch.setenv("LEDGER_TOPIC_PREFIX", kafka.topic_prefix)
+    from ledger_pipelines.definitions import defs
+
+    run = defs.resolve_job_def("publish_job").execute_in_process(
+        run_config=req.run_config, instance=DagsterInstance.ephemeral())
+    assert run.success
+    assert isinstance(tick(sql_rows_sensor), SkipReason)
+    ledger.dispose()

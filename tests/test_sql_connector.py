@@ -1,0 +1,133 @@
+"""The SQL ledger connector on SQLite and PostgreSQL: incremental publishing, late commits, snapshots."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from ledger_pipelines.config import LedgerConfig
+from ledger_pipelines.connectors.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql import SqlLedger
+from ledger_pipelines.ingest import EventLogIngestor
+from ledger_pipelines.publish import Publisher
+from ledger_pipelines.snapshots import snapshot_day
+from ledger_pipelines.warehouse import Warehouse
+
+pytestmark = pytest.mark.services
+DAY = date(2026, 11, 24)
+
+
+def _insert(engine, n, start_txn=0, day=DAY, amount="100.10"):
+    rows = []
+    for i in range(n):
+        t = f"T{start_txn + i}"
+        ts = datetime(day.year, day.month, day.day, 9, tzinfo=timezone.utc) + timedelta(minutes=i)
+        for side, acct in (("D", "GL-1000"), ("C", "GL-2000")):
+            rows.append({"t": t, "p": ts.strftime("%Y-%m-%dT%H:%M:%SZ"), "a": acct, "c": "EUR", "m": amount,
+                         "s": side, "r": f"E2E-{t}"})
+    with engine.begin() as c:
+        c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, counterparty, currency, amount, side, "
+                       "payment_ref) VALUES (:t, :p, :a, NULL, :c, :m, :s, :r)"), rows)
+
+
+@pytest.fixture
+def source(warehouse_url, tmp_path):
+    """A journal in its own database (PostgreSQL: the test's database; SQLite: its own file)."""
+    url = warehouse_url if warehouse_url.startswith("postgresql") else f"sqlite:///{tmp_path / 'core.db'}"
+    ledger = SqlLedger(url, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    yield url, ledger
+    ledger.dispose()
+
+
+def _lc(monkeypatch, url):
+    monkeypatch.setenv("LEDGER_CORE_BANKING_URL", url)
+    return LedgerConfig(name="core_banking", kind="sql", connection_env="LEDGER_CORE_BANKING_URL",
+                        mapping=ColumnMapping())
+
+
+def test_publish_then_only_the_new_rows(source, warehouse, kafka, monkeypatch):
+    url, ledger = source
+    lc = _lc(monkeypatch, url)
+    _insert(ledger.engine, 50)
+    pub = Publisher(kafka, warehouse)
+    assert pub.publish(lc).published == 100
+    assert pub.publish(lc).published == 0
+    _insert(ledger.engine, 7, start_txn=50)
+    assert pub.publish(lc).published == 14
+    EventLogIngestor(kafka, warehouse).run()
+    assert warehouse.event_counts() == {"events": 114, "distinct_entries": 114, "rejected": 0, "conflicts": 0}
+    assert ledger.trial_balance() == []
+    stats = snapshot_day(lc, DAY, warehouse)
+    assert stats["rows"] == 114 and stats["totals"]["EUR"] == {"credit": "5705.70", "debit": "5705.70"}
+    # re-running the partition replaces exactly it
+    assert snapshot_day(lc, DAY, warehouse)["rows"] == 114
+    assert warehouse.scalar("SELECT count(*) FROM ledger_snapshots") == 114
+
+
+def test_trial_balance_names_the_unbalanced_transaction(source):
+    _, ledger = source
+    _insert(ledger.engine, 3)
+    with ledger.engine.begin() as c:
+        c.execute(text("UPDATE journal_lines SET amount = '100.11' WHERE txn_id = 'T1' AND side = 'C'"))
+    (bad,) = ledger.trial_balance(DAY)
+    assert bad["transaction_id"] == "T1" and bad["difference"] == "-0.01"
+
+
+def test_bad_rows_go_to_the_dlq_and_the_rest_is_published(source, warehouse, kafka, monkeypatch):
+    url, ledger = source
+    lc = _lc(monkeypatch, url)
+    _insert(ledger.engine, 2)
+    _insert(ledger.engine, 1, start_txn=9, amount="-5.00")
+    result = Publisher(kafka, warehouse).publish(lc)
+    assert result.published == 4 and result.rejected == 2
+
+
+def test_identifiers_from_configuration_are_validated():
+    with pytest.raises(ValueError, match="identifier"):
+        ColumnMapping(table="journal; DROP TABLE x")
+    with pytest.raises(ValueError, match="identifier"):
+        ColumnMapping(amount='amount" FROM x --')
+
+
+def test_a_late_committed_row_is_not_skipped(pg_url, kafka, monkeypatch, tmp_path):
+    """PostgreSQL hands out ids at insert and commits later: the watermark must come back for them."""
+    ledger = SqlLedger(pg_url, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    lc = _lc(monkeypatch, pg_url)
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    pub = Publisher(kafka, wh)
+    _insert(ledger.engine, 1)  # ids 1, 2
+    slow = create_engine(pg_url).connect()
+    tx = slow.begin()
+    slow.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
+                      "VALUES ('LATE', '2026-11-24T10:00:00Z', 'GL-9', 'EUR', '1.00', 'D')"))  # id 3, uncommitted
+    _insert(ledger.engine, 1, start_txn=1)  # ids 4, 5 committed
+    first = pub.publish(lc)
+    assert first.published == 4 and first.details["gaps"] == 1
+    tx.commit()
+    slow.close()
+    second = pub.publish(lc)
+    assert second.published == 1 and second.details["gaps"] == 0
+    EventLogIngestor(kafka, wh).run()
+    assert wh.scalar("SELECT count(*) FROM ledger_event_log WHERE account = 'GL-9'") == 1
+    ledger.dispose()
+
+
+def test_rolled_back_ids_stop_being_looked_for_after_the_timeout(pg_url):
+    ledger = SqlLedger(pg_url, ColumnMapping(), "core_banking", gap_timeout=timedelta(seconds=0))
+    ledger.create_journal()
+    with ledger.engine.connect() as c:
+        tx = c.begin()
+        c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
+                       "VALUES ('X', '2026-11-24T10:00:00Z', 'GL-9', 'EUR', '1.00', 'D')"))
+        tx.rollback()
+    _insert(ledger.engine, 1)
+    read = ledger.read_new({"high": 0, "gaps": {}}, now=datetime.now(timezone.utc))
+    assert len(read.entries) == 2 and list(read.cursor["gaps"]) == ["1"]  # the rolled-back id
+    later = ledger.read_new(read.cursor, now=datetime.now(timezone.utc) + timedelta(seconds=1))
+    assert later.cursor["gaps"] == {} and later.entries == []
+    ledger.dispose()
