@@ -74,12 +74,34 @@ def browser():
         b.close()
 
 
-def test_asset_graph_shows_the_event_log(dagster_ui, browser, artifacts):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(dagster_ui + "/asset-groups", wait_until="domcontentloaded")
-    page.get_by_text("ledger_event_log").first.wait_for(timeout=90_000)
-    page.screenshot(path=str(artifacts / "ui-asset-graph.png"))
-    page.goto(dagster_ui + "/automation", wait_until="domcontentloaded")
-    page.get_by_text("kafka_offsets_sensor").first.wait_for(timeout=60_000)
-    page.screenshot(path=str(artifacts / "ui-automation.png"))
-    page.close()
+def _shot(page, artifacts, name):
+    skip = page.get_by_role("button", name="Skip")
+    if skip.count() and skip.first.is_visible():  # first-visit "join the community" dialog
+        skip.first.click()
+        page.wait_for_timeout(500)
+    page.screenshot(path=str(artifacts / f"ui-{name}.png"))
+
+
+def test_asset_graph_shows_every_asset(dagster_ui, browser, artifacts):
+    from ledger_pipelines.definitions import defs
+
+    names = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(dagster_ui + "/assets", wait_until="domcontentloaded")
+        for name in names:
+            page.get_by_text(name, exact=True).first.wait_for(timeout=90_000)
+        _shot(page, artifacts, "asset-catalog")
+        page.goto(dagster_ui + "/asset-groups", wait_until="domcontentloaded")
+        page.get_by_text("Global asset lineage").first.wait_for(timeout=60_000)
+        page.wait_for_timeout(3000)
+        _shot(page, artifacts, "asset-graph")
+        page.goto(dagster_ui + "/automation", wait_until="domcontentloaded")
+        for sensor in ("kafka_offsets_sensor", "sql_rows_sensor", "evm_blocks_sensor", "statement_inbox_sensor"):
+            page.get_by_text(sensor).first.wait_for(timeout=60_000)
+        _shot(page, artifacts, "automation")
+    except Exception:
+        _shot(page, artifacts, "failure")
+        raise
+    finally:
+        page.close()
