@@ -13,14 +13,15 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 _ZERO_PAD = "0" * 24
 
 
-@dataclass(frozen=True)
-class Transfer:
+class Transfer(msgspec.Struct, frozen=True, gc=False):
     token: str
     sender: str
     receiver: str
@@ -85,32 +86,58 @@ def log_ref(log: dict) -> str:
 
 
 def decode_transfer_log(log: dict) -> Transfer:
-    """An ERC-20 Transfer (topic0 Transfer, exactly 3 topics, 32-byte data); EntryError otherwise."""
-    topics = _topics(log)
+    """An ERC-20 Transfer (topic0 Transfer, exactly 3 topics, 32-byte data); EntryError otherwise.
+
+    Hot path: a JSON-RPC log (hex strings) is sliced by hand; other shapes are normalised first.
+    """
+    topics = log.get("topics")
+    data = log.get("data")
+    if type(topics) is list and len(topics) == 3 and type(data) is str:
+        t0, t1, t2 = topics
+        if type(t0) is not str or type(t1) is not str or type(t2) is not str:
+            topics, data = _topics(log), _hex(data)
+            t0, t1, t2 = topics
+    else:
+        topics, data = _topics(log), _hex(log.get("data") or "0x")
+        if len(topics) != 3:
+            return _refuse(log, topics, data)
+        t0, t1, t2 = topics
+    if len(data) != 66 or len(t1) != 66 or len(t2) != 66 or t1[2:26] != _ZERO_PAD or t2[2:26] != _ZERO_PAD \
+            or (t0 != TRANSFER_TOPIC and t0.lower() != TRANSFER_TOPIC):
+        return _refuse(log, [t0, t1, t2], data)
+    try:
+        value = int(data, 16)
+        bn = log["blockNumber"] if "blockNumber" in log else log.get("block_number")
+        li = log["logIndex"] if "logIndex" in log else log.get("log_index")
+        block_number = int(bn, 16) if type(bn) is str and bn[:2] == "0x" else int(bn)
+        log_index = int(li, 16) if type(li) is str and li[:2] == "0x" else int(li)
+    except (TypeError, ValueError) as exc:
+        raise EntryError(f"log {log_ref(log)}: {exc}") from None
+    tx = log["transactionHash"] if "transactionHash" in log else log.get("transaction_hash")
+    bh = log["blockHash"] if "blockHash" in log else log.get("block_hash")
+    token = log.get("address")
+    return Transfer(
+        token=token.lower() if type(token) is str else _hex(token), sender="0x" + t1[26:].lower(),
+        receiver="0x" + t2[26:].lower(), value=value, tx_hash=tx.lower() if type(tx) is str else _hex(tx),
+        log_index=log_index, block_number=block_number,
+        block_hash=(bh.lower() if type(bh) is str else _hex(bh)) if bh else None,
+        removed=log.get("removed") is True,
+    )
+
+
+def _refuse(log: dict, topics: list, data: str):
     ref = log_ref(log)
+    topics = [t.lower() for t in topics]
     if not topics or topics[0] != TRANSFER_TOPIC:
         raise EntryError(f"log {ref}: not a Transfer event (topic0 {topics[0] if topics else None})")
     if len(topics) != 3:
         raise EntryError(f"log {ref}: Transfer with {len(topics)} topics is not ERC-20 (ERC-721 indexes the token id)")
-    data = _hex(log.get("data") or "0x")
     if len(data) != 66:
         raise EntryError(f"log {ref}: Transfer data is {(len(data) - 2) // 2} bytes, an ERC-20 value takes 32")
     for t in topics[1:]:
         if len(t) != 66 or t[2:26] != _ZERO_PAD:
             raise EntryError(f"log {ref}: topic {t} is not a left-padded address")
-    try:
-        value = int(data, 16)
-        block_number = _int(log.get("blockNumber", log.get("block_number")))
-        log_index = _int(log.get("logIndex", log.get("log_index")))
-    except (TypeError, ValueError) as exc:
-        raise EntryError(f"log {ref}: {exc}") from None
-    block_hash = log.get("blockHash", log.get("block_hash"))
-    return Transfer(
-        token=_hex(log.get("address")), sender="0x" + topics[1][26:], receiver="0x" + topics[2][26:],
-        value=value, tx_hash=_hex(log.get("transactionHash", log.get("transaction_hash"))), log_index=log_index,
-        block_number=block_number, block_hash=_hex(block_hash) if block_hash else None,
-        removed=bool(log.get("removed", False)),
-    )
+    raise EntryError(f"log {ref}: malformed Transfer")
 
 
 def transfer_log_to_entry(

@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
+from contextvars import ContextVar
+from functools import lru_cache
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring
+import xml.etree.ElementTree as ET
 
 from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
 
@@ -107,21 +108,40 @@ class Statement:
         }
 
 
-def _strip_namespaces(root: Element) -> str | None:
-    ns = None
-    for el in root.iter():
-        tag = el.tag
-        if isinstance(tag, str) and tag[0] == "{":
-            uri, _, local = tag[1:].partition("}")
-            ns = ns or uri
-            el.tag = local
-    return ns
+_NS: ContextVar[str] = ContextVar("camt_namespace", default="")
+
+
+@lru_cache(maxsize=1024)
+def _qualified(ns: str, path: str) -> tuple[str, ...]:
+    return tuple(f"{{{ns}}}{p}" if ns else p for p in path.split("/"))
+
+
+def _find(el: Element | None, path: str) -> Element | None:
+    """``el.find(path)`` in the document's namespace, one C-level step per tag."""
+    for tag in _qualified(_NS.get(), path):
+        if el is None:
+            return None
+        el = el.find(tag)
+    return el
+
+
+def _findall(el: Element | None, path: str) -> list[Element]:
+    *parents, last = _qualified(_NS.get(), path)
+    for tag in parents:
+        if el is None:
+            return []
+        el = el.find(tag)
+    return [] if el is None else el.findall(last)
+
+
+def _local(tag: str) -> str:
+    return tag[tag.index("}") + 1:] if tag[:1] == "{" else tag
 
 
 def _text(el: Element | None, path: str) -> str | None:
     if el is None:
         return None
-    found = el.find(path)
+    found = _find(el, path)
     if found is None or found.text is None:
         return None
     return found.text.strip()
@@ -149,7 +169,7 @@ def _date_or_time(el: Element | None) -> tuple[str | None, str | None]:
         return None, None
     d = _text(el, "Dt")
     if d:
-        datetime.strptime(d[:10], "%Y-%m-%d")
+        date.fromisoformat(d[:10])
         return f"{d[:10]}T00:00:00Z", d[:10]
     dt = _text(el, "DtTm")
     if dt:
@@ -167,12 +187,12 @@ def _account(acct: Element | None) -> str | None:
 
 
 def _party(tx: Element, role: str) -> dict[str, Any]:
-    rp = tx.find("RltdPties")
+    rp = _find(tx, "RltdPties")
     if rp is None:
         return {}
     out = {}
     name = _text(rp, f"{role}/Nm") or _text(rp, f"{role}/Pty/Nm")
-    acct = _account(rp.find(f"{role}Acct"))
+    acct = _account(_find(rp, f"{role}Acct"))
     if name:
         out["name"] = name
     if acct:
@@ -182,20 +202,20 @@ def _party(tx: Element, role: str) -> dict[str, Any]:
 
 def _detail(tx: Element, entry_credit: bool, where: str) -> dict[str, Any]:
     refs = {}
-    r = tx.find("Refs")
+    r = _find(tx, "Refs")
     if r is not None:
         for name in _REF_FIELDS:
             v = _text(r, name)
             if v and v.upper() not in _NOT_PROVIDED:
                 refs[name] = v
     d: dict[str, Any] = {"refs": refs}
-    amt_el = tx.find("Amt")
+    amt_el = _find(tx, "Amt")
     if amt_el is None:
-        amt_el = tx.find("AmtDtls/TxAmt/Amt")
+        amt_el = _find(tx, "AmtDtls/TxAmt/Amt")
     if amt_el is not None:
         d["amount"], d["currency"] = _amount(amt_el, where)
     for name, path in (("instructed_amount", "AmtDtls/InstdAmt/Amt"), ("counter_value", "AmtDtls/CntrValAmt/Amt")):
-        el = tx.find(path)
+        el = _find(tx, path)
         if el is not None:
             amt, ccy = _amount(el, f"{where} {name}")
             d[name] = {"amount": amt, "currency": ccy}
@@ -209,7 +229,7 @@ def _detail(tx: Element, entry_credit: bool, where: str) -> dict[str, Any]:
     cp = _party(tx, "Dbtr" if credit else "Cdtr")
     if cp:
         d["counterparty"] = cp
-    ustrd = [e.text.strip() for e in tx.findall("RmtInf/Ustrd") if e.text and e.text.strip()]
+    ustrd = [e.text.strip() for e in _findall(tx, "RmtInf/Ustrd") if e.text and e.text.strip()]
     if ustrd:
         d["remittance"] = " ".join(ustrd)
     sref = _text(tx, "RmtInf/Strd/CdtrRefInf/Ref")
@@ -222,7 +242,7 @@ def _detail(tx: Element, entry_credit: bool, where: str) -> dict[str, Any]:
 
 
 def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
-    amount, ccy = _amount(ntry.find("Amt"), where)
+    amount, ccy = _amount(_find(ntry, "Amt"), where)
     cd = _text(ntry, "CdtDbtInd")
     if cd not in ("CRDT", "DBIT"):
         raise EntryError(f"{where}: CdtDbtInd {cd!r} is neither CRDT nor DBIT")
@@ -230,12 +250,12 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
     rvsl = (_text(ntry, "RvslInd") or "false").lower() in ("true", "1")
     status = _text(ntry, "Sts/Cd") or _text(ntry, "Sts/Prtry") or _text(ntry, "Sts") or "BOOK"
     try:
-        booking, _ = _date_or_time(ntry.find("BookgDt"))
-        _, value_date = _date_or_time(ntry.find("ValDt"))
+        booking, _ = _date_or_time(_find(ntry, "BookgDt"))
+        _, value_date = _date_or_time(_find(ntry, "ValDt"))
     except ValueError as exc:
         raise EntryError(f"{where}: bad date ({exc})") from None
     attrs: dict[str, Any] = {"cdt_dbt_ind": cd, "status_code": status}
-    domn = ntry.find("BkTxCd/Domn")
+    domn = _find(ntry, "BkTxCd/Domn")
     if domn is not None:
         attrs["bank_tx_code"] = "-".join(
             x for x in (_text(domn, "Cd"), _text(domn, "Fmly/Cd"), _text(domn, "Fmly/SubFmlyCd")) if x)
@@ -245,21 +265,21 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
     info = _text(ntry, "AddtlNtryInf")
     if info:
         attrs["additional_info"] = info
-    btch = ntry.find("NtryDtls/Btch")
+    btch = _find(ntry, "NtryDtls/Btch")
     if btch is not None:
         batch: dict[str, Any] = {}
         n = _text(btch, "NbOfTxs")
         if n:
             batch["number_of_transactions"] = int(n) if n.isdigit() else n
-        ttl = btch.find("TtlAmt")
+        ttl = _find(btch, "TtlAmt")
         if ttl is not None:
             batch["total"], batch["currency"] = _amount(ttl, f"{where} batch total")
         attrs["batch"] = batch
-    charges = ntry.find("Chrgs/TtlChrgsAndTaxAmt")
+    charges = _find(ntry, "Chrgs/TtlChrgsAndTaxAmt")
     if charges is not None:
         attrs["charges"] = dict(zip(("amount", "currency"), _amount(charges, f"{where} charges")))
     details = [_detail(tx, credit, f"{where} TxDtls {i}")
-               for i, tx in enumerate(ntry.findall("NtryDtls/TxDtls"), start=1)]
+               for i, tx in enumerate(_findall(ntry, "NtryDtls/TxDtls"), start=1)]
     return CamtEntry(
         index=index, amount=amount, currency=ccy, credit=credit, reversal=rvsl, status=status,
         booking=booking, value_date=value_date, acct_svcr_ref=_text(ntry, "AcctSvcrRef"),
@@ -268,15 +288,27 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
 
 
 def _safe_root(data: bytes, max_bytes: int) -> tuple[Element, str | None]:
+    """Parse with the C-accelerated expat parser after refusing any document type declaration.
+
+    Entities can only be declared inside a DOCTYPE, so refusing it refuses internal and external
+    entities and entity-expansion bombs; expat never fetches external resources by itself.
+    """
     if len(data) > max_bytes:
         raise CamtError(f"document of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    text: bytes | str = data
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16: look for the declaration in the decoded text
+        text = data.decode("utf-16")
+        if "<!DOCTYPE" in text or "<!ENTITY" in text:
+            raise CamtError("unsafe XML refused: document type declarations (and so entities) are not accepted")
+        text = re.sub(r"^<\?xml[^>]*\?>", "", text.lstrip("\ufeff"))
+    elif b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise CamtError("unsafe XML refused: document type declarations (and so entities) are not accepted")
     try:
-        root = fromstring(data, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-    except DefusedXmlException as exc:
-        raise CamtError(f"unsafe XML refused ({type(exc).__name__}: {exc})") from None
-    except Exception as exc:  # ParseError from expat: truncated, not XML
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
         raise CamtError(f"not well-formed XML: {exc}") from None
-    return root, _strip_namespaces(root)
+    tag = root.tag
+    return root, tag[1:tag.index("}")] if tag[:1] == "{" else None
 
 
 def parse_camt(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> list[Statement]:
@@ -285,11 +317,24 @@ def parse_camt(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> list[Stateme
     return _parse_camt_root(root, ns, data)
 
 
+def _body(root: Element) -> Element:
+    return root[0] if _local(root.tag) == "Document" and len(root) else root
+
+
 def _parse_camt_root(root: Element, ns: str | None, data: bytes) -> list[Statement]:
-    body = root[0] if root.tag == "Document" and len(root) else root
-    kind = _CONTAINERS.get(body.tag)
+    token = _NS.set(ns or "")
+    try:
+        return _parse_statements(root, ns, data)
+    finally:
+        _NS.reset(token)
+
+
+def _parse_statements(root: Element, ns: str | None, data: bytes) -> list[Statement]:
+    body = _body(root)
+    kind = _CONTAINERS.get(_local(body.tag))
     if kind is None:
-        raise CamtError(f"not a camt.052/053/054 document: found <{root.tag}>/<{body.tag}> (namespace {ns!r})")
+        raise CamtError(f"not a camt.052/053/054 document: found <{_local(root.tag)}>/<{_local(body.tag)}> "
+                        f"(namespace {ns!r})")
     message_type, container = kind
     m = _VERSION.search(ns or "")
     version = f"camt.{m.group(1)}.001.{m.group(2)}" if m else None
@@ -298,9 +343,9 @@ def _parse_camt_root(root: Element, ns: str | None, data: bytes) -> list[Stateme
     digest = hashlib.sha256(data).hexdigest()
     msg_id = _text(body, "GrpHdr/MsgId")
     out = []
-    for s_index, stmt in enumerate(body.findall(container), start=1):
+    for s_index, stmt in enumerate(_findall(body, container), start=1):
         stmt_id = _text(stmt, "Id") or f"{msg_id or digest[:16]}/{s_index}"
-        account = _account(stmt.find("Acct"))
+        account = _account(_find(stmt, "Acct"))
         st = Statement(
             message_type=message_type, version=version, message_id=msg_id, statement_id=stmt_id,
             account=account or "", account_currency=_text(stmt, "Acct/Ccy"), created_at=_text(stmt, "CreDtTm"),
@@ -310,9 +355,9 @@ def _parse_camt_root(root: Element, ns: str | None, data: bytes) -> list[Stateme
             st.errors.append(RecordError(f"{message_type} {stmt_id}", "statement has no account (Acct/Id)"))
             out.append(st)
             continue
-        for bal in stmt.findall("Bal"):
+        for bal in _findall(stmt, "Bal"):
             try:
-                amt, ccy = _amount(bal.find("Amt"), f"{stmt_id} balance")
+                amt, ccy = _amount(_find(bal, "Amt"), f"{stmt_id} balance")
                 st.balances.append(Balance(
                     type=_text(bal, "Tp/CdOrPrtry/Cd") or _text(bal, "Tp/CdOrPrtry/Prtry") or "?",
                     amount=Decimal(amt), currency=ccy, credit=_text(bal, "CdtDbtInd") != "DBIT",
@@ -320,7 +365,7 @@ def _parse_camt_root(root: Element, ns: str | None, data: bytes) -> list[Stateme
                 ))
             except EntryError as exc:
                 st.errors.append(RecordError(f"{message_type} {stmt_id} balance", str(exc)))
-        for index, ntry in enumerate(stmt.findall("Ntry"), start=1):
+        for index, ntry in enumerate(_findall(stmt, "Ntry"), start=1):
             where = f"{message_type} {stmt_id} entry {index}"
             try:
                 st.entries.append(_entry(ntry, index, where))
@@ -385,20 +430,20 @@ def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_stateme
 def pain001_to_entries(root: Element, data: bytes, ledger: str) -> tuple[list[CanonicalEntry], list[RecordError]]:
     """pain.001 (customer credit transfer initiation): one pending debit of the debtor's account per
     ``CdtTrfTxInf``, correlated by its EndToEndId: the ordering leg of a payment, before any booking."""
-    body = root[0] if root.tag == "Document" and len(root) else root
+    body = _body(root)
     msg_id = _text(body, "GrpHdr/MsgId") or hashlib.sha256(data).hexdigest()[:16]
     created = _text(body, "GrpHdr/CreDtTm")
     entries, errors = [], []
-    for p_index, pmt in enumerate(body.findall("PmtInf"), start=1):
+    for p_index, pmt in enumerate(_findall(body, "PmtInf"), start=1):
         pmt_id = _text(pmt, "PmtInfId") or str(p_index)
-        debtor = _account(pmt.find("DbtrAcct"))
+        debtor = _account(_find(pmt, "DbtrAcct"))
         exec_date = _text(pmt, "ReqdExctnDt/Dt") or _text(pmt, "ReqdExctnDt")
-        for t_index, tx in enumerate(pmt.findall("CdtTrfTxInf"), start=1):
+        for t_index, tx in enumerate(_findall(pmt, "CdtTrfTxInf"), start=1):
             where = f"pain.001 {msg_id} payment {pmt_id} transaction {t_index}"
             try:
-                amt_el = tx.find("Amt/InstdAmt")
+                amt_el = _find(tx, "Amt/InstdAmt")
                 if amt_el is None:
-                    amt_el = tx.find("Amt/EqvtAmt/Amt")
+                    amt_el = _find(tx, "Amt/EqvtAmt/Amt")
                 amount, ccy = _amount(amt_el, where)
                 if not debtor:
                     raise EntryError(f"{where}: no debtor account (PmtInf/DbtrAcct)")
@@ -413,7 +458,7 @@ def pain001_to_entries(root: Element, data: bytes, ledger: str) -> tuple[list[Ca
                 entries.append(make_entry(
                     ledger=ledger, ledger_kind="iso20022", source_ref=f"{msg_id}#{pmt_id}#{t_index}",
                     correlation_id=e2e or _text(tx, "PmtId/InstrId"), account=debtor,
-                    counterparty=_account(tx.find("CdtrAcct")) or _text(tx, "Cdtr/Nm"), asset=ccy,
+                    counterparty=_account(_find(tx, "CdtrAcct")) or _text(tx, "Cdtr/Nm"), asset=ccy,
                     amount=format_amount(amount), direction="debit", booked_at=when,
                     value_date=exec_date[:10] if exec_date else None, status="pending",
                     position={"message_id": msg_id, "payment_information_id": pmt_id, "transaction_index": t_index},
@@ -431,9 +476,12 @@ def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[
     """Parse and map a whole document (camt.052/053/054, or pain.001): (entries, bad records, statements)."""
     entries, errors = [], []
     root, ns = _safe_root(data, MAX_DOCUMENT_BYTES)
-    body = root[0] if root.tag == "Document" and len(root) else root
-    if body.tag == "CstmrCdtTrfInitn":
-        entries, errors = pain001_to_entries(root, data, ledger)
+    if _local(_body(root).tag) == "CstmrCdtTrfInitn":
+        token = _NS.set(ns or "")
+        try:
+            entries, errors = pain001_to_entries(root, data, ledger)
+        finally:
+            _NS.reset(token)
         return entries, errors, []
     statements = _parse_camt_root(root, ns, data)
     for st in statements:

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
+from ..model import CanonicalEntry, EntryError, amount_is_canonical, format_amount, format_timestamp, make_entry
 from ..warehouse import validate_identifier
 
 
@@ -161,3 +161,80 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (Decimal, datetime)):
         return str(v)
     return v
+
+
+def _fast_timestamp(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    elif ts.utcoffset():
+        ts = ts.astimezone(timezone.utc)
+    us = ts.microsecond
+    text = f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}T{ts.hour:02d}:{ts.minute:02d}:{ts.second:02d}"
+    return text + (f".{us:06d}".rstrip("0") if us else "") + "Z"
+
+
+def row_mapper(m: ColumnMapping, ledger: str, columns: list[str], kind: str = "sql"):
+    """A function from a row tuple (in ``columns`` order) to a canonical entry.
+
+    The hot path of snapshot reads: values come straight from the database driver, are normalised
+    by the same rules as :func:`row_to_entry`, and anything unusual falls back to it, so errors
+    read the same either way.
+    """
+    idx = {c: i for i, c in enumerate(columns)}
+    i_id, i_acct, i_amt = idx[m.id], idx[m.account], idx[m.amount]
+    i_cp = idx.get(m.counterparty) if m.counterparty else None
+    i_ccy = idx.get(m.currency) if m.currency else None
+    i_side = idx.get(m.side) if m.side else None
+    i_ref = idx.get(m.reference) if m.reference else None
+    i_txn = idx.get(m.transaction_id) if m.transaction_id else None
+    i_ts = idx.get(m.posted_at) if m.posted_at else None
+    debit, credit = frozenset(m.debit_values), frozenset(m.credit_values)
+    prefix = f"{ledger}:"
+
+    def slow(row):
+        return row_to_entry(dict(zip(columns, row)), m, ledger, kind)
+
+    def to_entry(row: tuple) -> CanonicalEntry:
+        amount, ts, account = row[i_amt], row[i_ts] if i_ts is not None else None, row[i_acct]
+        if type(amount) is str and amount_is_canonical(amount):
+            text = amount
+        elif type(amount) is Decimal and amount.is_finite() and amount >= 0:
+            text = f"{amount:f}"
+        else:
+            return slow(row)
+        if type(ts) is str and len(ts) >= 22 and ts[10] == " " and ts.endswith("+00"):
+            # PostgreSQL's text form in a UTC session: 2026-11-24 12:00:00[.123]+00
+            frac = ts[19:-3].rstrip("0")
+            booked = f"{ts[:10]}T{ts[11:19]}{frac if frac != '.' else ''}Z"
+        elif type(ts) is datetime:
+            booked = _fast_timestamp(ts)
+        else:
+            return slow(row)
+        if account is None or m.extra:
+            return slow(row)
+        if i_side is not None:
+            side = row[i_side]
+            direction = "debit" if side in debit else "credit" if side in credit else None
+            if direction is None:
+                return slow(row)
+        else:
+            direction = m.direction_value
+        currency = m.currency_value or row[i_ccy]
+        if not currency:
+            return slow(row)
+        rid = row[i_id]
+        ref = row[i_ref] if i_ref is not None else None
+        cp = row[i_cp] if i_cp is not None else None
+        txn = row[i_txn] if i_txn is not None else None
+        source_ref = str(rid)
+        if len(text) > 97 or not str(account):
+            return slow(row)
+        return CanonicalEntry(
+            schema_version=1, entry_id=prefix + source_ref, ledger=ledger, ledger_kind=kind, source_ref=source_ref,
+            correlation_id=str(ref) if ref else None, account=str(account),
+            counterparty=str(cp) if cp not in (None, "") else None, asset=str(currency), amount=text,
+            direction=direction, booked_at=booked, value_date=None, status="booked",
+            position={"row_id": rid}, attributes={"transaction_id": str(txn)} if txn is not None else {},
+        )
+
+    return to_entry

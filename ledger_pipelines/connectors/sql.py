@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from ..model import CanonicalEntry, EntryError
-from .mapping import ColumnMapping, row_to_entry
+from .mapping import ColumnMapping, row_mapper, row_to_entry
 
 DEFAULT_GAP_TIMEOUT = timedelta(minutes=10)
 MAX_GAPS = 100_000
@@ -115,14 +115,40 @@ class SqlLedger:
         return ReadResult(entries, errors, {"high": high, "gaps": gaps, "more": len(fresh) == limit})
 
     def read_day(self, day: date) -> tuple[list[CanonicalEntry], list[tuple[str, str]]]:
-        """Every line posted on ``day`` (UTC), straight from the source."""
+        """Every line posted on ``day`` (UTC), straight from the source (DBAPI cursor, compiled mapper)."""
         start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
         lo, hi = self._bounds(start), self._bounds(start + timedelta(days=1))
         col = f'"{self.mapping.posted_at}"'
-        with self.engine.connect() as c:
-            rows = c.execute(text(f"{self._select} WHERE {col} >= :lo AND {col} < :hi ORDER BY {self._id}"),
-                             {"lo": lo, "hi": hi})
-            return self._entries(rows)
+        pg = self.engine.dialect.name == "postgresql"
+        mark = "%s" if pg else "?"
+        m = self.mapping
+        cols = m.columns()
+        # PostgreSQL sends amounts and times as text (in a UTC session): no Decimal or datetime per row
+        select = ", ".join(f'"{c}"::text' if pg and c in (m.amount, m.posted_at) else f'"{c}"' for c in cols)
+        to_entry = row_mapper(m, self.ledger, cols)
+        entries, errors = [], []
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if pg:
+                cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute(f"SELECT {select} FROM {m.qualified_table} WHERE {col} >= {mark} AND {col} < {mark} "
+                        f"ORDER BY {self._id}", (lo, hi))
+            while True:
+                rows = cur.fetchmany(20_000)
+                if not rows:
+                    break
+                for row in rows:
+                    try:
+                        entries.append(to_entry(row))
+                    except EntryError as exc:
+                        errors.append((f"sql:{self.ledger}:{row[0]}", str(exc)))
+            cur.close()
+            if pg:
+                raw.rollback()
+        finally:
+            raw.close()
+        return entries, errors
 
     def _bounds(self, ts: datetime):
         # SQLite stores text: a bare date sorts before every time of that day, whether the text

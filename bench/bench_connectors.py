@@ -1,0 +1,156 @@
+"""Connector benchmark (issue: connectors). In one run:
+  (1) ERC-20 Transfer decoding by hand vs web3's contract-event decoding (process_log), same 100k logs;
+  (2) camt.053 parsing + mapping to canonical entries;
+  (3) SQL snapshot read of one day from PostgreSQL, rows -> canonical entries.
+
+    .venv/bin/python bench/bench_connectors.py [--logs 100000] [--camt-entries 50000] [--sql-rows 500000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import uuid
+from datetime import date, datetime, timedelta, timezone
+
+from ledger_pipelines.connectors.evm import TRANSFER_TOPIC, decode_transfer_log
+from ledger_pipelines.connectors.iso20022 import camt_to_entries
+
+
+def make_logs(n: int) -> list[dict]:
+    rng = random.Random(1)
+    out = []
+    for i in range(n):
+        out.append({
+            "address": "0x" + "a0b86991c6218b36c1d19d4a2e9eb0ce3606eb48",
+            "topics": [TRANSFER_TOPIC, "0x" + "0" * 24 + f"{rng.getrandbits(160):040x}",
+                       "0x" + "0" * 24 + f"{rng.getrandbits(160):040x}"],
+            "data": "0x" + f"{rng.getrandbits(200):064x}",
+            "blockNumber": hex(18_000_000 + i // 200), "blockHash": "0x" + f"{rng.getrandbits(256):064x}",
+            "transactionHash": "0x" + f"{rng.getrandbits(256):064x}", "logIndex": hex(i % 200),
+            "transactionIndex": "0x1", "removed": False,
+        })
+    return out
+
+
+def bench_transfers(n: int) -> dict:
+    from web3 import Web3
+
+    from ledger_pipelines.contracts import artifact
+
+    logs = make_logs(n)
+    t0 = time.perf_counter()
+    mine = [decode_transfer_log(lg) for lg in logs]
+    ours = time.perf_counter() - t0
+    w3 = Web3()
+    abi, _ = artifact("LedgerToken")
+    event = w3.eth.contract(abi=abi).events.Transfer()
+    sample = logs[: max(1000, n // 20)]  # web3 is slow: time a sample, report the rate
+    t0 = time.perf_counter()
+    theirs_out = [event.process_log(lg) for lg in sample]
+    theirs = time.perf_counter() - t0
+    for a, b in zip(mine, theirs_out):  # same answers
+        assert a.value == b["args"]["value"] and a.sender == b["args"]["from"].lower()
+    ours_rate, web3_rate = n / ours, len(sample) / theirs
+    return {"logs": n, "ours_per_second": ours_rate, "web3_per_second": web3_rate, "speedup": ours_rate / web3_rate,
+            "web3_sample": len(sample)}
+
+
+def make_camt(n: int) -> bytes:
+    rng = random.Random(2)
+    parts = ['<?xml version="1.0" encoding="UTF-8"?><Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.08">'
+             "<BkToCstmrStmt><GrpHdr><MsgId>BENCH</MsgId><CreDtTm>2026-11-24T18:00:00Z</CreDtTm></GrpHdr><Stmt>"
+             "<Id>BENCH-1</Id><Acct><Id><IBAN>CH9300762011623852957</IBAN></Id><Ccy>EUR</Ccy></Acct>"]
+    for i in range(n):
+        cents = rng.randrange(1, 10**9)
+        cd = "CRDT" if i % 3 else "DBIT"
+        parts.append(
+            f"<Ntry><NtryRef>{i}</NtryRef><Amt Ccy=\"EUR\">{cents // 100}.{cents % 100:02d}</Amt><CdtDbtInd>{cd}</CdtDbtInd>"
+            f"<Sts><Cd>BOOK</Cd></Sts><BookgDt><Dt>2026-11-24</Dt></BookgDt><ValDt><Dt>2026-11-24</Dt></ValDt>"
+            f"<AcctSvcrRef>ASR{i:09d}</AcctSvcrRef><BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>RCDT</Cd>"
+            f"<SubFmlyCd>ESCT</SubFmlyCd></Fmly></Domn></BkTxCd><NtryDtls><TxDtls><Refs>"
+            f"<EndToEndId>E2E-{i:010d}</EndToEndId></Refs><Amt Ccy=\"EUR\">{cents // 100}.{cents % 100:02d}</Amt>"
+            f"<CdtDbtInd>{cd}</CdtDbtInd><RltdPties><Dbtr><Pty><Nm>Debtor {i}</Nm></Pty></Dbtr><DbtrAcct><Id>"
+            f"<IBAN>DE89370400440532013{i % 1000:03d}</IBAN></Id></DbtrAcct></RltdPties>"
+            f"<RmtInf><Ustrd>Invoice {i}</Ustrd></RmtInf></TxDtls></NtryDtls></Ntry>")
+    parts.append("</Stmt></BkToCstmrStmt></Document>")
+    return "".join(parts).encode()
+
+
+def bench_camt(n: int) -> dict:
+    doc = make_camt(n)
+    t0 = time.perf_counter()
+    entries, errors, _ = camt_to_entries(doc)
+    secs = time.perf_counter() - t0
+    assert len(entries) == n and not errors
+    return {"entries": n, "megabytes": len(doc) / 2**20, "per_second": n / secs, "seconds": secs}
+
+
+def bench_sql(rows: int) -> dict:
+    import psycopg
+
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.stack import Postgres, StackConfig
+
+    cfg = StackConfig.from_env()
+    Postgres(cfg).start()
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = dict(host=cfg.host, port=cfg.pg_port, user=cfg.pg_user, password=cfg.pg_password(), dbname="postgres",
+                 autocommit=True)
+    with psycopg.connect(**admin) as c:
+        c.execute(f'CREATE DATABASE "{db}"')
+    url = cfg.pg_url().rsplit("/", 1)[0] + f"/{db}"
+    try:
+        ledger = SqlLedger(url, ColumnMapping(), "core_banking")
+        ledger.create_journal()
+        day = date(2026, 11, 24)
+        start = datetime(2026, 11, 24, tzinfo=timezone.utc)
+        with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as c, c.cursor() as cur:
+            with cur.copy("COPY journal_lines (txn_id, posted_at, account, counterparty, currency, amount, side, "
+                          "payment_ref) FROM STDIN") as cp:
+                for i in range(rows):
+                    ts = start + timedelta(seconds=(i * 86399) // rows)
+                    cp.write_row((f"T{i // 2}", ts, f"GL-{i % 977}", f"GL-{(i * 7) % 977}", "EUR",
+                                  f"{(i * 7919) % 10**7 / 100:.2f}", "D" if i % 2 == 0 else "C", f"E2E-{i // 2}"))
+        t0 = time.perf_counter()
+        entries, errors = ledger.read_day(day)
+        secs = time.perf_counter() - t0
+        assert len(entries) == rows and not errors
+        ledger.dispose()
+        return {"rows": rows, "per_second": rows / secs, "seconds": secs}
+    finally:
+        with psycopg.connect(**admin) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--logs", type=int, default=100_000)
+    ap.add_argument("--camt-entries", type=int, default=50_000)
+    ap.add_argument("--sql-rows", type=int, default=500_000)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    fig = {"transfers": bench_transfers(args.logs)}
+    t = fig["transfers"]
+    print(f"(1) Transfer decoding: {t['ours_per_second']:,.0f} logs/s by hand vs {t['web3_per_second']:,.0f} logs/s "
+          f"web3 process_log ({t['web3_sample']:,} sampled) = {t['speedup']:.0f}x  "
+          f"[targets >= 500k/s: {'met' if t['ours_per_second'] >= 5e5 else 'MISSED'}, "
+          f">= 100x: {'met' if t['speedup'] >= 100 else 'MISSED'}]")
+    c = fig["camt"] = bench_camt(args.camt_entries)
+    print(f"(2) camt.053 parse + map: {c['per_second']:,.0f} entries/s ({c['entries']:,} entries, {c['megabytes']:.1f} MB, "
+          f"{c['seconds']:.2f}s)  [target >= 50k/s: {'met' if c['per_second'] >= 5e4 else 'MISSED'}]")
+    s = fig["sql"] = bench_sql(args.sql_rows)
+    print(f"(3) SQL snapshot read from PostgreSQL: {s['per_second']:,.0f} rows/s ({s['rows']:,} rows, {s['seconds']:.2f}s)"
+          f"  [target >= 200k/s: {'met' if s['per_second'] >= 2e5 else 'MISSED'}]")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(fig, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
