@@ -13,14 +13,15 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
-from xml.etree.ElementTree import Element
+from lxml.etree import _Element as Element
 
-import xml.etree.ElementTree as ET
+from lxml import etree
 
+from ..gcpause import gc_paused
 from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -33,6 +34,11 @@ _VERSION = re.compile(r"camt\.(05[234])\.001\.(\d{2})")
 _REF_FIELDS = ("MsgId", "AcctSvcrRef", "PmtInfId", "InstrId", "EndToEndId", "TxId", "UETR", "MndtId", "ChqNb",
                "ClrSysRef")
 _NOT_PROVIDED = {"NOTPROVIDED", "NOT PROVIDED", ""}
+
+
+# libxml2 with every way out closed: no DTD loading, no entity substitution, no network, no huge trees
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
+                          remove_comments=True, remove_pis=True)
 
 
 class CamtError(ValueError):
@@ -147,31 +153,68 @@ def _text(el: Element | None, path: str) -> str | None:
     return found.text.strip()
 
 
-def _amount(el: Element | None, what: str) -> tuple[str, str]:
-    if el is None or el.text is None:
+_AMOUNT_TEXT = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?")
+_CCY = re.compile(r"[A-Z]{3}")
+
+
+def _amount_of(raw: str | None, ccy: str | None, what: str) -> tuple[str, str]:
+    if raw is None or raw == "":
         raise EntryError(f"{what}: missing amount")
-    raw = el.text.strip()
-    ccy = el.get("Ccy")
-    if not ccy or not re.fullmatch(r"[A-Z]{3}", ccy):
+    if not ccy or not _CCY.fullmatch(ccy):
         raise EntryError(f"{what}: currency {ccy!r} is not an ISO 4217 code")
-    if not re.fullmatch(r"[0-9]{1,18}(\.[0-9]{1,18})?", raw):
+    if not _AMOUNT_TEXT.fullmatch(raw):
         raise EntryError(f"{what}: amount {raw[:60]!r} is not a non-negative decimal (ISO 20022 amounts are unsigned)")
-    try:
-        Decimal(raw)
-    except InvalidOperation:
-        raise EntryError(f"{what}: amount {raw[:60]!r} is not a decimal") from None
     return raw, ccy
 
 
-def _date_or_time(el: Element | None) -> tuple[str | None, str | None]:
+def _amount(el: Element | None, what: str) -> tuple[str, str]:
+    return _amount_of(None if el is None or el.text is None else el.text.strip(), None if el is None else el.get("Ccy"),
+                      what)
+
+
+def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = None) -> dict[str, str]:
+    """One pass over a subtree: ``{"BookgDt/Dt": "2026-11-24", "Amt": "1.00", "Amt@Ccy": "EUR", ...}``.
+
+    The first occurrence of a path wins, except ``Ustrd`` lines, which are joined. ``TxDtls``
+    subtrees are handed back in ``subs`` to be flattened on their own.
+    """
+    for c in el:
+        tag = c.tag
+        if type(tag) is not str:
+            continue  # comments, processing instructions
+        name = _LOCAL.get(tag) or _local_cached(tag)
+        if subs is not None and name == "TxDtls":
+            subs.append(c)
+            continue
+        path = f"{prefix}/{name}" if prefix else name
+        if len(c):
+            _flatten(c, path, out, subs)
+            continue
+        value = (c.text or "").strip()
+        if path in out:
+            if name == "Ustrd" and value:
+                out[path] = f"{out[path]} {value}"
+            continue
+        out[path] = value
+        ccy = c.get("Ccy")
+        if ccy is not None:
+            out[path + "@Ccy"] = ccy
+    return out
+
+
+_LOCAL: dict[str, str] = {}
+
+
+def _local_cached(tag: str) -> str:
+    name = _LOCAL[tag] = _local(tag)
+    return name
+
+
+def _date_time(d: str | None, dt: str | None) -> tuple[str | None, str | None]:
     """(RFC 3339 UTC timestamp, ISO date) of a DateAndDateTimeChoice (``Dt`` or ``DtTm``)."""
-    if el is None:
-        return None, None
-    d = _text(el, "Dt")
     if d:
         date.fromisoformat(d[:10])
         return f"{d[:10]}T00:00:00Z", d[:10]
-    dt = _text(el, "DtTm")
     if dt:
         parsed = datetime.fromisoformat(dt.replace("Z", "+00:00"))
         if parsed.tzinfo is None:  # ISO 20022 local time without offset: taken as UTC
@@ -180,110 +223,95 @@ def _date_or_time(el: Element | None) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _date_or_time(el: Element | None) -> tuple[str | None, str | None]:
+    return (None, None) if el is None else _date_time(_text(el, "Dt"), _text(el, "DtTm"))
+
+
 def _account(acct: Element | None) -> str | None:
     if acct is None:
         return None
     return _text(acct, "Id/IBAN") or _text(acct, "Id/Othr/Id")
 
 
-def _party(tx: Element, role: str) -> dict[str, Any]:
-    rp = _find(tx, "RltdPties")
-    if rp is None:
-        return {}
-    out = {}
-    name = _text(rp, f"{role}/Nm") or _text(rp, f"{role}/Pty/Nm")
-    acct = _account(_find(rp, f"{role}Acct"))
-    if name:
-        out["name"] = name
-    if acct:
-        out["account"] = acct
-    return out
-
-
-def _detail(tx: Element, entry_credit: bool, where: str) -> dict[str, Any]:
+def _detail(f: dict[str, str], entry_credit: bool, where: str) -> dict[str, Any]:
     refs = {}
-    r = _find(tx, "Refs")
-    if r is not None:
-        for name in _REF_FIELDS:
-            v = _text(r, name)
-            if v and v.upper() not in _NOT_PROVIDED:
-                refs[name] = v
+    for name in _REF_FIELDS:
+        v = f.get("Refs/" + name)
+        if v and v.upper() not in _NOT_PROVIDED:
+            refs[name] = v
     d: dict[str, Any] = {"refs": refs}
-    amt_el = _find(tx, "Amt")
-    if amt_el is None:
-        amt_el = _find(tx, "AmtDtls/TxAmt/Amt")
-    if amt_el is not None:
-        d["amount"], d["currency"] = _amount(amt_el, where)
+    if "Amt" in f:
+        d["amount"], d["currency"] = _amount_of(f["Amt"], f.get("Amt@Ccy"), where)
+    elif "AmtDtls/TxAmt/Amt" in f:
+        d["amount"], d["currency"] = _amount_of(f["AmtDtls/TxAmt/Amt"], f.get("AmtDtls/TxAmt/Amt@Ccy"), where)
     for name, path in (("instructed_amount", "AmtDtls/InstdAmt/Amt"), ("counter_value", "AmtDtls/CntrValAmt/Amt")):
-        el = _find(tx, path)
-        if el is not None:
-            amt, ccy = _amount(el, f"{where} {name}")
+        if path in f:
+            amt, ccy = _amount_of(f[path], f.get(path + "@Ccy"), f"{where} {name}")
             d[name] = {"amount": amt, "currency": ccy}
-    rate = _text(tx, "AmtDtls/InstdAmt/CcyXchg/XchgRate") or _text(tx, "AmtDtls/TxAmt/CcyXchg/XchgRate")
+    rate = f.get("AmtDtls/InstdAmt/CcyXchg/XchgRate") or f.get("AmtDtls/TxAmt/CcyXchg/XchgRate")
     if rate:
         d["exchange_rate"] = rate
-    cd = _text(tx, "CdtDbtInd")
-    credit = entry_credit if cd is None else cd == "CRDT"
+    cd = f.get("CdtDbtInd")
+    credit = entry_credit if not cd else cd == "CRDT"
     d["direction"] = "credit" if credit else "debit"
-    # the other side: the debtor of a credit, the creditor of a debit
-    cp = _party(tx, "Dbtr" if credit else "Cdtr")
+    role = "Dbtr" if credit else "Cdtr"  # the other side: the debtor of a credit, the creditor of a debit
+    cp = {}
+    name = f.get(f"RltdPties/{role}/Nm") or f.get(f"RltdPties/{role}/Pty/Nm")
+    acct = f.get(f"RltdPties/{role}Acct/Id/IBAN") or f.get(f"RltdPties/{role}Acct/Id/Othr/Id")
+    if name:
+        cp["name"] = name
+    if acct:
+        cp["account"] = acct
     if cp:
         d["counterparty"] = cp
-    ustrd = [e.text.strip() for e in _findall(tx, "RmtInf/Ustrd") if e.text and e.text.strip()]
-    if ustrd:
-        d["remittance"] = " ".join(ustrd)
-    sref = _text(tx, "RmtInf/Strd/CdtrRefInf/Ref")
-    if sref:
-        d["creditor_reference"] = sref
-    rtr = _text(tx, "RtrInf/Rsn/Cd")
-    if rtr:
-        d["return_reason"] = rtr
+    for key, path in (("remittance", "RmtInf/Ustrd"), ("creditor_reference", "RmtInf/Strd/CdtrRefInf/Ref"),
+                      ("return_reason", "RtrInf/Rsn/Cd")):
+        if f.get(path):
+            d[key] = f[path]
     return d
 
 
 def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
-    amount, ccy = _amount(_find(ntry, "Amt"), where)
-    cd = _text(ntry, "CdtDbtInd")
+    subs: list = []
+    f = _flatten(ntry, "", {}, subs)
+    amount, ccy = _amount_of(f.get("Amt"), f.get("Amt@Ccy"), where)
+    cd = f.get("CdtDbtInd")
     if cd not in ("CRDT", "DBIT"):
         raise EntryError(f"{where}: CdtDbtInd {cd!r} is neither CRDT nor DBIT")
     credit = cd == "CRDT"
-    rvsl = (_text(ntry, "RvslInd") or "false").lower() in ("true", "1")
-    status = _text(ntry, "Sts/Cd") or _text(ntry, "Sts/Prtry") or _text(ntry, "Sts") or "BOOK"
+    rvsl = (f.get("RvslInd") or "false").lower() in ("true", "1")
+    status = f.get("Sts/Cd") or f.get("Sts/Prtry") or f.get("Sts") or "BOOK"
     try:
-        booking, _ = _date_or_time(_find(ntry, "BookgDt"))
-        _, value_date = _date_or_time(_find(ntry, "ValDt"))
+        booking, _ = _date_time(f.get("BookgDt/Dt"), f.get("BookgDt/DtTm"))
+        _, value_date = _date_time(f.get("ValDt/Dt"), f.get("ValDt/DtTm"))
     except ValueError as exc:
         raise EntryError(f"{where}: bad date ({exc})") from None
     attrs: dict[str, Any] = {"cdt_dbt_ind": cd, "status_code": status}
-    domn = _find(ntry, "BkTxCd/Domn")
-    if domn is not None:
-        attrs["bank_tx_code"] = "-".join(
-            x for x in (_text(domn, "Cd"), _text(domn, "Fmly/Cd"), _text(domn, "Fmly/SubFmlyCd")) if x)
-    prtry = _text(ntry, "BkTxCd/Prtry/Cd")
-    if prtry:
-        attrs["bank_tx_code_proprietary"] = prtry
-    info = _text(ntry, "AddtlNtryInf")
-    if info:
-        attrs["additional_info"] = info
-    btch = _find(ntry, "NtryDtls/Btch")
-    if btch is not None:
+    code = "-".join(x for x in (f.get("BkTxCd/Domn/Cd"), f.get("BkTxCd/Domn/Fmly/Cd"),
+                                f.get("BkTxCd/Domn/Fmly/SubFmlyCd")) if x)
+    if code:
+        attrs["bank_tx_code"] = code
+    if f.get("BkTxCd/Prtry/Cd"):
+        attrs["bank_tx_code_proprietary"] = f["BkTxCd/Prtry/Cd"]
+    if f.get("AddtlNtryInf"):
+        attrs["additional_info"] = f["AddtlNtryInf"]
+    if "NtryDtls/Btch/NbOfTxs" in f or "NtryDtls/Btch/TtlAmt" in f:
         batch: dict[str, Any] = {}
-        n = _text(btch, "NbOfTxs")
+        n = f.get("NtryDtls/Btch/NbOfTxs")
         if n:
             batch["number_of_transactions"] = int(n) if n.isdigit() else n
-        ttl = _find(btch, "TtlAmt")
-        if ttl is not None:
-            batch["total"], batch["currency"] = _amount(ttl, f"{where} batch total")
+        if "NtryDtls/Btch/TtlAmt" in f:
+            batch["total"], batch["currency"] = _amount_of(
+                f["NtryDtls/Btch/TtlAmt"], f.get("NtryDtls/Btch/TtlAmt@Ccy"), f"{where} batch total")
         attrs["batch"] = batch
-    charges = _find(ntry, "Chrgs/TtlChrgsAndTaxAmt")
-    if charges is not None:
-        attrs["charges"] = dict(zip(("amount", "currency"), _amount(charges, f"{where} charges")))
-    details = [_detail(tx, credit, f"{where} TxDtls {i}")
-               for i, tx in enumerate(_findall(ntry, "NtryDtls/TxDtls"), start=1)]
+    if "Chrgs/TtlChrgsAndTaxAmt" in f:
+        attrs["charges"] = dict(zip(("amount", "currency"), _amount_of(
+            f["Chrgs/TtlChrgsAndTaxAmt"], f.get("Chrgs/TtlChrgsAndTaxAmt@Ccy"), f"{where} charges")))
+    details = [_detail(_flatten(tx, "", {}), credit, f"{where} TxDtls {i}") for i, tx in enumerate(subs, start=1)]
     return CamtEntry(
         index=index, amount=amount, currency=ccy, credit=credit, reversal=rvsl, status=status,
-        booking=booking, value_date=value_date, acct_svcr_ref=_text(ntry, "AcctSvcrRef"),
-        ntry_ref=_text(ntry, "NtryRef"), attributes=attrs, details=details,
+        booking=booking, value_date=value_date, acct_svcr_ref=f.get("AcctSvcrRef") or None,
+        ntry_ref=f.get("NtryRef") or None, attributes=attrs, details=details,
     )
 
 
@@ -304,9 +332,11 @@ def _safe_root(data: bytes, max_bytes: int) -> tuple[Element, str | None]:
     elif b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise CamtError("unsafe XML refused: document type declarations (and so entities) are not accepted")
     try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
+        root = etree.fromstring(text.encode("utf-8") if isinstance(text, str) else text, _PARSER)
+    except etree.XMLSyntaxError as exc:
         raise CamtError(f"not well-formed XML: {exc}") from None
+    if root is None:
+        raise CamtError("not well-formed XML: empty document")
     tag = root.tag
     return root, tag[1:tag.index("}")] if tag[:1] == "{" else None
 
@@ -474,6 +504,11 @@ def pain001_to_entries(root: Element, data: bytes, ledger: str) -> tuple[list[Ca
 def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[CanonicalEntry], list[RecordError],
                                                                              list[Statement]]:
     """Parse and map a whole document (camt.052/053/054, or pain.001): (entries, bad records, statements)."""
+    with gc_paused():
+        return _camt_to_entries(data, ledger)
+
+
+def _camt_to_entries(data: bytes, ledger: str):
     entries, errors = [], []
     root, ns = _safe_root(data, MAX_DOCUMENT_BYTES)
     if _local(_body(root).tag) == "CstmrCdtTrfInitn":
