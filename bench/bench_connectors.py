@@ -18,6 +18,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from ledger_pipelines.connectors.evm import TRANSFER_TOPIC, decode_transfer_log
 from ledger_pipelines.connectors.iso20022 import camt_to_entries
+from ledger_pipelines.generate import synthetic_camt053 as make_camt
 
 
 def make_logs(n: int) -> list[dict]:
@@ -57,28 +58,6 @@ def bench_transfers(n: int) -> dict:
     ours_rate, web3_rate = n / ours, len(sample) / theirs
     return {"logs": n, "ours_per_second": ours_rate, "web3_per_second": web3_rate, "speedup": ours_rate / web3_rate,
             "web3_sample": len(sample)}
-
-
-def make_camt(n: int, details: bool = True) -> bytes:
-    rng = random.Random(2)
-    parts = ['<?xml version="1.0" encoding="UTF-8"?><Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.08">'
-             "<BkToCstmrStmt><GrpHdr><MsgId>BENCH</MsgId><CreDtTm>2026-11-24T18:00:00Z</CreDtTm></GrpHdr><Stmt>"
-             "<Id>BENCH-1</Id><Acct><Id><IBAN>CH9300762011623852957</IBAN></Id><Ccy>EUR</Ccy></Acct>"]
-    for i in range(n):
-        cents = rng.randrange(1, 10**9)
-        cd = "CRDT" if i % 3 else "DBIT"
-        parts.append(
-            f"<Ntry><NtryRef>{i}</NtryRef><Amt Ccy=\"EUR\">{cents // 100}.{cents % 100:02d}</Amt><CdtDbtInd>{cd}</CdtDbtInd>"
-            f"<Sts><Cd>BOOK</Cd></Sts><BookgDt><Dt>2026-11-24</Dt></BookgDt><ValDt><Dt>2026-11-24</Dt></ValDt>"
-            f"<AcctSvcrRef>ASR{i:09d}</AcctSvcrRef><BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>RCDT</Cd>"
-            f"<SubFmlyCd>ESCT</SubFmlyCd></Fmly></Domn></BkTxCd>" + (
-                f"<NtryDtls><TxDtls><Refs>"
-                f"<EndToEndId>E2E-{i:010d}</EndToEndId></Refs><Amt Ccy=\"EUR\">{cents // 100}.{cents % 100:02d}</Amt>"
-                f"<CdtDbtInd>{cd}</CdtDbtInd><RltdPties><Dbtr><Pty><Nm>Debtor {i}</Nm></Pty></Dbtr><DbtrAcct><Id>"
-                f"<IBAN>DE89370400440532013{i % 1000:03d}</IBAN></Id></DbtrAcct></RltdPties>"
-                f"<RmtInf><Ustrd>Invoice {i}</Ustrd></RmtInf></TxDtls></NtryDtls>" if details else "") + "</Ntry>")
-    parts.append("</Stmt></BkToCstmrStmt></Document>")
-    return "".join(parts).encode()
 
 
 def bench_camt(n: int) -> dict:

@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_publish)
 
-    s = sub.add_parser("demo", help="start the stack and the Dagster UI with a generated stream flowing")
-    s.add_argument("--rate", type=float, default=20.0, help="generated entries per second")
+    s = sub.add_parser("demo", help="start the stack and the Dagster UI with generated ledger activity")
+    s.add_argument("--rate", type=float, default=20.0, help="journal lines posted per second")
     s.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     s.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
     s.add_argument("--no-ui", action="store_true", help="do not start the Dagster UI")

@@ -48,3 +48,27 @@ def synthetic_entries(
             position={} if compact else {"journal_line_id": i},
             attributes={} if compact else {"bank_tx_code": "PMNT-ICDT-ESCT"},
         )
+
+
+def synthetic_camt053(n: int, details: bool = True, day: date | None = None, seed: int = 2) -> bytes:
+    """A camt.053.001.08 statement of ``n`` EUR entries booked on ``day`` (benchmarks, demo)."""
+    rng = random.Random(seed)
+    d = (day or date(2026, 11, 24)).isoformat()
+    parts = ['<?xml version="1.0" encoding="UTF-8"?><Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.08">'
+             "<BkToCstmrStmt><GrpHdr><MsgId>BENCH</MsgId><CreDtTm>2026-11-24T18:00:00Z</CreDtTm></GrpHdr><Stmt>"
+             f"<Id>STMT-{d}-{seed}</Id><Acct><Id><IBAN>CH9300762011623852957</IBAN></Id><Ccy>EUR</Ccy></Acct>"]
+    for i in range(n):
+        cents = rng.randrange(1, 10**9)
+        cd = "CRDT" if i % 3 else "DBIT"
+        parts.append(
+            f"<Ntry><NtryRef>{i}</NtryRef><Amt Ccy=\"EUR\">{cents // 100}.{cents % 100:02d}</Amt><CdtDbtInd>{cd}</CdtDbtInd>"
+            f"<Sts><Cd>BOOK</Cd></Sts><BookgDt><Dt>{d}</Dt></BookgDt><ValDt><Dt>{d}</Dt></ValDt>"
+            f"<AcctSvcrRef>ASR{i:09d}</AcctSvcrRef><BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>RCDT</Cd>"
+            f"<SubFmlyCd>ESCT</SubFmlyCd></Fmly></Domn></BkTxCd>" + (
+                f"<NtryDtls><TxDtls><Refs>"
+                f"<EndToEndId>E2E-{i:010d}</EndToEndId></Refs><Amt Ccy=\"EUR\">{cents // 100}.{cents % 100:02d}</Amt>"
+                f"<CdtDbtInd>{cd}</CdtDbtInd><RltdPties><Dbtr><Pty><Nm>Debtor {i}</Nm></Pty></Dbtr><DbtrAcct><Id>"
+                f"<IBAN>DE89370400440532013{i % 1000:03d}</IBAN></Id></DbtrAcct></RltdPties>"
+                f"<RmtInf><Ustrd>Invoice {i}</Ustrd></RmtInf></TxDtls></NtryDtls>" if details else "") + "</Ntry>")
+    parts.append("</Stmt></BkToCstmrStmt></Document>")
+    return "".join(parts).encode()

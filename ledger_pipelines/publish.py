@@ -68,6 +68,8 @@ class Publisher:
     def publish(self, lc: LedgerConfig) -> PublishResult:
         ensure_topics(self.kafka, [lc.name])
         self.warehouse.create_schema()
+        if lc.kind == "cdc" and lc.options.get("debezium_topic"):
+            return self._publish_debezium(lc)
         if lc.kind in ("sql", "cdc"):
             return self._publish_sql(lc)
         if lc.kind == "iso20022":
@@ -94,6 +96,59 @@ class Publisher:
                     return result
         finally:
             ledger.dispose()
+
+    def _publish_debezium(self, lc: LedgerConfig, timeout: float = 60.0) -> PublishResult:
+        """Map a Debezium topic up to its committed end; the topic offsets are the cursor."""
+        import time
+
+        from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+
+        from .connectors.debezium import event_to_entries
+        from .kafka.topics import admin, end_offsets
+        from .model import EntryError
+
+        topic = lc.options["debezium_topic"]
+        result = PublishResult(lc.name)
+        md = admin(self.kafka).list_topics(topic=topic, timeout=15).topics.get(topic)
+        if md is None or md.error is not None:
+            raise RuntimeError(f"ledger {lc.name}: Debezium topic {topic!r} not found")
+        ends = end_offsets(self.kafka, {topic: len(md.partitions)})
+        offsets = {int(p): o for p, o in (get_cursor(self.warehouse, lc.name) or {}).get("offsets", {}).items()}
+        todo = {p: offsets.get(p, 0) for (_, p), end in ends.items() if offsets.get(p, 0) < end}
+        if not todo:
+            return result
+        consumer = Consumer({**self.kafka.client_config(), "group.id": f"ledger-pipelines.cdc.{lc.name}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "auto.offset.reset": "error"})
+        entries, errors = [], []
+        try:
+            consumer.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
+            position = dict(todo)
+            deadline = time.monotonic() + timeout
+            while any(position[p] < ends[(topic, p)] for p in todo):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"ledger {lc.name}: {topic} not read to its end in {timeout:.0f}s")
+                for msg in consumer.consume(5000, timeout=0.5):
+                    if msg.error() is not None or msg.offset() >= ends[(topic, msg.partition())]:
+                        continue
+                    source = f"kafka:{topic}/{msg.partition()}/{msg.offset()}"
+                    try:
+                        if msg.value() is None:  # Debezium's tombstone after a delete: nothing to book
+                            continue
+                        entries.extend(event_to_entries(msg.value(), lc.mapping, lc.name))
+                    except EntryError as exc:
+                        errors.append((source, str(exc), msg.value()))
+                for tpo in consumer.position([TopicPartition(topic, p) for p in todo]):
+                    if tpo.offset != OFFSET_INVALID:
+                        position[tpo.partition] = min(tpo.offset, ends[(topic, tpo.partition)])
+        finally:
+            consumer.close()
+        result.published = self.producer.publish(entries)
+        result.rejected = self._dead_letters(lc.name, errors)
+        offsets.update(position)
+        set_cursor(self.warehouse, lc.name, {"offsets": {str(p): o for p, o in offsets.items()}})
+        result.details = {"topic": topic, "offsets": offsets}
+        return result
 
     def _publish_inbox(self, lc: LedgerConfig) -> PublishResult:
         from .connectors.iso20022 import CamtError, camt_to_entries

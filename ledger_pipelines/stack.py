@@ -267,7 +267,7 @@ class Kafka(Service):
             "logger.state.name=state.change.logger\nlogger.state.level=WARN\n"
         )
         cp = f"{self.libdir}/*"
-        java_opts = [f"-Xms256m", f"-Xmx{self.cfg.kafka_heap}", "-XX:+UseG1GC",
+        java_opts = ["-Xms256m", f"-Xmx{self.cfg.kafka_heap}", "-XX:+UseG1GC",
                      f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
                      "-Djava.awt.headless=true"]
         meta = self.dir / "data" / "meta.properties"

@@ -89,3 +89,56 @@ def test_get_logs_pages_small_ranges(chain, stack_config):
     head = reader.head()
     logs = reader.get_logs(0, head)
     assert len(logs) == 5 and reader.calls >= head  # one block a call
+
+
+def test_get_logs_shrinks_the_range_when_the_provider_refuses(chain, stack_config):
+    """A proxy in front of anvil answers like hosted providers do when a range holds too much."""
+    import json
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ledger_pipelines.connectors.evm_reader import EvmReader
+
+    refused = []
+
+    class Limited(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            req = json.loads(body)
+            if req.get("method") == "eth_getLogs":
+                flt = req["params"][0]
+                if int(flt["toBlock"], 16) - int(flt["fromBlock"], 16) + 1 > 2:
+                    refused.append((flt["fromBlock"], flt["toBlock"]))
+                    out = json.dumps({"jsonrpc": "2.0", "id": req["id"], "error": {
+                        "code": -32005, "message": "query returned more than 10000 results"}}).encode()
+                    return self._send(out)
+            fwd = urllib.request.Request(stack_config.anvil_url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(fwd, timeout=10) as resp:
+                self._send(resp.read())
+
+        def _send(self, out):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Limited)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        w3 = chain
+        owner, alice = w3.eth.accounts[:2]
+        token = deploy(w3, "LedgerToken", "T", "T", 0)
+        for _ in range(6):
+            token.functions.mint(alice, 3).transact({"from": owner})
+        direct = EvmReader(_ledger(token, max_range=10_000), stack_config.anvil_url)
+        limited = EvmReader(_ledger(token, max_range=10_000), f"http://127.0.0.1:{server.server_address[1]}")
+        head = direct.head()
+        assert limited.get_logs(0, head) == direct.get_logs(0, head)
+        assert refused  # the wide first range was refused and halved until it passed
+    finally:
+        server.shutdown()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import json
 from decimal import Decimal
-from typing import Any
 
 from ..model import CanonicalEntry, EntryError
 from .mapping import ColumnMapping, row_to_entry, utc_timestamp
