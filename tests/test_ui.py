@@ -22,6 +22,28 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 pytestmark = [pytest.mark.ui, pytest.mark.services]
 
 
+WEEK = ["2026-11-17", "2026-11-18", "2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"]
+
+
+def _seed_week(url: str) -> None:
+    """Day i of the week gets i+1 balanced transactions in the example SQL ledger."""
+    from sqlalchemy import text
+
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+
+    ledger = SqlLedger(url, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    with ledger.engine.begin() as c:
+        for i, day in enumerate(WEEK):
+            for n in range(i + 1):
+                for side in ("D", "C"):
+                    c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
+                                   "VALUES (:t, :p, :a, 'EUR', '10.00', :s)"),
+                              {"t": f"{day}-{n}", "p": f"{day}T12:00:00Z", "a": f"GL-{side}", "s": side})
+    ledger.dispose()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,8 +59,11 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
 
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
     port = _free_port()
+    core = f"sqlite:///{home / 'core_banking.db'}"
+    _seed_week(core)
     env = {**os.environ, "DAGSTER_HOME": str(home), "LEDGER_KAFKA_BOOTSTRAP": stack_config.kafka_bootstrap,
-           "LEDGER_TOPIC_PREFIX": "uitest.", "LEDGER_WAREHOUSE_URL": f"sqlite:///{home / 'warehouse.db'}"}
+           "LEDGER_TOPIC_PREFIX": "uitest.", "LEDGER_WAREHOUSE_URL": f"sqlite:///{home / 'warehouse.db'}",
+           "LEDGER_CORE_BANKING_URL": core}
     log = open(home / "dagster.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
@@ -56,7 +81,7 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
         assert proc.poll() is None, (home / "dagster.log").read_text()[-3000:]
     else:
         pytest.fail("dagster dev did not answer in 180 s:\n" + (home / "dagster.log").read_text()[-3000:])
-    yield url
+    yield url, home
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=30)
@@ -85,6 +110,7 @@ def _shot(page, artifacts, name):
 def test_asset_graph_shows_every_asset(dagster_ui, browser, artifacts):
     from ledger_pipelines.definitions import defs
 
+    dagster_ui, _home = dagster_ui
     names = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
@@ -105,3 +131,45 @@ def test_asset_graph_shows_every_asset(dagster_ui, browser, artifacts):
         raise
     finally:
         page.close()
+
+
+def test_a_week_backfilled_from_the_ui(dagster_ui, browser, artifacts):
+    from ledger_pipelines.warehouse import Warehouse
+
+    url, home = dagster_ui
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(url + "/assets/core_banking_snapshot", wait_until="domcontentloaded")
+        page.get_by_role("button", name="Materialize").first.wait_for(timeout=90_000)
+        _shot(page, artifacts, "snapshot-asset")  # also dismisses the first-visit dialog
+        page.get_by_role("button", name="Materialize").first.click()
+        box = page.get_by_placeholder("No matching partitions")
+        box.wait_for(timeout=30_000)
+        box.fill(f"[{WEEK[0]}...{WEEK[-1]}]")
+        box.press("Enter")
+        page.get_by_text("7 partitions").first.wait_for(timeout=30_000)
+        page.get_by_text("Backfills all partitions in a single run").first.wait_for(timeout=10_000)
+        _shot(page, artifacts, "backfill-dialog")
+        page.get_by_role("button", name="Launch backfill").click()
+        page.get_by_text("Created backfill").first.wait_for(timeout=30_000)
+        _shot(page, artifacts, "backfill-launched")
+    except Exception:
+        _shot(page, artifacts, "backfill-failure")
+        raise
+    finally:
+        page.close()
+    # the daemon of `dagster dev` runs the backfill: one run, seven partitions
+    wh = Warehouse(f"sqlite:///{home / 'warehouse.db'}")
+    deadline = time.monotonic() + 240
+    per_day: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            per_day = dict(wh.rows("SELECT snapshot_date, count(*) FROM ledger_snapshots "
+                                   "WHERE ledger = 'core_banking' GROUP BY snapshot_date"))
+        except Exception:
+            per_day = {}
+        if len(per_day) == 7:
+            break
+        time.sleep(2)
+    assert per_day == {d: 2 * (i + 1) for i, d in enumerate(WEEK)}
+    wh.dispose()

@@ -196,9 +196,10 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
                 out[path] = f"{out[path]} {value}"
             continue
         out[path] = value
-        ccy = c.get("Ccy")
-        if ccy is not None:
-            out[path + "@Ccy"] = ccy
+        if name[-3:] == "Amt":  # only amounts carry an attribute we read
+            ccy = c.get("Ccy")
+            if ccy is not None:
+                out[path + "@Ccy"] = ccy
     return out
 
 
