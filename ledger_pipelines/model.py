@@ -39,7 +39,7 @@ class EntryError(ValueError):
     """A record that is not a valid canonical entry; the message names the field and the reason."""
 
 
-class CanonicalEntry(msgspec.Struct, frozen=True, kw_only=True):
+class _EntryFields(msgspec.Struct, frozen=True, kw_only=True):
     schema_version: Literal[1]
     entry_id: NonEmpty
     ledger: str
@@ -54,6 +54,9 @@ class CanonicalEntry(msgspec.Struct, frozen=True, kw_only=True):
     booked_at: str
     value_date: str | None
     status: Status
+
+
+class CanonicalEntry(_EntryFields, frozen=True, kw_only=True):
     position: dict[str, Any] = msgspec.field(default_factory=dict)
     attributes: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -70,27 +73,13 @@ _encoder = msgspec.json.Encoder(order="sorted")
 _ID_SEP = ":"
 
 
-class WireEntry(msgspec.Struct, frozen=True, kw_only=True):
+class WireEntry(_EntryFields, frozen=True, kw_only=True):
     """The event log's view of an entry: ``position`` and ``attributes`` stay raw JSON.
 
     Same fields and rules as :class:`CanonicalEntry`; skipping the dicts saves decoding them only
     to encode them again for the warehouse.
     """
 
-    schema_version: Literal[1]
-    entry_id: NonEmpty
-    ledger: str
-    ledger_kind: LedgerKind
-    source_ref: NonEmpty
-    correlation_id: str | None
-    account: NonEmpty
-    counterparty: str | None
-    asset: NonEmpty
-    amount: str
-    direction: Direction
-    booked_at: str
-    value_date: str | None
-    status: Status
     position: msgspec.Raw = msgspec.Raw(b"{}")
     attributes: msgspec.Raw = msgspec.Raw(b"{}")
 

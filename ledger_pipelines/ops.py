@@ -16,10 +16,7 @@ class PublishConfig(Config):
 def publish_ledger(context: OpExecutionContext, config: PublishConfig, kafka: KafkaResource,
                    warehouse: WarehouseResource) -> None:
     lc = ledger_by_name(load_config(), config.ledger)
-    wh = warehouse.open()
-    try:
+    with warehouse.session() as wh:
         result = Publisher(kafka.settings(), wh).publish(lc)
-    finally:
-        wh.dispose()
     context.log.info(f"{lc.name}: published {result.published}, rejected {result.rejected}, "
                      f"files {result.files}, {result.details}")

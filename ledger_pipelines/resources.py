@@ -6,6 +6,8 @@ password are read from the environment variables *named* here, when a run needs 
 
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -45,6 +47,16 @@ class WarehouseResource(ConfigurableResource):
 
     def open(self) -> Warehouse:
         return Warehouse(self.url())
+
+    @contextmanager
+    def session(self) -> Iterator[Warehouse]:
+        """The warehouse with its tables created, disposed of afterwards."""
+        wh = self.open()
+        try:
+            wh.create_schema()
+            yield wh
+        finally:
+            wh.dispose()
 
     def describe(self) -> str:
         from .settings import default_warehouse_url

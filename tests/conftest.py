@@ -27,34 +27,21 @@ def stack_config() -> StackConfig:
     return StackConfig.from_env()
 
 
-def _service(cls, cfg):
-    svc = cls(cfg)
-    started = svc.start(timeout=120)
-    return svc, started
+def _service_fixture(cls):
+    @pytest.fixture(scope="session")
+    def fixture(stack_config):
+        svc = cls(stack_config)
+        started = svc.start(timeout=120)
+        yield svc
+        if started:
+            svc.stop()
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def kafka_service(stack_config):
-    svc, started = _service(Kafka, stack_config)
-    yield svc
-    if started:
-        svc.stop()
-
-
-@pytest.fixture(scope="session")
-def postgres_service(stack_config):
-    svc, started = _service(Postgres, stack_config)
-    yield svc
-    if started:
-        svc.stop()
-
-
-@pytest.fixture(scope="session")
-def anvil_service(stack_config):
-    svc, started = _service(Anvil, stack_config)
-    yield svc
-    if started:
-        svc.stop()
+kafka_service = _service_fixture(Kafka)
+postgres_service = _service_fixture(Postgres)
+anvil_service = _service_fixture(Anvil)
 
 
 @pytest.fixture

@@ -53,7 +53,6 @@ def ledger_event_log(
     kafka: KafkaResource,
     warehouse: WarehouseResource,
 ) -> MaterializeResult:
-    wh = warehouse.open()
     last = {"at": 0}
 
     def progress(result):
@@ -61,14 +60,12 @@ def ledger_event_log(
             last["at"] = result.consumed
             context.log.info(f"ingested {result.consumed:,} messages in {result.batches} batches")
 
-    try:
+    with warehouse.session() as wh:
         ingestor = EventLogIngestor(
             kafka.settings(), wh, batch_size=config.batch_size, workers=config.workers,
             run_id=context.run.run_id, progress=progress,
         )
         result = ingestor.run(targets_of(config))
-    finally:
-        wh.dispose()
     lag_total = sum(result.lag.values())
     context.log.info(
         f"event log: {result.counts.inserted:,} new rows, {result.counts.duplicates:,} duplicates, "

@@ -29,17 +29,13 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
         f"a run replaces exactly its day(s) in ledger_snapshots.",
     )
     def _snapshot(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-        wh = warehouse.open()
-        wh.create_schema()
         days = {}
-        try:
+        with warehouse.session() as wh:
             for key in context.partition_keys:  # one run can cover a whole backfill range
                 stats = snapshot_day(lc, date.fromisoformat(key), wh)
                 days[key] = stats
                 context.log.info(f"{lc.name} {key}: {stats['rows']} rows, totals {stats['totals']}, "
                                  f"{stats['rejected']} rejected")
-        finally:
-            wh.dispose()
         rows = sum(s["rows"] for s in days.values())
         last = days[max(days)] if days else {}
         md = "| day | rows | totals |\n|---|---|---|\n" + "\n".join(

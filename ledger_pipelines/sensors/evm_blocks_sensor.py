@@ -15,10 +15,8 @@ from .source_changes import publish_request
         default_status=DefaultSensorStatus.RUNNING,
         description="Publishes an EVM ledger when its chain has new blocks since the last pass.")
 def evm_blocks_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
-    wh = warehouse.open()
     requests = []
-    try:
-        wh.create_schema()
+    with warehouse.session() as wh:
         for lc in (x for x in load_config() if x.kind == "evm"):
             try:
                 head = EvmReader(lc, source_url(lc)).head()
@@ -28,6 +26,4 @@ def evm_blocks_sensor(context: SensorEvaluationContext, warehouse: WarehouseReso
             cursor = get_cursor(wh, lc.name) or {}
             if head != cursor.get("head"):
                 requests.append(publish_request(lc.name, str(head)))
-    finally:
-        wh.dispose()
     return requests or SkipReason("no new blocks")

@@ -53,12 +53,8 @@ def kafka_offsets_sensor(context: SensorEvaluationContext, kafka: KafkaResource,
     ends = end_offsets(kafka.settings())
     if not ends:
         return SkipReason("no ledger entry topics exist yet")
-    wh = warehouse.open()
-    try:
-        wh.create_schema()
+    with warehouse.session() as wh:
         stored = wh.stored_offsets(DEFAULT_CONSUMER)
-    finally:
-        wh.dispose()
     lag = {tp: end - stored.get(tp, 0) for tp, end in ends.items()}
     behind = {tp: n for tp, n in lag.items() if n > 0}
     total = sum(behind.values())

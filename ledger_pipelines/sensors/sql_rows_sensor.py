@@ -16,10 +16,8 @@ from .source_changes import publish_request
         default_status=DefaultSensorStatus.RUNNING,
         description="Publishes a SQL ledger when rows above its watermark exist or gaps are still open.")
 def sql_rows_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
-    wh = warehouse.open()
     requests = []
-    try:
-        wh.create_schema()
+    with warehouse.session() as wh:
         for lc in (x for x in load_config() if x.kind == "sql"):
             cursor = get_cursor(wh, lc.name) or {"high": None, "gaps": {}}
             ledger = SqlLedger(source_url(lc), lc.mapping, lc.name)
@@ -33,6 +31,4 @@ def sql_rows_sensor(context: SensorEvaluationContext, warehouse: WarehouseResour
                 ledger.dispose()
             if top is not None and (cursor["high"] is None or top > cursor["high"] or cursor["gaps"]):
                 requests.append(publish_request(lc.name, f"{top}|{sorted(cursor['gaps'])}"))
-    finally:
-        wh.dispose()
     return requests or SkipReason("no new rows")

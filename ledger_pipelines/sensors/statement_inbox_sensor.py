@@ -16,15 +16,11 @@ from .source_changes import publish_request
         default_status=DefaultSensorStatus.RUNNING,
         description="Publishes ISO 20022 statement files dropped into a ledger's inbox (once per content hash).")
 def statement_inbox_sensor(context: SensorEvaluationContext, warehouse: WarehouseResource):
-    wh = warehouse.open()
     requests = []
-    try:
-        wh.create_schema()
+    with warehouse.session() as wh:
         for lc in (x for x in load_config() if x.kind == "iso20022"):
             new = [h for h in (hashlib.sha256(p.read_bytes()).hexdigest() for p in inbox_files(lc))
                    if not file_processed(wh, lc.name, h)]
             if new:
                 requests.append(publish_request(lc.name, ",".join(sorted(new))))
-    finally:
-        wh.dispose()
     return requests or SkipReason("no new statement files")

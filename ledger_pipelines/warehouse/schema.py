@@ -38,30 +38,40 @@ EVENT_COLUMNS = (
     "booked_date", "value_date", "status", "position", "attributes", "content_hash", "run_id",
 )
 
+def _entry_columns(*, with_booked_date: bool) -> list[Column]:
+    """The canonical entry's fields as columns (event log and snapshots share them)."""
+    cols = [
+        Column("entry_id", String(600), nullable=False),
+        Column("ledger", String(64), nullable=False),
+        Column("ledger_kind", String(16), nullable=False),
+        Column("source_ref", String(512), nullable=False),
+        Column("correlation_id", Text),
+        Column("account", Text, nullable=False),
+        Column("counterparty", Text),
+        Column("asset", Text, nullable=False),
+        Column("amount", ExactAmount, nullable=False),
+        Column("direction", String(6), nullable=False),
+        Column("booked_at", UtcTimestamp, nullable=False),
+    ]
+    if with_booked_date:
+        # the UTC day of booked_at: daily partitions select on it, and its index stays append-only
+        # within a day (a booked_at index takes random inserts and dirties a page per row)
+        cols.append(Column("booked_date", IsoDate, nullable=False))
+    return cols + [
+        Column("value_date", IsoDate),
+        Column("status", String(10), nullable=False),
+        Column("position", Text),
+        Column("attributes", Text),
+    ]
+
+
 event_log = Table(
     "ledger_event_log",
     metadata,
     Column("topic", String(255), nullable=False),
     Column("kafka_partition", Integer, nullable=False),
     Column("kafka_offset", BigInteger, nullable=False),
-    Column("entry_id", String(600), nullable=False),
-    Column("ledger", String(64), nullable=False),
-    Column("ledger_kind", String(16), nullable=False),
-    Column("source_ref", String(512), nullable=False),
-    Column("correlation_id", Text),
-    Column("account", Text, nullable=False),
-    Column("counterparty", Text),
-    Column("asset", Text, nullable=False),
-    Column("amount", ExactAmount, nullable=False),
-    Column("direction", String(6), nullable=False),
-    Column("booked_at", UtcTimestamp, nullable=False),
-    # the UTC day of booked_at: daily partitions select on it, and its index stays append-only
-    # within a day (a booked_at index takes random inserts and dirties a page per row)
-    Column("booked_date", IsoDate, nullable=False),
-    Column("value_date", IsoDate),
-    Column("status", String(10), nullable=False),
-    Column("position", Text),
-    Column("attributes", Text),
+    *_entry_columns(with_booked_date=True),
     Column("content_hash", String(16), nullable=False),
     Column("run_id", String(64)),
     # One row per version of an entry; an identical re-publication is stored once. This also
@@ -156,21 +166,7 @@ SNAPSHOT_COLUMNS = (
 snapshots = Table(
     "ledger_snapshots",
     metadata,
-    Column("ledger", String(64), nullable=False),
     Column("snapshot_date", IsoDate, nullable=False),
-    Column("entry_id", String(600), nullable=False),
-    Column("ledger_kind", String(16), nullable=False),
-    Column("source_ref", String(512), nullable=False),
-    Column("correlation_id", Text),
-    Column("account", Text, nullable=False),
-    Column("counterparty", Text),
-    Column("asset", Text, nullable=False),
-    Column("amount", ExactAmount, nullable=False),
-    Column("direction", String(6), nullable=False),
-    Column("booked_at", UtcTimestamp, nullable=False),
-    Column("value_date", IsoDate),
-    Column("status", String(10), nullable=False),
-    Column("position", Text),
-    Column("attributes", Text),
+    *_entry_columns(with_booked_date=False),
     PrimaryKeyConstraint("ledger", "snapshot_date", "entry_id", name="pk_ledger_snapshots"),
 )
