@@ -10,6 +10,7 @@ import threading
 import time
 
 import msgspec
+import psutil
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -179,6 +180,18 @@ def _ingest_cmd(kafka, url, workers=2, batch=2000):
     return cmd, env
 
 
+def _wait_for_other_sessions_to_end(wh: Warehouse, timeout: float = 60.0) -> None:
+    """A killed client's server session can still be finishing its last statement (under load)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        others = wh.scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid()")
+        if others == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("sessions of the killed ingest did not end")
+
+
 def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url):
     n = 150_000
     _publish(kafka, n)
@@ -196,9 +209,15 @@ def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url):
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"ingest finished before it could be killed ({seen} rows): {proc.stderr.read()!r}"
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "the ingest ran without worker processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(1.0)  # workers die with their parent (PR_SET_PDEATHSIG)
+    # the workers die with their parent (PR_SET_PDEATHSIG), and their database sessions end with them
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"workers outlived the killed ingest: {alive}"
+    if warehouse_url.startswith("postgresql"):
+        _wait_for_other_sessions_to_end(wh)
     partial = wh.scalar("SELECT count(*) FROM ledger_event_log")
     assert 0 < partial < n, partial
     stored = wh.stored_offsets(DEFAULT_CONSUMER)

@@ -67,18 +67,25 @@ class Warehouse:
 
     def create_schema(self) -> None:
         """Create missing tables; safe when several processes do it at once."""
+        import time
+
         from sqlalchemy.exc import DBAPIError
 
-        for attempt in range(5):
+        for attempt in range(10):
             try:
                 with self.engine.begin() as conn:
                     if self.dialect == "postgresql":
                         conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
                     metadata.create_all(conn)
                 return
-            except DBAPIError as exc:  # another process created a table between check and create
-                if "already exists" not in str(exc) or attempt == 4:
+            except DBAPIError as exc:
+                # another process created a table between check and create, or (SQLite) wrote
+                # between this transaction's read and its write: a snapshot conflict the busy
+                # handler does not retry
+                message = str(exc)
+                if ("already exists" not in message and "database is locked" not in message) or attempt == 9:
                     raise
+                time.sleep(0.05 * (attempt + 1))
 
     def dispose(self) -> None:
         self.engine.dispose()
