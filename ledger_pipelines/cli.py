@@ -189,6 +189,37 @@ def cmd_publish(args) -> int:
         wh.dispose()
 
 
+def _read_entries(path: str, side: str) -> list:
+    from pathlib import Path
+
+    from .model import EntryError, decode_entry
+
+    latest = {}
+    for n, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            e = decode_entry(line)
+        except EntryError as exc:
+            raise SystemExit(f"{side} file {path}, line {n}: {exc}")
+        latest[e.entry_id] = e  # a later version of an entry replaces the earlier one
+    return list(latest.values())
+
+
+def cmd_reconcile(args) -> int:
+    from pathlib import Path
+
+    from .reconcile import load_rules, reconcile
+    from .reconcile.output import write
+
+    left, right = _read_entries(args.left, "left"), _read_entries(args.right, "right")
+    rules = load_rules(args.rules)
+    result = reconcile(left, right, rules)
+    s = write(Path(args.out), result, left, right, rules)
+    print(json.dumps({k: s[k] for k in ("input_rows", "match_type", "break_type", "merkle_root")}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -243,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", type=float, default=2.0)
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("reconcile", help="reconcile two files of canonical entries; writes matches, breaks, "
+                                         "summary and report to --out (no services needed)")
+    s.add_argument("--left", required=True)
+    s.add_argument("--right", required=True)
+    s.add_argument("--rules", help="rules YAML (default: exact key on correlation_id, 2-day window)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_reconcile)
 
     s = sub.add_parser("demo", help="start the stack and the Dagster UI with generated ledger activity")
     s.add_argument("--rate", type=float, default=20.0, help="journal lines posted per second")

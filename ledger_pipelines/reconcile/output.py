@@ -1,0 +1,106 @@
+"""Writes a reconciliation to a folder (ARCHITECTURE section 4): matches.jsonl, breaks.jsonl,
+summary.json, report.html (self-contained, inline SVG charts)."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from ..model import CanonicalEntry
+from .engine import Reconciliation
+from .rules import Rules
+
+
+def _canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def merkle_root(records: list[dict[str, Any]]) -> str:
+    """SHA-256 Merkle root over the records sorted by id (an odd node is paired with itself)."""
+    level = sorted(hashlib.sha256(b"\x00" + _canonical(r)).digest() for r in records)
+    if not level:
+        return hashlib.sha256(b"").hexdigest()
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
+    return level[0].hex()
+
+
+def totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, Decimal]] = {}
+    for e in entries:
+        t = out.setdefault(e.asset, {"debit": Decimal(0), "credit": Decimal(0)})
+        t[e.direction] += Decimal(e.amount)
+    return {a: {k: str(v) for k, v in t.items()} for a, t in sorted(out.items())}
+
+
+def summary(result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
+            rules: Rules) -> dict[str, Any]:
+    counts = result.counts()
+    return {
+        "input_rows": {"left": result.left_count, "right": result.right_count},
+        "match_type": counts["match_type"], "break_type": counts["break_type"],
+        "matches": len(result.matches), "breaks": len(result.breaks),
+        "totals": {"left": totals(left), "right": totals(right)},
+        "rules": rules.describe(),
+        "merkle_root": merkle_root(result.matches + result.breaks),
+    }
+
+
+def _bars(title: str, data: dict[str, int]) -> str:
+    if not data:
+        return f"<h3>{html.escape(title)}</h3><p>none</p>"
+    peak = max(data.values()) or 1
+    rows = []
+    for i, (name, n) in enumerate(sorted(data.items())):
+        w = int(360 * n / peak)
+        y = i * 26
+        rows.append(f'<text x="0" y="{y + 16}" font-size="13">{html.escape(name)}</text>'
+                    f'<rect x="150" y="{y + 4}" width="{w}" height="16" fill="#4f46e5"/>'
+                    f'<text x="{156 + w}" y="{y + 16}" font-size="12">{n}</text>')
+    return (f"<h3>{html.escape(title)}</h3><svg width='560' height='{26 * len(data) + 6}' "
+            f"xmlns='http://www.w3.org/2000/svg'>{''.join(rows)}</svg>")
+
+
+def render_html(s: dict[str, Any], result: Reconciliation, title: str = "Reconciliation") -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(b['break_type'])}</td><td>{html.escape(str(b['correlation_id'] or ''))}</td>"
+        f"<td>{html.escape(str(b['asset']))}</td><td>{b['left_amount'] or ''}</td><td>{b['right_amount'] or ''}</td>"
+        f"<td>{b['difference'] or ''}</td><td>{html.escape(b['reason'])}</td></tr>"
+        for b in result.breaks[:2000])
+    totals_rows = "".join(
+        f"<tr><td>{side}</td><td>{html.escape(a)}</td><td>{t['debit']}</td><td>{t['credit']}</td></tr>"
+        for side in ("left", "right") for a, t in s["totals"][side].items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;color:#111}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eef}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Left {s['input_rows']['left']} entries, right {s['input_rows']['right']} entries:
+{s['matches']} matches, {s['breaks']} breaks. Merkle root <code>{s['merkle_root']}</code>.</p>
+{_bars("Matches by type", s["match_type"])}{_bars("Breaks by type", s["break_type"])}
+<h3>Totals per asset and side</h3><table><tr><th>side</th><th>asset</th><th>debit</th><th>credit</th></tr>
+{totals_rows}</table>
+<h3>Breaks{' (first 2000)' if len(result.breaks) > 2000 else ''}</h3>
+<table><tr><th>type</th><th>correlation</th><th>asset</th><th>left</th><th>right</th><th>difference</th>
+<th>reason</th></tr>{rows}</table></body></html>"""
+
+
+def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
+          rules: Rules) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = {name: out_dir / f".{name}.tmp" for name in ("matches.jsonl", "breaks.jsonl", "summary.json", "report.html")}
+    with open(tmp["matches.jsonl"], "wb") as f:
+        f.writelines(_canonical(m) + b"\n" for m in result.matches)
+    with open(tmp["breaks.jsonl"], "wb") as f:
+        f.writelines(_canonical(b) + b"\n" for b in result.breaks)
+    s = summary(result, left, right, rules)
+    tmp["summary.json"].write_text(json.dumps(s, indent=2, sort_keys=True))
+    tmp["report.html"].write_text(render_html(s, result))
+    for name, path in tmp.items():  # all four land together: no half-written report
+        path.replace(out_dir / name)
+    return s

@@ -1,0 +1,181 @@
+"""Reconciliation engine: every break type injected and found, exact FX, and the invariants."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ledger_pipelines.model import encode_entry, make_entry
+from ledger_pipelines.reconcile import Rules, reconcile
+from ledger_pipelines.reconcile.output import merkle_root
+
+T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
+
+
+def bank(ref, amount, corr=None, asset="EUR", at=T0, direction="debit", **attrs):
+    return make_entry(ledger="core_banking", ledger_kind="sql", source_ref=ref, correlation_id=corr,
+                      account="DE89370400440532013000", asset=asset, amount=amount, direction=direction,
+                      booked_at=at, status="booked", attributes=attrs)
+
+
+def chain(ref, amount, corr=None, asset="EUR", at=T0, status="final", direction="credit"):
+    return make_entry(ledger="eth_usdc", ledger_kind="evm", source_ref=ref, correlation_id=corr,
+                      account="0x" + "ab" * 20, asset=asset, amount=amount, direction=direction, booked_at=at,
+                      status=status, position={"block_number": 7})
+
+
+RULES = Rules.from_dict({"time_window": "2d", "fx": [{"from": "EUR", "to": "USDC", "rate": "1.0842"}],
+                         "amount_tolerance": {"relative": "0.001"}})
+
+
+def scenario():
+    left = [
+        bank("1", "100.00", "E-EXACT"),
+        bank("2", "10.00", "E-MISSING-RIGHT"),
+        bank("4", "50.00", "E-AMOUNT"),
+        bank("5", "10.00", "E-ASSET"),
+        bank("6a", "20.00", "E-DUP-L"), bank("6b", "20.00", "E-DUP-L"),
+        bank("8", "30.00", "E-TIMING", at=T0),
+        bank("9", "60.00", "BATCH-1", details=[{"refs": {"EndToEndId": "B1"}}, {"refs": {"EndToEndId": "B2"}},
+                                               {"refs": {"EndToEndId": "B3"}}]),
+        bank("10a", "30.00", "E-M2O"), bank("10b", "70.00", "E-M2O-2", details=[]),
+        bank("11", "100.00", "E-FX-OK"),
+        bank("12", "100.00", "E-FX-BAD"),
+        bank("13", "77.70", None, at=T0),
+        bank("14", "5.00", "E-DUP-R"),
+    ]
+    right = [
+        chain("1", "100.00", "E-EXACT"),
+        chain("3", "11.00", "E-MISSING-LEFT"),
+        chain("4", "49.00", "E-AMOUNT"),
+        chain("5", "10.00", "E-ASSET", asset="GBP"),
+        chain("6", "20.00", "E-DUP-L"),
+        chain("7", "1.00", "E-ORPHAN", status="orphaned"),
+        chain("8", "30.00", "E-TIMING", at=T0 + timedelta(days=5)),
+        chain("9a", "20.00", "B1"), chain("9b", "25.00", "B2"), chain("9c", "15.00", "B3"),
+        chain("11", "108.420000000000000000", "E-FX-OK", asset="USDC"),  # 18-decimal token leg
+        chain("12", "110.00", "E-FX-BAD", asset="USDC"),
+        chain("13", "77.70", None, at=T0 + timedelta(hours=1)),
+        chain("14a", "5.00", "E-DUP-R"), chain("14b", "5.00", "E-DUP-R"),
+    ]
+    # many-to-one: two left legs under one reference against one right leg
+    left[9] = bank("10b", "70.00", "E-M2O")
+    right.append(chain("10", "100.00", "E-M2O"))
+    return left, right
+
+
+def test_every_injected_break_is_found_with_its_type():
+    left, right = scenario()
+    r = reconcile(left, right, RULES)
+    by_corr = {}
+    for rec in r.matches:
+        by_corr.setdefault(rec["correlation_id"], []).append(rec["match_type"])
+    for rec in r.breaks:
+        by_corr.setdefault(rec["correlation_id"], []).append(rec["break_type"])
+    assert by_corr["E-EXACT"] == ["exact"]
+    assert by_corr["E-MISSING-RIGHT"] == ["missing_right"]
+    assert by_corr["E-MISSING-LEFT"] == ["missing_left"]
+    assert by_corr["E-AMOUNT"] == ["amount_mismatch"]
+    assert by_corr["E-ASSET"] == ["asset_mismatch"]
+    assert sorted(by_corr["E-DUP-L"]) == ["duplicate_left", "exact"]
+    assert sorted(by_corr["E-DUP-R"]) == ["duplicate_right", "exact"]
+    assert by_corr["E-ORPHAN"] == ["orphaned"]
+    assert by_corr["E-TIMING"] == ["timing"]
+    assert by_corr["BATCH-1"] == ["one_to_many"]
+    assert by_corr["E-M2O"] == ["many_to_one"]
+    assert by_corr["E-FX-OK"] == ["tolerant"]
+    assert by_corr["E-FX-BAD"] == ["amount_mismatch"]
+    assert by_corr[None] == ["tolerant"]  # no reference: matched by amount and time
+    amount = next(b for b in r.breaks if b["correlation_id"] == "E-AMOUNT")
+    assert (amount["left_amount"], amount["right_amount"], amount["difference"]) == ("50.00", "49.00", "-1.00")
+
+
+def test_fx_between_18_decimal_tokens_and_2_decimal_fiat_is_exact():
+    rules = Rules.from_dict({"fx": [{"from": "EUR", "to": "USDC", "rate": "1.0842"}]})  # zero tolerance
+    left = [bank("1", "100.00", "FX")]
+    ok = reconcile(left, [chain("1", "108.420000000000000000", "FX", asset="USDC")], rules)
+    assert [m["match_type"] for m in ok.matches] == ["tolerant"] and not ok.breaks
+    off_by_one_wei = reconcile(left, [chain("1", "108.420000000000000001", "FX", asset="USDC")], rules)
+    (b,) = off_by_one_wei.breaks
+    assert b["break_type"] == "amount_mismatch"
+    assert (b["left_amount"], b["right_amount"], b["difference"]) == (
+        "108.420000", "108.420000000000000001", "0.000000000000000001")
+
+
+def _ids(records, key):
+    return [i for rec in records for i in rec[key]]
+
+
+def _check_invariants(left, right, r):
+    lids = _ids(r.matches, "left_entry_ids") + _ids(r.breaks, "left_entry_ids")
+    rids = _ids(r.matches, "right_entry_ids") + _ids(r.breaks, "right_entry_ids")
+    assert Counter(lids) == Counter(e.entry_id for e in left)  # every entry in exactly one record
+    assert Counter(rids) == Counter(e.entry_id for e in right)
+
+
+def test_scenario_invariants_and_deterministic_merkle_root():
+    left, right = scenario()
+    a, b = reconcile(left, right, RULES), reconcile(list(reversed(left)), list(reversed(right)), RULES)
+    _check_invariants(left, right, a)
+    assert merkle_root(a.matches + a.breaks) == merkle_root(b.matches + b.breaks)
+
+
+amounts = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("100000"), places=2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["K1", "K2", "K3", None]), amounts, st.sampled_from(["EUR", "USD"]),
+                       st.integers(0, 72)), max_size=12),
+    st.lists(st.tuples(st.sampled_from(["K1", "K2", "K4", None]), amounts, st.sampled_from(["EUR", "USD", "USDC"]),
+                       st.integers(0, 72), st.booleans()), max_size=12),
+)
+def test_property_every_entry_once_and_totals_preserved(lspec, rspec):
+    left = [bank(f"l{i}", a, k, asset=c, at=T0 + timedelta(hours=h)) for i, (k, a, c, h) in enumerate(lspec)]
+    right = [chain(f"r{i}", a, k, asset=c, at=T0 + timedelta(hours=h), status="orphaned" if o else "final")
+             for i, (k, a, c, h, o) in enumerate(rspec)]
+    r = reconcile(left, right, RULES)
+    _check_invariants(left, right, r)
+    shuffled = reconcile(list(reversed(left)), list(reversed(right)), RULES)
+    assert merkle_root(shuffled.matches + shuffled.breaks) == merkle_root(r.matches + r.breaks)
+    # per-asset totals of the entries in the records equal the input totals, to the cent
+    by_id = {("L", e.entry_id): e for e in left} | {("R", e.entry_id): e for e in right}
+    seen: dict[tuple[str, str], Decimal] = {}
+    for rec in r.matches + r.breaks:
+        for side, key in (("L", "left_entry_ids"), ("R", "right_entry_ids")):
+            for i in rec[key]:
+                e = by_id[(side, i)]
+                seen[(side, e.asset)] = seen.get((side, e.asset), Decimal(0)) + Decimal(e.amount)
+    expected: dict[tuple[str, str], Decimal] = {}
+    for side, es in (("L", left), ("R", right)):
+        for e in es:
+            expected[(side, e.asset)] = expected.get((side, e.asset), Decimal(0)) + Decimal(e.amount)
+    assert seen == expected
+
+
+def test_reconcile_command_on_files_without_services(tmp_path):
+    left, right = scenario()
+    (tmp_path / "l.jsonl").write_bytes(b"".join(encode_entry(e) + b"\n" for e in left))
+    (tmp_path / "r.jsonl").write_bytes(b"".join(encode_entry(e) + b"\n" for e in right))
+    (tmp_path / "rules.yaml").write_text(json.dumps(RULES.source))
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "reconcile", "--left", str(tmp_path / "l.jsonl"),
+                          "--right", str(tmp_path / "r.jsonl"), "--rules", str(tmp_path / "rules.yaml"),
+                          "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["break_type"]["timing"] == 1 and summary["match_type"]["one_to_many"] == 1
+    assert summary["input_rows"] == {"left": len(left), "right": len(right)}
+    matches = [json.loads(x) for x in (out / "matches.jsonl").read_text().splitlines()]
+    breaks = [json.loads(x) for x in (out / "breaks.jsonl").read_text().splitlines()]
+    assert len(matches) == summary["matches"] and len(breaks) == summary["breaks"]
+    assert summary["merkle_root"] == merkle_root(matches + breaks)
+    report = (out / "report.html").read_text()
+    assert "<svg" in report and "http" not in report.replace("http://www.w3.org/2000/svg", "")
