@@ -120,3 +120,20 @@ def ledger_by_name(ledgers: list[LedgerConfig], name: str) -> LedgerConfig:
         if lc.name == name:
             return lc
     raise ConfigError(f"no ledger {name!r} configured (known: {[lc.name for lc in ledgers]})")
+
+
+def reconciliation_pairs(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """``reconciliations:`` of the configuration: ledger pairs and their rules."""
+    pairs = _document(path).get("reconciliations", []) or []
+    names = {lc.name for lc in load_config(path)}
+    for p in pairs:
+        for side in ("left", "right"):
+            if p.get(side) not in names:
+                raise ConfigError(f"reconciliation {p.get('name')!r}: {side} ledger {p.get(side)!r} is not configured")
+    return pairs
+
+
+def audit_schedule(path: str | Path | None = None) -> dict[str, Any]:
+    """``audit_schedule:`` (hour, minute; UTC like the partitions), default 02:30."""
+    s = _document(path).get("audit_schedule") or {}
+    return {"hour": int(s.get("hour", 2)), "minute": int(s.get("minute", 30))}

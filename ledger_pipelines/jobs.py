@@ -24,3 +24,11 @@ snapshots_job = define_asset_job(
     "snapshots_job", selection=AssetSelection.groups("snapshots"),
     description="Daily snapshots of every configured ledger, read from the sources.",
 )
+
+NIGHTLY_AUDIT_JOB = "nightly_audit_job"
+
+nightly_audit_job = define_asset_job(
+    NIGHTLY_AUDIT_JOB, selection=AssetSelection.groups("snapshots", "audit"),
+    description="Snapshots of every ledger, then reconciliation and the audit report, for one day; a "
+    "failed blocking check of a snapshot stops the reconciliation and the report of that day.",
+)

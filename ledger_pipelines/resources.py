@@ -62,3 +62,23 @@ class WarehouseResource(ConfigurableResource):
         from .settings import default_warehouse_url
 
         return redact_url(self.url() or default_warehouse_url())
+
+
+class ExpectationsResource(ConfigurableResource):
+    """Great Expectations suites of ``expectations/`` in an ephemeral context (imported lazily)."""
+
+    suites_dir: str | None = Field(default=None, description="folder of suite JSON files (default expectations/)")
+
+    def validator(self):
+        from pathlib import Path
+
+        from .validation import SUITES, Validator
+
+        key = self.suites_dir or str(SUITES)
+        cached = _VALIDATORS.get(key)
+        if cached is None:
+            cached = _VALIDATORS[key] = Validator(Path(key))
+        return cached
+
+
+_VALIDATORS: dict = {}  # one ephemeral context a process: building it costs about a second

@@ -39,12 +39,14 @@ def read_day(lc: LedgerConfig, day: date, warehouse: Warehouse) -> tuple[list[Ca
 
         return EvmReader(lc, source_url(lc)).read_day(day), []
     # a CDC ledger without a source connection: what the stream delivered for that day
-    return _event_log_day(warehouse, lc.name, day), []
+    return event_log_day(warehouse, lc.name, day), []
 
 
-def _event_log_day(wh: Warehouse, ledger: str, day: date) -> list[CanonicalEntry]:
-    from .model import decode_entry
+def event_log_day(wh: Warehouse, ledger: str, day: date) -> list[CanonicalEntry]:
     import msgspec
+
+    from .connectors.mapping import utc_text
+    from .model import decode_entry
 
     rows = wh.rows(
         "SELECT entry_id, ledger_kind, source_ref, correlation_id, account, counterparty, asset, amount, direction, "
@@ -55,7 +57,7 @@ def _event_log_day(wh: Warehouse, ledger: str, day: date) -> list[CanonicalEntry
     latest: dict[str, tuple] = {r[0]: r for r in rows}  # the last version of each entry wins
     out = []
     for r in latest.values():
-        booked = r[9] if isinstance(r[9], str) else r[9].strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+        booked = r[9] if isinstance(r[9], str) else utc_text(r[9])  # PostgreSQL: a datetime in the session's zone
         doc = {"schema_version": 1, "entry_id": r[0], "ledger": ledger, "ledger_kind": r[1], "source_ref": r[2],
                "correlation_id": r[3], "account": r[4], "counterparty": r[5], "asset": r[6], "amount": str(r[7]),
                "direction": r[8], "booked_at": booked, "value_date": str(r[10]) if r[10] else None,
@@ -65,9 +67,43 @@ def _event_log_day(wh: Warehouse, ledger: str, day: date) -> list[CanonicalEntry
     return out
 
 
-def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse) -> dict[str, Any]:
+def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=None) -> dict[str, Any]:
+    """Read the day, validate it (when a validator is given), and publish it only if it passed.
+
+    Stage, check, then publish: a day that fails a critical expectation leaves the previously
+    published snapshot of that day untouched.
+    """
+    from .warehouse.state import snapshot_row, snapshot_stats
+
     entries, errors = read_day(lc, day, warehouse)
-    stats = replace_snapshot(warehouse, lc.name, day.isoformat(), entries)
-    stats["errors"] = [{"source": s, "error": r} for s, r in errors[:50]]
-    stats["rejected"] = len(errors)
+    checks: dict[str, Any] = {}
+    if validator is not None:
+        from .validation import snapshot_frame
+
+        rows = [snapshot_row(lc.name, day.isoformat(), e) for e in entries]
+        assets = list(lc.assets) or sorted({r["asset"] for r in rows})
+        checks["expectations"] = validator.run("ledger_snapshot", snapshot_frame(rows),
+                                               {"days": [day.isoformat()], "assets": assets})
+        if lc.kind == "sql":
+            checks["trial_balance"] = validator.run("control_totals", _trial_balance_frame(entries))
+    passed = all(c.success for c in checks.values())
+    if passed:
+        stats = replace_snapshot(warehouse, lc.name, day.isoformat(), entries)
+    else:
+        stats = snapshot_stats([snapshot_row(lc.name, day.isoformat(), e) for e in entries])
+    stats.update(published=passed, checks=checks, rejected=len(errors),
+                 errors=[{"source": s, "error": r} for s, r in errors[:50]])
     return stats
+
+
+def _trial_balance_frame(entries: list[CanonicalEntry]):
+    """Debits minus credits per transaction and currency, exact, as rows for the control_totals suite."""
+    import pandas as pd
+    from decimal import Decimal
+
+    sums: dict[tuple[str, str], Decimal] = {}
+    for e in entries:
+        key = (str(e.attributes.get("transaction_id") or e.source_ref), e.asset)
+        sums[key] = sums.get(key, Decimal(0)) + (Decimal(e.amount) if e.direction == "debit" else -Decimal(e.amount))
+    return pd.DataFrame({"entry_id": [f"{t}:{c}" for t, c in sums],
+                         "difference": ["0" if v == 0 else f"{v:f}" for v in sums.values()]}, dtype=object)

@@ -3,6 +3,9 @@
 from datetime import date
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetsDefinition,
     BackfillPolicy,
@@ -13,13 +16,25 @@ from dagster import (
 )
 
 from ..config import LedgerConfig
-from ..resources import WarehouseResource
+from ..resources import ExpectationsResource, WarehouseResource
 from ..snapshots import snapshot_day
 
 
+EXPECTATIONS_CHECK = "expectations"
+TRIAL_BALANCE_CHECK = "trial_balance"
+
+
 def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
+    name = f"{lc.name}_snapshot"
+    checks = [AssetCheckSpec(EXPECTATIONS_CHECK, asset=name, blocking=True,
+                             description="Great Expectations suite ledger_snapshot on the staged day")]
+    if lc.kind == "sql":
+        checks.append(AssetCheckSpec(TRIAL_BALANCE_CHECK, asset=name, blocking=True,
+                                     description="debits = credits per transaction and currency (exact)"))
+
     @asset(
-        name=f"{lc.name}_snapshot",
+        check_specs=checks,
+        name=name,
         group_name="snapshots",
         partitions_def=partitions,
         backfill_policy=BackfillPolicy.single_run(),
@@ -28,20 +43,24 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
         description=f"Daily snapshot of ledger {lc.name} ({lc.kind}) read from its source of truth; "
         f"a run replaces exactly its day(s) in ledger_snapshots.",
     )
-    def _snapshot(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
+    def _snapshot(context: AssetExecutionContext, warehouse: WarehouseResource,
+                  expectations: ExpectationsResource) -> MaterializeResult:
         days = {}
+        validator = expectations.validator()
         with warehouse.session() as wh:
             for key in context.partition_keys:  # one run can cover a whole backfill range
-                stats = snapshot_day(lc, date.fromisoformat(key), wh)
+                stats = snapshot_day(lc, date.fromisoformat(key), wh, validator)
                 days[key] = stats
                 context.log.info(f"{lc.name} {key}: {stats['rows']} rows, totals {stats['totals']}, "
-                                 f"{stats['rejected']} rejected")
+                                 f"{stats['rejected']} rejected, published {stats['published']}")
         rows = sum(s["rows"] for s in days.values())
         last = days[max(days)] if days else {}
         md = "| day | rows | totals |\n|---|---|---|\n" + "\n".join(
             f"| {d} | {s['rows']} | " + ", ".join(f"{a}: D {t['debit']} / C {t['credit']}" for a, t in s["totals"].items())
             + " |" for d, s in sorted(days.items()))
-        return MaterializeResult(metadata={
+        check_results = [_check_result(spec.name, days) for spec in checks]
+        return MaterializeResult(check_results=check_results, metadata={
+            "published": MetadataValue.bool(all(s["published"] for s in days.values())),
             "rows": MetadataValue.int(rows),
             "days": MetadataValue.int(len(days)),
             "totals": MetadataValue.json(last.get("totals", {})),
@@ -53,3 +72,20 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
         })
 
     return _snapshot
+
+
+def _check_result(check: str, days: dict) -> AssetCheckResult:
+    """One result over the run's days: failing critical expectations block, warnings only warn."""
+    failures = {d: s["checks"][check].failures for d, s in days.items() if s["checks"][check].failures}
+    warnings = {d: s["checks"][check].warnings for d, s in days.items() if s["checks"][check].warnings}
+    passed = not failures and not warnings
+    md = {"days_checked": MetadataValue.int(len(days)),
+          "days_failed": MetadataValue.json(sorted(failures)),
+          "failures": MetadataValue.json({d: f[:5] for d, f in sorted(failures.items())}),
+          "warnings": MetadataValue.json({d: w[:5] for d, w in sorted(warnings.items())})}
+    first = next(iter(failures.values()), None) or next(iter(warnings.values()), None)
+    if first:
+        ids = next((v for k, v in first[0].items() if k.endswith("_ids")), [])
+        md["offending_ids"] = MetadataValue.text(", ".join(map(str, ids[:20])) or "-")
+    return AssetCheckResult(check_name=check, passed=passed,
+                            severity=AssetCheckSeverity.ERROR if failures else AssetCheckSeverity.WARN, metadata=md)

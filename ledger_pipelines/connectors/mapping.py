@@ -163,7 +163,8 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _fast_timestamp(ts: datetime) -> str:
+def utc_text(ts: datetime) -> str:
+    """RFC 3339 UTC text of a datetime (naive = UTC), without a zero fraction."""
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=timezone.utc)
     elif ts.utcoffset():
@@ -207,7 +208,7 @@ def row_mapper(m: ColumnMapping, ledger: str, columns: list[str], kind: str = "s
             frac = ts[19:-3].rstrip("0")
             booked = f"{ts[:10]}T{ts[11:19]}{frac if frac != '.' else ''}Z"
         elif type(ts) is datetime:
-            booked = _fast_timestamp(ts)
+            booked = utc_text(ts)
         else:
             return slow(row)
         if account is None or m.extra:

@@ -104,3 +104,20 @@ def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], rig
     for name, path in tmp.items():  # all four land together: no half-written report
         path.replace(out_dir / name)
     return s
+
+
+def render_index(audit: dict[str, Any]) -> str:
+    """The day's index page over every reconciliation (self-contained)."""
+    recs = audit["reconciliations"]
+    rows = "".join(
+        f"<tr><td><a href='{html.escape(name)}/report.html'>{html.escape(name)}</a></td><td>{r['matches']}</td>"
+        f"<td>{r['breaks']}</td><td>{html.escape(json.dumps(r['break_type']))}</td></tr>"
+        for name, r in sorted(recs.items()))
+    breaks = {name: r["breaks"] for name, r in recs.items()}
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Audit {html.escape(audit['day'])}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
+table{{border-collapse:collapse}}</style></head><body><h1>Audit report {html.escape(audit['day'])}</h1>
+<p>Merkle root over every match and break record of the day: <code>{audit['merkle_root']}</code></p>
+{_bars("Breaks per reconciliation", breaks)}
+<table><tr><th>reconciliation</th><th>matches</th><th>breaks</th><th>break types</th></tr>{rows}</table>
+</body></html>"""

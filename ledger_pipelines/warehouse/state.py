@@ -52,7 +52,7 @@ def mark_file_processed(wh: "Warehouse", ledger: str, sha256: str, name: str, en
                   {"l": ledger, "s": sha256, "n": name, "e": entries, "r": rejected, "t": utc_now()})
 
 
-def _snapshot_row(ledger: str, day: str, e: CanonicalEntry) -> dict[str, Any]:
+def snapshot_row(ledger: str, day: str, e: CanonicalEntry) -> dict[str, Any]:
     return {
         "ledger": ledger, "snapshot_date": day, "entry_id": e.entry_id, "ledger_kind": e.ledger_kind,
         "source_ref": e.source_ref, "correlation_id": e.correlation_id, "account": e.account,
@@ -65,7 +65,7 @@ def _snapshot_row(ledger: str, day: str, e: CanonicalEntry) -> dict[str, Any]:
 
 def replace_snapshot(wh: "Warehouse", ledger: str, day: str, entries: Iterable[CanonicalEntry]) -> dict[str, Any]:
     """Replace exactly the (ledger, day) partition in one transaction; returns its statistics."""
-    rows = [_snapshot_row(ledger, day, e) for e in entries]
+    rows = [snapshot_row(ledger, day, e) for e in entries]
     cols = ", ".join(SNAPSHOT_COLUMNS)
     marks = ", ".join(f":{c}" for c in SNAPSHOT_COLUMNS)
     with wh.engine.begin() as c:

@@ -1,0 +1,71 @@
+"""Great Expectations suites as blocking checks: stage, check, then publish."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import AssetCheckSeverity, DagsterInstance, materialize
+from sqlalchemy import text
+
+from ledger_pipelines.connectors.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql import SqlLedger
+from ledger_pipelines.validation import Validator, snapshot_frame
+from ledger_pipelines.warehouse import Warehouse
+
+DAY = "2026-11-17"
+
+
+@pytest.fixture(scope="module")
+def validator():
+    return Validator()
+
+
+def _rows(**over):
+    base = {"entry_id": "core_banking:1", "account": "GL", "asset": "EUR", "amount": "10.00", "direction": "debit",
+            "status": "booked", "booked_at": f"{DAY}T12:00:00Z"}
+    return [base | over]
+
+
+@pytest.mark.parametrize("over, expectation", [
+    ({"amount": "1e5"}, "expect_column_values_to_match_regex"),
+    ({"direction": "up"}, "expect_column_values_to_be_in_set"),
+    ({"booked_at": "2026-11-18T00:00:00Z"}, "expect_column_values_to_be_in_set"),
+    ({"account": None}, "expect_column_values_to_not_be_null"),
+])
+def test_critical_expectations_fail_and_name_the_entry(validator, over, expectation):
+    res = validator.run("ledger_snapshot", snapshot_frame(_rows(**over)), {"days": [DAY], "assets": ["EUR"]})
+    assert not res.success
+    assert [f["expectation"] for f in res.failures] == [expectation]
+    assert res.failures[0]["entry_ids"] == ["core_banking:1"]
+
+
+def test_an_unconfigured_asset_only_warns(validator):
+    res = validator.run("ledger_snapshot", snapshot_frame(_rows(asset="XAU")), {"days": [DAY], "assets": ["EUR"]})
+    assert res.success and res.warnings[0]["unexpected_values"] == ["XAU"]
+
+
+def test_an_unbalanced_day_is_not_published_and_the_check_says_why(tmp_path, monkeypatch):
+    from ledger_pipelines.definitions import defs
+
+    core = f"sqlite:///{tmp_path / 'core.db'}"
+    monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)
+    monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
+    ledger = SqlLedger(core, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    with ledger.engine.begin() as c:
+        for txn, side, amount in (("T1", "D", "10.00"), ("T1", "C", "10.00"), ("T2", "D", "5.00"), ("T2", "C", "4.99")):
+            c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
+                           "VALUES (:t, :p, 'GL', 'EUR', :a, :s)"), {"t": txn, "p": f"{DAY}T12:00:00Z", "a": amount,
+                                                                       "s": side})
+    ledger.dispose()
+    asset = defs.resolve_assets_def("core_banking_snapshot")
+    result = materialize([asset], instance=DagsterInstance.ephemeral(), partition_key=DAY, raise_on_error=False)
+    evals = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    tb = evals["trial_balance"]
+    assert not tb.passed and tb.severity == AssetCheckSeverity.ERROR
+    assert "T2:EUR" in tb.metadata["offending_ids"].value
+    assert evals["expectations"].passed
+    mat = result.asset_materializations_for_node("core_banking_snapshot")[0]
+    assert mat.metadata["published"].value is False
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    wh.create_schema()
+    assert wh.scalar("SELECT count(*) FROM ledger_snapshots") == 0  # nothing published for the day
