@@ -21,7 +21,8 @@ from .config import LedgerConfig
 from .connectors.mapping import utc_text
 from .model import CanonicalEntry, decode_entry
 from .reconcile import Rules, reconcile
-from .reconcile.output import merkle_root, write
+from .merkle import proofs
+from .reconcile.output import write
 from .snapshots import event_log_day
 from .warehouse import Warehouse
 from .warehouse.state import read_snapshot
@@ -76,10 +77,15 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
         results[p.name]["records"] = r.matches + r.breaks
     _store(wh, key, results)
     every = [rec for res in results.values() for rec in res.pop("records")]
-    root = merkle_root(every)
-    summary = {"day": key, "merkle_root": root, "reconciliations": results}
-    (reports / key).mkdir(parents=True, exist_ok=True)
-    (reports / key / "audit.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    root, day_proofs = proofs(every)
+    summary = {"day": key, "merkle_root": root, "records": len(every), "reconciliations": results}
+    folder = reports / key
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".proofs.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in day_proofs))
+    tmp.replace(folder / "proofs.jsonl")
+    (folder / ".audit.json.tmp").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    (folder / ".audit.json.tmp").replace(folder / "audit.json")
     return summary
 
 

@@ -220,6 +220,20 @@ def cmd_reconcile(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from pathlib import Path
+
+    from .verify import VerificationError, verify_report
+
+    try:
+        out = verify_report(Path(args.report))
+    except (VerificationError, OSError, KeyError, ValueError) as exc:
+        print(json.dumps({"verified": False, "error": str(exc)}))
+        return 1
+    print(json.dumps({"verified": True, **out}))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -282,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rules", help="rules YAML (default: exact key on correlation_id, 2-day window)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_reconcile)
+
+    s = sub.add_parser("verify", help="check a day's report: Merkle root and every inclusion proof")
+    s.add_argument("--report", required=True, help="the day's report folder (reports/<day>)")
+    s.add_argument("--rpc", help="EVM node to check the on-chain anchor (once reports are anchored)")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("demo", help="start the stack and the Dagster UI with generated ledger activity")
     s.add_argument("--rate", type=float, default=20.0, help="journal lines posted per second")

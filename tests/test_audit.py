@@ -44,6 +44,17 @@ def env(tmp_path, monkeypatch, kafka):
     return tmp_path
 
 
+def _verify(folder):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "verify", "--report", str(folder)],
+                         capture_output=True, text=True, timeout=120)
+    out = json.loads(run.stdout)
+    assert (run.returncode == 0) == out["verified"]
+    return out
+
+
 def _assets():
     from ledger_pipelines.definitions import defs
 
@@ -74,6 +85,21 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka):
     report = result.asset_materializations_for_node("audit_report")[0]
     assert report.metadata["merkle_root"].value == audit["merkle_root"]
     assert report.metadata["breaks"].value == 40 and (folder / "index.html").exists()
+    # the report verifies; an altered record or proof fails loudly
+    verify = _verify(folder)
+    assert verify["verified"] is True and verify["proofs"] == verify["records"] == len(records)
+    breaks = folder / "bank_vs_statements" / "breaks.jsonl"
+    original = breaks.read_text()
+    breaks.write_text(original.replace('"left_amount":"10.00"', '"left_amount":"1.00"', 1))
+    tampered = _verify(folder)
+    assert tampered["verified"] is False and "root" in tampered["error"] and "altered record" in tampered["error"]
+    breaks.write_text(original)
+    proofs_file = folder / "proofs.jsonl"
+    lines = proofs_file.read_text().splitlines()
+    bad = json.loads(lines[0])
+    bad["proof"][0]["hash"] = "00" * 32
+    proofs_file.write_text("\n".join([json.dumps(bad), *lines[1:]]) + "\n")
+    assert "does not lead to the root" in _verify(folder)["error"]
     # re-running the partition from the same inputs reproduces the same root
     again = materialize(_assets(), instance=DagsterInstance.ephemeral(), partition_key=DAY)
     assert again.asset_materializations_for_node("audit_report")[0].metadata["merkle_root"].value == audit["merkle_root"]

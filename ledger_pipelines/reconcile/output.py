@@ -3,32 +3,21 @@ summary.json, report.html (self-contained, inline SVG charts)."""
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from ..merkle import canonical as _canonical
+from ..merkle import root_of
 from ..model import CanonicalEntry
 from .engine import Reconciliation
 from .rules import Rules
 
 
-def _canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def merkle_root(records: list[dict[str, Any]]) -> str:
-    """SHA-256 Merkle root over the records sorted by id (an odd node is paired with itself)."""
-    level = sorted(hashlib.sha256(b"\x00" + _canonical(r)).digest() for r in records)
-    if not level:
-        return hashlib.sha256(b"").hexdigest()
-    while len(level) > 1:
-        if len(level) % 2:
-            level.append(level[-1])
-        level = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level), 2)]
-    return level[0].hex()
+    return root_of(records)
 
 
 def totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
