@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -76,9 +77,15 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
         results[p.name] = write(reports / key / p.name, r, left, right, p.rules)
         results[p.name]["records"] = r.matches + r.breaks
     _store(wh, key, results)
+    legs = payment_legs(snapshots)
+    (reports / key).mkdir(parents=True, exist_ok=True)
+    (reports / key / "payments.jsonl").write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in legs))
     every = [rec for res in results.values() for rec in res.pop("records")]
     root, day_proofs = proofs(every)
-    summary = {"day": key, "merkle_root": root, "records": len(every), "reconciliations": results}
+    summary = {"day": key, "merkle_root": root, "records": len(every), "reconciliations": results,
+               "payments": {"total": len(legs), "complete": sum(p["status"] == "complete" for p in legs),
+                            "missing_leg": sum(p["status"] == "missing_leg" for p in legs),
+                            "drifting": sum(p["drifting"] for p in legs)}}
     folder = reports / key
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / ".proofs.jsonl.tmp"
@@ -87,6 +94,38 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
     (folder / ".audit.json.tmp").write_text(json.dumps(summary, indent=2, sort_keys=True))
     (folder / ".audit.json.tmp").replace(folder / "audit.json")
     return summary
+
+
+def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, Any]]:
+    """The multi-ledger view: per correlation id, each ledger's legs with status, amount and drift.
+
+    ``complete`` when every ledger that carries correlated entries that day has a leg of the payment;
+    otherwise the missing ledgers are named. Drift is per leg against the amount of the first ledger
+    in configuration order (the corridor: sender bank, chain, beneficiary bank) in the same asset (legs in other assets are listed without a drift: converting them is the pair rules' job).
+    """
+    carriers = sorted(name for name, entries in snapshots.items() if any(e.correlation_id for e in entries))
+    by_corr: dict[str, dict[str, list[CanonicalEntry]]] = {}
+    for name, entries in snapshots.items():
+        for e in entries:
+            if e.correlation_id:
+                by_corr.setdefault(e.correlation_id, {}).setdefault(name, []).append(e)
+    out = []
+    for corr in sorted(by_corr):
+        legs = by_corr[corr]
+        # the reference leg: the first ledger in configuration order (the corridor's order)
+        first = legs[next(name for name in snapshots if name in legs)][0]
+        rows = []
+        for ledger in sorted(legs):
+            for e in legs[ledger]:
+                drift = (f"{Decimal(e.amount) - Decimal(first.amount):f}" if e.asset == first.asset else None)
+                rows.append({"ledger": ledger, "entry_id": e.entry_id, "status": e.status, "asset": e.asset,
+                             "amount": e.amount, "direction": e.direction, "drift": drift})
+        missing = [name for name in carriers if name not in legs]
+        out.append({"correlation_id": corr, "status": "complete" if not missing else "missing_leg",
+                     "missing_ledgers": missing, "legs": rows,
+                     "drifting": any(r["drift"] not in (None, "0", "0.00") and Decimal(r["drift"]) != 0
+                                     for r in rows)})
+    return out
 
 
 def _store(wh: Warehouse, day: str, results: dict[str, Any]) -> None:

@@ -179,3 +179,21 @@ def test_reconcile_command_on_files_without_services(tmp_path):
     assert summary["merkle_root"] == merkle_root(matches + breaks)
     report = (out / "report.html").read_text()
     assert "<svg" in report and "http" not in report.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_multi_ledger_view_names_missing_legs_and_drift():
+    from ledger_pipelines.audit import payment_legs
+
+    beneficiary = lambda ref, amount, corr: make_entry(  # noqa: E731
+        ledger="bank_statements", ledger_kind="iso20022", source_ref=ref, correlation_id=corr, account="CH93",
+        asset="EUR", amount=amount, direction="credit", booked_at=T0, status="booked")
+    views = {v["correlation_id"]: v for v in payment_legs({
+        "core_banking": [bank("1", "100.00", "P1"), bank("2", "50.00", "P2"), bank("3", "70.00", "P3")],
+        "eth_usdc": [chain("1", "108.42", "P1", asset="USDC"), chain("3", "108.42", "P3", asset="USDC")],
+        "bank_statements": [beneficiary("1", "100.00", "P1"), beneficiary("3", "69.50", "P3")],
+    })}
+    assert views["P1"]["status"] == "complete" and not views["P1"]["drifting"]
+    assert views["P2"]["status"] == "missing_leg"
+    assert views["P2"]["missing_ledgers"] == ["bank_statements", "eth_usdc"]
+    assert views["P3"]["drifting"] and {r["ledger"]: r["drift"] for r in views["P3"]["legs"]} == {
+        "bank_statements": "-0.50", "core_banking": "0.00", "eth_usdc": None}
