@@ -72,10 +72,15 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
         results[name] = write(reports / key / name, r, snapshots[lc.name], delivered, BRIDGE_RULES)
         results[name]["records"] = r.matches + r.breaks
     for p in pairs:
-        left, right = snapshots.get(p.left, []), snapshots.get(p.right, [])
+        carried_left, carried_right, first_seen = _carried(wh, p.name, key)
+        left = snapshots.get(p.left, []) + carried_left
+        right = snapshots.get(p.right, []) + carried_right
         r = reconcile(left, right, p.rules)
+        _age(r, first_seen, day)
+        _update_open(wh, p.name, key, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right}, first_seen)
         results[p.name] = write(reports / key / p.name, r, left, right, p.rules)
         results[p.name]["records"] = r.matches + r.breaks
+        results[p.name]["carried_in"] = len(carried_left) + len(carried_right)
     _store(wh, key, results)
     legs = payment_legs(snapshots)
     (reports / key).mkdir(parents=True, exist_ok=True)
@@ -126,6 +131,58 @@ def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, A
                      "drifting": any(r["drift"] not in (None, "0", "0.00") and Decimal(r["drift"]) != 0
                                      for r in rows)})
     return out
+
+
+_OPEN_DDL = ("CREATE TABLE IF NOT EXISTS open_breaks (name TEXT NOT NULL, side TEXT NOT NULL, entry_id TEXT NOT NULL, "
+             "entry TEXT NOT NULL, first_seen TEXT NOT NULL, closed_on TEXT, PRIMARY KEY (name, side, entry_id))")
+
+
+def _carried(wh: Warehouse, name: str, day: str):
+    """Entries of breaks left open before ``day``: (left entries, right entries, entry_id -> first day)."""
+    with wh.engine.begin() as c:
+        c.execute(text(_OPEN_DDL))
+        rows = c.execute(text("SELECT side, entry, first_seen FROM open_breaks WHERE name = :n AND first_seen < :d "
+                              "AND (closed_on IS NULL OR closed_on >= :d) ORDER BY entry_id"),
+                         {"n": name, "d": day}).fetchall()
+    left, right, first = [], [], {}
+    for side, entry, seen in rows:
+        e = decode_entry(entry)
+        (left if side == "L" else right).append(e)
+        first[e.entry_id] = seen
+    return left, right, first
+
+
+def _age(r, first_seen: dict[str, str], day: date) -> None:
+    """Open breaks carried in from earlier days say since when (optional fields of the contract)."""
+    for b in r.breaks:
+        ids = b["left_entry_ids"] + b["right_entry_ids"]
+        seen = [first_seen[i] for i in ids if i in first_seen]
+        if seen:
+            b["first_seen"] = min(seen)
+            b["age_days"] = (day - date.fromisoformat(min(seen))).days
+
+
+def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict, first_seen: dict) -> None:
+    """Idempotent per day: forget what this day opened or closed before, then record it again."""
+    from .model import encode_entry
+
+    opened = []
+    for b in r.breaks:
+        if b["break_type"] in ("missing_left", "missing_right"):
+            for side, ids, pool in (("L", b["left_entry_ids"], left), ("R", b["right_entry_ids"], right)):
+                opened += [(side, i, encode_entry(pool[i]).decode()) for i in ids if i not in first_seen]
+    matched = {i for m in r.matches for i in m["left_entry_ids"] + m["right_entry_ids"]}
+    with wh.engine.begin() as c:
+        c.execute(text(_OPEN_DDL))
+        c.execute(text("DELETE FROM open_breaks WHERE name = :n AND first_seen = :d"), {"n": name, "d": day})
+        c.execute(text("UPDATE open_breaks SET closed_on = NULL WHERE name = :n AND closed_on = :d"),
+                  {"n": name, "d": day})
+        for side, i, entry in opened:
+            c.execute(text("INSERT INTO open_breaks (name, side, entry_id, entry, first_seen) "
+                           "VALUES (:n, :s, :i, :e, :d)"), {"n": name, "s": side, "i": i, "e": entry, "d": day})
+        for i in sorted(matched & set(first_seen)):
+            c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"),
+                      {"d": day, "n": name, "i": i})
 
 
 def _store(wh: Warehouse, day: str, results: dict[str, Any]) -> None:

@@ -121,3 +121,41 @@ def test_the_nightly_schedule_requests_the_last_complete_day():
     ctx = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 2, 30, tzinfo=timezone.utc))
     (request,) = schedule.evaluate_tick(ctx).run_requests
     assert request.partition_key == "2026-11-24"
+
+
+def test_open_breaks_carry_forward_with_their_age_until_matched(tmp_path):
+    from datetime import date
+
+    from ledger_pipelines.audit import PairConfig, run_day
+    from ledger_pipelines.model import make_entry
+    from ledger_pipelines.reconcile import Rules
+    from ledger_pipelines.warehouse.state import replace_snapshot
+
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    wh.create_schema()
+    d1, d2, d3 = date(2026, 11, 20), date(2026, 11, 21), date(2026, 11, 22)
+
+    def leg(ledger, ref, corr, day, direction):
+        return make_entry(ledger=ledger, ledger_kind="sql", source_ref=ref, correlation_id=corr, account="A",
+                          asset="EUR", amount="10.00", direction=direction,
+                          booked_at=datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc), status="booked")
+
+    replace_snapshot(wh, "bank", str(d1), [leg("bank", "1", "P1", d1, "debit"), leg("bank", "2", "P2", d1, "debit")])
+    replace_snapshot(wh, "chain", str(d2), [leg("chain", "1", "P1", d2, "credit")])  # P1 settles a day later
+    pair = PairConfig("bank_vs_chain", "bank", "chain", Rules.from_dict({"time_window": "3d"}))
+    from ledger_pipelines.config import LedgerConfig
+
+    ledgers = [LedgerConfig(name="bank", kind="sql"), LedgerConfig(name="chain", kind="sql")]
+    reports = tmp_path / "reports"
+    day1 = run_day(wh, ledgers, [pair], d1, reports)
+    assert day1["reconciliations"]["bank_vs_chain"]["break_type"] == {"missing_right": 2}
+    for _ in range(2):  # re-running day 2 gives the same answer
+        day2 = run_day(wh, ledgers, [pair], d2, reports)
+        assert day2["reconciliations"]["bank_vs_chain"]["match_type"] == {"exact": 1}
+        assert day2["reconciliations"]["bank_vs_chain"]["break_type"] == {"missing_right": 1}
+    breaks = [json.loads(x) for x in (reports / str(d2) / "bank_vs_chain" / "breaks.jsonl").read_text().splitlines()]
+    assert breaks[0]["correlation_id"] == "P2" and breaks[0]["age_days"] == 1 and breaks[0]["first_seen"] == str(d1)
+    day3 = run_day(wh, ledgers, [pair], d3, reports)
+    assert day3["reconciliations"]["bank_vs_chain"]["break_type"] == {"missing_right": 1}
+    b3 = json.loads((reports / str(d3) / "bank_vs_chain" / "breaks.jsonl").read_text())
+    assert b3["age_days"] == 2  # still open, a day older; P1 is not carried any more
