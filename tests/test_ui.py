@@ -22,6 +22,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 pytestmark = [pytest.mark.ui, pytest.mark.services]
 
 
+UNBALANCED_DAY = "2026-11-10"
 WEEK = ["2026-11-17", "2026-11-18", "2026-11-19", "2026-11-20", "2026-11-21", "2026-11-22", "2026-11-23"]
 
 
@@ -41,6 +42,10 @@ def _seed_week(url: str) -> None:
                     c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
                                    "VALUES (:t, :p, :a, 'EUR', '10.00', :s)"),
                               {"t": f"{day}-{n}", "p": f"{day}T12:00:00Z", "a": f"GL-{side}", "s": side})
+        for side, amount in (("D", "5.00"), ("C", "4.99")):  # one transaction that does not balance
+            c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
+                           "VALUES ('T-BAD', :p, 'GL', 'EUR', :a, :s)"),
+                      {"p": f"{UNBALANCED_DAY}T12:00:00Z", "a": amount, "s": side})
     ledger.dispose()
 
 
@@ -63,7 +68,7 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
     _seed_week(core)
     env = {**os.environ, "DAGSTER_HOME": str(home), "LEDGER_KAFKA_BOOTSTRAP": stack_config.kafka_bootstrap,
            "LEDGER_TOPIC_PREFIX": "uitest.", "LEDGER_WAREHOUSE_URL": f"sqlite:///{home / 'warehouse.db'}",
-           "LEDGER_CORE_BANKING_URL": core}
+           "LEDGER_CORE_BANKING_URL": core, "LEDGER_REPORTS_DIR": str(home / "reports")}
     log = open(home / "dagster.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
@@ -173,3 +178,39 @@ def test_a_week_backfilled_from_the_ui(dagster_ui, browser, artifacts):
         time.sleep(2)
     assert per_day == {d: 2 * (i + 1) for i, d in enumerate(WEEK)}
     wh.dispose()
+
+
+def test_a_failing_check_blocks_the_report_and_the_ui_says_why(dagster_ui, browser, artifacts):
+    """The nightly audit job for a day with an unbalanced transaction, launched through the UI's
+    GraphQL endpoint like the schedule would; the check page in Chromium shows the failure."""
+    import json
+    import urllib.request
+
+    url, home = dagster_ui
+    mutation = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+        __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+    params = {"selector": {"repositoryLocationName": "ledger_pipelines.definitions:defs",
+                           "repositoryName": "__repository__", "jobName": "nightly_audit_job"},
+              "executionMetadata": {"tags": [{"key": "dagster/partition", "value": UNBALANCED_DAY}]}}
+    req = urllib.request.Request(url + "/graphql", data=json.dumps({"query": mutation, "variables": {"p": params}}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        launched = json.loads(resp.read())["data"]["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{url}/runs/{run_id}", wait_until="domcontentloaded")
+        page.get_by_text("Failure").first.wait_for(timeout=180_000)
+        _shot(page, artifacts, "blocked-run")
+        page.goto(f"{url}/assets/core_banking_snapshot?view=checks", wait_until="domcontentloaded")
+        page.get_by_text("trial_balance").first.wait_for(timeout=60_000)
+        page.get_by_text("trial_balance").first.click()
+        page.get_by_text("T-BAD:EUR").first.wait_for(timeout=60_000)  # the offending transaction, named
+        _shot(page, artifacts, "failed-check")
+    except Exception:
+        _shot(page, artifacts, "blocked-failure")
+        raise
+    finally:
+        page.close()
+    assert not (home / "reports" / UNBALANCED_DAY).exists()  # no report for the blocked day
