@@ -247,9 +247,3 @@ def format_timestamp(ts: datetime) -> str:
     if ts.microsecond:
         text += f".{ts.microsecond:06d}".rstrip("0")
     return text + "Z"
-
-
-# The fields that say what moved. A later version of an entry (same entry_id) may change its
-# lifecycle (status, position, booked_at after a reorg, value_date, attributes) but not these.
-ECONOMIC_FIELDS = ("ledger", "ledger_kind", "source_ref", "account", "counterparty", "asset",
-                   "amount", "direction", "correlation_id")

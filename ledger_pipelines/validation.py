@@ -1,9 +1,9 @@
 """Great Expectations suites (expectations/*.json) run on frames the core builds.
 
 Great Expectations is imported here, lazily, inside :class:`Validator` (it costs ~2 s and ~220 MB
-a process). Money is never summed by Great Expectations (it sums decimals as floats): control
-totals are computed with ``Decimal`` in :func:`control_totals` and the suite checks the exact
-differences.
+a process). Money is never summed by Great Expectations (it sums decimals as floats): exact sums
+(the trial balance) are computed with ``Decimal`` by the caller and the ``control_totals`` suite
+checks the differences.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -91,28 +90,3 @@ def snapshot_frame(rows: list[dict[str, Any]]):
     frame = pd.DataFrame({c: [str(r[c]) if r[c] is not None else None for r in rows] for c in cols}, dtype=object)
     frame["booked_date"] = [str(r["booked_at"])[:10] for r in rows]
     return frame
-
-
-def control_totals(left: dict[str, dict[str, Decimal]], right: dict[str, dict[str, Decimal]],
-                   name: str) -> list[dict[str, str]]:
-    """One row per asset and direction: the exact difference between two sides' totals."""
-    rows = []
-    for asset in sorted(set(left) | set(right)):
-        for direction in ("debit", "credit"):
-            a = left.get(asset, {}).get(direction, Decimal(0))
-            b = right.get(asset, {}).get(direction, Decimal(0))
-            rows.append({"entry_id": f"{name}:{asset}:{direction}", "check": name, "asset": asset,
-                         "direction": direction, "left": f"{a:f}", "right": f"{b:f}", "difference": _plain(b - a)})
-    return rows
-
-
-def _plain(d: Decimal) -> str:
-    return "0" if d == 0 else f"{d:f}"
-
-
-def totals_of(rows: list[dict[str, Any]]) -> dict[str, dict[str, Decimal]]:
-    out: dict[str, dict[str, Decimal]] = {}
-    for r in rows:
-        t = out.setdefault(r["asset"], {"debit": Decimal(0), "credit": Decimal(0)})
-        t[r["direction"]] += Decimal(str(r["amount"]))
-    return out

@@ -85,3 +85,30 @@ def warehouse(warehouse_url):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def post_journal(url: str, lines: list[dict]) -> None:
+    """Journal lines into the documented default journal schema at ``url`` (created if missing).
+
+    A line: ``txn``, ``posted_at`` (RFC 3339), ``side`` (D/C), ``amount``; optional ``account``,
+    ``counterparty``, ``currency`` (EUR), ``ref`` (payment reference).
+    """
+    from sqlalchemy import text
+
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+
+    ledger = SqlLedger(url, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    rows = [{"t": x["txn"], "p": x["posted_at"], "a": x.get("account", f"GL-{x['side']}"),
+             "cp": x.get("counterparty"), "c": x.get("currency", "EUR"), "m": x["amount"], "s": x["side"],
+             "r": x.get("ref")} for x in lines]
+    with ledger.engine.begin() as c:
+        c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, counterparty, currency, amount, side, "
+                       "payment_ref) VALUES (:t, :p, :a, :cp, :c, :m, :s, :r)"), rows)
+    ledger.dispose()
+
+
+def balanced(txn: str, posted_at: str, amount: str = "10.00", **extra) -> list[dict]:
+    """The two lines of one balanced transaction."""
+    return [{"txn": txn, "posted_at": posted_at, "side": s, "amount": amount, **extra} for s in ("D", "C")]

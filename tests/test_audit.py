@@ -7,10 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 from dagster import DagsterInstance, build_schedule_context, materialize
-from sqlalchemy import text
-
-from ledger_pipelines.connectors.mapping import ColumnMapping
-from ledger_pipelines.connectors.sql import SqlLedger
+from conftest import balanced, post_journal
 from ledger_pipelines.ingest import EventLogIngestor
 from ledger_pipelines.publish import Publisher
 from ledger_pipelines.reconcile.output import merkle_root
@@ -21,17 +18,10 @@ DAY = "2026-11-20"
 
 
 def _journal(url, unbalanced=False):
-    ledger = SqlLedger(url, ColumnMapping(), "core_banking")
-    ledger.create_journal()
-    with ledger.engine.begin() as c:
-        for n in range(20):
-            for side in ("D", "C"):
-                amount = "10.01" if unbalanced and n == 3 and side == "C" else "10.00"
-                c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side, "
-                               "payment_ref) VALUES (:t, :p, :a, 'EUR', :m, :s, :r)"),
-                          {"t": f"T{n}", "p": f"{DAY}T09:{n:02d}:00Z", "a": f"GL-{side}", "m": amount, "s": side,
-                           "r": f"E2E-{n}"})
-    ledger.dispose()
+    lines = [x for n in range(20) for x in balanced(f"T{n}", f"{DAY}T09:{n:02d}:00Z", ref=f"E2E-{n}")]
+    if unbalanced:
+        lines[7]["amount"] = "10.01"  # the credit line of T3
+    post_journal(url, lines)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, SkipReason, build_sensor_context, materialize
 
-from conftest import REALDATA
+from conftest import REALDATA, balanced, post_journal
 from ledger_pipelines.config import LedgerConfig
 from ledger_pipelines.connectors.mapping import ColumnMapping
 from ledger_pipelines.connectors.sql import SqlLedger
@@ -22,23 +22,14 @@ WEEK = [date(2026, 11, 17) + timedelta(days=i) for i in range(7)]
 
 
 def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch):
-    from sqlalchemy import text
-
     from ledger_pipelines.definitions import defs
 
     core = f"sqlite:///{tmp_path / 'core.db'}"
     monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)
     monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
-    ledger = SqlLedger(core, ColumnMapping(), "core_banking")
-    ledger.create_journal()
-    with ledger.engine.begin() as c:
-        for i, day in enumerate(WEEK):
-            for n in range(i + 1):  # day i has i+1 balanced transactions
-                for side in ("D", "C"):
-                    c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
-                                   "VALUES (:t, :p, :a, 'EUR', '10.00', :s)"),
-                              {"t": f"{day}-{n}", "p": f"{day}T12:00:0{n % 10}Z", "a": f"GL-{side}", "s": side})
-    ledger.dispose()
+    # day i has i+1 balanced transactions
+    post_journal(core, [x for i, day in enumerate(WEEK) for n in range(i + 1)
+                        for x in balanced(f"{day}-{n}", f"{day}T12:00:0{n % 10}Z")])
     asset = defs.resolve_assets_def("core_banking_snapshot")
     instance = DagsterInstance.ephemeral()
     result = materialize(

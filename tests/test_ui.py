@@ -27,26 +27,13 @@ WEEK = ["2026-11-17", "2026-11-18", "2026-11-19", "2026-11-20", "2026-11-21", "2
 
 
 def _seed_week(url: str) -> None:
-    """Day i of the week gets i+1 balanced transactions in the example SQL ledger."""
-    from sqlalchemy import text
+    """Day i of the week gets i+1 balanced transactions; another day holds one that does not balance."""
+    from conftest import balanced, post_journal
 
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
-
-    ledger = SqlLedger(url, ColumnMapping(), "core_banking")
-    ledger.create_journal()
-    with ledger.engine.begin() as c:
-        for i, day in enumerate(WEEK):
-            for n in range(i + 1):
-                for side in ("D", "C"):
-                    c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
-                                   "VALUES (:t, :p, :a, 'EUR', '10.00', :s)"),
-                              {"t": f"{day}-{n}", "p": f"{day}T12:00:00Z", "a": f"GL-{side}", "s": side})
-        for side, amount in (("D", "5.00"), ("C", "4.99")):  # one transaction that does not balance
-            c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
-                           "VALUES ('T-BAD', :p, 'GL', 'EUR', :a, :s)"),
-                      {"p": f"{UNBALANCED_DAY}T12:00:00Z", "a": amount, "s": side})
-    ledger.dispose()
+    post_journal(url, [x for i, day in enumerate(WEEK) for n in range(i + 1)
+                       for x in balanced(f"{day}-{n}", f"{day}T12:00:00Z")] + [
+        {"txn": "T-BAD", "posted_at": f"{UNBALANCED_DAY}T12:00:00Z", "side": "D", "amount": "5.00", "account": "GL"},
+        {"txn": "T-BAD", "posted_at": f"{UNBALANCED_DAY}T12:00:00Z", "side": "C", "amount": "4.99", "account": "GL"}])
 
 
 def _free_port() -> int:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import pytest
 from dagster import AssetCheckSeverity, DagsterInstance, materialize
-from sqlalchemy import text
-
-from ledger_pipelines.connectors.mapping import ColumnMapping
-from ledger_pipelines.connectors.sql import SqlLedger
+from conftest import balanced, post_journal
 from ledger_pipelines.validation import Validator, snapshot_frame
 from ledger_pipelines.warehouse import Warehouse
 
@@ -49,14 +46,9 @@ def test_an_unbalanced_day_is_not_published_and_the_check_says_why(tmp_path, mon
     core = f"sqlite:///{tmp_path / 'core.db'}"
     monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)
     monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
-    ledger = SqlLedger(core, ColumnMapping(), "core_banking")
-    ledger.create_journal()
-    with ledger.engine.begin() as c:
-        for txn, side, amount in (("T1", "D", "10.00"), ("T1", "C", "10.00"), ("T2", "D", "5.00"), ("T2", "C", "4.99")):
-            c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, currency, amount, side) "
-                           "VALUES (:t, :p, 'GL', 'EUR', :a, :s)"), {"t": txn, "p": f"{DAY}T12:00:00Z", "a": amount,
-                                                                       "s": side})
-    ledger.dispose()
+    post_journal(core, [*balanced("T1", f"{DAY}T12:00:00Z"),
+                        {"txn": "T2", "posted_at": f"{DAY}T12:00:00Z", "side": "D", "amount": "5.00"},
+                        {"txn": "T2", "posted_at": f"{DAY}T12:00:00Z", "side": "C", "amount": "4.99"}])
     asset = defs.resolve_assets_def("core_banking_snapshot")
     result = materialize([asset], instance=DagsterInstance.ephemeral(), partition_key=DAY, raise_on_error=False)
     evals = {e.check_name: e for e in result.get_asset_check_evaluations()}

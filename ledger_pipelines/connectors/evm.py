@@ -70,13 +70,6 @@ def _topics(log: dict) -> list[str]:
     return [_hex(t) for t in topics]
 
 
-def is_transfer_log(log: dict) -> bool:
-    topics = log.get("topics") or []
-    if isinstance(topics, str):
-        return topics.lower().startswith(TRANSFER_TOPIC)
-    return bool(topics) and _hex(topics[0]) == TRANSFER_TOPIC
-
-
 def log_ref(log: dict) -> str:
     """``<tx_hash>:<log_index>`` of a log, for error messages and source references."""
     try:

@@ -224,10 +224,6 @@ def _date_time(d: str | None, dt: str | None) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _date_or_time(el: Element | None) -> tuple[str | None, str | None]:
-    return (None, None) if el is None else _date_time(_text(el, "Dt"), _text(el, "DtTm"))
-
-
 def _account(acct: Element | None) -> str | None:
     if acct is None:
         return None

@@ -87,10 +87,6 @@ class EntryProducer(_AckingProducer):
             topic = self._topics[entry.ledger] = entries_topic(self.settings, entry.ledger)
         self._produce(topic, entry.entry_id.encode(), encode_entry(entry), self._headers)
 
-    def send_raw(self, ledger: str, key: bytes, value: bytes) -> None:
-        """Produce bytes as they are (tests and replays of foreign producers)."""
-        self._produce(entries_topic(self.settings, ledger), key, value, self._headers)
-
     def publish(self, entries: Iterable[CanonicalEntry], timeout: float = 120.0) -> int:
         for entry in entries:
             self.send(entry)

@@ -11,6 +11,9 @@ from .schema import EVENT_COLUMNS
 if TYPE_CHECKING:
     from . import Warehouse
 
+# What moved. A later version of an entry (same entry_id) may change its lifecycle (status, position,
+# booked_at after a reorg, value_date, attributes) but not these: a re-publication that does is a
+# conflict, recorded apart and never overwriting the stored version.
 ECON_COLUMNS = ("ledger", "ledger_kind", "source_ref", "account", "counterparty", "asset", "amount",
                 "direction", "correlation_id")
 _AMOUNT = ECON_COLUMNS.index("amount")
