@@ -85,9 +85,18 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
     legs = payment_legs(snapshots)
     (reports / key).mkdir(parents=True, exist_ok=True)
     (reports / key / "payments.jsonl").write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in legs))
+    aging: dict[str, int] = {}
+    for res in results.values():
+        for rec in res["records"]:
+            if rec.get("break_type") in ("missing_left", "missing_right"):
+                age = rec.get("age_days", 0)
+                bucket = "0 days" if age == 0 else "1 day" if age == 1 else "2-6 days" if age < 7 else "7+ days"
+                aging[bucket] = aging.get(bucket, 0) + 1
+    amounts = {lc.name: _totals(snapshots[lc.name]) for lc in ledgers}
     every = [rec for res in results.values() for rec in res.pop("records")]
     root, day_proofs = proofs(every)
     summary = {"day": key, "merkle_root": root, "records": len(every), "reconciliations": results,
+               "open_breaks_by_age": aging, "amounts": amounts,
                "payments": {"total": len(legs), "complete": sum(p["status"] == "complete" for p in legs),
                             "missing_leg": sum(p["status"] == "missing_leg" for p in legs),
                             "drifting": sum(p["drifting"] for p in legs)}}
@@ -183,6 +192,13 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
         for i in sorted(matched & set(first_seen)):
             c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"),
                       {"d": day, "n": name, "i": i})
+
+
+def _totals(entries: list[CanonicalEntry]) -> dict[str, str]:
+    out: dict[str, Decimal] = {}
+    for e in entries:
+        out[e.asset] = out.get(e.asset, Decimal(0)) + Decimal(e.amount)
+    return {a: f"{v:f}" for a, v in sorted(out.items())}
 
 
 def _store(wh: Warehouse, day: str, results: dict[str, Any]) -> None:

@@ -74,7 +74,10 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka):
     assert audit["merkle_root"] == merkle_root(records)
     report = result.asset_materializations_for_node("audit_report")[0]
     assert report.metadata["merkle_root"].value == audit["merkle_root"]
-    assert report.metadata["breaks"].value == 40 and (folder / "index.html").exists()
+    assert report.metadata["breaks"].value == 40
+    assert audit["amounts"]["core_banking"] == {"EUR": "400.00"} and audit["open_breaks_by_age"] == {"0 days": 40}
+    index = (folder / "index.html").read_text()
+    assert "Breaks by type" in index and "Open breaks by age" in index and "400.00" in index
     # the report verifies; an altered record or proof fails loudly
     verify = _verify(folder)
     assert verify["verified"] is True and verify["proofs"] == verify["records"] == len(records)

@@ -93,6 +93,8 @@ def test_every_injected_break_is_found_with_its_type():
     assert by_corr["E-FX-OK"] == ["tolerant"]
     assert by_corr["E-FX-BAD"] == ["amount_mismatch"]
     assert by_corr[None] == ["tolerant"]  # no reference: matched by amount and time
+    asset = next(b for b in r.breaks if b["correlation_id"] == "E-ASSET")
+    assert asset["asset"] == "EUR/GBP" and asset["difference"] is None
     amount = next(b for b in r.breaks if b["correlation_id"] == "E-AMOUNT")
     assert (amount["left_amount"], amount["right_amount"], amount["difference"]) == ("50.00", "49.00", "-1.00")
 

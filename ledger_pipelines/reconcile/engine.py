@@ -104,7 +104,8 @@ class _Engine:
         if right_amount is None and rids:
             right_amount = sum((Decimal(self.right[i].amount) for i in rids), Decimal(0))
         diff = None
-        if left_amount is not None and right_amount is not None:
+        # a difference across two assets means nothing: left empty for asset mismatches
+        if left_amount is not None and right_amount is not None and kind != "asset_mismatch":
             diff = f"{right_amount - left_amount:f}"  # plain decimal: never an exponent
         self.out.breaks.append({
             "break_id": _record_id("b", lids, rids), "break_type": kind, "left_entry_ids": sorted(lids),

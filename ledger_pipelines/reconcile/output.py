@@ -103,10 +103,20 @@ def render_index(audit: dict[str, Any]) -> str:
         f"<td>{r['breaks']}</td><td>{html.escape(json.dumps(r['break_type']))}</td></tr>"
         for name, r in sorted(recs.items()))
     breaks = {name: r["breaks"] for name, r in recs.items()}
+    by_type: dict[str, int] = {}
+    for r in recs.values():
+        for kind, n in r["break_type"].items():
+            by_type[kind] = by_type.get(kind, 0) + n
+    amount_rows = "".join(
+        f"<tr><td>{html.escape(ledger)}</td><td>{html.escape(asset)}</td><td>{total}</td></tr>"
+        for ledger, assets in sorted(audit.get("amounts", {}).items()) for asset, total in assets.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Audit {html.escape(audit['day'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}</style></head><body><h1>Audit report {html.escape(audit['day'])}</h1>
 <p>Merkle root over every match and break record of the day: <code>{audit['merkle_root']}</code></p>
-{_bars("Breaks per reconciliation", breaks)}
+{_bars("Breaks by type", by_type)}{_bars("Breaks per reconciliation", breaks)}
+{_bars("Open breaks by age", audit.get("open_breaks_by_age", {}))}
 <table><tr><th>reconciliation</th><th>matches</th><th>breaks</th><th>break types</th></tr>{rows}</table>
+<h3>Amounts per asset per ledger (snapshots of the day)</h3>
+<table><tr><th>ledger</th><th>asset</th><th>total</th></tr>{amount_rows}</table>
 </body></html>"""
