@@ -3,6 +3,9 @@
 
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     Backoff,
     Config,
@@ -14,9 +17,10 @@ from dagster import (
 from pydantic import Field
 
 from ..ingest import EventLogIngestor
-from ..resources import KafkaResource, WarehouseResource
+from ..resources import ExpectationsResource, KafkaResource, WarehouseResource
 
 EVENT_LOG_POOL = "ledger_event_log_ingest"
+EVENT_LOG_CHECK = "expectations"
 
 
 class PartitionTarget(Config):
@@ -39,6 +43,8 @@ def targets_of(config: EventLogConfig) -> dict[tuple[str, int], int] | None:
 
 
 @asset(
+    check_specs=[AssetCheckSpec(EVENT_LOG_CHECK, asset="ledger_event_log", blocking=True,
+                                description="Great Expectations suite ledger_event_log on the rows this run wrote")],
     name="ledger_event_log",
     group_name="event_log",
     kinds={"kafka", "sql"},
@@ -52,6 +58,7 @@ def ledger_event_log(
     config: EventLogConfig,
     kafka: KafkaResource,
     warehouse: WarehouseResource,
+    expectations: ExpectationsResource,
 ) -> MaterializeResult:
     last = {"at": 0}
 
@@ -66,6 +73,7 @@ def ledger_event_log(
             run_id=context.run.run_id, progress=progress,
         )
         result = ingestor.run(targets_of(config))
+        check = _check_rows(wh, context.run.run_id, expectations) if result.counts.inserted else None
     lag_total = sum(result.lag.values())
     context.log.info(
         f"event log: {result.counts.inserted:,} new rows, {result.counts.duplicates:,} duplicates, "
@@ -75,7 +83,10 @@ def ledger_event_log(
         f"{t}[{p}]": {"from": result.start[(t, p)], "to": result.final[(t, p)], "lag": result.lag.get((t, p))}
         for t, p in sorted(result.targets)
     }
+    if check is None:
+        check = AssetCheckResult(check_name=EVENT_LOG_CHECK, passed=True, metadata={"rows_checked": 0})
     return MaterializeResult(
+        check_results=[check],
         metadata={
             "rows": MetadataValue.int(result.counts.inserted),
             "duplicates": MetadataValue.int(result.counts.duplicates),
@@ -88,4 +99,18 @@ def ledger_event_log(
             "partitions": MetadataValue.json(per_partition),
             "warehouse": MetadataValue.text(warehouse.describe()),
         }
+    )
+
+
+def _check_rows(wh, run_id: str, expectations: ExpectationsResource) -> AssetCheckResult:
+    import pandas as pd
+
+    cols = ["entry_id", "account", "amount", "direction", "status", "booked_date"]
+    rows = wh.rows(f"SELECT {', '.join(cols)} FROM ledger_event_log WHERE run_id = :r", r=run_id)
+    frame = pd.DataFrame([[None if v is None else str(v) for v in row] for row in rows], columns=cols, dtype=object)
+    res = expectations.validator().run("ledger_event_log", frame)
+    return AssetCheckResult(
+        check_name=EVENT_LOG_CHECK, passed=res.success,
+        severity=AssetCheckSeverity.ERROR if res.failures else AssetCheckSeverity.WARN,
+        metadata={"rows_checked": len(rows), "failures": MetadataValue.json(res.failures[:10])},
     )
