@@ -21,8 +21,12 @@ pytestmark = pytest.mark.services
 WEEK = [date(2026, 11, 17) + timedelta(days=i) for i in range(7)]
 
 
-def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch):
+def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch, kafka):
+    from dagster import AssetCheckSeverity
+
+    from ledger_pipelines.config import ledger_by_name, load_config
     from ledger_pipelines.definitions import defs
+    from ledger_pipelines.ingest import EventLogIngestor
 
     core = f"sqlite:///{tmp_path / 'core.db'}"
     monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)
@@ -30,6 +34,10 @@ def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch):
     # day i has i+1 balanced transactions
     post_journal(core, [x for i, day in enumerate(WEEK) for n in range(i + 1)
                         for x in balanced(f"{day}-{n}", f"{day}T12:00:0{n % 10}Z")])
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    core_lc = ledger_by_name(load_config(), "core_banking")
+    Publisher(kafka, wh).publish(core_lc)  # the bridge delivers the week: control totals agree
+    EventLogIngestor(kafka, wh).run()
     asset = defs.resolve_assets_def("core_banking_snapshot")
     instance = DagsterInstance.ephemeral()
     result = materialize(
@@ -40,13 +48,22 @@ def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch):
     mats = result.asset_materializations_for_node("core_banking_snapshot")
     assert {m.partition for m in mats} == {str(d) for d in WEEK}  # one run, seven partitions
     assert mats[0].metadata["rows"].value == 2 * sum(range(1, 8))
-    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        "expectations": True, "trial_balance": True, "control_totals": True}
     per_day = dict(wh.rows("SELECT snapshot_date, count(*) FROM ledger_snapshots GROUP BY snapshot_date"))
     assert per_day == {str(d): 2 * (i + 1) for i, d in enumerate(WEEK)}
     # re-running one partition replaces only that day
     again = materialize([asset], instance=instance,
                         partition_key=str(WEEK[2]))
     assert again.success
+    assert dict(wh.rows("SELECT snapshot_date, count(*) FROM ledger_snapshots GROUP BY snapshot_date")) == per_day
+    # a transaction the bridge has not delivered: that day's control totals fail and block downstream
+    post_journal(core, balanced("LATE", f"{WEEK[3]}T18:00:00Z", amount="7.00"))
+    late = materialize([asset], instance=instance, partition_key=str(WEEK[3]), raise_on_error=False)
+    (ct,) = [e for e in late.get_asset_check_evaluations() if e.check_name == "control_totals"]
+    assert not ct.passed and ct.severity == AssetCheckSeverity.ERROR
+    assert "EUR:credit" in ct.metadata["offending_ids"].value
+    per_day[str(WEEK[3])] += 2  # the day's own data is sound, so its snapshot is published
     assert dict(wh.rows("SELECT snapshot_date, count(*) FROM ledger_snapshots GROUP BY snapshot_date")) == per_day
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,24 @@ def _seed_week(url: str) -> None:
         {"txn": "T-BAD", "posted_at": f"{UNBALANCED_DAY}T12:00:00Z", "side": "C", "amount": "4.99", "account": "GL"}])
 
 
+def _deliver(core: str, prefix: str, stack_config, warehouse_url: str) -> None:
+    """Publish the seeded journal and ingest it, as the sensors would, so control totals agree."""
+    from ledger_pipelines.config import LedgerConfig
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.ingest import EventLogIngestor
+    from ledger_pipelines.publish import Publisher
+    from ledger_pipelines.settings import KafkaSettings
+    from ledger_pipelines.warehouse import Warehouse
+
+    os.environ["LEDGER_UI_CORE_URL"] = core
+    kafka = KafkaSettings(bootstrap_servers=stack_config.kafka_bootstrap, topic_prefix=prefix)
+    wh = Warehouse(warehouse_url)
+    lc = LedgerConfig(name="core_banking", kind="sql", connection_env="LEDGER_UI_CORE_URL", mapping=ColumnMapping())
+    Publisher(kafka, wh).publish(lc)
+    EventLogIngestor(kafka, wh).run()
+    wh.dispose()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,9 +72,11 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
     port = _free_port()
     core = f"sqlite:///{home / 'core_banking.db'}"
     _seed_week(core)
+    prefix = f"ui{uuid.uuid4().hex[:8]}."
     env = {**os.environ, "DAGSTER_HOME": str(home), "LEDGER_KAFKA_BOOTSTRAP": stack_config.kafka_bootstrap,
-           "LEDGER_TOPIC_PREFIX": "uitest.", "LEDGER_WAREHOUSE_URL": f"sqlite:///{home / 'warehouse.db'}",
+           "LEDGER_TOPIC_PREFIX": prefix, "LEDGER_WAREHOUSE_URL": f"sqlite:///{home / 'warehouse.db'}",
            "LEDGER_CORE_BANKING_URL": core, "LEDGER_REPORTS_DIR": str(home / "reports")}
+    _deliver(core, prefix, stack_config, f"sqlite:///{home / 'warehouse.db'}")
     log = open(home / "dagster.log", "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],

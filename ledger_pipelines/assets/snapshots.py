@@ -22,6 +22,7 @@ from ..snapshots import snapshot_day
 
 EXPECTATIONS_CHECK = "expectations"
 TRIAL_BALANCE_CHECK = "trial_balance"
+CONTROL_TOTALS_CHECK = "control_totals"
 
 
 def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
@@ -31,6 +32,9 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
     if lc.kind == "sql":
         checks.append(AssetCheckSpec(TRIAL_BALANCE_CHECK, asset=name, blocking=True,
                                      description="debits = credits per transaction and currency (exact)"))
+    checks.append(AssetCheckSpec(CONTROL_TOTALS_CHECK, asset=name, blocking=True,
+                                 description="totals per asset and direction equal the event log's for the day "
+                                 "(exact): the bridge delivered everything"))
 
     @asset(
         check_specs=checks,
@@ -61,6 +65,9 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
         check_results = [_check_result(spec.name, days) for spec in checks]
         return MaterializeResult(check_results=check_results, metadata={
             "published": MetadataValue.bool(all(s["published"] for s in days.values())),
+            "control_totals": MetadataValue.json(
+                {d: s["checks"][CONTROL_TOTALS_CHECK].failures[:1] for d, s in days.items()
+                 if s["checks"][CONTROL_TOTALS_CHECK].failures}),
             "rows": MetadataValue.int(rows),
             "days": MetadataValue.int(len(days)),
             "totals": MetadataValue.json(last.get("totals", {})),
