@@ -94,9 +94,9 @@ def amount_is_canonical(a: str) -> bool:
     return not dot or frac.isdigit()
 
 
-def check_entry(e):
+def check_entry(e, amount_checked: bool = False):
     """Rules beyond the types: canonical amount, name, id derivation, real UTC timestamps."""
-    if not amount_is_canonical(e.amount):
+    if not amount_checked and not amount_is_canonical(e.amount):
         raise EntryError(
             f"amount: {e.amount[:120]!r} is not an exact non-negative decimal string without exponent"
         )
@@ -207,7 +207,7 @@ def make_entry(**fields: Any) -> CanonicalEntry:
     except TypeError as exc:
         raise EntryError(f"{eid}: {exc}") from None
     try:
-        return check_entry(entry)
+        return check_entry(entry, amount_checked=True)  # normalised just above
     except EntryError as exc:
         raise EntryError(f"{eid}: {exc}") from None
 

@@ -19,6 +19,7 @@ from functools import lru_cache
 from typing import Any
 from lxml.etree import _Element as Element
 
+import msgspec
 from lxml import etree
 
 from ..gcpause import gc_paused
@@ -65,8 +66,7 @@ class Balance:
         return self.amount if self.credit else -self.amount
 
 
-@dataclass(frozen=True)
-class CamtEntry:
+class CamtEntry(msgspec.Struct, frozen=True):
     index: int
     amount: str
     currency: str
@@ -176,17 +176,23 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
     """One pass over a subtree: ``{"BookgDt/Dt": "2026-11-24", "Amt": "1.00", "Amt@Ccy": "EUR", ...}``.
 
     The first occurrence of a path wins, except ``Ustrd`` lines, which are joined. ``TxDtls``
-    subtrees are handed back in ``subs`` to be flattened on their own.
+    subtrees are handed back in ``subs`` to be flattened on their own. Paths are cached by
+    (parent path, qualified tag): no string building per element.
     """
     for c in el:
         tag = c.tag
         if type(tag) is not str:
             continue  # comments, processing instructions
-        name = _LOCAL.get(tag) or _local_cached(tag)
+        step = _PATHS.get((prefix, tag))
+        if step is None:
+            if len(_PATHS) > 50_000:  # a hostile document of made-up tags must not grow it forever
+                _PATHS.clear()
+            name = _local(tag)
+            step = _PATHS[(prefix, tag)] = (name, f"{prefix}/{name}" if prefix else name, name[-3:] == "Amt")
+        name, path, is_amount = step
         if subs is not None and name == "TxDtls":
             subs.append(c)
             continue
-        path = f"{prefix}/{name}" if prefix else name
         if len(c):
             _flatten(c, path, out, subs)
             continue
@@ -196,19 +202,15 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
                 out[path] = f"{out[path]} {value}"
             continue
         out[path] = value
-        if name[-3:] == "Amt":  # only amounts carry an attribute we read
+        if is_amount:  # only amounts carry an attribute we read
             ccy = c.get("Ccy")
             if ccy is not None:
                 out[path + "@Ccy"] = ccy
     return out
 
 
-_LOCAL: dict[str, str] = {}
-
-
-def _local_cached(tag: str) -> str:
-    name = _LOCAL[tag] = _local(tag)
-    return name
+# (parent path, qualified tag) -> (local name, path, is an amount); real documents use a few hundred
+_PATHS: dict[tuple[str, str], tuple[str, str, bool]] = {}
 
 
 def _date_time(d: str | None, dt: str | None) -> tuple[str | None, str | None]:
@@ -445,7 +447,7 @@ def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_stateme
             attrs[name] = value
     return make_entry(
         ledger=ledger, ledger_kind="iso20022", source_ref=source_ref, correlation_id=_correlation(e.details),
-        account=st.account, counterparty=counterparty, asset=e.currency, amount=format_amount(e.amount),
+        account=st.account, counterparty=counterparty, asset=e.currency, amount=e.amount,
         direction="credit" if e.credit else "debit", booked_at=booked_at, value_date=e.value_date,
         status=status,
         position={"statement_id": st.statement_id, "entry_index": e.index, "message_id": st.message_id,
