@@ -82,8 +82,7 @@ def bench_sql(rows: int) -> dict:
     cfg = StackConfig.from_env()
     Postgres(cfg).start()
     db = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = dict(host=cfg.host, port=cfg.pg_port, user=cfg.pg_user, password=cfg.pg_password(), dbname="postgres",
-                 autocommit=True)
+    admin = cfg.pg_admin_params()
     with psycopg.connect(**admin) as c:
         c.execute(f'CREATE DATABASE "{db}"')
     url = cfg.pg_url().rsplit("/", 1)[0] + f"/{db}"

@@ -137,8 +137,7 @@ def main() -> int:
     print(f"(a) baseline, raw batch consume + decode into canonical entries: {base['per_second']:,.0f} entries/s "
           f"[{base['min']:,.0f}..{base['max']:,.0f}] (untyped JSON decode: {base['untyped_per_second']:,.0f}/s), "
           f"peak RSS {base['peak_rss_mb']:.0f} MB")
-    admin = dict(host=cfg.host, port=cfg.pg_port, user=cfg.pg_user, password=cfg.pg_password(),
-                 dbname="postgres", autocommit=True)
+    admin = cfg.pg_admin_params()
     with tempfile.TemporaryDirectory() as tmp, psycopg.connect(**admin) as conn:
         for step, label in zip("bc", ("sqlite", "postgresql")):
             runs = []

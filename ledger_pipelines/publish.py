@@ -54,7 +54,8 @@ class Publisher:
             self._producer = EntryProducer(self.kafka, "publisher")
         return self._producer
 
-    def _dead_letters(self, ledger: str, errors) -> int:
+    def dead_letters(self, ledger: str, errors) -> int:
+        """Set bad records aside on the DLQ (source, reason[, payload]); returns how many, once confirmed."""
         if not errors:
             return 0
         if self._dlq is None:
@@ -89,7 +90,7 @@ class Publisher:
             while True:
                 read = ledger.read_new(get_cursor(self.warehouse, lc.name))
                 result.published += self.producer.publish(read.entries)
-                result.rejected += self._dead_letters(lc.name, read.errors)
+                result.rejected += self.dead_letters(lc.name, read.errors)
                 set_cursor(self.warehouse, lc.name, read.cursor)  # only after Kafka acknowledged
                 result.details = {"high": read.cursor["high"], "gaps": len(read.cursor["gaps"])}
                 if not read.cursor.get("more"):
@@ -144,7 +145,7 @@ class Publisher:
         finally:
             consumer.close()
         result.published = self.producer.publish(entries)
-        result.rejected = self._dead_letters(lc.name, errors)
+        result.rejected = self.dead_letters(lc.name, errors)
         offsets.update(position)
         set_cursor(self.warehouse, lc.name, {"offsets": {str(p): o for p, o in offsets.items()}})
         result.details = {"topic": topic, "offsets": offsets}
@@ -154,9 +155,8 @@ class Publisher:
         from .connectors.iso20022 import CamtError, camt_to_entries
 
         result = PublishResult(lc.name)
-        inbox = lc.inbox_path()
-        inbox.mkdir(parents=True, exist_ok=True)
-        for path in sorted(p for p in inbox.iterdir() if p.is_file() and p.suffix.lower() == ".xml"):
+        lc.inbox_path().mkdir(parents=True, exist_ok=True)
+        for path in inbox_files(lc):
             data = path.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
             if file_processed(self.warehouse, lc.name, digest):
@@ -165,9 +165,9 @@ class Publisher:
                 entries, errors, statements = camt_to_entries(data, lc.name)
             except CamtError as exc:
                 entries, errors, statements = [], [], []
-                result.rejected += self._dead_letters(lc.name, [(f"file:{path.name}", str(exc), data[:65536])])
+                result.rejected += self.dead_letters(lc.name, [(f"file:{path.name}", str(exc), data[:65536])])
             result.published += self.producer.publish(entries)
-            result.rejected += self._dead_letters(lc.name, [(f"file:{path.name}: {e.source}", e.reason)
+            result.rejected += self.dead_letters(lc.name, [(f"file:{path.name}: {e.source}", e.reason)
                                                             for e in errors])
             mark_file_processed(self.warehouse, lc.name, digest, path.name, len(entries), len(errors))
             result.files.append(path.name)

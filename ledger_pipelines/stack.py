@@ -73,6 +73,11 @@ class StackConfig:
             secret.chmod(0o600)
         return secret.read_text().strip()
 
+    def pg_admin_params(self) -> dict:
+        """psycopg.connect() arguments for the maintenance database (creating and dropping databases)."""
+        return dict(host=self.host, port=self.pg_port, user=self.pg_user, password=self.pg_password(),
+                    dbname="postgres", autocommit=True)
+
     def pg_url(self, driver: str = "postgresql+psycopg") -> str:
         return (
             f"{driver}://{self.pg_user}:{self.pg_password()}@{self.host}:{self.pg_port}/{self.pg_database}"
@@ -357,11 +362,7 @@ class Postgres(Service):
         import psycopg
 
         try:
-            with psycopg.connect(
-                host=self.cfg.host, port=self.cfg.pg_port, user=self.cfg.pg_user,
-                password=self.cfg.pg_password(), dbname="postgres", connect_timeout=3,
-                autocommit=True,
-            ) as conn:
+            with psycopg.connect(**self.cfg.pg_admin_params(), connect_timeout=3) as conn:
                 exists = conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (self.cfg.pg_database,)
                 ).fetchone()

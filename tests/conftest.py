@@ -45,6 +45,17 @@ anvil_service = _service_fixture(Anvil)
 
 
 @pytest.fixture
+def chain(anvil_service, stack_config):
+    """web3 on the local anvil; whatever a test mines is reverted afterwards (evm_snapshot/evm_revert)."""
+    from ledger_pipelines.contracts import web3_for
+
+    w3 = web3_for(stack_config.anvil_url)
+    snap = w3.provider.make_request("evm_snapshot", [])["result"]
+    yield w3
+    w3.provider.make_request("evm_revert", [snap])
+
+
+@pytest.fixture
 def kafka(kafka_service, stack_config) -> KafkaSettings:
     """Kafka settings with a topic prefix of this test's own."""
     return KafkaSettings(
@@ -56,8 +67,7 @@ def kafka(kafka_service, stack_config) -> KafkaSettings:
 def pg_url(postgres_service, stack_config):
     """A fresh PostgreSQL database for this test, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = dict(host=stack_config.host, port=stack_config.pg_port, user=stack_config.pg_user,
-                 password=stack_config.pg_password(), dbname="postgres", autocommit=True)
+    admin = stack_config.pg_admin_params()
     with psycopg.connect(**admin) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = stack_config.pg_url().rsplit("/", 1)[0] + f"/{name}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from web3.exceptions import ContractLogicError
 
-from ledger_pipelines.contracts import BUILD, deploy, web3_for
+from ledger_pipelines.contracts import BUILD, deploy
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,11 +24,8 @@ def test_committed_artifacts_equal_a_fresh_compile(tmp_path):
 
 
 @pytest.fixture
-def w3(anvil_service, stack_config):
-    w3 = web3_for(stack_config.anvil_url)
-    snap = w3.provider.make_request("evm_snapshot", [])["result"]
-    yield w3
-    w3.provider.make_request("evm_revert", [snap])
+def w3(chain):
+    return chain
 
 
 @pytest.mark.services

@@ -9,7 +9,7 @@ import pytest
 
 from ledger_pipelines.config import LedgerConfig
 from ledger_pipelines.connectors.evm import TokenConfig
-from ledger_pipelines.contracts import deploy, web3_for
+from ledger_pipelines.contracts import deploy
 from ledger_pipelines.ingest import EventLogIngestor
 from ledger_pipelines.publish import Publisher
 from ledger_pipelines.snapshots import snapshot_day
@@ -17,14 +17,6 @@ from ledger_pipelines.warehouse import Warehouse
 from ledger_pipelines.warehouse.state import read_snapshot
 
 pytestmark = pytest.mark.services
-
-
-@pytest.fixture
-def chain(anvil_service, stack_config):
-    w3 = web3_for(stack_config.anvil_url)
-    snap = w3.provider.make_request("evm_snapshot", [])["result"]
-    yield w3
-    w3.provider.make_request("evm_revert", [snap])
 
 
 def _ledger(token, confirmations=2, max_range=3):

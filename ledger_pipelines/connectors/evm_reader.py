@@ -185,7 +185,7 @@ class EvmPublisher:
             entries, errors = self.reader.entries(self.reader.get_logs(start, head), head)
         # 3. publish (orphaned versions first), then remember blocks and the cursor
         result.published = self.pub.producer.publish([*orphaned, *entries])
-        result.rejected = self.pub._dead_letters(self.lc.name, errors)
+        result.rejected = self.pub.dead_letters(self.lc.name, errors)
         by_block: dict[int, list[CanonicalEntry]] = {}
         for e in entries:
             by_block.setdefault(e.position["block_number"], []).append(e)

@@ -428,9 +428,10 @@ def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_stateme
         status = "booked"
     booked_at = e.booking or (f"{e.value_date}T00:00:00Z" if e.value_date else None)
     if booked_at is None and st.created_at:
-        booked_at = format_timestamp(datetime.fromisoformat(st.created_at.replace("Z", "+00:00"))
-                                     if "+" in st.created_at or st.created_at.endswith("Z")
-                                     else datetime.fromisoformat(st.created_at).replace(tzinfo=timezone.utc))
+        try:
+            booked_at = _date_time(None, st.created_at)[0]
+        except ValueError:
+            booked_at = None  # reported below with the entry named
     if booked_at is None:
         raise EntryError(f"{st.message_type} {st.statement_id} entry {e.index}: no booking date, value date "
                          f"or creation time")
@@ -476,10 +477,7 @@ def pain001_to_entries(root: Element, data: bytes, ledger: str) -> tuple[list[Ca
                 amount, ccy = _amount(amt_el, where)
                 if not debtor:
                     raise EntryError(f"{where}: no debtor account (PmtInf/DbtrAcct)")
-                when = f"{exec_date[:10]}T00:00:00Z" if exec_date else (
-                    format_timestamp(datetime.fromisoformat(created.replace("Z", "+00:00")).replace(
-                        tzinfo=timezone.utc) if created and "+" not in created and not created.endswith("Z")
-                        else datetime.fromisoformat(created.replace("Z", "+00:00"))) if created else None)
+                when = f"{exec_date[:10]}T00:00:00Z" if exec_date else _date_time(None, created)[0]
                 if when is None:
                     raise EntryError(f"{where}: no requested execution date or creation time")
                 e2e = _text(tx, "PmtId/EndToEndId")

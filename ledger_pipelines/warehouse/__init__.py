@@ -145,6 +145,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # random-keyed index inserts (entry ids) thrash the default 2 MB page cache
     cur.execute("PRAGMA cache_size=-65536")
     cur.execute("PRAGMA temp_store=MEMORY")
-    cur.execute('PRAGMA wal_autocheckpoint=' + __import__('os').environ.get('CK', '16384'))
+    cur.execute("PRAGMA wal_autocheckpoint=16384")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
