@@ -226,7 +226,7 @@ def cmd_verify(args) -> int:
     from .verify import VerificationError, verify_report
 
     try:
-        out = verify_report(Path(args.report))
+        out = verify_report(Path(args.report), args.rpc, args.contract)
     except (VerificationError, OSError, KeyError, ValueError) as exc:
         print(json.dumps({"verified": False, "error": str(exc)}))
         return 1
@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check a day's report: Merkle root and every inclusion proof")
     s.add_argument("--report", required=True, help="the day's report folder (reports/<day>)")
-    s.add_argument("--rpc", help="EVM node to check the on-chain anchor (once reports are anchored)")
+    s.add_argument("--rpc", help="EVM node: also check the report's anchor on chain")
+    s.add_argument("--contract", help="the AuditAnchor address the anchor must come from (default: the report's)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("demo", help="start the stack and the Dagster UI with generated ledger activity")

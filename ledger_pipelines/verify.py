@@ -1,5 +1,5 @@
-"""``ledger-pipelines verify --report DIR``: recompute a day's Merkle root from its records and check
-every inclusion proof. Anchors on chain are checked once reports are anchored (``--rpc``)."""
+"""``ledger-pipelines verify --report DIR [--rpc URL]``: recompute a day's Merkle root from its records,
+check every inclusion proof, and (with ``--rpc``) the report's anchor on chain."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def records_of(day_dir: Path, audit: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def verify_report(day_dir: Path) -> dict[str, Any]:
+def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = None) -> dict[str, Any]:
     audit = json.loads((day_dir / "audit.json").read_text())
     records = records_of(day_dir, audit)
     problems = []
@@ -44,7 +44,16 @@ def verify_report(day_dir: Path) -> dict[str, Any]:
             problems.append(f"proof of {p['record_id']}: no record has leaf {p['leaf'][:16]}… (altered record?)")
         elif not verify_proof(rec, p["proof"], audit["merkle_root"]):
             problems.append(f"proof of {p['record_id']} does not lead to the root")
+    anchor: Any = "not checked (no --rpc)"
+    if rpc and not problems:
+        from .anchor import check_anchor
+        from .chain import ChainError
+
+        try:
+            anchor = check_anchor(audit, rpc, contract)
+        except ChainError as exc:
+            problems.append(f"anchor: {exc}")
     if problems:
         raise VerificationError("; ".join(problems[:10]) + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
     return {"day": audit["day"], "merkle_root": audit["merkle_root"], "records": len(records), "proofs": len(proofs),
-            "anchor": "not checked: reports are not anchored on chain yet"}
+            "anchor": anchor}

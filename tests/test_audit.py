@@ -25,7 +25,7 @@ def _journal(url, unbalanced=False):
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, kafka):
+def env(tmp_path, monkeypatch, kafka, anvil_service):
     monkeypatch.setenv("LEDGER_CORE_BANKING_URL", f"sqlite:///{tmp_path / 'core.db'}")
     monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
     monkeypatch.setenv("LEDGER_REPORTS_DIR", str(tmp_path / "reports"))
@@ -34,11 +34,11 @@ def env(tmp_path, monkeypatch, kafka):
     return tmp_path
 
 
-def _verify(folder):
+def _verify(folder, *extra):
     import subprocess
     import sys
 
-    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "verify", "--report", str(folder)],
+    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "verify", "--report", str(folder), *extra],
                          capture_output=True, text=True, timeout=120)
     out = json.loads(run.stdout)
     assert (run.returncode == 0) == out["verified"]
@@ -51,7 +51,7 @@ def _assets():
     return [defs.resolve_assets_def(n) for n in ("core_banking_snapshot", "reconciliation", "audit_report")]
 
 
-def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka):
+def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack_config):
     from ledger_pipelines.config import ledger_by_name, load_config
 
     _journal(f"sqlite:///{env / 'core.db'}")
@@ -78,9 +78,18 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka):
     assert audit["amounts"]["core_banking"] == {"EUR": "400.00"} and audit["open_breaks_by_age"] == {"0 days": 40}
     index = (folder / "index.html").read_text()
     assert "Breaks by type" in index and "Open breaks by age" in index and "400.00" in index
-    # the report verifies; an altered record or proof fails loudly
+    # the root is anchored on chain; the tx hash is in the report and its metadata
+    anchor = audit["anchor"]
+    assert report.metadata["anchor_tx"].value == anchor["tx_hash"] and anchor["partition"] == DAY
+    assert anchor["merkle_root"] == audit["merkle_root"] and anchor["tx_hash"] in index
+    # the report verifies, with its anchor; an altered record or proof fails loudly
     verify = _verify(folder)
     assert verify["verified"] is True and verify["proofs"] == verify["records"] == len(records)
+    rpc = ("--rpc", stack_config.anvil_url)
+    on_chain = _verify(folder, *rpc)
+    assert on_chain["verified"] is True and on_chain["anchor"]["tx_hash"] == anchor["tx_hash"]
+    wrong_contract = _verify(folder, *rpc, "--contract", "0x" + "12" * 20)
+    assert wrong_contract["verified"] is False and "expected contract" in wrong_contract["error"]
     breaks = folder / "bank_vs_statements" / "breaks.jsonl"
     original = breaks.read_text()
     breaks.write_text(original.replace('"left_amount":"10.00"', '"left_amount":"1.00"', 1))
@@ -93,9 +102,55 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka):
     bad["proof"][0]["hash"] = "00" * 32
     proofs_file.write_text("\n".join([json.dumps(bad), *lines[1:]]) + "\n")
     assert "does not lead to the root" in _verify(folder)["error"]
-    # re-running the partition from the same inputs reproduces the same root
+    proofs_file.write_text("\n".join(lines) + "\n")
+    # re-running the partition from the same inputs reproduces the same root and reuses its anchor
     again = materialize(_assets(), instance=DagsterInstance.ephemeral(), partition_key=DAY)
-    assert again.asset_materializations_for_node("audit_report")[0].metadata["merkle_root"].value == audit["merkle_root"]
+    meta = again.asset_materializations_for_node("audit_report")[0].metadata
+    assert meta["merkle_root"].value == audit["merkle_root"] and meta["anchor_tx"].value == anchor["tx_hash"]
+    assert _verify(folder, *rpc)["verified"] is True
+    # an anchor that does not match: a root changed in the report (and its records kept) is caught on chain
+    audit_file = folder / "audit.json"
+    doc = json.loads(audit_file.read_text())
+    doc["anchor"]["version"] = 7
+    audit_file.write_text(json.dumps(doc))
+    assert "on-chain anchor" in _verify(folder, *rpc)["error"]
+    doc["anchor"]["tx_hash"] = "0x" + "ab" * 32
+    audit_file.write_text(json.dumps(doc))
+    assert "not found on chain" in _verify(folder, *rpc)["error"]
+    del doc["anchor"]
+    audit_file.write_text(json.dumps(doc))
+    missing = _verify(folder, *rpc)
+    assert missing["verified"] is False and "no anchor" in missing["error"]
+
+
+def test_re_anchoring_a_changed_partition_adds_a_version(env, kafka, stack_config):
+    """New inputs for a day give a new root: anchored as version 2, version 1 kept on chain."""
+    from ledger_pipelines.anchor import anchor_url
+    from ledger_pipelines.chain import Signer, contract, contract_address
+    from ledger_pipelines.config import ledger_by_name, load_config
+
+    core = f"sqlite:///{env / 'core.db'}"
+    _journal(core)
+    wh = Warehouse(f"sqlite:///{env / 'w.db'}")
+    lc = ledger_by_name(load_config(), "core_banking")
+    day = "2026-11-19"
+    post_journal(core, balanced("X1", f"{day}T08:00:00Z", ref="E2E-X1"))
+    Publisher(kafka, wh).publish(lc)
+    EventLogIngestor(kafka, wh).run()
+    first = materialize(_assets(), instance=DagsterInstance.ephemeral(), partition_key=day)
+    a1 = json.loads((env / "reports" / day / "audit.json").read_text())["anchor"]
+    post_journal(core, balanced("X2", f"{day}T09:00:00Z", ref="E2E-X2"))
+    Publisher(kafka, wh).publish(lc)
+    EventLogIngestor(kafka, wh).run()
+    second = materialize(_assets(), instance=DagsterInstance.ephemeral(), partition_key=day)
+    assert first.success and second.success
+    a2 = json.loads((env / "reports" / day / "audit.json").read_text())["anchor"]
+    assert a2["version"] == a1["version"] + 1 and a2["merkle_root"] != a1["merkle_root"]
+    signer = Signer.from_env(anchor_url(), "LEDGER_ANCHOR_KEY")
+    c = contract(signer, "AuditAnchor", contract_address(signer, "AuditAnchor", deploy=False))
+    assert c.functions.get(day, a1["version"]).call()[0].hex() == a1["merkle_root"]
+    assert c.functions.get(day, a2["version"]).call()[0].hex() == a2["merkle_root"]
+    assert _verify(env / "reports" / day, "--rpc", stack_config.anvil_url)["verified"] is True
 
 
 def test_a_failed_blocking_check_stops_reconciliation_and_report(env):

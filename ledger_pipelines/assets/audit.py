@@ -75,15 +75,29 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
 
         from ..reconcile.output import render_index
 
+        from ..anchor import anchor_report, enabled
+
         last = None
         for key in context.partition_keys:
             folder = reports_dir() / key
             audit = json.loads((folder / "audit.json").read_text())
+            if enabled():
+                audit["anchor"] = anchor_report(key, audit)
+                context.log.info(f"{key}: root {audit['merkle_root'][:16]}… anchored in tx "
+                                 f"{audit['anchor']['tx_hash']} (version {audit['anchor']['version']})")
+            else:
+                audit.pop("anchor", None)
+            tmp = folder / ".audit.json.tmp"
+            tmp.write_text(json.dumps(audit, indent=2, sort_keys=True))
+            tmp.replace(folder / "audit.json")
             (folder / "index.html").write_text(render_index(audit))
             last = (key, audit, folder)
         key, audit, folder = last
+        anchor = audit.get("anchor")
         recs = audit["reconciliations"]
-        md = f"**{key}** — Merkle root `{audit['merkle_root']}`\n\n" + "\n".join(
+        md = (f"**{key}** — Merkle root `{audit['merkle_root']}`"
+              + (f", anchored in tx `{anchor['tx_hash']}` (v{anchor['version']})" if anchor else ", not anchored")
+              + "\n\n") + "\n".join(
             f"- **{name}**: {r['matches']} matches, {r['breaks']} breaks {r['break_type'] or ''}"
             for name, r in sorted(recs.items()))
         return MaterializeResult(metadata={
@@ -92,6 +106,8 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
             "breaks": MetadataValue.int(sum(r["breaks"] for r in recs.values())),
             "merkle_root": MetadataValue.text(audit["merkle_root"]),
             "report": MetadataValue.path(str(folder / "index.html")),
+            "anchor_tx": MetadataValue.text(anchor["tx_hash"] if anchor else "not anchored (LEDGER_ANCHOR=off)"),
+            **({"anchor": MetadataValue.json(anchor)} if anchor else {}),
         })
 
     return audit_report

@@ -95,6 +95,14 @@ def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], rig
     return s
 
 
+def _anchor_line(anchor: dict[str, Any] | None) -> str:
+    if not anchor:
+        return "<p><b>Not anchored on chain.</b></p>"
+    return (f"<p>Anchored on chain {anchor['chain_id']} by contract <code>{html.escape(anchor['contract'])}</code> in tx "
+            f"<code>{html.escape(anchor['tx_hash'])}</code> (block {anchor['block_number']}, version {anchor['version']}). "
+            "Check it with <code>ledger-pipelines verify --report DIR --rpc URL</code>.</p>")
+
+
 def render_index(audit: dict[str, Any]) -> str:
     """The day's index page over every reconciliation (self-contained)."""
     recs = audit["reconciliations"]
@@ -114,6 +122,7 @@ def render_index(audit: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}</style></head><body><h1>Audit report {html.escape(audit['day'])}</h1>
 <p>Merkle root over every match and break record of the day: <code>{audit['merkle_root']}</code></p>
+{_anchor_line(audit.get("anchor"))}
 {_bars("Breaks by type", by_type)}{_bars("Breaks per reconciliation", breaks)}
 {_bars("Open breaks by age", audit.get("open_breaks_by_age", {}))}
 <table><tr><th>reconciliation</th><th>matches</th><th>breaks</th><th>break types</th></tr>{rows}</table>
