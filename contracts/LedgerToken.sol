@@ -14,6 +14,9 @@ contract LedgerToken {
 
     event Transfer(address indexed from, address indexed to, uint256 value);
     event Approval(address indexed owner, address indexed spender, uint256 value);
+    // The payment reference of the Transfer logged just before it in the same transaction (an on-chain memo:
+    // the EVM connector takes it as that transfer's correlation_id).
+    event Memo(string memo);
 
     constructor(string memory name_, string memory symbol_, uint8 decimals_) {
         name = name_;
@@ -31,6 +34,12 @@ contract LedgerToken {
 
     function transfer(address to, uint256 value) external returns (bool) {
         _move(msg.sender, to, value);
+        return true;
+    }
+
+    function transferWithMemo(address to, uint256 value, string calldata memo) external returns (bool) {
+        _move(msg.sender, to, value);
+        emit Memo(memo);
         return true;
     }
 

@@ -113,7 +113,8 @@ def cmd_normalize(args) -> int:
                                 f"{check['computed_closing']}, closing {check['closing']} (difference "
                                 f"{check['difference']} {check['currency']})")
     elif args.kind == "evm-logs":
-        from .connectors.evm import LogContext, TokenConfig, block_timestamps_of, log_ref, log_to_entry
+        from .connectors.evm import (PAYMENT_RECORDED_TOPIC, LogContext, TokenConfig, block_timestamps_of,
+                                     decode_payment_recorded, log_ref, log_to_entry, memos_of)
 
         stamps = block_timestamps_of(json.loads(Path(b).read_text()) for b in args.blocks)
         tokens = {}
@@ -122,7 +123,8 @@ def cmd_normalize(args) -> int:
             symbol, _, decimals = rest.partition(":")
             tokens[addr.lower()] = TokenConfig(addr.lower(), symbol or None, int(decimals) if decimals else None)
         ctx = LogContext(ledger=args.ledger or "evm", block_timestamps=stamps, tokens=tokens,
-                         watched=args.watch.lower() if args.watch else None, status_of=lambda _b: args.status)
+                         watched=args.watch.lower() if args.watch else None, status_of=lambda _b: args.status,
+                         decoders={PAYMENT_RECORDED_TOPIC: decode_payment_recorded})
         for path in args.files:
             try:
                 logs = _read_logs(path)
@@ -130,6 +132,7 @@ def cmd_normalize(args) -> int:
                 _emit_error(path, f"not a logs file: {exc}")
                 unreadable += 1
                 continue
+            ctx.memos = memos_of(logs)
             for log in logs:
                 try:
                     e = log_to_entry(log, ctx)

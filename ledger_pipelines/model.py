@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -210,6 +210,18 @@ def make_entry(**fields: Any) -> CanonicalEntry:
         return check_entry(entry, amount_checked=True)  # normalised just above
     except EntryError as exc:
         raise EntryError(f"{eid}: {exc}") from None
+
+
+# Arithmetic on amounts (sums, FX) runs in this context: 200 digits hold any sum of uint256 values at
+# 18 decimals times a rate; Python's default 28 digits would round them silently.
+EXACT = Context(prec=200, Emax=999999, Emin=-999999)
+
+
+def scaled_decimal(value: int, scale: int, normalize: bool = False) -> Decimal:
+    """``value`` × 10^-scale, exactly: the default decimal context (28 digits) would round uint256 values."""
+    ctx = Context(prec=len(str(abs(value))) + 2)
+    d = Decimal(value).scaleb(-scale, ctx)
+    return d.normalize(ctx) if normalize else d
 
 
 def format_amount(value: Any) -> str:

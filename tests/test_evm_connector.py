@@ -134,3 +134,32 @@ def test_get_logs_shrinks_the_range_when_the_provider_refuses(chain, stack_confi
         assert refused  # the wide first range was refused and halved until it passed
     finally:
         server.shutdown()
+
+
+def test_memo_correlates_a_transfer_and_bridge_records_decode(chain, stack_config):
+    """transferWithMemo: the memo is the transfer's correlation_id; LedgerBridge.PaymentRecorded logs of a
+    configured bridge contract decode into entries (reference, asset, exact scaled amount, source entry)."""
+    from ledger_pipelines.connectors.evm_reader import EvmReader
+
+    w3 = chain
+    owner, alice, bob = w3.eth.accounts[:3]
+    token = deploy(w3, "LedgerToken", "USD Coin", "USDC", 6)
+    bridge = deploy(w3, "LedgerBridge")
+    token.functions.mint(alice, 10**12).transact({"from": owner})
+    token.functions.transferWithMemo(bob, 1_234_567, "E2E-MEMO-1").transact({"from": alice})
+    token.functions.transfer(bob, 5).transact({"from": alice})
+    big = 2**256 - 1
+    bridge.functions.record("E2E-MEMO-1", "EUR", 123450, 2, "core_banking:7").transact({"from": owner})
+    bridge.functions.record("E2E-BIG", "ETH", big, 18, "core_banking:8").transact({"from": owner})
+    day = datetime.fromtimestamp(w3.eth.get_block("latest")["timestamp"], tz=timezone.utc).date()
+    lc = LedgerConfig(name="eth_usdc", kind="evm", tokens=(TokenConfig(token.address.lower(), "USDC", 6),),
+                      confirmations=0, start_block=w3.eth.block_number - 6)
+    entries = {(e.amount, e.correlation_id) for e in EvmReader(lc, stack_config.anvil_url).read_day(day)}
+    assert entries == {("1000000", None), ("1.234567", "E2E-MEMO-1"), ("0.000005", None)}
+    audit = LedgerConfig(name="bridge_records", kind="evm", confirmations=0, start_block=lc.start_block,
+                         options={"bridge_contracts": [bridge.address.lower()], "transfers": False})
+    recorded = EvmReader(audit, stack_config.anvil_url).read_day(day)
+    got = sorted((e.correlation_id, e.asset, e.amount, e.attributes["source_entry_id"]) for e in recorded)
+    assert got == [("E2E-BIG", "ETH", f"{big // 10**18}.{big % 10**18:018d}", "core_banking:8"),
+                   ("E2E-MEMO-1", "EUR", "1234.50", "core_banking:7")]
+    assert all(e.account == bridge.address.lower() and e.status == "final" for e in recorded)

@@ -96,3 +96,24 @@ def test_format_amount_refuses_floats_and_keeps_scale():
 
 def test_struct_is_a_msgspec_struct():
     assert issubclass(CanonicalEntry, msgspec.Struct)
+
+
+def test_amount_arithmetic_is_exact_beyond_28_digits():
+    """uint256 values at 18 decimals, summed and scaled, in the main thread and in a new one."""
+    import threading
+    from decimal import Decimal
+
+    from ledger_pipelines.model import scaled_decimal
+    from ledger_pipelines.reconcile.output import totals
+
+    big = 2**256 - 1
+    assert str(scaled_decimal(big, 18)) == f"{big // 10**18}.{big % 10**18:018d}"
+    a = _entry(amount=f"{big // 10**18}.{big % 10**18:018d}")
+    b = _entry(amount="0.000000000000000001", source_ref="0xabc:4")
+    want = {a.asset: {"debit": f"{big // 10**18}.{big % 10**18 + 1:018d}", "credit": "0"}}
+    out = {}
+    t = threading.Thread(target=lambda: out.update(totals([a, b])))
+    t.start()
+    t.join()
+    assert totals([a, b]) == want and out == want
+    assert Decimal(a.amount) + Decimal(b.amount) == Decimal(want[a.asset]["debit"])

@@ -21,7 +21,7 @@ import base64
 import json
 from decimal import Decimal
 
-from ..model import CanonicalEntry, EntryError
+from ..model import CanonicalEntry, EntryError, scaled_decimal
 from .mapping import ColumnMapping, row_to_entry, utc_timestamp
 
 
@@ -40,7 +40,7 @@ def _decimal_fields(schema: dict | None) -> dict[str, int]:
 
 def _connect_decimal(value: str, scale: int) -> Decimal:
     raw = base64.b64decode(value, validate=True)
-    return Decimal(int.from_bytes(raw, "big", signed=True)).scaleb(-scale)
+    return scaled_decimal(int.from_bytes(raw, "big", signed=True), scale)
 
 
 def decode_event(line: bytes | str) -> tuple[dict, dict[str, int]]:

@@ -10,14 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from decimal import Decimal
+
 from typing import Any
 
 import msgspec
 
-from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
+from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry, scaled_decimal
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+# LedgerToken's Memo(string): the payment reference of the Transfer logged just before it in the same tx
+MEMO_TOPIC = "0xb0734c6ca9ae9b7406dd80224cb0488aed0928eef358da7449505fa59b8d7a2a"
+# LedgerBridge's PaymentRecorded(string paymentReference, bytes32 indexed referenceHash, string asset,
+#                                uint256 amount, uint8 scale, string sourceEntryId)
+PAYMENT_RECORDED_TOPIC = "0x867cbe6b28b330524493d45b426dcefe2964906512428d4652799bcae7dd02d0"
+MAX_MEMO_BYTES = 256
 _ZERO_PAD = "0" * 24
 
 
@@ -46,7 +52,7 @@ class TokenConfig:
         if self.decimals is None or self.symbol is None:
             return str(value)
         # normalised: 500 tokens of 16 decimals read 500, not 500.0000000000000000
-        return format_amount(Decimal(value).scaleb(-self.decimals).normalize())
+        return format_amount(scaled_decimal(value, self.decimals, normalize=True))
 
 
 def _hex(v: Any) -> str:
@@ -141,6 +147,7 @@ def transfer_log_to_entry(
     token: TokenConfig | None = None,
     watched: str | None = None,
     confirmations: int | None = None,
+    correlation_id: str | None = None,
 ) -> CanonicalEntry:
     """Seen from ``watched`` when it is one side, else sender -> receiver as a debit of the sender."""
     token = token or TokenConfig(t.token)
@@ -152,12 +159,84 @@ def transfer_log_to_entry(
     if confirmations is not None:
         position["confirmations"] = confirmations
     return make_entry(
-        ledger=ledger, ledger_kind="evm", source_ref=f"{t.tx_hash}:{t.log_index}", correlation_id=None,
+        ledger=ledger, ledger_kind="evm", source_ref=f"{t.tx_hash}:{t.log_index}", correlation_id=correlation_id,
         account=account, counterparty=counterparty, asset=token.asset(), amount=token.amount(t.value),
         direction=direction,
         booked_at=format_timestamp(datetime.fromtimestamp(block_timestamp, tz=timezone.utc)),
         value_date=None, status=status, position=position,
         attributes={"token_address": t.token, "raw_value": str(t.value), "from": t.sender, "to": t.receiver},
+    )
+
+
+# -- ABI words by hand (the project's own events: dynamic strings and integers) ---------------------
+def _abi_word(data: bytes, i: int) -> int:
+    if len(data) < 32 * (i + 1):
+        raise ValueError(f"data ends before word {i}")
+    return int.from_bytes(data[32 * i:32 * (i + 1)], "big")
+
+
+def _abi_string(data: bytes, head: int, limit: int = MAX_MEMO_BYTES) -> str:
+    offset = _abi_word(data, head)
+    if offset % 32 or offset + 32 > len(data):
+        raise ValueError(f"string offset {offset} outside the data")
+    length = int.from_bytes(data[offset:offset + 32], "big")
+    if length > limit or offset + 32 + length > len(data):
+        raise ValueError(f"string of {length} bytes (limit {limit}) outside the data")
+    return data[offset + 32:offset + 32 + length].decode("utf-8")
+
+
+def _data(log: dict) -> bytes:
+    d = log.get("data") or "0x"
+    return bytes(d) if isinstance(d, (bytes, bytearray)) else bytes.fromhex(str(d)[2:] if str(d)[:2] == "0x" else str(d))
+
+
+def memos_of(logs: Iterable[dict]) -> dict[tuple[str, int], str]:
+    """(tx hash, log index of the Transfer) -> memo, from ``Memo`` logs (a Memo follows its Transfer)."""
+    out: dict[tuple[str, int], str] = {}
+    for lg in logs:
+        topics = lg.get("topics") or []
+        if not topics or _hex(topics[0]) != MEMO_TOPIC:
+            continue
+        try:
+            memo = _abi_string(_data(lg), 0)
+            tx = _hex(lg.get("transactionHash") or lg.get("transaction_hash"))
+            index = _int(lg["logIndex"] if "logIndex" in lg else lg.get("log_index"))
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            continue  # an unreadable memo leaves the transfer uncorrelated; the transfer itself is still an entry
+        if memo:
+            out[(tx, index - 1)] = memo
+    return out
+
+
+def decode_payment_recorded(log: dict, ctx: "LogContext") -> CanonicalEntry:
+    """A ``LedgerBridge.PaymentRecorded`` log: the on-chain record of a payment of another ledger."""
+    ref = log_ref(log)
+    try:
+        data = _data(log)
+        reference, asset = _abi_string(data, 0), _abi_string(data, 1)
+        amount, scale = _abi_word(data, 2), _abi_word(data, 3)
+        source_entry_id = _abi_string(data, 4)
+        block = _int(log["blockNumber"] if "blockNumber" in log else log.get("block_number"))
+        index = _int(log["logIndex"] if "logIndex" in log else log.get("log_index"))
+        tx = _hex(log.get("transactionHash") or log.get("transaction_hash"))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        raise EntryError(f"log {ref}: malformed PaymentRecorded event: {exc}") from None
+    if scale > 77:
+        raise EntryError(f"log {ref}: PaymentRecorded scale {scale} is not a decimal scale")
+    ts = ctx.block_timestamps.get(block)
+    if ts is None:
+        raise EntryError(f"log {ref}: no timestamp for block {block}")
+    bh = log.get("blockHash") or log.get("block_hash")
+    status = "orphaned" if log.get("removed") is True else ctx.status_of(block)
+    return make_entry(
+        ledger=ctx.ledger, ledger_kind="evm", source_ref=f"{tx}:{index}", correlation_id=reference,
+        account=_hex(log.get("address")), counterparty=None, asset=asset,
+        amount=format_amount(scaled_decimal(amount, scale)), direction="credit",
+        booked_at=format_timestamp(datetime.fromtimestamp(ts, tz=timezone.utc)), value_date=None, status=status,
+        position={"block_number": block, "block_hash": _hex(bh) if bh else None, "log_index": index,
+                  "transaction_hash": tx},
+        attributes={"event": "PaymentRecorded", "source_entry_id": source_entry_id, "raw_amount": str(amount),
+                    "scale": scale},
     )
 
 
@@ -173,6 +252,8 @@ class LogContext:
     watched: str | None = None
     status_of: Callable[[int], str] = lambda _block: "final"
     decoders: dict[str, LogDecoder] = field(default_factory=dict)  # topic0 -> decoder
+    memos: dict[tuple[str, int], str] = field(default_factory=dict)  # see memos_of
+    transfers: bool = True  # False: only the registered decoders' events are entries
 
 
 def log_to_entry(log: dict, ctx: LogContext) -> CanonicalEntry | None:
@@ -183,7 +264,7 @@ def log_to_entry(log: dict, ctx: LogContext) -> CanonicalEntry | None:
     decoder = ctx.decoders.get(topics[0])
     if decoder is not None:
         return decoder(log, ctx)
-    if topics[0] != TRANSFER_TOPIC:
+    if topics[0] != TRANSFER_TOPIC or not ctx.transfers:
         return None
     t = decode_transfer_log(log)
     if ctx.tokens and t.token not in ctx.tokens:
@@ -196,7 +277,8 @@ def log_to_entry(log: dict, ctx: LogContext) -> CanonicalEntry | None:
     if ts is None:
         raise EntryError(f"log {t.tx_hash}:{t.log_index}: no timestamp for block {t.block_number}")
     status = "orphaned" if t.removed else ctx.status_of(t.block_number)
-    return transfer_log_to_entry(t, ctx.ledger, ts, status, ctx.tokens.get(t.token), ctx.watched)
+    return transfer_log_to_entry(t, ctx.ledger, ts, status, ctx.tokens.get(t.token), ctx.watched,
+                                 correlation_id=ctx.memos.get((t.tx_hash, t.log_index)) if ctx.memos else None)
 
 
 def logs_of(doc: Any) -> list[dict]:

@@ -22,7 +22,8 @@ import msgspec
 from sqlalchemy import text
 
 from ..model import CanonicalEntry, EntryError, decode_entry, encode_entry
-from .evm import TRANSFER_TOPIC, LogContext, LogDecoder, log_ref, log_to_entry
+from .evm import (MEMO_TOPIC, PAYMENT_RECORDED_TOPIC, TRANSFER_TOPIC, LogContext, LogDecoder, decode_payment_recorded,
+                  log_ref, log_to_entry, memos_of)
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig
@@ -36,6 +37,11 @@ class RpcError(RuntimeError):
     pass
 
 
+def default_decoders(lc: "LedgerConfig") -> dict[str, LogDecoder]:
+    """``options.bridge_contracts`` set: the LedgerBridge's PaymentRecorded events are entries too."""
+    return {PAYMENT_RECORDED_TOPIC: decode_payment_recorded} if lc.options.get("bridge_contracts") else {}
+
+
 class EvmReader:
     def __init__(self, lc: "LedgerConfig", url: str, decoders: dict[str, LogDecoder] | None = None,
                  retries: int = 5):
@@ -43,7 +49,8 @@ class EvmReader:
 
         self.lc = lc
         self.provider = HTTPProvider(url, request_kwargs={"timeout": 30})
-        self.decoders = decoders or {}
+        self.decoders = decoders if decoders is not None else default_decoders(lc)
+        self.transfers = bool(lc.options.get("transfers", True))
         self.retries = retries
         self._blocks: dict[int, dict] = {}
         self.calls = 0
@@ -70,7 +77,7 @@ class EvmReader:
 
     def get_logs(self, start: int, end: int) -> list[dict]:
         """Logs of our topics (and tokens) in [start, end], paging and shrinking on provider limits."""
-        topics = [[TRANSFER_TOPIC, *self.decoders]]
+        topics = [[*((TRANSFER_TOPIC, MEMO_TOPIC) if self.transfers else ()), *self.decoders]]
         addresses = [t.address for t in self.lc.tokens] + list(self.lc.options.get("bridge_contracts", []))
         out: list[dict] = []
         span = max(1, self.lc.max_block_range)
@@ -106,6 +113,7 @@ class EvmReader:
             ledger=self.lc.name, block_timestamps={n: b["timestamp"] for n, b in self._blocks.items()},
             tokens={t.address: t for t in self.lc.tokens}, watched=self.lc.watched_address,
             status_of=lambda n: "final" if n <= safe else "pending", decoders=self.decoders,
+            memos=memos_of(logs), transfers=self.transfers,
         )
         entries, errors = [], []
         for lg in logs:

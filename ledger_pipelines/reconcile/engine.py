@@ -22,10 +22,10 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
-from ..model import CanonicalEntry
+from ..model import EXACT, CanonicalEntry
 from .rules import Rules
 
 
@@ -311,6 +311,11 @@ class _Engine:
 
 
 def reconcile(left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules | None = None) -> Reconciliation:
+    with localcontext(EXACT):
+        return _reconcile(left, right, rules)
+
+
+def _reconcile(left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules | None = None) -> Reconciliation:
     engine = _Engine(left, right, rules or Rules())
     engine.orphaned()
     engine.duplicates()
