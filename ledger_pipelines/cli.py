@@ -192,6 +192,42 @@ def cmd_publish(args) -> int:
         wh.dispose()
 
 
+def cmd_bridge(args) -> int:
+    """The long-running trigger consumer (low latency); --until-caught-up for one pass."""
+    import os
+    import signal
+
+    from .config import load_config
+    from .kafka import ensure_topics
+    from .triggers import TriggerConsumer, TriggerEngine, rules_from_config
+    from .warehouse import Warehouse
+
+    rules = rules_from_config(args.config)
+    if not rules:
+        print(json.dumps({"error": "no triggers: configured (see README, Cross-ledger triggers)"}))
+        return 2
+    kafka = _kafka(args)
+    ledgers = load_config(args.config)
+    ensure_topics(kafka, sorted({r.source for r in rules}))
+    wh = Warehouse(None)
+    crash = os.environ.get("LEDGER_BRIDGE_CRASH_AFTER_ACT")  # fault injection for the crash tests
+    engine = TriggerEngine(rules, ledgers, wh, kafka, crash_after_act=int(crash) if crash else None)
+    consumer = TriggerConsumer(engine, group=args.group, instance=args.instance)
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    print(json.dumps({"bridge": "started", "rules": [r.name for r in rules], "topics": consumer.topics,
+                      "group": args.group, "re_announced": engine.announce()}), flush=True)
+    try:
+        total = consumer.run(until_caught_up=args.until_caught_up, stop=lambda: stop["flag"])
+    except KeyboardInterrupt:
+        total = consumer.total
+    finally:
+        consumer.close()
+        wh.dispose()
+    print(json.dumps({"bridge": "stopped", **total.__dict__, "rejected": consumer.rejected}), flush=True)
+    return 0
+
+
 def _read_entries(path: str, side: str) -> list:
     from pathlib import Path
 
@@ -291,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval", type=float, default=2.0)
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_publish)
+
+    s = sub.add_parser("bridge", help="cross-ledger triggers: consume the source ledgers' topics and act, "
+                                      "each action exactly once (runs until stopped)")
+    s.add_argument("--config", help="ledger configuration with triggers:; default LEDGER_CONFIG")
+    s.add_argument("--group", default="ledger-pipelines-bridge", help="Kafka consumer group")
+    s.add_argument("--instance", default="0", help="static group member id: a restarted bridge with the same id "
+                   "resumes at once (run several with different ids to share the partitions)")
+    s.add_argument("--until-caught-up", action="store_true", help="stop once every source partition is consumed")
+    s.add_argument("--topic-prefix")
+    s.set_defaults(func=cmd_bridge)
 
     s = sub.add_parser("reconcile", help="reconcile two files of canonical entries; writes matches, breaks, "
                                          "summary and report to --out (no services needed)")

@@ -224,6 +224,12 @@ def scaled_decimal(value: int, scale: int, normalize: bool = False) -> Decimal:
     return d.normalize(ctx) if normalize else d
 
 
+def amount_scale(amount: str) -> tuple[int, int]:
+    """A canonical amount string as (integer value, scale): ``"1234.50"`` -> ``(123450, 2)``."""
+    whole, _, frac = amount.partition(".")
+    return int(whole + frac), len(frac)
+
+
 def format_amount(value: Any) -> str:
     """Exact decimal string of an int, Decimal or decimal string; floats are refused."""
     if isinstance(value, bool) or isinstance(value, float):

@@ -1,0 +1,197 @@
+"""Cross-ledger triggers on the real stack: SQL journal -> Kafka -> the bridge consumer -> LedgerBridge on
+anvil and a mirrored journal entry in PostgreSQL; crashes (injected between acting and logging, and
+SIGKILL) never double-apply."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import balanced, post_journal
+
+from ledger_pipelines.config import ConfigError, load_config
+from ledger_pipelines.model import make_entry
+from ledger_pipelines.triggers import Action, load_rules
+
+N = 60
+DAY = "2026-11-18"
+
+
+def _entry(status="booked", amount="10.00", account="GL-D", direction="debit", ledger="core_banking", **kw):
+    return make_entry(ledger=ledger, ledger_kind="sql", source_ref=kw.pop("ref", "1"), account=account,
+                      counterparty=None, asset="EUR", amount=amount, direction=direction,
+                      booked_at=f"{DAY}T10:00:00Z", status=status, position={}, correlation_id=kw.pop("corr", "E2E-1"),
+                      attributes=kw)
+
+
+def _config(tmp_path: Path, on_orphaned="hold") -> Path:
+    doc = {
+        "ledgers": [
+            {"name": "core_banking", "kind": "sql", "connection_env": "LEDGER_CORE_BANKING_URL"},
+            {"name": "mirror", "kind": "sql", "connection_env": "LEDGER_MIRROR_URL"},
+        ],
+        "triggers": [
+            {"name": "payments_on_chain", "source": "core_banking",
+             "filter": {"direction": "debit", "account": ["GL-D"], "min_amount": "1", "has_correlation": True},
+             "action": {"type": "bridge_record", "reference": "correlation_id"}, "on_orphaned": on_orphaned},
+            {"name": "mirror_payments", "source": "core_banking",
+             "filter": {"direction": "debit", "account": "GL-D"},
+             "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "GL-1300-AUDIT",
+                        "credit_account": "GL-9900-SUSPENSE"}},
+        ],
+    }
+    path = tmp_path / "ledgers.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_rules_filter_and_decide():
+    from ledger_pipelines.config import _ledger
+
+    lcs = [_ledger({"name": "core_banking", "kind": "sql"}), _ledger({"name": "mirror", "kind": "sql"}),
+           _ledger({"name": "eth_usdc", "kind": "evm"})]
+    rules = load_rules({"triggers": [
+        {"name": "a", "source": "core_banking", "filter": {"direction": "debit", "min_amount": "5",
+                                                          "max_amount": "100", "attributes": {"code": "PMNT"}},
+         "action": {"type": "bridge_record"}},
+        {"name": "b", "source": "eth_usdc", "filter": {"status": ["final"]}, "on_orphaned": "compensate",
+         "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "X", "credit_account": "Y"}},
+    ]}, lcs)
+    a, b = rules
+    assert a.decide(_entry(code="PMNT")) == "apply"
+    assert a.decide(_entry(code="OTHR")) is None and a.decide(_entry(amount="4.99", code="PMNT")) is None
+    assert a.decide(_entry(amount="100.01", code="PMNT")) is None and a.decide(_entry(direction="credit")) is None
+    assert a.decide(_entry(status="pending", code="PMNT")) is None  # hold: waits until final
+    chain = dict(ledger="eth_usdc")
+    assert b.decide(_entry(status="pending", **chain)) == "apply"  # compensate: acts at once
+    assert b.decide(_entry(status="orphaned", **chain)) == "compensate"
+    e = _entry(code="PMNT")
+    assert Action.of(a, "apply", e).action_id == Action.of(a, "apply", e).action_id
+    assert Action.of(a, "apply", e).action_id != Action.of(a, "compensate", e).action_id
+    assert Action.of(a, "compensate", e).reference() == "E2E-1:compensation"
+    for bad, msg in [({"name": "x", "source": "nope", "action": {"type": "publish", "topic": "t"}}, "no ledger"),
+                     ({"name": "x", "source": "core_banking", "action": {"type": "email"}}, "action type"),
+                     ({"name": "x", "source": "core_banking", "action": {"type": "sql_post", "ledger": "eth_usdc",
+                                                                         "debit_account": "a", "credit_account": "b"}},
+                      "needs a sql ledger"),
+                     ({"name": "x", "source": "core_banking", "filter": {"colour": "red"},
+                       "action": {"type": "bridge_record"}}, "unknown filter"),
+                     ({"name": "X y", "source": "core_banking", "action": {"type": "bridge_record"}}, "trigger name")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_rules({"triggers": [bad]}, lcs)
+
+
+def _bridge(env, *extra, **popen):
+    return subprocess.Popen([sys.executable, "-m", "ledger_pipelines.cli", "bridge", *extra], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _actions(wh_url):
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(wh_url)
+    try:
+        with eng.connect() as c:
+            return c.execute(text("SELECT rule, status, count(*) FROM bridge_actions GROUP BY rule, status")).all()
+    except Exception:
+        return []
+    finally:
+        eng.dispose()
+
+
+@pytest.mark.services
+def test_bridge_consumer_applies_every_action_exactly_once_across_crashes(tmp_path, kafka, chain, pg_url,
+                                                                          stack_config):
+    from confluent_kafka import Consumer
+    from sqlalchemy import create_engine, text
+
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.contracts import deploy
+    from ledger_pipelines.kafka.topics import actions_topic, ensure_topics
+    from ledger_pipelines.publish import Publisher
+    from ledger_pipelines.config import ledger_by_name
+    from ledger_pipelines.warehouse import Warehouse
+
+    core = f"sqlite:///{tmp_path / 'core.db'}"
+    lines = [x for n in range(N) for x in balanced(f"T{n}", f"{DAY}T09:{n % 60:02d}:00Z", amount=f"{n + 1}.25",
+                                                  ref=f"E2E-{n}")]
+    post_journal(core, lines)
+    SqlLedger(pg_url, ColumnMapping(), "mirror").create_journal()
+    bridge = deploy(chain, "LedgerBridge")
+    wh_url = f"sqlite:///{tmp_path / 'w.db'}"
+    cfg = _config(tmp_path)
+    env = {**os.environ, "LEDGER_CONFIG": str(cfg), "LEDGER_CORE_BANKING_URL": core, "LEDGER_MIRROR_URL": pg_url,
+           "LEDGER_WAREHOUSE_URL": wh_url, "LEDGER_KAFKA_BOOTSTRAP": kafka.bootstrap_servers,
+           "LEDGER_TOPIC_PREFIX": kafka.topic_prefix, "LEDGER_BRIDGE_CONTRACT": bridge.address,
+           "LEDGER_BRIDGE_RPC_URL": stack_config.anvil_url}
+    ledgers = load_config(cfg)
+    ensure_topics(kafka, ["core_banking", "mirror"])
+    wh = Warehouse(wh_url)
+    wh.create_schema()
+    os.environ["LEDGER_CORE_BANKING_URL"] = core
+    try:
+        assert Publisher(kafka, wh).publish(ledger_by_name(ledgers, "core_banking")).published == 2 * N
+    finally:
+        del os.environ["LEDGER_CORE_BANKING_URL"]
+
+    # 1. a crash right after acting on the first batch, before anything is logged or committed
+    crashed = _bridge({**env, "LEDGER_BRIDGE_CRASH_AFTER_ACT": "1"})
+    assert crashed.wait(120) == 137, crashed.stderr.read()[-2000:]
+    on_chain_after_crash = len(chain.eth.get_logs({"address": bridge.address, "fromBlock": 0}))
+    assert on_chain_after_crash > 0 and _actions(wh_url) == []  # acted on chain, logged nothing
+
+    # 2. SIGKILL mid-stream (a small batch size is not needed: the kill lands whenever it lands)
+    victim = _bridge(env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum(n for _, _, n in _actions(wh_url)) < 10:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(30)
+
+    # 3. restart: runs until every source partition is consumed
+    done = _bridge(env, "--until-caught-up")
+    out, err = done.communicate(timeout=300)
+    assert done.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+
+    # every action exactly once: on chain, in SQL, and in the action log
+    logs = chain.eth.get_logs({"address": bridge.address, "fromBlock": 0})
+    events = [bridge.events.PaymentRecorded().process_log(lg)["args"] for lg in logs]
+    assert sorted(e["paymentReference"] for e in events) == sorted(f"E2E-{n}" for n in range(N))
+    assert {e["paymentReference"]: (e["amount"], e["scale"]) for e in events}["E2E-7"] == (825, 2)
+    mirror = create_engine(pg_url)
+    with mirror.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM bridge_postings")).scalar() == N
+        rows = c.execute(text("SELECT side, count(*), sum(amount) FROM journal_lines GROUP BY side ORDER BY side")).all()
+    mirror.dispose()
+    total = sum(Decimal(f"{n + 1}.25") for n in range(N))
+    assert [(s, n) for s, n, _ in rows] == [("C", N), ("D", N)]
+    assert all(Decimal(str(amount)) == total for _, _, amount in rows)
+    assert sorted(_actions(wh_url)) == [("mirror_payments", "applied", N), ("payments_on_chain", "applied", N)]
+    found = wh.rows("SELECT count(*) FROM bridge_actions WHERE detail LIKE '%found_on_target%'")[0][0]
+    assert found >= on_chain_after_crash  # the crashed batch was recognised on the chain, not re-sent
+    assert summary["failed"] == 0
+    # requests and outcomes are on ledger.bridge.actions; every outcome announced
+    assert wh.rows("SELECT count(*) FROM bridge_actions WHERE announced = 0")[0][0] == 0
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "t-actions",
+                  "auto.offset.reset": "earliest"})
+    c.subscribe([actions_topic(kafka)])
+    outcomes = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(outcomes) < 2 * N:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            doc = json.loads(m.value())
+            if doc["event"] == "outcome" and doc["status"] == "applied":
+                outcomes.add(doc["action_id"])
+    c.close()
+    assert len(outcomes) == 2 * N
