@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, define_asset_job, job
 
-from .ops import publish_ledger
+from .ops import apply_triggers, publish_ledger
 
 EVENT_LOG_JOB = "event_log_job"
 PUBLISH_JOB = "publish_job"
@@ -32,3 +32,10 @@ nightly_audit_job = define_asset_job(
     description="Snapshots of every ledger, then reconciliation and the audit report, for one day; a "
     "failed blocking check of a snapshot stops the reconciliation and the report of that day.",
 )
+
+BRIDGE_JOB = "bridge_job"
+
+
+@job(name=BRIDGE_JOB, description="Cross-ledger triggers: act on the source ledgers' new entries, each action once.")
+def bridge_job():
+    apply_triggers()

@@ -195,3 +195,46 @@ def test_bridge_consumer_applies_every_action_exactly_once_across_crashes(tmp_pa
                 outcomes.add(doc["action_id"])
     c.close()
     assert len(outcomes) == 2 * N
+
+
+@pytest.mark.services
+def test_bridge_sensor_launches_bridge_job_that_applies_the_triggers(tmp_path, kafka, chain, monkeypatch,
+                                                                     stack_config):
+    from dagster import DagsterInstance, SkipReason, build_sensor_context
+    from sqlalchemy import create_engine, text
+
+    from ledger_pipelines.config import ledger_by_name
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.contracts import deploy
+    from ledger_pipelines.kafka.topics import ensure_topics
+    from ledger_pipelines.publish import Publisher
+    from ledger_pipelines.resources import KafkaResource, WarehouseResource
+    from ledger_pipelines.sensors.bridge_sensor import bridge_sensor
+    from ledger_pipelines.jobs import bridge_job
+    from ledger_pipelines.warehouse import Warehouse
+
+    core, mirror = f"sqlite:///{tmp_path / 'core.db'}", f"sqlite:///{tmp_path / 'mirror.db'}"
+    post_journal(core, [x for n in range(5) for x in balanced(f"T{n}", f"{DAY}T10:0{n}:00Z", ref=f"E2E-S{n}")])
+    SqlLedger(mirror, ColumnMapping(), "mirror").create_journal()
+    bridge = deploy(chain, "LedgerBridge")
+    cfg = _config(tmp_path)
+    for k, v in {"LEDGER_CONFIG": str(cfg), "LEDGER_CORE_BANKING_URL": core, "LEDGER_MIRROR_URL": mirror,
+                 "LEDGER_WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}", "LEDGER_BRIDGE_CONTRACT": bridge.address,
+                 "LEDGER_KAFKA_BOOTSTRAP": kafka.bootstrap_servers, "LEDGER_TOPIC_PREFIX": kafka.topic_prefix}.items():
+        monkeypatch.setenv(k, v)
+    ensure_topics(kafka, ["core_banking", "mirror"])
+    wh = Warehouse(None)
+    wh.create_schema()
+    Publisher(kafka, wh).publish(ledger_by_name(load_config(), "core_banking"))
+    instance = DagsterInstance.ephemeral()
+    resources = {"kafka": KafkaResource(), "warehouse": WarehouseResource()}
+    request = bridge_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert request.run_key.startswith("offsets-")
+    result = bridge_job.execute_in_process(instance=instance, resources=resources)
+    assert result.success
+    assert len(chain.eth.get_logs({"address": bridge.address, "fromBlock": 0})) == 5
+    with create_engine(mirror).connect() as c:
+        assert c.execute(text("SELECT count(*) FROM bridge_postings")).scalar() == 5
+    again = bridge_sensor(build_sensor_context(instance=instance, resources=resources))
+    assert isinstance(again, SkipReason) and "caught up" in again.skip_message
