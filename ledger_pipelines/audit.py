@@ -32,16 +32,38 @@ BRIDGE_RULES = Rules.from_dict({"key": "entry_id", "direction": "same", "toleran
                                 "duplicate_key": ["entry_id"], "time_window": "36500d", "batch_members": None})
 
 
+_FILTER_KEYS = ("account", "direction", "asset", "status")
+
+
 @dataclass(frozen=True)
 class PairConfig:
     name: str
     left: str
     right: str
     rules: Rules
+    # which entries of each side take part, e.g. {"account": ["GL-1100"], "direction": "debit"}
+    left_filter: dict[str, tuple[str, ...]] | None = None
+    right_filter: dict[str, tuple[str, ...]] | None = None
+
+    def select(self, side: str, entries: list[CanonicalEntry]) -> list[CanonicalEntry]:
+        f = self.left_filter if side == "L" else self.right_filter
+        if not f:
+            return entries
+        return [e for e in entries if all(getattr(e, k) in v for k, v in f.items())]
+
+
+def _filter(name: str, d: dict[str, Any] | None) -> dict[str, tuple[str, ...]] | None:
+    if not d:
+        return None
+    unknown = set(d) - set(_FILTER_KEYS)
+    if unknown:
+        raise ValueError(f"reconciliation {name}: unknown filter keys {sorted(unknown)} (known: {_FILTER_KEYS})")
+    return {k: tuple(v) if isinstance(v, (list, tuple)) else (v,) for k, v in d.items()}
 
 
 def pairs_from(doc: dict[str, Any]) -> list[PairConfig]:
-    return [PairConfig(p["name"], p["left"], p["right"], Rules.from_dict(p.get("rules")))
+    return [PairConfig(p["name"], p["left"], p["right"], Rules.from_dict(p.get("rules")),
+                       _filter(p["name"], p.get("left_filter")), _filter(p["name"], p.get("right_filter")))
             for p in doc.get("reconciliations", [])]
 
 
@@ -65,16 +87,20 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
     key = day.isoformat()
     results: dict[str, Any] = {}
     snapshots = {lc.name: snapshot_entries(wh, lc.name, key) for lc in ledgers}
+    orphaned: dict[str, list[CanonicalEntry]] = {}
     for lc in ledgers:
         delivered = event_log_day(wh, lc.name, day)
+        # chain legs published and then orphaned by a reorg are gone from the source's snapshot; the pairs
+        # get them from the event log so that they are reported as ``orphaned``, not silently missing
+        orphaned[lc.name] = [e for e in delivered if e.status == "orphaned"]
         name = f"bridge_{lc.name}"
         r = reconcile(snapshots[lc.name], delivered, BRIDGE_RULES)
         results[name] = write(reports / key / name, r, snapshots[lc.name], delivered, BRIDGE_RULES)
         results[name]["records"] = r.matches + r.breaks
     for p in pairs:
         carried_left, carried_right, first_seen = _carried(wh, p.name, key)
-        left = snapshots.get(p.left, []) + carried_left
-        right = snapshots.get(p.right, []) + carried_right
+        left = p.select("L", snapshots.get(p.left, []) + orphaned.get(p.left, [])) + carried_left
+        right = p.select("R", snapshots.get(p.right, []) + orphaned.get(p.right, [])) + carried_right
         r = reconcile(left, right, p.rules)
         _age(r, first_seen, day)
         _update_open(wh, p.name, key, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right}, first_seen)

@@ -352,8 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--contract", help="the AuditAnchor address the anchor must come from (default: the report's)")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("demo", help="start the stack and the Dagster UI with generated ledger activity")
-    s.add_argument("--rate", type=float, default=20.0, help="journal lines posted per second")
+    s = sub.add_parser("demo", help="a payment corridor end to end: stack, three ledgers, a week of payments, "
+                                    "backfill, reports anchored on chain, the Dagster UI")
+    s.add_argument("--days", type=int, default=7, help="days of payments (ending yesterday)")
+    s.add_argument("--payments", type=int, default=1000, help="payments per day")
+    s.add_argument("--rebuild", action="store_true", help="build the demo again even when a finished one exists")
     s.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     s.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
     s.add_argument("--no-ui", action="store_true", help="do not start the Dagster UI")

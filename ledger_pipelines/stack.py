@@ -383,8 +383,12 @@ class Anvil(Service):
         binary = REPO_ROOT / "node_modules" / ".bin" / "anvil"
         if not binary.exists():
             raise StackError("anvil missing: run scripts/setup.sh (npm package @foundry-rs/anvil)")
-        return self._spawn([str(binary), "--host", self.cfg.host, "--port", str(self.cfg.anvil_port),
-                            "--chain-id", str(self.cfg.anvil_chain_id), "--silent"])
+        argv = [str(binary), "--host", self.cfg.host, "--port", str(self.cfg.anvil_port),
+                "--chain-id", str(self.cfg.anvil_chain_id), "--silent"]
+        genesis = os.environ.get("LEDGER_ANVIL_GENESIS_TIMESTAMP")  # the demo replays a past week on chain
+        if genesis:
+            argv += ["--timestamp", str(int(genesis))]
+        return self._spawn(argv)
 
     def ready(self) -> bool:
         if not _port_open(self.cfg.host, self.cfg.anvil_port):

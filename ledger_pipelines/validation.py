@@ -39,9 +39,11 @@ class Validator:
     def __init__(self, suites_dir: Path = SUITES):
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls
         import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
         self._gx = gx
         self.ctx = gx.get_context(mode="ephemeral")
+        self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no tqdm bars in run logs
         self._asset = self.ctx.data_sources.add_pandas("frames").add_dataframe_asset(name="frame")
         self._batch = self._asset.add_batch_definition_whole_dataframe("whole")
         self._definitions: dict[str, Any] = {}

@@ -47,6 +47,7 @@ def scenario():
                                                {"refs": {"EndToEndId": "B3"}}]),
         bank("10a", "30.00", "E-M2O"), bank("10b", "70.00", "E-M2O-2", details=[]),
         bank("11", "100.00", "E-FX-OK"),
+        bank("11x", "200.00", "E-FX-EXACT"),
         bank("12", "100.00", "E-FX-BAD"),
         bank("13", "77.70", None, at=T0),
         bank("14", "5.00", "E-DUP-R"),
@@ -60,7 +61,8 @@ def scenario():
         chain("7", "1.00", "E-ORPHAN", status="orphaned"),
         chain("8", "30.00", "E-TIMING", at=T0 + timedelta(days=5)),
         chain("9a", "20.00", "B1"), chain("9b", "25.00", "B2"), chain("9c", "15.00", "B3"),
-        chain("11", "108.420000000000000000", "E-FX-OK", asset="USDC"),  # 18-decimal token leg
+        chain("11", "108.430000000000000000", "E-FX-OK", asset="USDC"),  # 18-decimal token leg, 0.01 off
+        chain("11x", "216.840000000000000000", "E-FX-EXACT", asset="USDC"),  # exactly 200.00 x 1.0842
         chain("12", "110.00", "E-FX-BAD", asset="USDC"),
         chain("13", "77.70", None, at=T0 + timedelta(hours=1)),
         chain("14a", "5.00", "E-DUP-R"), chain("14b", "5.00", "E-DUP-R"),
@@ -91,6 +93,7 @@ def test_every_injected_break_is_found_with_its_type():
     assert by_corr["BATCH-1"] == ["one_to_many"]
     assert by_corr["E-M2O"] == ["many_to_one"]
     assert by_corr["E-FX-OK"] == ["tolerant"]
+    assert by_corr["E-FX-EXACT"] == ["exact"]  # converted at the rate, exactly equal
     assert by_corr["E-FX-BAD"] == ["amount_mismatch"]
     assert by_corr[None] == ["tolerant"]  # no reference: matched by amount and time
     asset = next(b for b in r.breaks if b["correlation_id"] == "E-ASSET")
@@ -103,7 +106,9 @@ def test_fx_between_18_decimal_tokens_and_2_decimal_fiat_is_exact():
     rules = Rules.from_dict({"fx": [{"from": "EUR", "to": "USDC", "rate": "1.0842"}]})  # zero tolerance
     left = [bank("1", "100.00", "FX")]
     ok = reconcile(left, [chain("1", "108.420000000000000000", "FX", asset="USDC")], rules)
-    assert [m["match_type"] for m in ok.matches] == ["tolerant"] and not ok.breaks
+    # zero tolerance: exactly equal after conversion is an exact match (through the rate)
+    assert [(m["match_type"], m["rule"]) for m in ok.matches] == [("exact", "key:correlation_id+fx")]
+    assert not ok.breaks
     off_by_one_wei = reconcile(left, [chain("1", "108.420000000000000001", "FX", asset="USDC")], rules)
     (b,) = off_by_one_wei.breaks
     assert b["break_type"] == "amount_mismatch"

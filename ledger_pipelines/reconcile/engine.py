@@ -223,7 +223,7 @@ class _Engine:
             self.brk("amount_mismatch", lid, rid, f"direction {l.direction}/{r.direction}, expected "
                      f"{self.rules.direction}", asset=r.asset, left_amount=exp, right_amount=ra)
             return
-        equal = l.asset == r.asset and la == ra
+        equal = exp == ra  # exactly equal after conversion at the configured rate (same asset: la == ra)
         if not equal and not self.rules.within_tolerance(exp, ra):
             self.brk("amount_mismatch", lid, rid, f"expected {exp} {r.asset}, got {ra}", asset=r.asset,
                      left_amount=exp, right_amount=ra)
@@ -234,7 +234,7 @@ class _Engine:
                      asset=r.asset, left_amount=exp, right_amount=ra)
             return
         self.match("exact" if equal else "tolerant", lid, rid,
-                   rule if equal else (f"{rule}+fx" if l.asset != r.asset else f"{rule}+tolerance"))
+                   (f"{rule}+fx" if l.asset != r.asset else rule) + ("" if equal else "+tolerance"))
 
     def group(self, lids: list[str], rids: list[str]) -> None:
         rule = f"key:{self.rules.key}"
