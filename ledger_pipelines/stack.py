@@ -175,6 +175,9 @@ class Service:
             time.sleep(0.5)
             _reap(pid)
         self.pidfile.unlink(missing_ok=True)
+        # a launcher (npm's anvil wrapper) may exit before the server it started lets go of the port
+        while time.monotonic() < deadline and any(_port_open(self.cfg.host, p) for p in self.ports()):
+            time.sleep(0.2)
         return True
 
     def tail(self, lines: int = 25) -> str:

@@ -33,7 +33,7 @@ def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partition
         group_name="audit",
         partitions_def=partitions,
         backfill_policy=BackfillPolicy.single_run(),
-        deps=[AssetKey(f"{lc.name}_snapshot") for lc in ledgers],
+        deps=[AssetKey("ledger_event_log"), *(AssetKey(f"{lc.name}_snapshot") for lc in ledgers)],
         kinds={"duckdb"},
         description="Each ledger's snapshot against the event log (did the bridge deliver everything, "
         "unchanged?), then every configured ledger pair by its rules; results replace the day.",
