@@ -26,6 +26,7 @@ class SuiteResult:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     evaluated: int = 0
+    raw: Any = field(default=None, repr=False, compare=False)  # GE's validation result, for Data Docs
 
     def metadata(self) -> dict[str, Any]:
         return {"suite": self.suite, "evaluated_expectations": self.evaluated,
@@ -65,7 +66,7 @@ class Validator:
             result_format["unexpected_index_column_names"] = [id_column]
         res = self._definition(suite).run(batch_parameters={"dataframe": frame},
                                           expectation_parameters=parameters or {}, result_format=result_format)
-        out = SuiteResult(suite=suite, success=True, evaluated=len(res.results))
+        out = SuiteResult(suite=suite, success=True, evaluated=len(res.results), raw=res)
         for r in res.results:
             if r.success:
                 continue
@@ -82,6 +83,29 @@ class Validator:
                 out.failures.append(item)
                 out.success = False
         return out
+
+
+def write_data_docs(results: dict[str, SuiteResult], folder: Path, title: str) -> Path | None:
+    """Great Expectations Data Docs pages (its own renderers) for the given results, plus an index."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    pages = []
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, result in sorted(results.items()):
+        if result.raw is None:
+            continue
+        doc = ValidationResultsPageRenderer().render(result.raw)
+        path = folder / f"{name}.html"
+        path.write_text(DefaultJinjaPageView().render(doc))
+        pages.append((name, path.name, result.success, len(result.failures), len(result.warnings)))
+    if not pages:
+        return None
+    rows = "".join(f"<li><a href='{f}'>{n}</a>: {'passed' if ok else 'FAILED'} ({nf} failed, {nw} warnings)</li>"
+                   for n, f, ok, nf, nw in pages)
+    index = folder / "index.html"
+    index.write_text(f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1><ul>{rows}</ul>")
+    return index
 
 
 def snapshot_frame(rows: list[dict[str, Any]]):

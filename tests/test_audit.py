@@ -159,7 +159,12 @@ def test_a_failed_blocking_check_stops_reconciliation_and_report(env):
     assert not result.success
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
     assert "reconciliation" not in materialized and "audit_report" not in materialized
-    assert not (env / "reports" / DAY).exists()
+    folder = env / "reports" / DAY
+    assert sorted(p.name for p in folder.iterdir()) == ["data_docs"]  # no reconciliation, no report
+    docs = (folder / "data_docs" / "core_banking" / "index.html").read_text()
+    assert "trial_balance</a>: FAILED" in docs and "expectations</a>: passed" in docs
+    page = (folder / "data_docs" / "core_banking" / "trial_balance.html").read_text()
+    assert "expect_column_values_to_be_in_set" in page or "values must belong to this set" in page
 
 
 def test_the_nightly_schedule_requests_the_last_complete_day():

@@ -61,3 +61,37 @@ def test_an_unbalanced_day_is_not_published_and_the_check_says_why(tmp_path, mon
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
     wh.create_schema()
     assert wh.scalar("SELECT count(*) FROM ledger_snapshots") == 0  # nothing published for the day
+
+
+def test_statement_balance_equation_is_a_blocking_check(validator, tmp_path):
+    """opening + credits - debits = closing per statement of the day: an off closing balance blocks the
+    day's snapshot (or only warns with options.balance_check: warn); the failure names the statement."""
+    from datetime import date
+
+    from ledger_pipelines.config import LedgerConfig
+    from ledger_pipelines.corridor import generate, statements
+    from ledger_pipelines.snapshots import snapshot_day
+
+    day = date(2026, 11, 17)
+    files, closing = statements(generate([day], 40))
+    body = files[f"camt053-{day}.xml"]
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    wh.create_schema()
+    lc = LedgerConfig(name="beneficiary_bank", kind="iso20022", inbox=str(inbox))
+    (inbox / "s.xml").write_bytes(body)
+    ok = snapshot_day(lc, day, wh, validator)
+    assert ok["checks"]["statement_balance"].success and ok["published"] and ok["balances"][0]["balanced"]
+    off = str(closing[day] + 1).encode()
+    assert body.count(str(closing[day]).encode()) == 1
+    (inbox / "s.xml").write_bytes(body.replace(str(closing[day]).encode(), off))
+    bad = snapshot_day(lc, day, wh, validator)
+    result = bad["checks"]["statement_balance"]
+    assert not result.success and not bad["published"]
+    assert result.failures[0]["entry_ids"] == [f"s.xml:BEN-{day}:USD"]
+    assert bad["balances"][0]["difference"] == "1.00"
+    lenient = LedgerConfig(name="beneficiary_bank", kind="iso20022", inbox=str(inbox),
+                           options={"balance_check": "warn"})
+    warned = snapshot_day(lenient, day, wh, validator)
+    assert warned["published"] and warned["checks"]["statement_balance"].warnings

@@ -90,7 +90,8 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
             tmp = folder / ".audit.json.tmp"
             tmp.write_text(json.dumps(audit, indent=2, sort_keys=True))
             tmp.replace(folder / "audit.json")
-            (folder / "index.html").write_text(render_index(audit))
+            docs = sorted(str(p.relative_to(folder)) for p in (folder / "data_docs").glob("*/index.html"))
+            (folder / "index.html").write_text(render_index(audit, docs))
             last = (key, audit, folder)
         key, audit, folder = last
         anchor = audit.get("anchor")
@@ -106,6 +107,8 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
             "breaks": MetadataValue.int(sum(r["breaks"] for r in recs.values())),
             "merkle_root": MetadataValue.text(audit["merkle_root"]),
             "report": MetadataValue.path(str(folder / "index.html")),
+            **({"data_docs": MetadataValue.path(str(folder / "data_docs"))} if (folder / "data_docs").exists()
+               else {}),
             "anchor_tx": MetadataValue.text(anchor["tx_hash"] if anchor else "not anchored (LEDGER_ANCHOR=off)"),
             **({"anchor": MetadataValue.json(anchor)} if anchor else {}),
         })

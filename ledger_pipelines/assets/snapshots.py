@@ -18,11 +18,14 @@ from dagster import (
 from ..config import LedgerConfig
 from ..resources import ExpectationsResource, WarehouseResource
 from ..snapshots import snapshot_day
+from ..validation import write_data_docs
+from .audit import reports_dir
 
 
 EXPECTATIONS_CHECK = "expectations"
 TRIAL_BALANCE_CHECK = "trial_balance"
 CONTROL_TOTALS_CHECK = "control_totals"
+STATEMENT_BALANCE_CHECK = "statement_balance"
 
 
 def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
@@ -32,6 +35,10 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
     if lc.kind == "sql":
         checks.append(AssetCheckSpec(TRIAL_BALANCE_CHECK, asset=name, blocking=True,
                                      description="debits = credits per transaction and currency (exact)"))
+    if lc.kind == "iso20022":
+        checks.append(AssetCheckSpec(STATEMENT_BALANCE_CHECK, asset=name, blocking=True,
+                                     description="opening + credits - debits = closing for every statement of the "
+                                     "day (exact); options.balance_check: warn makes it a warning"))
     checks.append(AssetCheckSpec(CONTROL_TOTALS_CHECK, asset=name, blocking=True,
                                  description="totals per asset and direction equal the event log's for the day "
                                  "(exact): the bridge delivered everything"))
@@ -55,6 +62,10 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
             for key in context.partition_keys:  # one run can cover a whole backfill range
                 stats = snapshot_day(lc, date.fromisoformat(key), wh, validator)
                 days[key] = stats
+                # Data Docs next to the day's report: <reports>/<day>/data_docs/<ledger>/
+                docs = write_data_docs(stats["checks"], reports_dir() / key / "data_docs" / lc.name,
+                                       f"{lc.name} {key}: expectation results")
+                stats["data_docs"] = str(docs) if docs else None
                 context.log.info(f"{lc.name} {key}: {stats['rows']} rows, totals {stats['totals']}, "
                                  f"{stats['rejected']} rejected, published {stats['published']}")
         rows = sum(s["rows"] for s in days.values())
@@ -76,6 +87,7 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
             "last_position": MetadataValue.json(last.get("last_position")),
             "rejected": MetadataValue.int(sum(s["rejected"] for s in days.values())),
             "summary": MetadataValue.md(md),
+            **({"data_docs": MetadataValue.path(last["data_docs"])} if last.get("data_docs") else {}),
         })
 
     return _snapshot

@@ -103,7 +103,7 @@ def _anchor_line(anchor: dict[str, Any] | None) -> str:
             "Check it with <code>ledger-pipelines verify --report DIR --rpc URL</code>.</p>")
 
 
-def render_index(audit: dict[str, Any]) -> str:
+def render_index(audit: dict[str, Any], data_docs: list[str] | None = None) -> str:
     """The day's index page over every reconciliation (self-contained)."""
     recs = audit["reconciliations"]
     rows = "".join(
@@ -128,4 +128,12 @@ table{{border-collapse:collapse}}</style></head><body><h1>Audit report {html.esc
 <table><tr><th>reconciliation</th><th>matches</th><th>breaks</th><th>break types</th></tr>{rows}</table>
 <h3>Amounts per asset per ledger (snapshots of the day)</h3>
 <table><tr><th>ledger</th><th>asset</th><th>total</th></tr>{amount_rows}</table>
+{_docs_list(data_docs)}
 </body></html>"""
+
+
+def _docs_list(docs: list[str] | None) -> str:
+    if not docs:
+        return ""
+    items = "".join(f"<li><a href='{html.escape(d)}'>{html.escape(d.split('/')[1])}</a></li>" for d in docs)
+    return f"<h3>Data Docs (Great Expectations results of the day's snapshots)</h3><ul>{items}</ul>"
