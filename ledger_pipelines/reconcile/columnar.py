@@ -44,6 +44,7 @@ class ColumnarResult:
     left_count: int
     right_count: int
     complex_groups: int = 0
+    timings: dict | None = None  # seconds per stage
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {"match_type": {}, "break_type": {}}
@@ -80,15 +81,12 @@ def reconcile_arrow(left, right, rules: Rules | None = None, con=None) -> Column
             con.close()
 
 
-def _side_sql(name: str, side: str, key: str, scale: int) -> str:
-    return (f"SELECT '{side}' AS side, entry_id, {key} AS k, asset, CAST(amount AS DECIMAL(38,{scale})) AS amount, "
-            f"direction, CAST(booked_at AS TIMESTAMPTZ) AS ts, status FROM {name}")
-
-
 def _scale(table) -> int:
     import pyarrow as pa
 
     t = table.schema.field("amount").type
+    if pa.types.is_floating(t):
+        raise ValueError(f"amount column is {t}: amounts must be exact (decimal or decimal strings), never floats")
     if pa.types.is_decimal(t):
         if t.precision - t.scale > 38 - t.scale or t.precision > 38:
             raise NotColumnar(f"amounts of precision {t.precision} do not fit DECIMAL(38)")
@@ -97,13 +95,13 @@ def _scale(table) -> int:
 
 
 def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
+    import time
+
     for t, name in ((left, "left"), (right, "right")):
         missing = [c for c in (*_COLUMNS, key) if c not in t.schema.names]
         if missing:
             raise ValueError(f"{name} table lacks columns {missing}")
     scale = max(_scale(left), _scale(right))
-    con.register("lt_in", left)
-    con.register("rt_in", right)
     window = int(rules.time_window_seconds)
     tol_abs = f"{rules.tolerance_absolute:f}"
     rel_num, rel_den = rules.tolerance_relative.as_integer_ratio()
@@ -116,57 +114,97 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
     dup_not_null = " AND ".join(f"{columns[f]} IS NOT NULL" for f in rules.duplicate_key)
     direction_ok = {"any": "TRUE", "same": "l.direction = r.direction",
                     "opposite": "l.direction <> r.direction"}[rules.direction]
-    q = con.execute
-    q(f"CREATE OR REPLACE TEMP TABLE e AS {_side_sql('lt_in', 'L', key, scale)} UNION ALL "
-      f"{_side_sql('rt_in', 'R', key, scale)}")
-    counts = dict(q("SELECT side, count(*) FROM e GROUP BY side").fetchall())
-    unique = q("SELECT count(*) = count(DISTINCT side || chr(0) || entry_id) FROM e").fetchone()[0]
-    if not unique:
-        raise ValueError("entry_id must be unique within each side (latest version of each entry)")
-    # 1-2: orphaned, then duplicates among the rest (first by booking time, then id, stays)
-    q(f"""CREATE OR REPLACE TEMP TABLE s AS
-          SELECT *, CASE WHEN status = 'orphaned' THEN 'orphaned'
-                         WHEN dup_rn > 1 THEN 'dup' END AS fate
-          FROM (SELECT *, CASE WHEN status <> 'orphaned' AND {dup_not_null} THEN
-                    row_number() OVER (PARTITION BY side, status = 'orphaned', {dup} ORDER BY ts, entry_id) END AS dup_rn,
-                  CASE WHEN status <> 'orphaned' AND {dup_not_null} THEN
-                    first_value(entry_id) OVER (PARTITION BY side, status = 'orphaned', {dup} ORDER BY ts, entry_id) END
-                    AS dup_first
-                FROM e)""")
-    # 3: key groups among free entries
-    q("""CREATE OR REPLACE TEMP TABLE f AS
-         SELECT *, count(*) FILTER (WHERE side = 'L') OVER (PARTITION BY k) AS cl,
-                   count(*) FILTER (WHERE side = 'R') OVER (PARTITION BY k) AS cr
-         FROM s WHERE fate IS NULL""")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def q(sql: str, params=None, stage: str | None = None):
+        nonlocal t0
+        out = con.execute(sql, params) if params else con.execute(sql)
+        if stage:
+            now = time.perf_counter()
+            timings[stage] = timings.get(stage, 0.0) + now - t0
+            t0 = now
+        return out
+
+    con.execute("SET preserve_insertion_order = false")  # no output order is promised: less memory
+    con.register("lt_in", left)
+    con.register("rt_in", right)
+    same_type = left.schema.field("amount").type == right.schema.field("amount").type and \
+        str(left.schema.field("amount").type).startswith("decimal128")
+    # the same decimal type on both sides stays as it is (64-bit arithmetic up to 18 digits); else DECIMAL(38,s)
+    amount = "amount" if same_type else f"CAST(amount AS DECIMAL(38,{scale}))"
+    for side, src in (("l", "lt_in"), ("r", "rt_in")):
+        q(f"CREATE OR REPLACE TEMP VIEW {side}_all AS SELECT entry_id, {key} AS k, asset, "
+          f"{amount} AS amount, direction, CAST(booked_at AS TIMESTAMPTZ) AS ts, status FROM {src}")
+    counts = {"L": left.num_rows, "R": right.num_rows}
+    # 1-2: orphaned legs aside; the rest materialized once a side; duplicates (the first by booking time,
+    # then id, stays) found by a hash aggregate and removed: few rows
+    parts = []
+    for side in ("l", "r"):
+        S = side.upper()
+        q(f"CREATE OR REPLACE TEMP TABLE {side}f AS SELECT * FROM {side}_all WHERE status IS DISTINCT FROM 'orphaned'",
+          stage="load")
+        orphans = q(f"SELECT count(*) FROM {side}_all WHERE status = 'orphaned'").fetchone()[0]
+        repeated = q(f"SELECT count(*) <> count(DISTINCT entry_id) FROM {side}f").fetchone()[0]
+        if orphans and not repeated:
+            repeated = bool(q(f"SELECT 1 FROM (SELECT entry_id FROM {side}_all WHERE status = 'orphaned' UNION ALL "
+                              f"SELECT entry_id FROM {side}f) GROUP BY entry_id HAVING count(*) > 1 LIMIT 1").fetchall())
+        if repeated:
+            raise ValueError("entry_id must be unique within each side (latest version of each entry)")
+        q(f"""CREATE OR REPLACE TEMP TABLE {side}_dup AS
+              SELECT entry_id, k, asset, amount, dup_first FROM (
+                SELECT entry_id, k, asset, amount,
+                       row_number() OVER w AS rn, first_value(entry_id) OVER w AS dup_first
+                FROM {side}f SEMI JOIN (SELECT {dup} FROM {side}f WHERE {dup_not_null}
+                                        GROUP BY ALL HAVING count(*) > 1) d USING ({dup})
+                WINDOW w AS (PARTITION BY {dup} ORDER BY ts, entry_id)) WHERE rn > 1""", stage="duplicates")
+        q(f"DELETE FROM {side}f WHERE entry_id IN (SELECT entry_id FROM {side}_dup)", stage="duplicates")
+        parts.append(f"SELECT '{S}' AS side, entry_id, k, asset, amount, 'orphaned' AS fate, NULL AS dup_first "
+                     f"FROM {side}_all WHERE status = 'orphaned'")
+        parts.append(f"SELECT '{S}', entry_id, k, asset, amount, 'dup', dup_first FROM {side}_dup")
+    q("CREATE OR REPLACE TEMP TABLE gone AS " + " UNION ALL ".join(parts), stage="duplicates")
+    # 3: keys with several free entries on a side and entries on both: n:m groups, for the row engine
+    q("""CREATE OR REPLACE TEMP TABLE multi AS
+         SELECT k FROM (SELECT k FROM lf WHERE k IS NOT NULL GROUP BY k HAVING count(*) > 1
+                        UNION SELECT k FROM rf WHERE k IS NOT NULL GROUP BY k HAVING count(*) > 1) m
+         SEMI JOIN lf USING (k) SEMI JOIN rf USING (k)""", stage="key_groups")
+    q("""CREATE OR REPLACE TEMP TABLE j AS
+         SELECT l.entry_id AS lid, l.k AS lk, l.asset AS la, l.amount AS lam, l.direction AS ldir, l.ts AS lts,
+                r.entry_id AS rid, r.k AS rk, r.asset AS ra, r.amount AS ram, r.direction AS rdir, r.ts AS rts
+         FROM (SELECT * FROM lf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) l
+         FULL OUTER JOIN (SELECT * FROM rf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) r ON l.k = r.k""",
+      stage="pairs")
+    ok_dir = direction_ok.replace("l.direction", "ldir").replace("r.direction", "rdir")
     q(f"""CREATE OR REPLACE TEMP TABLE p AS
-          SELECT l.entry_id AS lid, r.entry_id AS rid, l.k AS k, l.asset AS la, r.asset AS ra, l.amount AS lam,
-                 r.amount AS ram, abs(epoch(r.ts) - epoch(l.ts)) AS gap,
-                 CASE WHEN l.asset <> r.asset THEN 'asset_mismatch'
-                      WHEN NOT ({direction_ok}) THEN 'amount_mismatch'
-                      WHEN l.amount <> r.amount AND NOT (abs(r.amount - l.amount) <= {tol_abs}
-                           OR abs(r.amount - l.amount) * {rel_den} <= abs(l.amount) * {rel_num})
+          SELECT lid, rid, lk AS k, la, ra, lam, ram, abs(epoch(rts) - epoch(lts)) AS gap,
+                 CASE WHEN la <> ra THEN 'asset_mismatch'
+                      WHEN NOT ({ok_dir}) THEN 'amount_mismatch'
+                      WHEN lam <> ram AND NOT (abs(ram - lam) <= {tol_abs}
+                           OR abs(ram - lam) * {rel_den} <= abs(lam) * {rel_num})
                            THEN 'amount_mismatch'
-                      WHEN abs(epoch(r.ts) - epoch(l.ts)) > {window} THEN 'timing'
-                      WHEN l.amount = r.amount THEN 'exact'
+                      WHEN abs(epoch(rts) - epoch(lts)) > {window} THEN 'timing'
+                      WHEN lam = ram THEN 'exact'
                       ELSE 'tolerant' END AS outcome,
-                 CASE WHEN NOT ({direction_ok}) THEN 'direction ' || l.direction || '/' || r.direction ||
+                 CASE WHEN NOT ({ok_dir}) THEN 'direction ' || ldir || '/' || rdir ||
                       ', expected {rules.direction}' END AS why
-          FROM f l JOIN f r ON l.k = r.k AND l.side = 'L' AND r.side = 'R'
-          WHERE l.cl = 1 AND l.cr = 1""")
-    complex_ids = q("SELECT side, entry_id FROM f WHERE k IS NOT NULL AND cl >= 1 AND cr >= 1 "
-                    "AND NOT (cl = 1 AND cr = 1)").fetchall()
-    # 4: leftovers paired k-th with k-th in time order within (asset, amount[, direction])
+          FROM j WHERE lid IS NOT NULL AND rid IS NOT NULL""", stage="pairs")
+    complex_ids = q("SELECT 'L', entry_id FROM lf SEMI JOIN multi USING (k) UNION ALL "
+                    "SELECT 'R', entry_id FROM rf SEMI JOIN multi USING (k)").fetchall()
+    # 4: leftovers (no key, or a key on one side only) paired k-th with k-th in time order
     part = "asset, amount" + (", direction" if rules.direction == "same" else "")
+    for side, missing_other in (("l", "rid IS NULL"), ("r", "lid IS NULL")):
+        p_ = side
+        q(f"""CREATE OR REPLACE TEMP TABLE {side}o AS
+              SELECT *, row_number() OVER (PARTITION BY {part} ORDER BY ts, entry_id) AS rn
+              FROM (SELECT {p_}id AS entry_id, {p_}k AS k, {p_}a AS asset, {p_}am AS amount, {p_}dir AS direction,
+                           {p_}ts AS ts FROM j WHERE {missing_other})""", stage="leftovers")
     tolerant = "TRUE" if rules.tolerant_matching else "FALSE"
-    q(f"""CREATE OR REPLACE TEMP TABLE lo AS
-          SELECT *, row_number() OVER (PARTITION BY side, {part} ORDER BY ts, entry_id) AS rn
-          FROM f WHERE k IS NULL OR cl = 0 OR cr = 0""")
     q(f"""CREATE OR REPLACE TEMP TABLE lp AS
           SELECT l.entry_id AS lid, r.entry_id AS rid, coalesce(l.k, r.k) AS k
-          FROM lo l JOIN lo r ON l.side = 'L' AND r.side = 'R' AND l.asset = r.asset AND l.amount = r.amount
-               AND l.rn = r.rn {"AND l.direction = r.direction" if rules.direction == "same" else ""}
+          FROM lo l JOIN ro r ON l.asset = r.asset AND l.amount = r.amount AND l.rn = r.rn
+               {"AND l.direction = r.direction" if rules.direction == "same" else ""}
           WHERE {tolerant} AND abs(epoch(r.ts) - epoch(l.ts)) <= {window}
-                {"AND l.direction <> r.direction" if rules.direction == "opposite" else ""}""")
+                {"AND l.direction <> r.direction" if rules.direction == "opposite" else ""}""", stage="leftovers")
     rid = ("'{p}-' || substr(sha256(coalesce({l}, '') || chr(30) || coalesce({r}, '')), 1, 20)")
     key_rule = f"key:{key}"
     matches = q(f"""
@@ -176,8 +214,12 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
         FROM p WHERE outcome IN ('exact', 'tolerant')
         UNION ALL
         SELECT {rid.format(p='m', l='lid', r='rid')}, 'tolerant', [lid], [rid], k, 'tolerant:amount+time' FROM lp
-        ORDER BY match_id""").to_arrow_table()
-    brk = f"""
+        """).to_arrow_table()
+    timings["matches_out"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    one = "CASE WHEN side = 'L' THEN entry_id END"
+    other = "CASE WHEN side = 'R' THEN entry_id END"
+    breaks = q(f"""
         SELECT {rid.format(p='b', l='lid', r='rid')} AS break_id, outcome AS break_type,
                [lid] AS left_entry_ids, [rid] AS right_entry_ids, k AS correlation_id,
                CASE WHEN outcome = 'asset_mismatch' THEN la || '/' || ra ELSE ra END AS asset,
@@ -189,30 +231,31 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
                                           || CAST(ram AS VARCHAR)) END AS reason
         FROM p WHERE outcome NOT IN ('exact', 'tolerant')
         UNION ALL
-        SELECT {rid.format(p='b', l="CASE WHEN side = 'L' THEN entry_id END", r="CASE WHEN side = 'R' THEN entry_id END")},
+        SELECT {rid.format(p='b', l=one, r=other)},
                CASE WHEN fate = 'orphaned' THEN 'orphaned' WHEN side = 'L' THEN 'duplicate_left' ELSE 'duplicate_right' END,
                CASE WHEN side = 'L' THEN [entry_id] ELSE [] END, CASE WHEN side = 'R' THEN [entry_id] ELSE [] END,
                k, asset, CASE WHEN side = 'L' THEN CAST(amount AS VARCHAR) END,
                CASE WHEN side = 'R' THEN CAST(amount AS VARCHAR) END, NULL,
                CASE WHEN fate = 'orphaned' THEN 'leg left the canonical chain'
                     ELSE 'same {", ".join(rules.duplicate_key)} as ' || dup_first END
-        FROM s WHERE fate IS NOT NULL
+        FROM gone
         UNION ALL
-        SELECT {rid.format(p='b', l="CASE WHEN side = 'L' THEN entry_id END", r="CASE WHEN side = 'R' THEN entry_id END")},
-               CASE WHEN side = 'L' THEN 'missing_right' ELSE 'missing_left' END,
-               CASE WHEN side = 'L' THEN [entry_id] ELSE [] END, CASE WHEN side = 'R' THEN [entry_id] ELSE [] END,
-               k, asset, CASE WHEN side = 'L' THEN CAST(amount AS VARCHAR) END,
-               CASE WHEN side = 'R' THEN CAST(amount AS VARCHAR) END, NULL,
-               CASE WHEN side = 'L' THEN 'no counterpart on the right' ELSE 'no counterpart on the left' END
-        FROM lo WHERE NOT EXISTS (SELECT 1 FROM lp WHERE lp.lid = lo.entry_id AND lo.side = 'L')
-                  AND NOT EXISTS (SELECT 1 FROM lp WHERE lp.rid = lo.entry_id AND lo.side = 'R')
-        ORDER BY break_id"""
-    breaks = q(brk).to_arrow_table()
-    result = ColumnarResult(matches, breaks, counts.get("L", 0), counts.get("R", 0))
+        SELECT {rid.format(p='b', l='entry_id', r='NULL')}, 'missing_right', [entry_id], [], k, asset,
+               CAST(amount AS VARCHAR), NULL, NULL, 'no counterpart on the right'
+        FROM lo ANTI JOIN lp ON lo.entry_id = lp.lid
+        UNION ALL
+        SELECT {rid.format(p='b', l='NULL', r='entry_id')}, 'missing_left', [], [entry_id], k, asset,
+               NULL, CAST(amount AS VARCHAR), NULL, 'no counterpart on the left'
+        FROM ro ANTI JOIN lp ON ro.entry_id = lp.rid""").to_arrow_table()
+    timings["breaks_out"] = time.perf_counter() - t0
+    result = ColumnarResult(matches, breaks, counts["L"], counts["R"])
     if complex_ids:
         result = _with_row_engine(con, result, complex_ids, rules)
+    for t in ("gone", "lf", "rf", "l_dup", "r_dup", "multi", "j", "p", "lo", "ro", "lp"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
     con.unregister("lt_in")
     con.unregister("rt_in")
+    result.timings = {k: round(v, 3) for k, v in timings.items()}
     return result
 
 
@@ -224,11 +267,16 @@ def _with_row_engine(con, result: ColumnarResult, ids: list[tuple[str, str]], ru
     from .engine import _reconcile, _record_id
 
     q = con.execute
-    q("CREATE OR REPLACE TEMP TABLE cx AS SELECT * FROM (VALUES " +
-      ", ".join("(?, ?)" for _ in ids) + ") t(side, entry_id)", [v for pair in ids for v in pair])
-    rows = q("SELECT e.side, e.entry_id, e.k, e.asset, CAST(e.amount AS VARCHAR), e.direction, "
-             "strftime(e.ts AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ'), e.status FROM e JOIN cx USING (side, entry_id)"
-             ).fetchall()
+    rows = []
+    for side in ("L", "R"):
+        wanted = [i for s_, i in ids if s_ == side]
+        if not wanted:
+            continue
+        q("CREATE OR REPLACE TEMP TABLE cx AS SELECT unnest(?) AS entry_id", [wanted])
+        rows += [(side, *r) for r in q(
+            f"SELECT entry_id, k, asset, CAST(amount AS VARCHAR), direction, "
+            f"strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ'), status FROM {side.lower()}f "
+            f"SEMI JOIN cx USING (entry_id)").fetchall()]
     left, right = [], []
     for side, eid, k, asset, amount, direction, ts, status in rows:
         e = make_entry(ledger=side.lower(), ledger_kind="sql", source_ref=eid, correlation_id=k, account="-",
