@@ -452,6 +452,10 @@ class TriggerEngine:
         self.ledgers = ledgers
         self.log = ActionLog(wh)
         self.kafka = kafka
+        from .kafka.topics import ensure_topics
+
+        # the actions topic, the DLQ and the targets of publish rules exist before anything is produced
+        ensure_topics(kafka, [], extra=sorted({r.action["topic"] for r in rules if r.kind == "publish"}))
         self.producer = _Producer(kafka)
         self.dlq = DeadLetterProducer(kafka, "bridge")
         self._executors: dict[str, Any] = {}

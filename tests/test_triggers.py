@@ -238,3 +238,67 @@ def test_bridge_sensor_launches_bridge_job_that_applies_the_triggers(tmp_path, k
         assert c.execute(text("SELECT count(*) FROM bridge_postings")).scalar() == 5
     again = bridge_sensor(build_sensor_context(instance=instance, resources=resources))
     assert isinstance(again, SkipReason) and "caught up" in again.skip_message
+
+
+@pytest.mark.services
+def test_orphaned_source_entries_are_compensated_or_held_by_rule(tmp_path, kafka):
+    """A chain deposit mirrored to the SQL ledger at once (compensate rule) gets a reversing posting when
+    a reorg orphans it; under a hold rule nothing happens before the entry is final; the publish action
+    forwards the entry to another topic. Each once, however often the versions are seen."""
+    from confluent_kafka import Consumer
+    from sqlalchemy import create_engine, text
+
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.kafka.topics import ensure_topics
+    from ledger_pipelines.triggers import TriggerEngine
+    from ledger_pipelines.warehouse import Warehouse
+
+    mirror = f"sqlite:///{tmp_path / 'mirror.db'}"
+    SqlLedger(mirror, ColumnMapping(), "mirror").create_journal()
+    os.environ["LEDGER_T_MIRROR_URL"] = mirror
+    try:
+        lcs = [_ledger({"name": "eth_usdc", "kind": "evm"}),
+               _ledger({"name": "mirror", "kind": "sql", "connection_env": "LEDGER_T_MIRROR_URL"})]
+        forward = f"{kafka.topic_prefix}alerts.entries"
+        rules = load_rules({"triggers": [
+            {"name": "mirror_now", "source": "eth_usdc", "filter": {"direction": "credit"}, "on_orphaned": "compensate",
+             "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "GL-1200-USDC",
+                        "credit_account": "GL-2300-CLIENTS"}},
+            {"name": "mirror_final", "source": "eth_usdc", "filter": {"direction": "credit", "status": ["final"]},
+             "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "GL-1201-USDC-FINAL",
+                        "credit_account": "GL-2301-CLIENTS-FINAL"}},
+            {"name": "forward", "source": "eth_usdc", "filter": {"min_amount": "100"},
+             "action": {"type": "publish", "topic": forward}},
+        ]}, lcs)
+        ensure_topics(kafka, ["eth_usdc"])
+        wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+        engine = TriggerEngine(rules, lcs, wh, kafka)
+        dep = dict(ledger="eth_usdc", account="0xabc", direction="credit", amount="250.00", ref="0xt:1", corr="D-1")
+        pending, orphaned = _entry(status="pending", **dep), _entry(status="orphaned", **dep)
+        other_final = _entry(status="final", **{**dep, "ref": "0xt:2", "amount": "5.00", "corr": "D-2"})
+        big_final = _entry(status="final", **{**dep, "ref": "0xt:3", "amount": "300.00", "corr": "D-3"})
+        first = engine.process([pending, pending])  # seen twice: acted on once
+        assert (first.applied, first.held) == (1, 4)  # mirror_now at once; mirror_final and forward hold it
+        again = engine.process([pending, other_final, big_final])
+        assert (again.skipped, again.applied) == (1, 5)  # 0xt:2: both mirrors; 0xt:3: both mirrors + forward
+        comp = engine.process([orphaned, orphaned])
+        assert comp.applied == 1  # the reversing posting of mirror_now; the held rules never acted on D-1
+        assert engine.process([orphaned]).skipped == 3  # compensated once; nothing to compensate elsewhere
+    finally:
+        del os.environ["LEDGER_T_MIRROR_URL"]
+    with create_engine(mirror).connect() as c:
+        rows = c.execute(text("SELECT account, side, amount FROM journal_lines WHERE payment_ref = 'D-1' "
+                              "ORDER BY id")).all()
+    assert [(a, s) for a, s, _ in rows] == [("GL-1200-USDC", "D"), ("GL-2300-CLIENTS", "C"),
+                                            ("GL-2300-CLIENTS", "D"), ("GL-1200-USDC", "C")]  # posted, then reversed
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "t-fwd", "auto.offset.reset": "earliest"})
+    c.subscribe([forward])
+    got, deadline = [], time.monotonic() + 20
+    while time.monotonic() < deadline and not got:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.append(json.loads(m.value()))
+    c.close()
+    assert [g["entry_id"] for g in got] == ["eth_usdc:0xt:3"]

@@ -43,8 +43,10 @@ def admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient(settings.client_config())
 
 
-def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 30.0) -> list[str]:
-    """Create the entry topics of ``ledgers`` plus the DLQ and actions topics; returns those created."""
+def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 30.0,
+                  extra: list[str] | None = None) -> list[str]:
+    """Create the entry topics of ``ledgers`` plus the DLQ and actions topics (and ``extra`` topics, e.g.
+    the targets of publish triggers); returns those created."""
     client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
     wanted = {
@@ -52,6 +54,8 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
     }
     wanted[dlq_topic(settings)] = {"max.message.bytes": str(2 * 1024 * 1024)}
     wanted[actions_topic(settings)] = {}
+    for t in extra or []:
+        wanted.setdefault(t, {"max.message.bytes": str(ENTRY_TOPIC_MAX_BYTES)})
     new = [
         NewTopic(t, num_partitions=settings.partitions, replication_factor=settings.replication_factor, config=cfg)
         for t, cfg in wanted.items()
