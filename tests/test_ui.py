@@ -221,4 +221,6 @@ def test_a_failing_check_blocks_the_report_and_the_ui_says_why(dagster_ui, brows
         raise
     finally:
         page.close()
-    assert not (home / "reports" / UNBALANCED_DAY).exists()  # no report for the blocked day
+    folder = home / "reports" / UNBALANCED_DAY  # no report for the blocked day, only its Data Docs
+    assert sorted(p.name for p in folder.iterdir()) == ["data_docs"]
+    assert "trial_balance</a>: FAILED" in (folder / "data_docs" / "core_banking" / "index.html").read_text()
