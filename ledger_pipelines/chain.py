@@ -70,15 +70,21 @@ class Signer:
             self._nonce = None
 
     def send(self, call, gas: int | None = None) -> str:
-        """Sign and send a contract call (``contract.functions.f(...)``); returns the tx hash (hex)."""
-        tx = call.build_transaction({"from": self.address, "nonce": self.next_nonce(), "chainId": self.chain_id,
-                                     **({"gas": gas} if gas else {})})
-        signed = self.w3.eth.account.sign_transaction(tx, self.key)
-        try:
-            return self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
-        except Exception:
-            self.reset_nonce()  # the node did not take it: ask it for the nonce next time
-            raise
+        """Sign and send a contract call (``contract.functions.f(...)``); returns the tx hash (hex).
+
+        The nonce is kept locally (transactions are pipelined); when another sender used the same key
+        meanwhile, the node says the nonce is too low and the send is retried once with a fresh one."""
+        for attempt in (1, 2):
+            tx = call.build_transaction({"from": self.address, "nonce": self.next_nonce(), "chainId": self.chain_id,
+                                         **({"gas": gas} if gas else {})})
+            signed = self.w3.eth.account.sign_transaction(tx, self.key)
+            try:
+                return self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
+            except Exception as exc:
+                self.reset_nonce()  # the node did not take it: ask it for the nonce next time
+                if attempt == 2 or "nonce" not in str(exc).lower():
+                    raise
+        raise AssertionError("unreachable")
 
     def wait(self, tx_hash: str, timeout: float = 60.0) -> Any:
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)

@@ -202,7 +202,6 @@ def build(args, demo: Path, progress: Progress) -> dict:
     """Generate, publish and process the corridor week; returns the manifest."""
     import json
     import shutil
-    from datetime import date
 
     import yaml
 
@@ -214,7 +213,8 @@ def build(args, demo: Path, progress: Progress) -> dict:
     days = [today - timedelta(days=k) for k in range(args.days, 0, -1)]
     genesis = int(datetime(days[0].year, days[0].month, days[0].day, tzinfo=timezone.utc).timestamp()) - 86400
 
-    progress.step(f"anvil: restarting with its genesis on {date.fromtimestamp(genesis)} to replay the week")
+    progress.step(f"anvil: restarting with its genesis on {datetime.fromtimestamp(genesis, timezone.utc):%Y-%m-%d} "
+                  "to replay the week")
     from .stack import Anvil
 
     anvil = Anvil(cfg)
@@ -229,16 +229,17 @@ def build(args, demo: Path, progress: Progress) -> dict:
 
     progress.step(f"ledgers: generating {args.days} days x {args.payments:,} payments with injected breaks")
     rpc = Rpc(cfg.anvil_url)
-    signer = Signer.from_env(cfg.anvil_url, "LEDGER_ANCHOR_KEY")
+    signer = Signer.from_env(cfg.anvil_url, "LEDGER_ANCHOR_KEY")  # owns the token and the anchor contract
+    bridge_signer = Signer.from_env(cfg.anvil_url, "LEDGER_BRIDGE_KEY")  # the bridge's owner records on it
     t = genesis + 60
     addresses = {}
-    for name in ("LedgerToken", "LedgerBridge", "AuditAnchor"):
+    for name, owner in (("LedgerToken", signer), ("LedgerBridge", bridge_signer), ("AuditAnchor", signer)):
         rpc.call("evm_setNextBlockTimestamp", [t])
         t += 1
         if name == "LedgerToken":
-            addresses[name] = signer.deploy(name, "USD Coin (demo)", "USDC", 6)
+            addresses[name] = owner.deploy(name, "USD Coin (demo)", "USDC", 6)
         else:
-            addresses[name] = contract_address(signer, name)
+            addresses[name] = contract_address(owner, name)
     token = contract(signer, "LedgerToken", addresses["LedgerToken"])
     accounts = rpc.call("eth_accounts", [])
     treasury, wallet = accounts[1].lower(), accounts[2].lower()

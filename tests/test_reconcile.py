@@ -282,3 +282,20 @@ def test_columnar_engine_agrees_with_the_row_engine():
         ids_col = {r.get("match_id") or r.get("break_id") for r in m + b
                    if len(r["left_entry_ids"]) + len(r["right_entry_ids"]) <= 2}
         assert ids_col == ids_row  # the same record ids
+
+
+def test_columnar_engine_refuses_floats_repeated_ids_and_fx():
+    import pyarrow as pa
+    import pytest
+
+    from ledger_pipelines.reconcile.columnar import NotColumnar, reconcile_arrow
+
+    left = [bank("1", "10.00", "A")]
+    t = _arrow(left)
+    floats = t.set_column(t.schema.get_field_index("amount"), "amount", pa.array([10.0]))
+    with pytest.raises(ValueError, match="never floats"):
+        reconcile_arrow(floats, _arrow([chain("1", "10.00", "A")]))
+    with pytest.raises(ValueError, match="unique"):
+        reconcile_arrow(_arrow(left + left), _arrow([chain("1", "10.00", "A")]))
+    with pytest.raises(NotColumnar, match="FX"):
+        reconcile_arrow(t, t, RULES)

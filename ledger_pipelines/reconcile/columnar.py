@@ -127,6 +127,7 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
         return out
 
     con.execute("SET preserve_insertion_order = false")  # no output order is promised: less memory
+    con.execute("SET enable_progress_bar = false")
     con.register("lt_in", left)
     con.register("rt_in", right)
     same_type = left.schema.field("amount").type == right.schema.field("amount").type and \
@@ -137,57 +138,59 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
         q(f"CREATE OR REPLACE TEMP VIEW {side}_all AS SELECT entry_id, {key} AS k, asset, "
           f"{amount} AS amount, direction, CAST(booked_at AS TIMESTAMPTZ) AS ts, status FROM {src}")
     counts = {"L": left.num_rows, "R": right.num_rows}
-    # 1-2: orphaned legs aside; the rest materialized once a side; duplicates (the first by booking time,
-    # then id, stays) found by a hash aggregate and removed: few rows
+    # 1-2: orphaned legs aside; duplicates (the first by booking time, then id, stays). Duplicates and n:m
+    # groups can only be among keys that occur more than once on a side: one hash aggregate finds those
+    # (few), and everything after it looks only at their rows.
+    key_in_dup = key in rules.duplicate_key
     parts = []
     for side in ("l", "r"):
         S = side.upper()
-        q(f"CREATE OR REPLACE TEMP TABLE {side}f AS SELECT * FROM {side}_all WHERE status IS DISTINCT FROM 'orphaned'",
-          stage="load")
-        orphans = q(f"SELECT count(*) FROM {side}_all WHERE status = 'orphaned'").fetchone()[0]
-        repeated = q(f"SELECT count(*) <> count(DISTINCT entry_id) FROM {side}f").fetchone()[0]
-        if orphans and not repeated:
-            repeated = bool(q(f"SELECT 1 FROM (SELECT entry_id FROM {side}_all WHERE status = 'orphaned' UNION ALL "
-                              f"SELECT entry_id FROM {side}f) GROUP BY entry_id HAVING count(*) > 1 LIMIT 1").fetchall())
-        if repeated:
+        if q(f"SELECT count(*) <> count(DISTINCT entry_id) FROM {side}_all").fetchone()[0]:
             raise ValueError("entry_id must be unique within each side (latest version of each entry)")
+        q(f"""CREATE OR REPLACE TEMP TABLE {side}_rep AS
+              SELECT k FROM {side}_all WHERE k IS NOT NULL AND status IS DISTINCT FROM 'orphaned'
+              GROUP BY k HAVING count(*) > 1""", stage="repeated_keys")
+        among = f"SEMI JOIN {side}_rep USING (k)" if key_in_dup else ""
         q(f"""CREATE OR REPLACE TEMP TABLE {side}_dup AS
               SELECT entry_id, k, asset, amount, dup_first FROM (
                 SELECT entry_id, k, asset, amount,
                        row_number() OVER w AS rn, first_value(entry_id) OVER w AS dup_first
-                FROM {side}f SEMI JOIN (SELECT {dup} FROM {side}f WHERE {dup_not_null}
-                                        GROUP BY ALL HAVING count(*) > 1) d USING ({dup})
+                FROM (SELECT * FROM {side}_all {among}
+                      WHERE status IS DISTINCT FROM 'orphaned' AND {dup_not_null})
                 WINDOW w AS (PARTITION BY {dup} ORDER BY ts, entry_id)) WHERE rn > 1""", stage="duplicates")
-        q(f"DELETE FROM {side}f WHERE entry_id IN (SELECT entry_id FROM {side}_dup)", stage="duplicates")
+        q(f"""CREATE OR REPLACE TEMP VIEW {side}f AS SELECT * FROM {side}_all
+              WHERE status IS DISTINCT FROM 'orphaned' AND entry_id NOT IN (SELECT entry_id FROM {side}_dup)""")
         parts.append(f"SELECT '{S}' AS side, entry_id, k, asset, amount, 'orphaned' AS fate, NULL AS dup_first "
                      f"FROM {side}_all WHERE status = 'orphaned'")
         parts.append(f"SELECT '{S}', entry_id, k, asset, amount, 'dup', dup_first FROM {side}_dup")
     q("CREATE OR REPLACE TEMP TABLE gone AS " + " UNION ALL ".join(parts), stage="duplicates")
     # 3: keys with several free entries on a side and entries on both: n:m groups, for the row engine
     q("""CREATE OR REPLACE TEMP TABLE multi AS
-         SELECT k FROM (SELECT k FROM lf WHERE k IS NOT NULL GROUP BY k HAVING count(*) > 1
-                        UNION SELECT k FROM rf WHERE k IS NOT NULL GROUP BY k HAVING count(*) > 1) m
+         SELECT k FROM (SELECT k FROM lf SEMI JOIN l_rep USING (k) GROUP BY k HAVING count(*) > 1
+                        UNION SELECT k FROM rf SEMI JOIN r_rep USING (k) GROUP BY k HAVING count(*) > 1) m
          SEMI JOIN lf USING (k) SEMI JOIN rf USING (k)""", stage="key_groups")
-    q("""CREATE OR REPLACE TEMP TABLE j AS
-         SELECT l.entry_id AS lid, l.k AS lk, l.asset AS la, l.amount AS lam, l.direction AS ldir, l.ts AS lts,
-                r.entry_id AS rid, r.k AS rk, r.asset AS ra, r.amount AS ram, r.direction AS rdir, r.ts AS rts
-         FROM (SELECT * FROM lf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) l
-         FULL OUTER JOIN (SELECT * FROM rf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) r ON l.k = r.k""",
-      stage="pairs")
     ok_dir = direction_ok.replace("l.direction", "ldir").replace("r.direction", "rdir")
-    q(f"""CREATE OR REPLACE TEMP TABLE p AS
-          SELECT lid, rid, lk AS k, la, ra, lam, ram, abs(epoch(rts) - epoch(lts)) AS gap,
-                 CASE WHEN la <> ra THEN 'asset_mismatch'
+    q(f"""CREATE OR REPLACE TEMP TABLE j AS
+          SELECT *, CASE WHEN lid IS NULL OR rid IS NULL THEN NULL
+                      WHEN la <> ra THEN 'asset_mismatch'
                       WHEN NOT ({ok_dir}) THEN 'amount_mismatch'
                       WHEN lam <> ram AND NOT (abs(ram - lam) <= {tol_abs}
                            OR abs(ram - lam) * {rel_den} <= abs(lam) * {rel_num})
                            THEN 'amount_mismatch'
                       WHEN abs(epoch(rts) - epoch(lts)) > {window} THEN 'timing'
                       WHEN lam = ram THEN 'exact'
-                      ELSE 'tolerant' END AS outcome,
+                      ELSE 'tolerant' END AS outcome
+          FROM (SELECT l.entry_id AS lid, l.k AS lk, l.asset AS la, l.amount AS lam, l.direction AS ldir,
+                       l.ts AS lts, r.entry_id AS rid, r.k AS rk, r.asset AS ra, r.amount AS ram,
+                       r.direction AS rdir, r.ts AS rts
+                FROM (SELECT * FROM lf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) l
+                FULL OUTER JOIN (SELECT * FROM rf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) r
+                ON l.k = r.k)""", stage="pairs")
+    q(f"""CREATE OR REPLACE TEMP VIEW p AS
+          SELECT lid, rid, lk AS k, la, ra, lam, ram, abs(epoch(rts) - epoch(lts)) AS gap, outcome,
                  CASE WHEN NOT ({ok_dir}) THEN 'direction ' || ldir || '/' || rdir ||
                       ', expected {rules.direction}' END AS why
-          FROM j WHERE lid IS NOT NULL AND rid IS NOT NULL""", stage="pairs")
+          FROM j WHERE lid IS NOT NULL AND rid IS NOT NULL""")
     complex_ids = q("SELECT 'L', entry_id FROM lf SEMI JOIN multi USING (k) UNION ALL "
                     "SELECT 'R', entry_id FROM rf SEMI JOIN multi USING (k)").fetchall()
     # 4: leftovers (no key, or a key on one side only) paired k-th with k-th in time order
@@ -251,7 +254,9 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
     result = ColumnarResult(matches, breaks, counts["L"], counts["R"])
     if complex_ids:
         result = _with_row_engine(con, result, complex_ids, rules)
-    for t in ("gone", "lf", "rf", "l_dup", "r_dup", "multi", "j", "p", "lo", "ro", "lp"):
+    for v in ("p", "lf", "rf", "l_all", "r_all"):
+        con.execute(f"DROP VIEW IF EXISTS {v}")
+    for t in ("gone", "l_rep", "r_rep", "l_dup", "r_dup", "multi", "j", "lo", "ro", "lp", "cx"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     con.unregister("lt_in")
     con.unregister("rt_in")
