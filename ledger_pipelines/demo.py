@@ -77,6 +77,16 @@ class Progress:
         print(f"      {what}", flush=True)
 
 
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a process started in its own session (dagster dev and its children): TERM, then KILL."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
 def _selector() -> bytes:
     from web3 import Web3
 
@@ -412,9 +422,5 @@ Ctrl-C stops the UI; the stack keeps running (`ledger-pipelines stack stop`)."""
     except KeyboardInterrupt:
         pass
     finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
+        stop_group(ui)
     return 0

@@ -8,11 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -138,26 +136,14 @@ def test_rerunning_the_demo_is_safe(demo):
 @pytest.mark.ui
 def test_the_ui_shows_the_corridor_and_the_anchored_report(demo, artifacts):
     from playwright.sync_api import sync_playwright
-    from test_ui import CHROMIUM, CHROMIUM_ARGS, _free_port, _shot
+    from test_ui import CHROMIUM, CHROMIUM_ARGS, _shot, dagster_dev
 
-    from ledger_pipelines.demo import demo_env
+    from ledger_pipelines.demo import demo_env, stop_group
 
     folder, manifest, env, _ = demo
     denv = {**env, **demo_env(folder, manifest["prefix"])}
-    port = _free_port()
-    log = open(folder / "dagster-ui.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h",
-                             "127.0.0.1", "-p", str(port)], cwd=REPO, env=denv, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = dagster_dev(denv, folder / "dagster-ui.log")
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/server_info", timeout=2):
-                    break
-            except OSError:
-                time.sleep(1)
         day = manifest["days"][-1]
         anchor = json.loads((folder / "reports" / day / "audit.json").read_text())["anchor"]
         with sync_playwright() as p:
@@ -196,8 +182,4 @@ def test_the_ui_shows_the_corridor_and_the_anchored_report(demo, artifacts):
             finally:
                 b.close()
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)

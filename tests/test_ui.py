@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from ledger_pipelines.demo import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -69,7 +70,6 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
     from ledger_pipelines.demo import DAGSTER_YAML
 
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    port = _free_port()
     core = f"sqlite:///{home / 'core_banking.db'}"
     _seed_week(core)
     prefix = f"ui{uuid.uuid4().hex[:8]}."
@@ -77,7 +77,15 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
            "LEDGER_TOPIC_PREFIX": prefix, "LEDGER_WAREHOUSE_URL": f"sqlite:///{home / 'warehouse.db'}",
            "LEDGER_CORE_BANKING_URL": core, "LEDGER_REPORTS_DIR": str(home / "reports")}
     _deliver(core, prefix, stack_config, f"sqlite:///{home / 'warehouse.db'}")
-    log = open(home / "dagster.log", "wb")
+    proc, url = dagster_dev(env, home / "dagster.log")
+    yield url, home
+    stop_group(proc)
+
+
+def dagster_dev(env: dict, log_path: Path):
+    """``dagster dev`` on a free port with ``env``; returns (process, url) once it answers."""
+    port = _free_port()
+    log = open(log_path, "wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -88,18 +96,14 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
         try:
             with urllib.request.urlopen(url + "/server_info", timeout=2) as r:
                 if r.status == 200:
-                    break
+                    return proc, url
         except OSError:
             time.sleep(1)
-        assert proc.poll() is None, (home / "dagster.log").read_text()[-3000:]
-    else:
-        pytest.fail("dagster dev did not answer in 180 s:\n" + (home / "dagster.log").read_text()[-3000:])
-    yield url, home
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is not None:
+            break
+    if proc.poll() is None:
+        stop_group(proc)
+    pytest.fail("dagster dev did not answer in 180 s:\n" + log_path.read_text()[-3000:])
 
 
 @pytest.fixture(scope="module")
