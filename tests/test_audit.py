@@ -212,3 +212,31 @@ def test_open_breaks_carry_forward_with_their_age_until_matched(tmp_path):
     assert day3["reconciliations"]["bank_vs_chain"]["break_type"] == {"missing_right": 1}
     b3 = json.loads((reports / str(d3) / "bank_vs_chain" / "breaks.jsonl").read_text())
     assert b3["age_days"] == 2  # still open, a day older; P1 is not carried any more
+
+
+def test_the_anchor_key_comes_from_the_environment_and_is_never_logged(env, kafka, stack_config, monkeypatch, capfd):
+    from ledger_pipelines.chain import Signer
+    from ledger_pipelines.config import ledger_by_name, load_config
+
+    key = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"  # anvil's second dev account
+    monkeypatch.setenv("LEDGER_ANCHOR_KEY", key)
+    signer = Signer.from_env(stack_config.anvil_url, "LEDGER_ANCHOR_KEY")
+    assert key not in repr(signer) and key[2:] not in repr(signer)
+    monkeypatch.setenv("LEDGER_ANCHOR_CONTRACT", signer.deploy("AuditAnchor"))  # owned by that key
+    _journal(f"sqlite:///{env / 'core.db'}")
+    wh = Warehouse(f"sqlite:///{env / 'w.db'}")
+    Publisher(kafka, wh).publish(ledger_by_name(load_config(), "core_banking"))
+    EventLogIngestor(kafka, wh).run()
+    instance = DagsterInstance.ephemeral()
+    result = materialize(_assets(), instance=instance, partition_key=DAY)
+    assert result.success
+    anchor = json.loads((env / "reports" / DAY / "audit.json").read_text())["anchor"]
+    from web3 import Web3
+
+    tx = Web3(Web3.HTTPProvider(stack_config.anvil_url)).eth.get_transaction(anchor["tx_hash"])
+    assert tx["from"] == signer.address  # signed with the key from the environment
+    logged = "\n".join(str(e) for e in instance.all_logs(result.run_id))
+    out, err = capfd.readouterr()
+    for text_ in (logged, out, err, (env / "reports" / DAY / "audit.json").read_text(),
+                  (env / "reports" / DAY / "index.html").read_text()):
+        assert key[2:].lower() not in text_.lower()

@@ -302,3 +302,31 @@ def test_orphaned_source_entries_are_compensated_or_held_by_rule(tmp_path, kafka
             got.append(json.loads(m.value()))
     c.close()
     assert [g["entry_id"] for g in got] == ["eth_usdc:0xt:3"]
+
+
+def test_transient_errors_are_retried_with_backoff_permanent_ones_are_not(monkeypatch):
+    from ledger_pipelines import triggers
+
+    sleeps = []
+    monkeypatch.setattr(triggers.time, "sleep", sleeps.append)
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] < 3:
+            raise ConnectionError("node restarting")
+        return "ok"
+
+    assert triggers._retry(flaky, "a1") == ("ok", 3)
+    assert sleeps == [0.1, 0.2]  # exponential backoff
+    with pytest.raises(ConnectionError):
+        triggers._retry(lambda: (_ for _ in ()).throw(ConnectionError("down")), "a2", attempts=3)
+
+    def permanent():
+        calls["n"] += 1
+        raise triggers.PermanentError("bad rule")
+
+    calls["n"] = 0
+    with pytest.raises(triggers.PermanentError):
+        triggers._retry(permanent, "a3")
+    assert calls["n"] == 1
