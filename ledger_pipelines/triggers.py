@@ -380,7 +380,9 @@ class SqlPoster:
         sql = (f"INSERT INTO {m.qualified_table} ({', '.join(chr(34) + v + chr(34) for v in used.values())}) "
                f"VALUES ({', '.join(':' + k for k in used)})")
         ref = a.entry.correlation_id or a.entry.entry_id
-        lines = [{"txn": txn, "at": a.entry.booked_at, "acct": acct, "cp": cp, "ccy": a.entry.asset,
+        # posted now: a closed (reconciled, anchored) day of the target ledger is never changed afterwards
+        now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lines = [{"txn": txn, "at": now, "acct": acct, "cp": cp, "ccy": a.entry.asset,
                   "amt": a.entry.amount, "side": side, "ref": ref}
                  for acct, cp, side in ((debit, credit, m.debit_values[0]), (credit, debit, m.credit_values[0]))]
         try:
