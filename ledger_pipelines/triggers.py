@@ -614,8 +614,12 @@ class TriggerConsumer:
                 self.rejected += 1
                 log.warning("%s[%d]@%d: not a canonical entry (%s); skipped", m.topic(), m.partition(), m.offset(),
                             exc)
-        self.total.add(self.engine.process(entries))
+        res = self.engine.process(entries)
+        self.total.add(res)
         self.consumer.commit(asynchronous=False)
+        if res.applied or res.failed or res.found_on_target:
+            log.info("bridge: %d entries, %d applied, %d found already applied, %d failed, %d held",
+                     res.seen, res.applied, res.found_on_target, res.failed, res.held)
         return len(msgs)
 
     def caught_up(self) -> bool:
