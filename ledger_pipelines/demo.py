@@ -392,8 +392,11 @@ def run_demo(args) -> int:
     dagster = Path(sys.executable).parent / "dagster"
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     for kind in ("sensor", "schedule"):
-        subprocess.run([str(dagster), kind, "start", "--start-all", "-w", str(REPO_ROOT / "workspace.yaml")],
-                       cwd=REPO_ROOT, env=env, capture_output=True, timeout=300)
+        done = subprocess.run([str(dagster), kind, "start", "--start-all", "-w", str(REPO_ROOT / "workspace.yaml")],
+                              cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            progress.note(f"could not turn on the {kind}s (turn them on in the UI, Automation): "
+                          f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
     reports = demo / "reports"
     if args.no_ui:
         progress.step(f"done: reports in {reports}")
