@@ -183,3 +183,19 @@ def test_the_ui_shows_the_corridor_and_the_anchored_report(demo, artifacts):
                 b.close()
     finally:
         stop_group(proc)
+
+
+def test_the_demo_turned_on_the_sensors_and_the_nightly_schedule(demo):
+    from ledger_pipelines.demo import demo_env
+
+    folder, manifest, env, _ = demo
+    denv = {**env, **demo_env(folder, manifest["prefix"])}
+    dagster = str(Path(sys.executable).parent / "dagster")
+    sensors = subprocess.run([dagster, "sensor", "list", "-w", "workspace.yaml"], cwd=REPO, env=denv,
+                             capture_output=True, text=True, timeout=300).stdout
+    for name in ("kafka_offsets_sensor", "bridge_sensor", "sql_rows_sensor", "evm_blocks_sensor",
+                 "statement_inbox_sensor"):
+        assert f"Sensor: {name} [RUNNING]" in sensors, sensors
+    schedules = subprocess.run([dagster, "schedule", "list", "-w", "workspace.yaml"], cwd=REPO, env=denv,
+                               capture_output=True, text=True, timeout=300).stdout
+    assert "Schedule: nightly_audit_schedule [RUNNING]" in schedules, schedules
