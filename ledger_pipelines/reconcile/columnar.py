@@ -69,9 +69,13 @@ def reconcile_arrow(left, right, rules: Rules | None = None, con=None) -> Column
     """Reconcile two Arrow tables (see the module docstring); every input entry ends in one record."""
     import duckdb
 
+    from .rules import _FIELDS
+
     rules = rules or Rules()
     _check(rules)
     key = rules.key
+    if key not in _FIELDS or rules.direction not in ("opposite", "same", "any"):  # both reach the SQL text
+        raise ValueError(f"rules: key {key!r} / direction {rules.direction!r} not allowed")
     own = con is None
     con = con or duckdb.connect()
     try:
