@@ -350,15 +350,17 @@ def _body(root: Element) -> Element:
     return root[0] if _local(root.tag) == "Document" and len(root) else root
 
 
-def _parse_camt_root(root: Element, ns: str | None, data: bytes) -> list[Statement]:
+def _parse_camt_root(root: Element, ns: str | None, data: bytes, digest: str | None = None,
+                     index_offset: int = 0) -> list[Statement]:
     token = _NS.set(ns or "")
     try:
-        return _parse_statements(root, ns, data)
+        return _parse_statements(root, ns, data, digest, index_offset)
     finally:
         _NS.reset(token)
 
 
-def _parse_statements(root: Element, ns: str | None, data: bytes) -> list[Statement]:
+def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | None = None,
+                      index_offset: int = 0) -> list[Statement]:
     body = _body(root)
     kind = _CONTAINERS.get(_local(body.tag))
     if kind is None:
@@ -369,7 +371,7 @@ def _parse_statements(root: Element, ns: str | None, data: bytes) -> list[Statem
     version = f"camt.{m.group(1)}.001.{m.group(2)}" if m else None
     if version and not 2 <= int(m.group(2)) <= 13:
         raise CamtError(f"{version}: message versions 001.02 to 001.13 are understood")
-    digest = hashlib.sha256(data).hexdigest()
+    digest = digest or hashlib.sha256(data).hexdigest()
     msg_id = _text(body, "GrpHdr/MsgId")
     out = []
     for s_index, stmt in enumerate(_findall(body, container), start=1):
@@ -394,7 +396,7 @@ def _parse_statements(root: Element, ns: str | None, data: bytes) -> list[Statem
                 ))
             except EntryError as exc:
                 st.errors.append(RecordError(f"{message_type} {stmt_id} balance", str(exc)))
-        for index, ntry in enumerate(_findall(stmt, "Ntry"), start=1):
+        for index, ntry in enumerate(_findall(stmt, "Ntry"), start=1 + index_offset):
             where = f"{message_type} {stmt_id} entry {index}"
             try:
                 st.entries.append(_entry(ntry, index, where))
@@ -506,6 +508,54 @@ def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[
 
 
 def _camt_to_entries(data: bytes, ledger: str):
+    if len(data) >= PARALLEL_MIN_BYTES and _camt_workers() > 1:
+        out = parallel_camt_to_entries(data, ledger)
+        if out is not None:
+            return out
+    return _camt_chunk(data, ledger)
+
+
+# -- large statements over two processes ------------------------------------------------------------
+# A statement of tens of thousands of entries is CPU-bound (~30 µs an entry with details, most of it
+# lxml handing Python its elements). It is cut in two at an <Ntry> boundary: both halves keep the
+# document's header (group header, statement id, account, balances) and footer, this process parses
+# one, a worker process the other, with the entries' positions (index in the statement) and the
+# document digest of the whole. Anything unexpected (several statements, mixed prefixes, a count that
+# does not add up) falls back to the one-process parse, which remains the reference.
+PARALLEL_MIN_BYTES = 4 * 1024 * 1024
+_NTRY_OPEN = re.compile(rb"<((?:[A-Za-z_][\w.\-]*:)?)Ntry[\s>]")
+_POOL = None
+
+
+def _camt_workers() -> int:
+    import os
+
+    try:
+        return max(1, min(int(os.environ.get("LEDGER_CAMT_WORKERS", "2")), os.cpu_count() or 1))
+    except ValueError:
+        return 1
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: the caller may be a threaded process (Dagster, Kafka clients), where fork is unsafe
+        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return _POOL
+
+
+@dataclass(frozen=True)
+class _Moved:
+    """What the balance equation needs of an entry parsed in the worker."""
+    amount: str
+    currency: str
+    credit: bool
+
+
+def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offset: int = 0):
     entries, errors = [], []
     root, ns = _safe_root(data, MAX_DOCUMENT_BYTES)
     if _local(_body(root).tag) == "CstmrCdtTrfInitn":
@@ -515,7 +565,7 @@ def _camt_to_entries(data: bytes, ledger: str):
         finally:
             _NS.reset(token)
         return entries, errors, []
-    statements = _parse_camt_root(root, ns, data)
+    statements = _parse_camt_root(root, ns, data, digest, index_offset)
     for st in statements:
         errors.extend(st.errors)
         for e in st.entries:
@@ -524,3 +574,66 @@ def _camt_to_entries(data: bytes, ledger: str):
             except EntryError as exc:
                 errors.append(RecordError(f"{st.message_type} {st.statement_id} entry {e.index}", str(exc)))
     return entries, errors, statements
+
+
+def _chunk_worker(chunk: bytes, ledger: str, digest: str, index_offset: int):
+    """In the worker process: the entries of one half, encoded, and what the parent needs besides."""
+    from ..model import encode_entry
+
+    with gc_paused():
+        entries, errors, statements = _camt_chunk(chunk, ledger, digest, index_offset)
+        if len(statements) != 1:
+            return None
+        st = statements[0]
+        parse_errors = [e for e in st.errors if " entry " in e.source]  # the statement's own ones: parent
+        mapping_errors = [e for e in errors if e not in st.errors]
+        return ([encode_entry(e) for e in entries], [(e.source, e.reason) for e in parse_errors],
+                [(e.source, e.reason) for e in mapping_errors], [(e.amount, e.currency, e.credit) for e in st.entries],
+                len(st.entries) + len(parse_errors))
+
+
+def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
+    """The two-process parse of one large statement; None when the document does not qualify."""
+    import logging
+
+    from ..model import decode_entry
+
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return None  # refused or re-encoded by the one-process path, with its message
+    opens = list(_NTRY_OPEN.finditer(data))
+    if len(opens) < min_entries:
+        return None
+    prefix = opens[0].group(1)
+    if any(m.group(1) != prefix for m in opens):
+        return None
+    containers = re.findall(rb"<" + re.escape(prefix) + rb"(?:Stmt|Ntfctn|Rpt)[\s>]", data)
+    close = b"</" + prefix + b"Ntry>"
+    last_end = data.rfind(close)
+    if len(containers) != 1 or last_end < opens[-1].start():
+        return None
+    last_end += len(close)
+    k = len(opens) // 2
+    first, mid = opens[0].start(), opens[k].start()
+    header, footer = data[:first], data[last_end:]
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        future = _pool().submit(_chunk_worker, header + data[mid:last_end] + footer, ledger, digest, k)
+        with gc_paused():
+            entries, errors, statements = _camt_chunk(header + data[first:mid] + footer, ledger, digest, 0)
+        half = future.result(timeout=600)
+    except Exception as exc:  # a worker that died, a half that does not parse: the one-process path decides
+        logging.getLogger(__name__).warning("parallel camt parse not used (%s); parsing in one process", exc)
+        return None
+    if half is None or len(statements) != 1:
+        return None
+    encoded, parse_b, mapping_b, moved, n_b = half
+    st = statements[0]
+    n_a = len(st.entries) + sum(1 for e in st.errors if " entry " in e.source)
+    if n_a != k or n_b != len(opens) - k:
+        return None
+    with gc_paused():
+        entries += [decode_entry(b) for b in encoded]
+    st.entries.extend(_Moved(a, c, cr) for a, c, cr in moved)
+    parse_errors = [RecordError(src, reason) for src, reason in parse_b]
+    st.errors.extend(parse_errors)
+    return entries, errors + parse_errors + [RecordError(src, reason) for src, reason in mapping_b], statements
