@@ -542,8 +542,11 @@ def _pool():
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        import atexit
+
         # spawn: the caller may be a threaded process (Dagster, Kafka clients), where fork is unsafe
         _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(_POOL.shutdown, wait=True, cancel_futures=True)  # before the interpreter tears down
     return _POOL
 
 
