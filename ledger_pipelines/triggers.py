@@ -449,13 +449,12 @@ class TriggerEngine:
     def __init__(self, rules: list[TriggerRule], ledgers: list[LedgerConfig], wh: Warehouse, kafka,
                  crash_after_act: int | None = None):
         from .kafka.producers import DeadLetterProducer
+        from .kafka.topics import ensure_topics
 
         self.rules = rules
         self.ledgers = ledgers
         self.log = ActionLog(wh)
         self.kafka = kafka
-        from .kafka.topics import ensure_topics
-
         # the actions topic, the DLQ and the targets of publish rules exist before anything is produced
         ensure_topics(kafka, [], extra=sorted({r.action["topic"] for r in rules if r.kind == "publish"}))
         self.producer = _Producer(kafka)
