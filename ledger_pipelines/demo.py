@@ -78,13 +78,34 @@ class Progress:
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    """Stop a process started in its own session (dagster dev and its children): TERM, then KILL."""
-    os.killpg(proc.pid, signal.SIGTERM)
+    """Stop a process started in its own session (dagster dev and its children): TERM, then KILL.
+
+    The whole process group goes: a code server of ``dagster dev`` can outlive its parent (seen: a
+    ``dagster api grpc`` that ignored TERM and stayed after the webserver had exited)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)  # anyone of the group left?
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
         proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _selector() -> bytes:
