@@ -415,21 +415,6 @@ class TopicPublisher:
         return out
 
 
-class _Producer:
-    """Idempotent, acks=all producer for action messages; ``confirm`` raises on any failed delivery."""
-
-    def __init__(self, kafka):
-        from .kafka.producers import _AckingProducer
-
-        self._p = _AckingProducer(kafka, client_id="ledger-pipelines.bridge", **{"linger.ms": 2})
-
-    def produce(self, topic: str, key: bytes, value: bytes, headers: list | None = None) -> None:
-        self._p._produce(topic, key, value, headers or [])
-
-    def confirm(self, timeout: float = 60.0) -> int:
-        return self._p.confirm(timeout)
-
-
 # -- the engine ------------------------------------------------------------------------------------
 @dataclass
 class BatchResult:
@@ -448,7 +433,7 @@ class BatchResult:
 class TriggerEngine:
     def __init__(self, rules: list[TriggerRule], ledgers: list[LedgerConfig], wh: Warehouse, kafka,
                  crash_after_act: int | None = None):
-        from .kafka.producers import DeadLetterProducer
+        from .kafka.producers import DeadLetterProducer, MessageProducer
         from .kafka.topics import ensure_topics
 
         self.rules = rules
@@ -457,7 +442,7 @@ class TriggerEngine:
         self.kafka = kafka
         # the actions topic, the DLQ and the targets of publish rules exist before anything is produced
         ensure_topics(kafka, [], extra=sorted({r.action["topic"] for r in rules if r.kind == "publish"}))
-        self.producer = _Producer(kafka)
+        self.producer = MessageProducer(kafka, client_id="ledger-pipelines.bridge", **{"linger.ms": 2})
         self.dlq = DeadLetterProducer(kafka, "bridge")
         self._executors: dict[str, Any] = {}
         # fault injection for the crash tests: exit hard after acting, before the action log is written

@@ -94,6 +94,14 @@ class EntryProducer(_AckingProducer):
         return self.confirm(timeout)
 
 
+class MessageProducer(_AckingProducer):
+    """Idempotent, acks=all producer of arbitrary messages (the bridge's actions and forwards);
+    ``confirm`` waits for every acknowledgement and raises on any failed delivery."""
+
+    def produce(self, topic: str, key: bytes, value: bytes, headers: list | None = None) -> None:
+        self._produce(topic, key, value, headers or [])
+
+
 def dlq_record(
     ledger: str | None, source: str, error: str, payload: bytes | str | None, size: int | None = None
 ) -> dict:
