@@ -79,7 +79,8 @@ class Signer:
                                          **({"gas": gas} if gas else {})})
             signed = self.w3.eth.account.sign_transaction(tx, self.key)
             try:
-                return self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
+                sent = self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
+                return sent if sent.startswith("0x") else "0x" + sent  # one form everywhere it is recorded
             except Exception as exc:
                 self.reset_nonce()  # the node did not take it: ask it for the nonce next time
                 if attempt == 2 or "nonce" not in str(exc).lower():
