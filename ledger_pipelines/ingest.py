@@ -77,10 +77,10 @@ def _row_of(msg, run_id: str | None, ledger: str | None, max_bytes: int):
         raise EntryError("null value (tombstone): entry topics carry entries, not deletions")
     if len(value) > max_bytes:
         raise EntryError(f"value of {len(value)} bytes exceeds the {max_bytes}-byte entry limit")
-    if b"\\u0000" in value:
+    if value.find(b"\\u0000") >= 0:
         # PostgreSQL refuses NUL in text; refusing it here keeps one record from failing a batch
         raise EntryError("a string contains the NUL character (\\u0000)")
-    e = decode_wire(value)
+    e = decode_wire(value, ledger)
     if ledger is not None and e.ledger != ledger:
         raise EntryError(f"ledger: {e.ledger!r} does not belong on topic {msg.topic()!r}")
     key = msg.key()
@@ -94,7 +94,7 @@ def _row_of(msg, run_id: str | None, ledger: str | None, max_bytes: int):
     digest = blake2b(value, digest_size=8).hexdigest()
     row = (msg.topic(), msg.partition(), msg.offset(), e.entry_id, e.ledger, e.ledger_kind, e.source_ref,
            e.correlation_id, e.account, e.counterparty, e.asset, e.amount, e.direction, e.booked_at,
-           e.booked_at[:10], e.value_date, e.status, bytes(e.position).decode(), bytes(e.attributes).decode(), digest, run_id)
+           e.booked_at[:10], e.value_date, e.status, str(e.position, "utf-8"), str(e.attributes, "utf-8"), digest, run_id)
     return row
 
 

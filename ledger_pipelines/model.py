@@ -94,13 +94,17 @@ def amount_is_canonical(a: str) -> bool:
     return not dot or frac.isdigit()
 
 
-def check_entry(e, amount_checked: bool = False):
-    """Rules beyond the types: canonical amount, name, id derivation, real UTC timestamps."""
+def check_entry(e, amount_checked: bool = False, known_ledger: str | None = None):
+    """Rules beyond the types: canonical amount, name, id derivation, real UTC timestamps.
+
+    ``known_ledger`` is a ledger name already validated (the ingest's topic ledger): an entry
+    naming it needs no pattern match.
+    """
     if not amount_checked and not amount_is_canonical(e.amount):
         raise EntryError(
             f"amount: {e.amount[:120]!r} is not an exact non-negative decimal string without exponent"
         )
-    if not _NAME.match(e.ledger):
+    if e.ledger != known_ledger and not _NAME.match(e.ledger):
         raise EntryError(f"ledger: {e.ledger!r} must match {NAME_PATTERN}")
     if not _TIMESTAMP.match(e.booked_at):
         raise EntryError(f"booked_at: {e.booked_at!r} is not an RFC 3339 UTC timestamp ending in Z")
@@ -124,14 +128,14 @@ _decoder = msgspec.json.Decoder(CanonicalEntry)
 _wire_decoder = msgspec.json.Decoder(WireEntry)
 
 
-def _decode(decoder: msgspec.json.Decoder, data: bytes | str):
+def _decode(decoder: msgspec.json.Decoder, data: bytes | str, known_ledger: str | None = None):
     try:
         entry = decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise EntryError(_explain(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise EntryError(f"not valid JSON: {exc}") from None
-    return check_entry(entry)
+    return check_entry(entry, known_ledger=known_ledger)
 
 
 def decode_entry(data: bytes | str) -> CanonicalEntry:
@@ -139,8 +143,8 @@ def decode_entry(data: bytes | str) -> CanonicalEntry:
     return _decode(_decoder, data)
 
 
-def decode_wire(data: bytes | str) -> WireEntry:
-    return _decode(_wire_decoder, data)
+def decode_wire(data: bytes | str, known_ledger: str | None = None) -> WireEntry:
+    return _decode(_wire_decoder, data, known_ledger)
 
 
 def _explain(msg: str) -> str:

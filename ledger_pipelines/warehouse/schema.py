@@ -78,7 +78,13 @@ event_log = Table(
     # makes (topic, kafka_partition, kafka_offset) unique without an index of its own: an offset
     # always holds the same bytes, so re-reading it yields the same (entry_id, content_hash).
     UniqueConstraint("entry_id", "content_hash", name="uq_ledger_event_log_version"),
-    Index("ix_ledger_event_log_ledger_day", "ledger", "booked_date"),
+    # Daily reads select (ledger, booked_date). On PostgreSQL a BRIN index on the day: the log is
+    # appended in roughly time order, so block ranges hold few days, and it costs almost nothing to
+    # maintain (a B-tree here took a sixth of the backend's time per ingested row). Ranges appended
+    # since the last summary are always scanned, so results are exact; autosummarize keeps them few.
+    Index("ix_ledger_event_log_ledger_day", "ledger", "booked_date").ddl_if(dialect="sqlite"),
+    Index("ix_ledger_event_log_day_brin", "booked_date", postgresql_using="brin",
+          postgresql_with={"autosummarize": "on"}).ddl_if(dialect="postgresql"),
 )
 
 offsets = Table(
