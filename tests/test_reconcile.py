@@ -299,3 +299,31 @@ def test_columnar_engine_refuses_floats_repeated_ids_and_fx():
         reconcile_arrow(_arrow(left + left), _arrow([chain("1", "10.00", "A")]))
     with pytest.raises(NotColumnar, match="FX"):
         reconcile_arrow(t, t, RULES)
+
+
+def test_columnar_engine_leaves_the_callers_connection_as_it_was():
+    """Work tables live in a database attached for the run and detached after it, also when the run
+    fails (here: repeated ids on the right, found on the second cursor's thread)."""
+    import duckdb
+    import pytest
+
+    from ledger_pipelines.reconcile.columnar import reconcile_arrow
+
+    con = duckdb.connect()
+    con.execute("CREATE TABLE mine AS SELECT 1 AS x")
+
+    def state():
+        return (con.execute("SELECT current_database()").fetchone(),
+                sorted(r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()),
+                sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()),
+                sorted(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()))
+
+    before = state()
+    left, right = [bank("1", "10.00", "A")], [chain("1", "10.00", "A")]
+    first = reconcile_arrow(_arrow(left), _arrow(right), con=con).records()
+    assert state() == before
+    with pytest.raises(ValueError, match="unique"):
+        reconcile_arrow(_arrow(left), _arrow(right + right), con=con)
+    assert state() == before
+    assert reconcile_arrow(_arrow(left), _arrow(right), con=con).records() == first
+    assert con.execute("SELECT x FROM mine").fetchall() == [(1,)]

@@ -39,7 +39,9 @@ class NotColumnar(ValueError):
 
 @dataclass
 class ColumnarResult:
-    matches: Any  # pyarrow.Table: match_id, match_type, left_entry_ids, right_entry_ids, correlation_id, rule
+    # pyarrow.Table: match_id, match_type, left_entry_ids, right_entry_ids, correlation_id, rule (match_type
+    # and rule dictionary-encoded strings: a handful of values over millions of rows)
+    matches: Any
     breaks: Any   # pyarrow.Table: break_id, break_type, left/right_entry_ids, correlation_id, asset, amounts, reason
     left_count: int
     right_count: int
@@ -99,12 +101,44 @@ def _scale(table) -> int:
 
 
 def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
-    import time
+    import uuid
 
     for t, name in ((left, "left"), (right, "right")):
         missing = [c for c in (*_COLUMNS, key) if c not in t.schema.names]
         if missing:
             raise ValueError(f"{name} table lacks columns {missing}")
+    con.execute("SET preserve_insertion_order = false")  # no output order is promised: less memory
+    con.execute("SET enable_progress_bar = false")
+    # work tables live in an in-memory database of their own: dropped whole at the end, and shared
+    # with a second cursor so that independent stages (the two sides' aggregates; the matches' and the
+    # breaks' export to Arrow) run side by side: alone, none of them keeps both cores busy throughout
+    home_db, home_schema = con.execute("SELECT current_database(), current_schema()").fetchone()
+    work = f"reconcile_{uuid.uuid4().hex[:12]}"
+    con.execute(f"ATTACH ':memory:' AS {work}")
+    con.execute(f"USE {work}")
+    second = con.cursor()  # a second connection to the same database, for the stages that run side by side
+    try:
+        second.execute("SET preserve_insertion_order = false")
+        second.execute(f"USE {work}")
+        return _stages(con, second, left, right, rules, key)
+    finally:
+        second.close()
+        con.execute(f"USE {_quote(home_db)}.{_quote(home_schema)}")
+        con.execute(f"DETACH {work}")  # its tables and views go with it
+        con.unregister("lt_in")
+        con.unregister("rt_in")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _stages(con, second, left, right, rules: Rules, key: str) -> ColumnarResult:
+    import time
+
+    import pyarrow as pa
+    from concurrent.futures import ThreadPoolExecutor
+
     scale = max(_scale(left), _scale(right))
     window = int(rules.time_window_seconds)
     tol_abs = f"{rules.tolerance_absolute:f}"
@@ -121,61 +155,73 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    def q(sql: str, params=None, stage: str | None = None):
+    def mark(stage: str) -> None:
         nonlocal t0
+        now = time.perf_counter()
+        timings[stage] = timings.get(stage, 0.0) + now - t0
+        t0 = now
+
+    def q(sql: str, params=None, stage: str | None = None):
         out = con.execute(sql, params) if params else con.execute(sql)
         if stage:
-            now = time.perf_counter()
-            timings[stage] = timings.get(stage, 0.0) + now - t0
-            t0 = now
+            mark(stage)
         return out
 
-    con.execute("SET preserve_insertion_order = false")  # no output order is promised: less memory
-    con.execute("SET enable_progress_bar = false")
-    con.register("lt_in", left)
-    con.register("rt_in", right)
+    for c in (con, second):  # a registration belongs to its connection; the views in the work database
+        c.register("lt_in", left)  # resolve these names on whichever cursor runs them
+        c.register("rt_in", right)
     same_type = left.schema.field("amount").type == right.schema.field("amount").type and \
         str(left.schema.field("amount").type).startswith("decimal128")
     # the same decimal type on both sides stays as it is (64-bit arithmetic up to 18 digits); else DECIMAL(38,s)
     amount = "amount" if same_type else f"CAST(amount AS DECIMAL(38,{scale}))"
     for side, src in (("l", "lt_in"), ("r", "rt_in")):
-        q(f"CREATE OR REPLACE TEMP VIEW {side}_all AS SELECT entry_id, {key} AS k, asset, "
+        q(f"CREATE OR REPLACE VIEW {side}_all AS SELECT entry_id, {key} AS k, asset, "
           f"{amount} AS amount, direction, CAST(booked_at AS TIMESTAMPTZ) AS ts, status FROM {src}")
     counts = {"L": left.num_rows, "R": right.num_rows}
     # 1-2: orphaned legs aside; duplicates (the first by booking time, then id, stays). Duplicates and n:m
     # groups can only be among keys that occur more than once on a side: one hash aggregate finds those
     # (few), and everything after it looks only at their rows.
     key_in_dup = key in rules.duplicate_key
-    parts = []
-    for side in ("l", "r"):
-        S = side.upper()
-        if q(f"SELECT count(*) <> count(DISTINCT entry_id) FROM {side}_all").fetchone()[0]:
+
+    def side_stage(cur, side: str) -> None:
+        if cur.execute(f"SELECT count(*) <> count(DISTINCT entry_id) FROM {side}_all").fetchone()[0]:
             raise ValueError("entry_id must be unique within each side (latest version of each entry)")
-        q(f"""CREATE OR REPLACE TEMP TABLE {side}_rep AS
+        cur.execute(f"""CREATE OR REPLACE TABLE {side}_rep AS
               SELECT k FROM {side}_all WHERE k IS NOT NULL AND status IS DISTINCT FROM 'orphaned'
-              GROUP BY k HAVING count(*) > 1""", stage="repeated_keys")
+              GROUP BY k HAVING count(*) > 1""")
         among = f"SEMI JOIN {side}_rep USING (k)" if key_in_dup else ""
-        q(f"""CREATE OR REPLACE TEMP TABLE {side}_dup AS
+        cur.execute(f"""CREATE OR REPLACE TABLE {side}_dup AS
               SELECT entry_id, k, asset, amount, dup_first FROM (
                 SELECT entry_id, k, asset, amount,
                        row_number() OVER w AS rn, first_value(entry_id) OVER w AS dup_first
                 FROM (SELECT * FROM {side}_all {among}
                       WHERE status IS DISTINCT FROM 'orphaned' AND {dup_not_null})
-                WINDOW w AS (PARTITION BY {dup} ORDER BY ts, entry_id)) WHERE rn > 1""", stage="duplicates")
-        q(f"""CREATE OR REPLACE TEMP VIEW {side}f AS SELECT * FROM {side}_all
+                WINDOW w AS (PARTITION BY {dup} ORDER BY ts, entry_id)) WHERE rn > 1""")
+        cur.execute(f"""CREATE OR REPLACE VIEW {side}f AS SELECT * FROM {side}_all
               WHERE status IS DISTINCT FROM 'orphaned' AND entry_id NOT IN (SELECT entry_id FROM {side}_dup)""")
+
+    # the two sides at once, each on its own cursor
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(side_stage, second, "r")
+        side_stage(con, "l")
+        pending.result()
+    mark("repeated_keys_and_duplicates")
+    parts = []
+    for side in ("l", "r"):
+        S = side.upper()
         parts.append(f"SELECT '{S}' AS side, entry_id, k, asset, amount, 'orphaned' AS fate, NULL AS dup_first "
                      f"FROM {side}_all WHERE status = 'orphaned'")
         parts.append(f"SELECT '{S}', entry_id, k, asset, amount, 'dup', dup_first FROM {side}_dup")
-    q("CREATE OR REPLACE TEMP TABLE gone AS " + " UNION ALL ".join(parts), stage="duplicates")
+    q("CREATE OR REPLACE TABLE gone AS " + " UNION ALL ".join(parts), stage="duplicates")
     # 3: keys with several free entries on a side and entries on both: n:m groups, for the row engine
-    q("""CREATE OR REPLACE TEMP TABLE multi AS
+    q("""CREATE OR REPLACE TABLE multi AS
          SELECT k FROM (SELECT k FROM lf SEMI JOIN l_rep USING (k) GROUP BY k HAVING count(*) > 1
                         UNION SELECT k FROM rf SEMI JOIN r_rep USING (k) GROUP BY k HAVING count(*) > 1) m
          SEMI JOIN lf USING (k) SEMI JOIN rf USING (k)""", stage="key_groups")
     ok_dir = direction_ok.replace("l.direction", "ldir").replace("r.direction", "rdir")
-    q(f"""CREATE OR REPLACE TEMP TABLE j AS
-          SELECT *, CASE WHEN lid IS NULL OR rid IS NULL THEN NULL
+    q("CREATE TYPE outcome_kind AS ENUM ('asset_mismatch', 'amount_mismatch', 'timing', 'exact', 'tolerant')")
+    q(f"""CREATE OR REPLACE TABLE j AS
+          SELECT *, CAST(CASE WHEN lid IS NULL OR rid IS NULL THEN NULL
                       WHEN la <> ra THEN 'asset_mismatch'
                       WHEN NOT ({ok_dir}) THEN 'amount_mismatch'
                       WHEN lam <> ram AND NOT (abs(ram - lam) <= {tol_abs}
@@ -183,15 +229,15 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
                            THEN 'amount_mismatch'
                       WHEN abs(epoch(rts) - epoch(lts)) > {window} THEN 'timing'
                       WHEN lam = ram THEN 'exact'
-                      ELSE 'tolerant' END AS outcome
-          FROM (SELECT l.entry_id AS lid, l.k AS lk, l.asset AS la, l.amount AS lam, l.direction AS ldir,
-                       l.ts AS lts, r.entry_id AS rid, r.k AS rk, r.asset AS ra, r.amount AS ram,
+                      ELSE 'tolerant' END AS outcome_kind) AS outcome
+          FROM (SELECT coalesce(l.k, r.k) AS k, l.entry_id AS lid, l.asset AS la, l.amount AS lam, l.direction AS ldir,
+                       l.ts AS lts, r.entry_id AS rid, r.asset AS ra, r.amount AS ram,
                        r.direction AS rdir, r.ts AS rts
                 FROM (SELECT * FROM lf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) l
                 FULL OUTER JOIN (SELECT * FROM rf WHERE k IS NULL OR k NOT IN (SELECT k FROM multi)) r
                 ON l.k = r.k)""", stage="pairs")
-    q(f"""CREATE OR REPLACE TEMP VIEW p AS
-          SELECT lid, rid, lk AS k, la, ra, lam, ram, abs(epoch(rts) - epoch(lts)) AS gap, outcome,
+    q(f"""CREATE OR REPLACE VIEW p AS
+          SELECT lid, rid, k, la, ra, lam, ram, abs(epoch(rts) - epoch(lts)) AS gap, outcome,
                  CASE WHEN NOT ({ok_dir}) THEN 'direction ' || ldir || '/' || rdir ||
                       ', expected {rules.direction}' END AS why
           FROM j WHERE lid IS NOT NULL AND rid IS NOT NULL""")
@@ -201,32 +247,35 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
     part = "asset, amount" + (", direction" if rules.direction == "same" else "")
     for side, missing_other in (("l", "rid IS NULL"), ("r", "lid IS NULL")):
         p_ = side
-        q(f"""CREATE OR REPLACE TEMP TABLE {side}o AS
+        q(f"""CREATE OR REPLACE TABLE {side}o AS
               SELECT *, row_number() OVER (PARTITION BY {part} ORDER BY ts, entry_id) AS rn
-              FROM (SELECT {p_}id AS entry_id, {p_}k AS k, {p_}a AS asset, {p_}am AS amount, {p_}dir AS direction,
+              FROM (SELECT {p_}id AS entry_id, k, {p_}a AS asset, {p_}am AS amount, {p_}dir AS direction,
                            {p_}ts AS ts FROM j WHERE {missing_other})""", stage="leftovers")
     tolerant = "TRUE" if rules.tolerant_matching else "FALSE"
-    q(f"""CREATE OR REPLACE TEMP TABLE lp AS
+    q(f"""CREATE OR REPLACE TABLE lp AS
           SELECT l.entry_id AS lid, r.entry_id AS rid, coalesce(l.k, r.k) AS k
           FROM lo l JOIN ro r ON l.asset = r.asset AND l.amount = r.amount AND l.rn = r.rn
                {"AND l.direction = r.direction" if rules.direction == "same" else ""}
           WHERE {tolerant} AND abs(epoch(r.ts) - epoch(l.ts)) <= {window}
                 {"AND l.direction <> r.direction" if rules.direction == "opposite" else ""}""", stage="leftovers")
-    rid = ("'{p}-' || substr(sha256(coalesce({l}, '') || chr(30) || coalesce({r}, '')), 1, 20)")
+    rid = ("'{p}-' || substr(md5(coalesce({l}, '') || chr(30) || coalesce({r}, '')), 1, 20)")
     key_rule = f"key:{key}"
-    matches = q(f"""
-        SELECT {rid.format(p='m', l='lid', r='rid')} AS match_id, outcome AS match_type, [lid] AS left_entry_ids,
-               [rid] AS right_entry_ids, k AS correlation_id,
-               CASE WHEN outcome = 'exact' THEN '{key_rule}' ELSE '{key_rule}+tolerance' END AS rule
-        FROM p WHERE outcome IN ('exact', 'tolerant')
+    # plain id columns: the one-element lists are wrapped around them in Arrow without a copy
+    matches_sql = f"""
+        SELECT {rid.format(p='m', l='lid', r='rid')} AS match_id, CAST(outcome AS match_kind) AS match_type,
+               lid AS left_entry_ids, rid AS right_entry_ids, k AS correlation_id,
+               CAST(CASE WHEN outcome = 'exact' THEN '{key_rule}' ELSE '{key_rule}+tolerance' END AS match_rule) AS rule
+        FROM j WHERE outcome IN ('exact', 'tolerant')  -- outcome is NULL unless both sides are there
         UNION ALL
-        SELECT {rid.format(p='m', l='lid', r='rid')}, 'tolerant', [lid], [rid], k, 'tolerant:amount+time' FROM lp
-        """).to_arrow_table()
-    timings["matches_out"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+        SELECT {rid.format(p='m', l='lid', r='rid')}, CAST('tolerant' AS match_kind), lid, rid, k,
+               CAST('tolerant:amount+time' AS match_rule) FROM lp
+        """
+    # match type and rule take a handful of values: enums, exported as Arrow dictionaries
+    q("CREATE TYPE match_kind AS ENUM ('exact', 'tolerant')")
+    q(f"CREATE TYPE match_rule AS ENUM ('{key_rule}', '{key_rule}+tolerance', 'tolerant:amount+time')")
     one = "CASE WHEN side = 'L' THEN entry_id END"
     other = "CASE WHEN side = 'R' THEN entry_id END"
-    breaks = q(f"""
+    breaks_sql = f"""
         SELECT {rid.format(p='b', l='lid', r='rid')} AS break_id, outcome AS break_type,
                [lid] AS left_entry_ids, [rid] AS right_entry_ids, k AS correlation_id,
                CASE WHEN outcome = 'asset_mismatch' THEN la || '/' || ra ELSE ra END AS asset,
@@ -253,19 +302,35 @@ def _run(con, left, right, rules: Rules, key: str) -> ColumnarResult:
         UNION ALL
         SELECT {rid.format(p='b', l='NULL', r='entry_id')}, 'missing_left', [], [entry_id], k, asset,
                NULL, CAST(amount AS VARCHAR), NULL, 'no counterpart on the left'
-        FROM ro ANTI JOIN lp ON ro.entry_id = lp.rid""").to_arrow_table()
-    timings["breaks_out"] = time.perf_counter() - t0
+        FROM ro ANTI JOIN lp ON ro.entry_id = lp.rid"""
+    # the breaks on the second cursor while this one exports the matches
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(lambda: second.execute(breaks_sql).to_arrow_table())
+        matches = _one_element_lists(con.execute(matches_sql).to_arrow_table(), ("left_entry_ids", "right_entry_ids"))
+        breaks = pending.result()
+    mark("output")
     result = ColumnarResult(matches, breaks, counts["L"], counts["R"])
     if complex_ids:
         result = _with_row_engine(con, result, complex_ids, rules)
-    for v in ("p", "lf", "rf", "l_all", "r_all"):
-        con.execute(f"DROP VIEW IF EXISTS {v}")
-    for t in ("gone", "l_rep", "r_rep", "l_dup", "r_dup", "multi", "j", "lo", "ro", "lp", "cx"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
-    con.unregister("lt_in")
-    con.unregister("rt_in")
     result.timings = {k: round(v, 3) for k, v in timings.items()}
     return result
+
+
+def _one_element_lists(table, columns):
+    """Each value of ``columns`` as a one-element list, sharing the strings' buffers."""
+    import numpy as np
+    import pyarrow as pa
+
+    for name in columns:
+        chunks = []
+        for chunk in table.column(name).chunks:
+            if chunk.null_count:
+                raise ValueError(f"{name}: a matched entry without an id")
+            offsets = pa.array(np.arange(len(chunk) + 1, dtype=np.int32))
+            chunks.append(pa.ListArray.from_arrays(offsets, chunk))
+        col = pa.chunked_array(chunks, type=pa.list_(table.schema.field(name).type))
+        table = table.set_column(table.schema.get_field_index(name), name, col)
+    return table
 
 
 def _with_row_engine(con, result: ColumnarResult, ids: list[tuple[str, str]], rules: Rules) -> ColumnarResult:
@@ -281,7 +346,7 @@ def _with_row_engine(con, result: ColumnarResult, ids: list[tuple[str, str]], ru
         wanted = [i for s_, i in ids if s_ == side]
         if not wanted:
             continue
-        q("CREATE OR REPLACE TEMP TABLE cx AS SELECT unnest(?) AS entry_id", [wanted])
+        q("CREATE OR REPLACE TABLE cx AS SELECT unnest(?) AS entry_id", [wanted])
         rows += [(side, *r) for r in q(
             f"SELECT entry_id, k, asset, CAST(amount AS VARCHAR), direction, "
             f"strftime(ts AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S.%fZ'), status FROM {side.lower()}f "
