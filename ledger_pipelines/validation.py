@@ -42,6 +42,13 @@ class Validator:
         import great_expectations as gx
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
+        from great_expectations.execution_engine import pandas_execution_engine
+
+        # GE fingerprints every in-memory frame under HASH_THRESHOLD bytes (counted without the
+        # strings) with an md5 over pandas.util.hash_pandas_object: a batch marker nothing here reads,
+        # and half of the validation time of a million rows. Frames are never fingerprinted.
+        if hasattr(pandas_execution_engine, "HASH_THRESHOLD"):
+            pandas_execution_engine.HASH_THRESHOLD = 0
         self._gx = gx
         self.ctx = gx.get_context(mode="ephemeral")
         self.ctx.variables.progress_bars = ProgressBarsConfig(globally=False)  # no tqdm bars in run logs
@@ -113,6 +120,15 @@ def snapshot_frame(rows: list[dict[str, Any]]):
     import pandas as pd
 
     cols = ["entry_id", "account", "asset", "amount", "direction", "status", "booked_at"]
-    frame = pd.DataFrame({c: [str(r[c]) if r[c] is not None else None for r in rows] for c in cols}, dtype=object)
-    frame["booked_date"] = [str(r["booked_at"])[:10] for r in rows]
-    return frame
+    data = {c: [str(r[c]) if r[c] is not None else None for r in rows] for c in cols}
+    data["booked_date"] = [str(r["booked_at"])[:10] for r in rows]
+    return text_frame(data)
+
+
+def text_frame(data: dict[str, list]):
+    """A frame of Arrow-backed strings: the regex and set expectations run in Arrow's C++ kernels
+    rather than a Python loop over objects (a third of the validation time of a million rows)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    return pd.DataFrame({c: pd.arrays.ArrowStringArray(pa.array(v, type=pa.string())) for c, v in data.items()})

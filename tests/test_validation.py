@@ -35,6 +35,13 @@ def test_critical_expectations_fail_and_name_the_entry(validator, over, expectat
     assert res.failures[0]["entry_ids"] == ["core_banking:1"]
 
 
+def test_a_repeated_entry_id_fails_uniqueness(validator):
+    rows = _rows() + _rows(amount="11.00")
+    res = validator.run("ledger_snapshot", snapshot_frame(rows), {"days": [DAY], "assets": ["EUR"]})
+    assert [f["expectation"] for f in res.failures] == ["expect_column_values_to_be_unique"]
+    assert res.failures[0]["entry_ids"] == ["core_banking:1", "core_banking:1"]
+
+
 def test_an_unconfigured_asset_only_warns(validator):
     res = validator.run("ledger_snapshot", snapshot_frame(_rows(asset="XAU")), {"days": [DAY], "assets": ["EUR"]})
     assert res.success and res.warnings[0]["unexpected_values"] == ["XAU"]

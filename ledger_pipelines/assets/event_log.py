@@ -103,11 +103,11 @@ def ledger_event_log(
 
 
 def _check_rows(wh, run_id: str, expectations: ExpectationsResource) -> AssetCheckResult:
-    import pandas as pd
+    from ..validation import text_frame
 
     cols = ["entry_id", "account", "amount", "direction", "status", "booked_date"]
     rows = wh.rows(f"SELECT {', '.join(cols)} FROM ledger_event_log WHERE run_id = :r", r=run_id)
-    frame = pd.DataFrame([[None if v is None else str(v) for v in row] for row in rows], columns=cols, dtype=object)
+    frame = text_frame({c: [None if row[i] is None else str(row[i]) for row in rows] for i, c in enumerate(cols)})
     res = expectations.validator().run("ledger_event_log", frame)
     return AssetCheckResult(
         check_name=EVENT_LOG_CHECK, passed=res.success,
