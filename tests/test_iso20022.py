@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from decimal import Decimal
 
 import pytest
@@ -176,3 +177,25 @@ def test_real_files_parse_the_same_over_two_processes_or_fall_back(path):
     two = parallel_camt_to_entries(data, "bank_statements", min_entries=2)
     if two is not None:  # single-statement documents with entries; others fall back
         _same(one, two)
+
+
+def test_two_process_parse_falls_back_on_mixed_prefixes_and_leaves_no_handover_files():
+    """An entry under another prefix (same namespace) is not counted by the cut but is parsed: the
+    counts disagree and the one-process parse answers. The worker's handover files are removed."""
+    import glob
+
+    from ledger_pipelines.connectors.iso20022 import _HANDOVER_DIR, parallel_camt_to_entries
+    from ledger_pipelines.generate import synthetic_camt053
+
+    pattern = f"{_HANDOVER_DIR or tempfile.gettempdir()}/ledger-camt-*"
+    before = set(glob.glob(pattern))
+    doc = synthetic_camt053(3000, True)
+    ns = re.search(rb'xmlns="([^"]+)"', doc).group(1)
+    at = doc.index(b"<Ntry>", len(doc) // 3)
+    end = doc.index(b"</Ntry>", at)
+    mixed = (doc[:at] + b'<x:Ntry xmlns:x="' + ns + b'">' + doc[at + 6:end] + b"</x:Ntry>" + doc[end + 7:])
+    assert parallel_camt_to_entries(mixed, "bank_statements", min_entries=1000) is None
+    entries, errors, _ = camt_to_entries(mixed)
+    assert len(entries) == 3000 and not errors
+    assert parallel_camt_to_entries(doc, "bank_statements", min_entries=1000) is not None
+    assert set(glob.glob(pattern)) == before

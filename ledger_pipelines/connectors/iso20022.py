@@ -10,7 +10,9 @@ A bad entry is reported with the statement and position it came from; the others
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -523,6 +525,8 @@ def _camt_to_entries(data: bytes, ledger: str):
 # document digest of the whole. Anything unexpected (several statements, mixed prefixes, a count that
 # does not add up) falls back to the one-process parse, which remains the reference.
 PARALLEL_MIN_BYTES = 4 * 1024 * 1024
+PARENT_SHARE_PERCENT = 50
+_HANDOVER_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 _NTRY_OPEN = re.compile(rb"<((?:[A-Za-z_][\w.\-]*:)?)Ntry[\s>]")
 _POOL = None
 
@@ -581,7 +585,7 @@ def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offse
 
 def _chunk_worker(chunk: bytes, ledger: str, digest: str, index_offset: int):
     """In the worker process: the entries of one half, encoded, and what the parent needs besides."""
-    from ..model import encode_entry
+    import msgspec
 
     with gc_paused():
         entries, errors, statements = _camt_chunk(chunk, ledger, digest, index_offset)
@@ -590,35 +594,76 @@ def _chunk_worker(chunk: bytes, ledger: str, digest: str, index_offset: int):
         st = statements[0]
         parse_errors = [e for e in st.errors if " entry " in e.source]  # the statement's own ones: parent
         mapping_errors = [e for e in errors if e not in st.errors]
-        return ([encode_entry(e) for e in entries], [(e.source, e.reason) for e in parse_errors],
-                [(e.source, e.reason) for e in mapping_errors], [(e.amount, e.currency, e.credit) for e in st.entries],
-                len(st.entries) + len(parse_errors))
+        # one MessagePack document (the parent decodes it in one call; the entries were validated here),
+        # handed over as a file in memory-backed /dev/shm: through the pool's pipe, 20 MB took 0.17 s
+        blob = msgspec.msgpack.encode(entries)
+        fd, path = tempfile.mkstemp(prefix="ledger-camt-", suffix=".msgpack", dir=_HANDOVER_DIR)
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        out = (path, [(e.source, e.reason) for e in parse_errors],
+               [(e.source, e.reason) for e in mapping_errors], [(e.amount, e.currency, e.credit) for e in st.entries],
+               len(st.entries) + len(parse_errors))
+        # freed while the collector is still paused: re-enabled over a heap of live entries, its first
+        # pass would walk them all before the result could leave (measured: a tenth of a second)
+        del entries, errors, statements, st, blob, parse_errors, mapping_errors
+    return out
+
+
+def _discard_handover(future) -> None:
+    """The worker's file of a half this process gave up on (the worker may still be writing it)."""
+    def drop(f):
+        try:
+            half = f.result()
+        except Exception:
+            return
+        if half is not None:
+            try:
+                os.unlink(half[0])
+            except OSError:
+                pass
+
+    if future is not None:
+        future.add_done_callback(drop)
 
 
 def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
     """The two-process parse of one large statement; None when the document does not qualify."""
     import logging
 
-    from ..model import decode_entry
+    import msgspec
+
+    from ..model import CanonicalEntry
 
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
         return None  # refused or re-encoded by the one-process path, with its message
-    opens = list(_NTRY_OPEN.finditer(data))
-    if len(opens) < min_entries:
+    # The cut is found with one regex search and bytes.count (C speed; a regex match object per entry
+    # cost a tenth of the parse). Entries are counted by their closing tag under the prefix of the
+    # first <Ntry>; entries under another prefix are not counted but are parsed, so the counts checked
+    # below then disagree and the one-process path takes over.
+    found = _NTRY_OPEN.search(data)
+    if found is None:
         return None
-    prefix = opens[0].group(1)
-    if any(m.group(1) != prefix for m in opens):
+    prefix = found.group(1)
+    close = b"</" + prefix + b"Ntry>"
+    total = data.count(close)
+    if total < min_entries:
         return None
     containers = re.findall(rb"<" + re.escape(prefix) + rb"(?:Stmt|Ntfctn|Rpt)[\s>]", data)
-    close = b"</" + prefix + b"Ntry>"
     last_end = data.rfind(close)
-    if len(containers) != 1 or last_end < opens[-1].start():
+    if len(containers) != 1 or last_end < data.rfind(b"<" + prefix + b"Ntry"):
         return None
     last_end += len(close)
-    k = len(opens) // 2
-    first, mid = opens[0].start(), opens[k].start()
+    first = found.start()
+    # the cut: the first entry that starts past this process's share of the bytes
+    target = first + (last_end - first) * PARENT_SHARE_PERCENT // 100
+    cut = _NTRY_OPEN.search(data, target, last_end)
+    if cut is None or cut.group(1) != prefix:
+        return None
+    mid = cut.start()
+    k = data.count(close, first, mid)
     header, footer = data[:first], data[last_end:]
     digest = hashlib.sha256(data).hexdigest()
+    future = None
     try:
         future = _pool().submit(_chunk_worker, header + data[mid:last_end] + footer, ledger, digest, k)
         with gc_paused():
@@ -626,16 +671,24 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
         half = future.result(timeout=600)
     except Exception as exc:  # a worker that died, a half that does not parse: the one-process path decides
         logging.getLogger(__name__).warning("parallel camt parse not used (%s); parsing in one process", exc)
+        _discard_handover(future)
         return None
-    if half is None or len(statements) != 1:
+    if half is None:
         return None
-    encoded, parse_b, mapping_b, moved, n_b = half
+    path, parse_b, mapping_b, moved, n_b = half
+    try:
+        with open(path, "rb") as f:
+            encoded = f.read()
+    finally:
+        os.unlink(path)
+    if len(statements) != 1:
+        return None
     st = statements[0]
     n_a = len(st.entries) + sum(1 for e in st.errors if " entry " in e.source)
-    if n_a != k or n_b != len(opens) - k:
+    if n_a != k or n_b != total - k:
         return None
     with gc_paused():
-        entries += [decode_entry(b) for b in encoded]
+        entries += msgspec.msgpack.decode(encoded, type=list[CanonicalEntry])
     st.entries.extend(_Moved(a, c, cr) for a, c, cr in moved)
     parse_errors = [RecordError(src, reason) for src, reason in parse_b]
     st.errors.extend(parse_errors)
