@@ -39,7 +39,10 @@ class EntryError(ValueError):
     """A record that is not a valid canonical entry; the message names the field and the reason."""
 
 
-class _EntryFields(msgspec.Struct, frozen=True, kw_only=True):
+# gc=False: entries are immutable records of JSON-like values and never part of a reference cycle,
+# so the cyclic collector need not track them (a million entries are a million fewer objects for
+# every collection to walk: measured a sixth of the time of a camt parse)
+class _EntryFields(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     schema_version: Literal[1]
     entry_id: NonEmpty
     ledger: str
@@ -56,7 +59,7 @@ class _EntryFields(msgspec.Struct, frozen=True, kw_only=True):
     status: Status
 
 
-class CanonicalEntry(_EntryFields, frozen=True, kw_only=True):
+class CanonicalEntry(_EntryFields, frozen=True, kw_only=True, gc=False):
     position: dict[str, Any] = msgspec.field(default_factory=dict)
     attributes: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -73,7 +76,7 @@ _encoder = msgspec.json.Encoder(order="sorted")
 _ID_SEP = ":"
 
 
-class WireEntry(_EntryFields, frozen=True, kw_only=True):
+class WireEntry(_EntryFields, frozen=True, kw_only=True, gc=False):
     """The event log's view of an entry: ``position`` and ``attributes`` stay raw JSON.
 
     Same fields and rules as :class:`CanonicalEntry`; skipping the dicts saves decoding them only
