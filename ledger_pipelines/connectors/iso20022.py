@@ -583,10 +583,28 @@ def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offse
     return entries, errors, statements
 
 
-def _chunk_worker(chunk: bytes, ledger: str, digest: str, index_offset: int):
+def _handover(data: bytes, suffix: str) -> str:
+    """``data`` in a new file in memory-backed /dev/shm (where there is one); its path. Large payloads
+    between this process and the worker go this way: through the pool's pipe, 20 MB took 0.17 s."""
+    fd, path = tempfile.mkstemp(prefix="ledger-camt-", suffix=suffix, dir=_HANDOVER_DIR)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return path
+
+
+def _take(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    finally:
+        os.unlink(path)
+
+
+def _chunk_worker(chunk_path: str, ledger: str, digest: str, index_offset: int):
     """In the worker process: the entries of one half, encoded, and what the parent needs besides."""
     import msgspec
 
+    chunk = _take(chunk_path)
     with gc_paused():
         entries, errors, statements = _camt_chunk(chunk, ledger, digest, index_offset)
         if len(statements) != 1:
@@ -594,13 +612,9 @@ def _chunk_worker(chunk: bytes, ledger: str, digest: str, index_offset: int):
         st = statements[0]
         parse_errors = [e for e in st.errors if " entry " in e.source]  # the statement's own ones: parent
         mapping_errors = [e for e in errors if e not in st.errors]
-        # one MessagePack document (the parent decodes it in one call; the entries were validated here),
-        # handed over as a file in memory-backed /dev/shm: through the pool's pipe, 20 MB took 0.17 s
+        # one MessagePack document (the parent decodes it in one call; the entries were validated here)
         blob = msgspec.msgpack.encode(entries)
-        fd, path = tempfile.mkstemp(prefix="ledger-camt-", suffix=".msgpack", dir=_HANDOVER_DIR)
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        out = (path, [(e.source, e.reason) for e in parse_errors],
+        out = (_handover(blob, ".msgpack"), [(e.source, e.reason) for e in parse_errors],
                [(e.source, e.reason) for e in mapping_errors], [(e.amount, e.currency, e.credit) for e in st.entries],
                len(st.entries) + len(parse_errors))
         # freed while the collector is still paused: re-enabled over a heap of live entries, its first
@@ -634,23 +648,21 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
 
     from ..model import CanonicalEntry
 
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return None  # refused or re-encoded by the one-process path, with its message
-    # The cut is found with one regex search and bytes.count (C speed; a regex match object per entry
-    # cost a tenth of the parse). Entries are counted by their closing tag under the prefix of the
-    # first <Ntry>; entries under another prefix are not counted but are parsed, so the counts checked
-    # below then disagree and the one-process path takes over.
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return None  # re-encoded by the one-process path
+    # The cut is found with one regex search and bytes.find/count (C speed; a regex match object per
+    # entry cost a tenth of the parse). Entries are counted by their closing tag under the prefix of
+    # the first <Ntry>; entries under another prefix are not counted but are parsed, so the counts
+    # checked below then disagree and the one-process path takes over. The worker gets its half as
+    # soon as the cut is known; the checks of the whole document run while it parses (a worker's
+    # half of a refused document is refused by the worker too: both halves carry the prolog).
     found = _NTRY_OPEN.search(data)
     if found is None:
         return None
     prefix = found.group(1)
     close = b"</" + prefix + b"Ntry>"
-    total = data.count(close)
-    if total < min_entries:
-        return None
-    containers = re.findall(rb"<" + re.escape(prefix) + rb"(?:Stmt|Ntfctn|Rpt)[\s>]", data)
     last_end = data.rfind(close)
-    if len(containers) != 1 or last_end < data.rfind(b"<" + prefix + b"Ntry"):
+    if last_end < 0:
         return None
     last_end += len(close)
     first = found.start()
@@ -661,26 +673,36 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
         return None
     mid = cut.start()
     k = data.count(close, first, mid)
+    if k < min_entries // 2:
+        return None
     header, footer = data[:first], data[last_end:]
     digest = hashlib.sha256(data).hexdigest()
-    future = None
+    future = chunk_path = None
     try:
-        future = _pool().submit(_chunk_worker, header + data[mid:last_end] + footer, ledger, digest, k)
+        chunk_path = _handover(header + data[mid:last_end] + footer, ".xml")
+        future = _pool().submit(_chunk_worker, chunk_path, ledger, digest, k)
+        total = data.count(close)
+        containers = re.findall(rb"<" + re.escape(prefix) + rb"(?:Stmt|Ntfctn|Rpt)[\s>]", data)
+        if (b"<!DOCTYPE" in data or b"<!ENTITY" in data or total < min_entries or len(containers) != 1
+                or last_end - len(close) < data.rfind(b"<" + prefix + b"Ntry")):
+            _discard_handover(future)  # refused, or not one large statement: the one-process path says why
+            return None
         with gc_paused():
             entries, errors, statements = _camt_chunk(header + data[first:mid] + footer, ledger, digest, 0)
         half = future.result(timeout=600)
     except Exception as exc:  # a worker that died, a half that does not parse: the one-process path decides
         logging.getLogger(__name__).warning("parallel camt parse not used (%s); parsing in one process", exc)
         _discard_handover(future)
+        if chunk_path:  # the worker removes it once read; a worker that never got to it did not
+            try:
+                os.unlink(chunk_path)
+            except OSError:
+                pass
         return None
     if half is None:
         return None
     path, parse_b, mapping_b, moved, n_b = half
-    try:
-        with open(path, "rb") as f:
-            encoded = f.read()
-    finally:
-        os.unlink(path)
+    encoded = _take(path)
     if len(statements) != 1:
         return None
     st = statements[0]
