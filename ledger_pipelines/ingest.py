@@ -70,9 +70,9 @@ class IngestResult:
         self.batches += 1
 
 
-def _row_of(msg, run_id: str | None, ledger: str | None, max_bytes: int):
+def _row_of(value: bytes | None, key: bytes | None, topic: str, part: int, off: int, run_id: str | None,
+            ledger: str | None, max_bytes: int):
     """The event-log row of a valid message; raises EntryError with the reason otherwise."""
-    value = msg.value()
     if value is None:
         raise EntryError("null value (tombstone): entry topics carry entries, not deletions")
     if len(value) > max_bytes:
@@ -82,8 +82,7 @@ def _row_of(msg, run_id: str | None, ledger: str | None, max_bytes: int):
         raise EntryError("a string contains the NUL character (\\u0000)")
     e = decode_wire(value, ledger)
     if ledger is not None and e.ledger != ledger:
-        raise EntryError(f"ledger: {e.ledger!r} does not belong on topic {msg.topic()!r}")
-    key = msg.key()
+        raise EntryError(f"ledger: {e.ledger!r} does not belong on topic {topic!r}")
     if key is not None and key != e.entry_id.encode():
         raise EntryError(f"message key {key[:200]!r} differs from entry_id {e.entry_id!r}")
     # hash of the canonical encoding: field order and spacing of the producer do not matter
@@ -92,7 +91,7 @@ def _row_of(msg, run_id: str | None, ledger: str | None, max_bytes: int):
     # content makes a second version with equal economics (never a conflict), and readers take the
     # latest version of an entry
     digest = blake2b(value, digest_size=8).hexdigest()
-    row = (msg.topic(), msg.partition(), msg.offset(), e.entry_id, e.ledger, e.ledger_kind, e.source_ref,
+    row = (topic, part, off, e.entry_id, e.ledger, e.ledger_kind, e.source_ref,
            e.correlation_id, e.account, e.counterparty, e.asset, e.amount, e.direction, e.booked_at,
            e.booked_at[:10], e.value_date, e.status, str(e.position, "utf-8"), str(e.attributes, "utf-8"), digest, run_id)
     return row
@@ -293,15 +292,16 @@ def _consume(kafka, warehouse, todo, options, on_batch) -> None:
                 if off >= limits.get(tp, -1):
                     continue  # beyond this run's fixed target: the next run takes it
                 advanced[tp] = off + 1
+                value, key = msg.value(), msg.key()
                 try:
-                    row = _row_of(msg, run_id, ledgers[topic], max_bytes)
+                    row = _row_of(value, key, topic, tp[1], off, run_id, ledgers[topic], max_bytes)
                 except EntryError as exc:
-                    value = msg.value() or b""
-                    key = msg.key().decode("utf-8", "replace") if msg.key() else None
-                    batch.rejects.append((topic, tp[1], off, key, str(exc), value[:DLQ_PAYLOAD_LIMIT], len(value)))
+                    value = value or b""
+                    shown = key.decode("utf-8", "replace") if key else None
+                    batch.rejects.append((topic, tp[1], off, shown, str(exc), value[:DLQ_PAYLOAD_LIMIT], len(value)))
                     continue
                 rows_append(row)
-                raw_append(msg.value())
+                raw_append(value)
             # the position also covers offsets that hold no message (transaction markers)
             for tpo in consumer.position([TopicPartition(t, p) for t, p in open_parts]):
                 tp = (tpo.topic, tpo.partition)

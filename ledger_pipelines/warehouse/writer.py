@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .schema import EVENT_COLUMNS
 
@@ -143,28 +143,36 @@ class _Writer:
         ``existing`` holds (entry_id, content_hash, *economic fields) of stored versions of the
         batch's entries. Later rows of the batch are compared with earlier ones as well.
         """
-        known: dict[str, tuple[set, tuple]] = {}
+        # entry_id -> the batch row of its only version so far (a tuple), or, once a second version
+        # or a stored one is involved, [content hashes, economic fields] (a list)
+        known: dict[str, Any] = {}
         for rec in existing:
-            entry = known.setdefault(rec[0], (set(), tuple(rec[2:])))
-            entry[0].add(rec[1])
+            entry = known.get(rec[0])
+            if entry is None:
+                known[rec[0]] = [{rec[1]}, tuple(rec[2:])]
+            else:
+                entry[0].add(rec[1])
         inserts, conflicts = [], []
         for row, raw in zip(batch.rows, batch.raw):
-            eid, h = row[_ENTRY_ID], row[_HASH]
+            eid = row[_ENTRY_ID]
             seen = known.get(eid)
             if seen is None:
-                known[eid] = ({h}, row)  # its economic fields are read off the row only when needed
+                known[eid] = row
                 inserts.append(row)
-            elif h in seen[0]:
+                continue
+            if type(seen) is tuple:
+                seen = known[eid] = [{seen[_HASH]}, _econ(seen)]
+            h = row[_HASH]
+            if h in seen[0]:
                 counts.duplicates += 1
+                continue
+            diff = _differing(seen[1], _econ(row))
+            if diff:
+                conflicts.append((row[0], row[1], row[2], eid, next(iter(seen[0])), h, ",".join(diff), raw,
+                                  now, self.run_id))
             else:
-                first = seen[1] if len(seen[1]) == len(ECON_COLUMNS) else _econ(seen[1])
-                diff = _differing(first, _econ(row))
-                if diff:
-                    conflicts.append((row[0], row[1], row[2], eid, next(iter(seen[0])), h, ",".join(diff), raw,
-                                      now, self.run_id))
-                else:
-                    seen[0].add(h)  # a new version of the entry (status, position, ...)
-                    inserts.append(row)
+                seen[0].add(h)  # a new version of the entry (status, position, ...)
+                inserts.append(row)
         return inserts, conflicts
 
 
