@@ -6,6 +6,7 @@ same run:
   (b) ledger_event_log ingest into a fresh SQLite file;
   (c) ledger_event_log ingest into a fresh PostgreSQL database.
 Prints every figure, the ratios to the baseline, and the peak RSS of each phase (process tree).
+Every run starts after os.sync(): one run's dirty pages are not written back on the next run's time.
 
     .venv/bin/python bench/bench_event_log.py [--count 1000000] [--workers 2]
 """
@@ -36,7 +37,8 @@ from ledger_pipelines.warehouse import Warehouse
 
 
 def tree_peak_rss(proc: subprocess.Popen) -> int:
-    """Peak RSS of a process and its children (ingest workers), sampled every 20 ms until it exits."""
+    """Peak RSS of a process and its children (ingest workers), sampled every 100 ms until it exits (a
+    sample walks /proc: at 20 ms the sampler took a few per cent of this 2-core machine from the run)."""
     peak = 0
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -45,7 +47,7 @@ def tree_peak_rss(proc: subprocess.Popen) -> int:
         except psutil.Error:
             total = 0
         peak = max(peak, total)
-        time.sleep(0.02)
+        time.sleep(0.1)
     return peak
 
 
@@ -133,6 +135,7 @@ def main() -> int:
           f"({args.count / produce_s:,.0f}/s)")
 
     figures = {"count": args.count, "mean_entry_bytes": round(size), "workers": args.workers}
+    os.sync()  # the produced topic is on disk before anything is timed
     base = figures["baseline"] = median_of([run_phase("baseline", kafka, ends) for _ in range(args.repeat)])
     print(f"(a) baseline, raw batch consume + decode into canonical entries: {base['per_second']:,.0f} entries/s "
           f"[{base['min']:,.0f}..{base['max']:,.0f}] (untyped JSON decode: {base['untyped_per_second']:,.0f}/s), "
@@ -149,11 +152,18 @@ def main() -> int:
                     conn.execute(f'CREATE DATABASE "{dbname}"')
                     conn.execute("CHECKPOINT")  # start from a clean buffer pool, not the last run's debt
                     url = cfg.pg_url().rsplit("/", 1)[0] + f"/{dbname}"
+                # each run starts with the page cache written back: the previous run's (or phase's) dirty
+                # pages must not be flushed on this run's time
+                os.sync()
                 try:
                     runs.append(run_phase("ingest", kafka, ends, url=url, workers=args.workers, count=args.count))
                 finally:
                     if label == "postgresql":
                         conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+                    else:
+                        for suffix in ("", "-wal", "-shm"):
+                            if os.path.exists(os.path.join(tmp, f"bench{i}.db{suffix}")):
+                                os.remove(os.path.join(tmp, f"bench{i}.db{suffix}"))
             fig = figures[label] = median_of(runs)
             fig["ratio_to_baseline"] = fig["per_second"] / base["per_second"]
             print(f"({step}) ledger_event_log ingest into {label}: {fig['per_second']:,.0f} entries/s "

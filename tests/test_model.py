@@ -117,3 +117,23 @@ def test_amount_arithmetic_is_exact_beyond_28_digits():
     t.join()
     assert totals([a, b]) == want and out == want
     assert Decimal(a.amount) + Decimal(b.amount) == Decimal(want[a.asset]["debit"])
+
+
+def test_remembered_timestamps_and_dates_do_not_let_invalid_ones_through():
+    """Valid booked_at / value_date strings are remembered; a string is only remembered once it passed
+    both the pattern and the calendar, so an impossible date is refused every time, also after a
+    valid one of the same shape and after the memo was emptied at its bound."""
+    from ledger_pipelines import model
+
+    ok = msgspec.to_builtins(_entry(value_date="2026-11-24"))
+    for _ in range(2):
+        assert decode_entry(msgspec.json.encode(ok)).booked_at == "2026-11-24T10:15:00Z"
+    assert "2026-11-24T10:15:00Z" in model._VALID_TIMES and "2026-11-24" in model._VALID_DATES
+    for field, bad in (("booked_at", "2026-02-30T10:15:00Z"), ("value_date", "2026-02-30")):
+        for _ in range(2):
+            with pytest.raises(EntryError, match=field):
+                decode_entry(msgspec.json.encode({**ok, field: bad}))
+    assert "2026-02-30T10:15:00Z" not in model._VALID_TIMES and "2026-02-30" not in model._VALID_DATES
+    model._VALID_TIMES.update(f"x{i}" for i in range(100_000))  # at the bound: emptied, then the new one
+    decode_entry(msgspec.json.encode({**ok, "booked_at": "2026-11-24T10:15:01Z"}))
+    assert model._VALID_TIMES == {"2026-11-24T10:15:01Z"}
