@@ -216,6 +216,16 @@ def _reap(pid: int) -> None:
         pass
 
 
+def kafka_cluster_id() -> str:
+    """A random cluster id in Kafka's form (URL-safe base64 of 16 bytes), never starting with '-':
+    the storage tool's argument parser would take such an id for an option (one format in 64 failed
+    that way). Kafka's own Uuid.randomUuid() skips those for the same reason."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Service):
     name = "kafka"
 
@@ -280,7 +290,7 @@ class Kafka(Service):
                      "-Djava.awt.headless=true"]
         meta = self.dir / "data" / "meta.properties"
         if not meta.exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = kafka_cluster_id()
             fmt = subprocess.run(
                 ["java", *java_opts, "-cp", cp, "kafka.tools.StorageTool", "format",
                  "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
