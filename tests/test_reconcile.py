@@ -312,8 +312,10 @@ def test_columnar_engine_leaves_the_callers_connection_as_it_was():
     con = duckdb.connect()
     con.execute("CREATE TABLE mine AS SELECT 1 AS x")
 
+    con.execute("SET threads = 1")
+
     def state():
-        return (con.execute("SELECT current_database()").fetchone(),
+        return (con.execute("SELECT current_database(), current_setting('threads')").fetchone(),
                 sorted(r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()),
                 sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()),
                 sorted(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()))
