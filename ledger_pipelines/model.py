@@ -121,17 +121,9 @@ def check_entry(e, amount_checked: bool = False, known_ledger: str | None = None
     if e.entry_id != f"{e.ledger}{_ID_SEP}{e.source_ref}":
         raise EntryError(f"entry_id: {e.entry_id!r} is not '<ledger>:<source_ref>' ({e.ledger}:{e.source_ref})")
     if not booked_ok:
-        try:
-            datetime.fromisoformat(booked)
-        except ValueError as exc:
-            raise EntryError(f"booked_at: {booked!r} is not a valid UTC timestamp ({exc})") from None
-        _remember(_VALID_TIMES, booked)
+        _on_calendar(datetime.fromisoformat, booked, _VALID_TIMES, "booked_at", "a valid UTC timestamp")
     if not date_ok:
-        try:
-            date.fromisoformat(value_date)
-        except ValueError as exc:
-            raise EntryError(f"value_date: {value_date!r} is not a valid date ({exc})") from None
-        _remember(_VALID_DATES, value_date)
+        _on_calendar(date.fromisoformat, value_date, _VALID_DATES, "value_date", "a valid date")
     return e
 
 
@@ -139,7 +131,12 @@ _VALID_TIMES: set[str] = set()
 _VALID_DATES: set[str] = set()
 
 
-def _remember(memo: set[str], value: str) -> None:
+def _on_calendar(parse, value: str, memo: set[str], field: str, what: str) -> None:
+    """``value`` (already of the right shape) exists on the calendar; remembered as valid if so."""
+    try:
+        parse(value)
+    except ValueError as exc:
+        raise EntryError(f"{field}: {value!r} is not {what} ({exc})") from None
     if len(memo) >= 100_000:
         memo.clear()
     memo.add(value)
