@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import time
 from decimal import Decimal
 
 import pytest
@@ -198,4 +199,14 @@ def test_two_process_parse_falls_back_on_mixed_prefixes_and_leaves_no_handover_f
     entries, errors, _ = camt_to_entries(mixed)
     assert len(entries) == 3000 and not errors
     assert parallel_camt_to_entries(doc, "bank_statements", min_entries=1000) is not None
+    assert set(glob.glob(pattern)) == before
+    # a refused document (DOCTYPE) is only found out after the worker got its half: its half and its
+    # answer are removed all the same, and the one-process path says why
+    refused = doc.replace(b"?>", b"?><!DOCTYPE Document>", 1)
+    assert parallel_camt_to_entries(refused, "bank_statements", min_entries=1000) is None
+    with pytest.raises(CamtError, match="DOCTYPE|document type"):
+        camt_to_entries(refused)
+    deadline = time.monotonic() + 10
+    while set(glob.glob(pattern)) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert set(glob.glob(pattern)) == before
