@@ -210,3 +210,14 @@ def test_two_process_parse_falls_back_on_mixed_prefixes_and_leaves_no_handover_f
     while set(glob.glob(pattern)) != before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert set(glob.glob(pattern)) == before
+
+
+def test_the_path_cache_stays_bounded_on_made_up_tags():
+    from lxml import etree
+
+    from ledger_pipelines.connectors import iso20022
+
+    root = etree.fromstring(("<Ntry>" + "".join(f"<T{i}>x</T{i}>" for i in range(60_000)) + "</Ntry>").encode())
+    flat = iso20022._flatten(root, "", {})
+    assert len(flat) == 60_000 and flat["T59999"] == "x"  # every value read, cache or not
+    assert sum(len(t) for t in iso20022._PATHS.values()) <= 50_000

@@ -178,21 +178,29 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
     """One pass over a subtree: ``{"BookgDt/Dt": "2026-11-24", "Amt": "1.00", "Amt@Ccy": "EUR", ...}``.
 
     The first occurrence of a path wins, except ``Ustrd`` lines, which are joined. ``TxDtls``
-    subtrees are handed back in ``subs`` to be flattened on their own. Paths are cached by
-    (parent path, qualified tag): no string building per element.
+    subtrees are handed back in ``subs`` to be flattened on their own. Paths are cached per parent
+    path and qualified tag (nested dicts: no key tuple built per element).
     """
+    global _PATH_COUNT
+    table = _PATHS.get(prefix)
+    if table is None:
+        table = _PATHS[prefix] = {}
     for c in el:
         tag = c.tag
-        if type(tag) is not str:
-            continue  # comments, processing instructions
-        step = _PATHS.get((prefix, tag))
+        step = table.get(tag)
         if step is None:
-            if len(_PATHS) > 50_000:  # a hostile document of made-up tags must not grow it forever
+            if type(tag) is not str:
+                continue  # comments, processing instructions
+            _PATH_COUNT += 1
+            if _PATH_COUNT > 50_000:  # a hostile document of made-up tags must not grow it forever
                 _PATHS.clear()
+                _PATH_COUNT = 0
+                table = _PATHS[prefix] = {}
             name = _local(tag)
-            step = _PATHS[(prefix, tag)] = (name, f"{prefix}/{name}" if prefix else name, name[-3:] == "Amt")
-        name, path, is_amount = step
-        if subs is not None and name == "TxDtls":
+            step = table[tag] = (name, f"{prefix}/{name}" if prefix else name, name[-3:] == "Amt",
+                                 name == "TxDtls")
+        name, path, is_amount, is_details = step
+        if is_details and subs is not None:
             subs.append(c)
             continue
         if len(c):
@@ -211,8 +219,10 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
     return out
 
 
-# (parent path, qualified tag) -> (local name, path, is an amount); real documents use a few hundred
-_PATHS: dict[tuple[str, str], tuple[str, str, bool]] = {}
+# parent path -> qualified tag -> (local name, path, is an amount, is TxDtls); real documents use a
+# few hundred paths
+_PATHS: dict[str, dict[str, tuple[str, str, bool, bool]]] = {}
+_PATH_COUNT = 0
 
 
 def _date_time(d: str | None, dt: str | None) -> tuple[str | None, str | None]:
