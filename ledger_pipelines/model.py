@@ -200,24 +200,25 @@ def make_entry(**fields: Any) -> CanonicalEntry:
     connectors build millions of these.
     """
     fields.setdefault("schema_version", SCHEMA_VERSION)
-    if "entry_id" not in fields:
-        fields["entry_id"] = f"{fields.get('ledger')}{_ID_SEP}{fields.get('source_ref')}"
-    eid = fields["entry_id"]
+    eid = fields.get("entry_id")
+    if eid is None:
+        eid = fields["entry_id"] = f"{fields.get('ledger')}{_ID_SEP}{fields.get('source_ref')}"
     fields.setdefault("correlation_id", None)
     fields.setdefault("counterparty", None)
-    fields.setdefault("value_date", None)
     amount = fields.get("amount")
     if not (isinstance(amount, str) and amount_is_canonical(amount)):
         fields["amount"] = format_amount(amount)
     booked = fields.get("booked_at")
     if isinstance(booked, datetime):
         fields["booked_at"] = format_timestamp(booked)
-    vd = fields.get("value_date")
-    if isinstance(vd, date):
+    vd = fields.setdefault("value_date", None)
+    if vd is not None and type(vd) is not str and isinstance(vd, date):
         fields["value_date"] = vd.isoformat()
-    for name, allowed in (("ledger_kind", _KINDS), ("direction", _DIRECTIONS), ("status", _STATUS_SET)):
-        if fields.get(name) not in allowed:
-            raise EntryError(f"{eid}: {name}: {fields.get(name)!r} is not one of {sorted(allowed)}")
+    if (fields.get("ledger_kind") not in _KINDS or fields.get("direction") not in _DIRECTIONS
+            or fields.get("status") not in _STATUS_SET):
+        for name, allowed in (("ledger_kind", _KINDS), ("direction", _DIRECTIONS), ("status", _STATUS_SET)):
+            if fields.get(name) not in allowed:
+                raise EntryError(f"{eid}: {name}: {fields.get(name)!r} is not one of {sorted(allowed)}")
     for name in _REQUIRED_TEXT:
         v = fields.get(name)
         if not isinstance(v, str) or not v or len(v) > 512:

@@ -244,10 +244,17 @@ def _account(acct: Element | None) -> str | None:
     return _text(acct, "Id/IBAN") or _text(acct, "Id/Othr/Id")
 
 
+_REF_PATHS = tuple((name, "Refs/" + name) for name in _REF_FIELDS)
+# the other side's name and account paths: the debtor of a credit, the creditor of a debit
+_PARTY_PATHS = {credit: (f"RltdPties/{role}/Nm", f"RltdPties/{role}/Pty/Nm", f"RltdPties/{role}Acct/Id/IBAN",
+                         f"RltdPties/{role}Acct/Id/Othr/Id")
+                for credit, role in ((True, "Dbtr"), (False, "Cdtr"))}
+
+
 def _detail(f: dict[str, str], entry_credit: bool, where: str) -> dict[str, Any]:
     refs = {}
-    for name in _REF_FIELDS:
-        v = f.get("Refs/" + name)
+    for name, path in _REF_PATHS:
+        v = f.get(path)
         if v and v.upper() not in _NOT_PROVIDED:
             refs[name] = v
     d: dict[str, Any] = {"refs": refs}
@@ -265,10 +272,10 @@ def _detail(f: dict[str, str], entry_credit: bool, where: str) -> dict[str, Any]
     cd = f.get("CdtDbtInd")
     credit = entry_credit if not cd else cd == "CRDT"
     d["direction"] = "credit" if credit else "debit"
-    role = "Dbtr" if credit else "Cdtr"  # the other side: the debtor of a credit, the creditor of a debit
     cp = {}
-    name = f.get(f"RltdPties/{role}/Nm") or f.get(f"RltdPties/{role}/Pty/Nm")
-    acct = f.get(f"RltdPties/{role}Acct/Id/IBAN") or f.get(f"RltdPties/{role}Acct/Id/Othr/Id")
+    name_path, party_name_path, iban_path, other_path = _PARTY_PATHS[credit]
+    name = f.get(name_path) or f.get(party_name_path)
+    acct = f.get(iban_path) or f.get(other_path)
     if name:
         cp["name"] = name
     if acct:
