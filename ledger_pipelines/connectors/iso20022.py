@@ -228,14 +228,21 @@ _PATH_COUNT = 0
 def _date_time(d: str | None, dt: str | None) -> tuple[str | None, str | None]:
     """(RFC 3339 UTC timestamp, ISO date) of a DateAndDateTimeChoice (``Dt`` or ``DtTm``)."""
     if d:
-        date.fromisoformat(d[:10])
-        return f"{d[:10]}T00:00:00Z", d[:10]
+        return _on_day(d)
     if dt:
         parsed = datetime.fromisoformat(dt.replace("Z", "+00:00"))
         if parsed.tzinfo is None:  # ISO 20022 local time without offset: taken as UTC
             parsed = parsed.replace(tzinfo=timezone.utc)
         return format_timestamp(parsed), parsed.astimezone(timezone.utc).date().isoformat()
     return None, None
+
+
+@lru_cache(maxsize=4096)
+def _on_day(d: str) -> tuple[str, str]:
+    """A booking or value date (``Dt``): a statement has a handful, repeated on every entry. Raises
+    ValueError for a date not on the calendar (not cached)."""
+    date.fromisoformat(d[:10])
+    return f"{d[:10]}T00:00:00Z", d[:10]
 
 
 def _account(acct: Element | None) -> str | None:
