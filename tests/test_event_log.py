@@ -306,3 +306,16 @@ def test_daily_reads_select_exactly_the_ledger_day(kafka, warehouse):
             want = {k[2]: e for k, e in expected.items() if k[0] == ledger and k[1] == day.isoformat()}
             assert len(want) == 1200
             assert got == want
+
+
+def test_id_array_literal_round_trips_through_postgresql(pg_url):
+    """The existing-version lookup sends the batch's ids as one text[] literal: plain ids take the
+    fast path, ids with quotes or backslashes are escaped."""
+    import psycopg
+
+    from ledger_pipelines.warehouse.writer import _pg_text_array
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg", "postgresql")) as conn:
+        for ids in (["core_banking:1", "core_banking:2"], ['q"uote', "back\\slash", "plain", ""], ['a","b'],
+                    ["{brace}", "comma,id", "NULL"], []):
+            assert conn.execute("SELECT %s::text[]", (_pg_text_array(ids),)).fetchone()[0] == ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import itemgetter
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ _AMOUNT = ECON_COLUMNS.index("amount")
 _ENTRY_ID = EVENT_COLUMNS.index("entry_id")
 _ECON_INDEX = tuple(EVENT_COLUMNS.index(c) for c in ECON_COLUMNS)
 _HASH = EVENT_COLUMNS.index("content_hash")
+_entry_id_of = itemgetter(_ENTRY_ID)
 
 
 class ConcurrentIngestError(RuntimeError):
@@ -221,7 +223,14 @@ class SqliteWriter(_Writer):
         return cur.rowcount
 
 
-def _pg_text_array(values) -> str:
+def _pg_text_array(values: list[str]) -> str:
+    """A PostgreSQL text[] literal. Ids hardly ever hold a quote or a backslash: when the joined text
+    shows none (only the separators' quotes), it is used as is, else every element is escaped."""
+    if not values:
+        return "{}"
+    joined = '","'.join(values)
+    if "\\" not in joined and joined.count('"') == 2 * (len(values) - 1):
+        return '{"' + joined + '"}'
     return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
 
 
@@ -237,7 +246,8 @@ class PostgresWriter(_Writer):
                               f"WHERE e.entry_id = ANY(%s::text[])")
 
     def _existing(self, cur, batch):
-        cur.execute(self._existing_sql, (_pg_text_array({r[_ENTRY_ID] for r in batch.rows}),))
+        # repeated ids are harmless in = ANY(...): no set built
+        cur.execute(self._existing_sql, (_pg_text_array(list(map(_entry_id_of, batch.rows))),))
         return cur.fetchall()
 
     def _insert(self, cur, batch, inserts):
