@@ -319,3 +319,38 @@ def test_id_array_literal_round_trips_through_postgresql(pg_url):
         for ids in (["core_banking:1", "core_banking:2"], ['q"uote', "back\\slash", "plain", ""], ['a","b'],
                     ["{brace}", "comma,id", "NULL"], []):
             assert conn.execute("SELECT %s::text[]", (_pg_text_array(ids),)).fetchone()[0] == ids
+
+
+def test_a_failure_in_this_process_stops_the_workers_and_a_rerun_completes(kafka, tmp_path, monkeypatch):
+    """With workers, this process consumes the first group itself: when that fails, the spawned
+    workers are stopped (their committed batches stand) and the error is raised; a re-run ends
+    exactly once."""
+    import ledger_pipelines.ingest as ingest
+
+    n = 20_000
+    _publish(kafka, n)
+    ends = end_offsets(kafka)
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    real = ingest.consume_partitions
+
+    def failing(kafka_, warehouse, todo, options, on_batch):
+        def after_two(counts, consumed, seen=[0]):
+            on_batch(counts, consumed)
+            seen[0] += 1
+            if seen[0] == 2:
+                raise RuntimeError("boom in this process")
+        real(kafka_, warehouse, todo, options, after_two)
+
+    monkeypatch.setattr(ingest, "consume_partitions", failing)
+    def workers():  # spawned workers (not multiprocessing's resource tracker, which stays by design)
+        return {p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())}
+
+    before = workers()
+    with pytest.raises(RuntimeError, match="boom in this process"):
+        EventLogIngestor(kafka, wh, workers=2, batch_size=1000).run(ends)
+    assert not (workers() - before), "a worker outlived the failed run"
+    monkeypatch.setattr(ingest, "consume_partitions", real)
+    EventLogIngestor(kafka, wh, workers=2).run(ends)
+    assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
+    _offsets_consistent(wh, kafka)
+    wh.dispose()
