@@ -7,9 +7,10 @@ compare-and-set; consumer-group offsets are never committed. A partition is done
 consumer's *position* reaches its target: transaction markers occupy offsets that are never
 delivered, so waiting to see offset target-1 could hang.
 
-Partitions are split over worker processes (``workers``), each with its own consumer and database
-connection, the way consumer groups scale Kafka reads: an entry's key is its ``entry_id``, so all
-versions of an entry are in one partition and workers never race on the same entry.
+Partitions are split into ``workers`` groups, each with its own consumer and database connection,
+the way consumer groups scale Kafka reads: this process takes the first group, spawned worker
+processes the others. An entry's key is its ``entry_id``, so all versions of an entry are in one
+partition and groups never race on the same entry.
 """
 
 from __future__ import annotations
