@@ -82,26 +82,29 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
     The whole process group goes: a code server of ``dagster dev`` can outlive its parent (seen: a
     ``dagster api grpc`` that ignored TERM and stayed after the webserver had exited)."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
+    if not _signal_group(proc, signal.SIGTERM):
         return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pass
+    _wait_quietly(proc, timeout)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        try:
-            os.killpg(proc.pid, 0)  # anyone of the group left?
-        except ProcessLookupError:
+        if not _signal_group(proc, 0):  # anyone of the group left?
             break
         time.sleep(0.2)
     else:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _signal_group(proc, signal.SIGKILL)
+    _wait_quietly(proc, timeout)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> bool:
+    """Send ``sig`` to the process group of ``proc``; False when no process of it is left."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_quietly(proc: subprocess.Popen, timeout: float) -> None:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
