@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -21,7 +22,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import postgresql
 
@@ -74,14 +75,20 @@ event_log = Table(
     *_entry_columns(with_booked_date=True),
     Column("content_hash", String(16), nullable=False),
     Column("run_id", String(64)),
-    # One row per version of an entry; an identical re-publication is stored once. This also
-    # makes (topic, kafka_partition, kafka_offset) unique without an index of its own: an offset
-    # always holds the same bytes, so re-reading it yields the same (entry_id, content_hash).
-    UniqueConstraint("entry_id", "content_hash", name="uq_ledger_event_log_version"),
-    # Daily reads select (ledger, booked_date). On PostgreSQL a BRIN index on the day: the log is
-    # appended in roughly time order, so block ranges hold few days, and it costs almost nothing to
-    # maintain (a B-tree here took a sixth of the backend's time per ingested row). Ranges appended
-    # since the last summary are always scanned, so results are exact; autosummarize keeps them few.
+    # True on the first stored version of an entry, false on its later versions (a new lifecycle
+    # status, a reorg's new position); COPY and INSERT ... SELECT leave it out on first versions.
+    Column("first_version", Boolean, nullable=False, server_default=text("true")),
+    # One row per version of an entry; an identical re-publication is stored once. Two partial
+    # unique indexes instead of one on (entry_id, content_hash): a new entry (the bulk of any
+    # stream) costs one index insert, and that insert is also the check that the entry is new, so
+    # the writer need not look up stored versions first (see writer.py). Every stored entry has
+    # exactly one first version. They also make (topic, kafka_partition, kafka_offset) unique
+    # without an index of its own: an offset always holds the same bytes, so re-reading it yields
+    # the same (entry_id, content_hash), which either index refuses.
+    Index("uq_ledger_event_log_entry", "entry_id", unique=True,
+          sqlite_where=text("first_version"), postgresql_where=text("first_version")),
+    Index("uq_ledger_event_log_later_version", "entry_id", "content_hash", unique=True,
+          sqlite_where=text("NOT first_version"), postgresql_where=text("NOT first_version")),
     Index("ix_ledger_event_log_ledger_day", "ledger", "booked_date").ddl_if(dialect="sqlite"),
     Index("ix_ledger_event_log_day_brin", "booked_date", postgresql_using="brin",
           postgresql_with={"autosummarize": "on"}).ddl_if(dialect="postgresql"),

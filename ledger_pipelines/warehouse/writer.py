@@ -1,7 +1,20 @@
-"""Batch writer of the event log: rows, rejects, conflicts and offsets in one transaction."""
+"""Batch writer of the event log: rows, rejects, conflicts and offsets in one transaction.
+
+Most batches of a stream hold only entries the log has never seen. The writer therefore inserts a
+batch *speculatively*: every entry whose first appearance is in the batch goes in as a first
+version, without looking up stored versions; the partial unique index on the first versions'
+``entry_id`` refuses the insert if any of them is stored already. Then the transaction is rolled
+back and written again the careful way: stored versions are looked up, and each row is classified
+as a new entry, a duplicate, a new version or a conflict. A batch that meets a stored entry makes
+the next batch look up first too (re-publications come in runs: a reorg, a crashed publisher, an
+EVM connector finalising entries), until one finds none. So a stream of new entries costs one
+index operation a row, and a stream of re-publications costs what it did before: the lookup,
+never a wasted insert per batch.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from operator import itemgetter
 from decimal import Decimal
@@ -22,6 +35,10 @@ _ENTRY_ID = EVENT_COLUMNS.index("entry_id")
 _ECON_INDEX = tuple(EVENT_COLUMNS.index(c) for c in ECON_COLUMNS)
 _HASH = EVENT_COLUMNS.index("content_hash")
 _entry_id_of = itemgetter(_ENTRY_ID)
+# a batch that meets a stored entry is written again with a lookup; a second clash means another
+# writer stored an entry of this batch meanwhile (one entry_id published on two partitions), which
+# the next lookup sees
+MAX_ATTEMPTS = 4
 
 
 class ConcurrentIngestError(RuntimeError):
@@ -44,12 +61,30 @@ class BatchCounts:
     duplicates: int = 0
     conflicts: int = 0
     rejected: int = 0
+    lookups: int = 0  # batches written after looking up stored versions
+    retries: int = 0  # speculative inserts refused because the batch met a stored entry
 
     def add(self, other: "BatchCounts") -> None:
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.conflicts += other.conflicts
         self.rejected += other.rejected
+        self.lookups += other.lookups
+        self.retries += other.retries
+
+
+@dataclass
+class _Plan:
+    """What a batch's rows are: first versions of new entries, later versions, conflicts, duplicates."""
+
+    firsts: list[tuple] = field(default_factory=list)
+    laters: list[tuple] = field(default_factory=list)
+    conflicts: list[tuple] = field(default_factory=list)
+    duplicates: int = 0
+
+    @property
+    def all_first(self) -> bool:
+        return not self.laters
 
 
 def _econ(row: tuple) -> tuple:
@@ -74,6 +109,8 @@ class _Writer:
     def __init__(self, warehouse: "Warehouse", consumer: str, run_id: str | None):
         self.consumer = consumer
         self.run_id = run_id
+        # False after a batch that met stored entries: the next one looks them up first
+        self.speculate = True
         self._raw = warehouse.engine.raw_connection()
         self.conn = self._raw.driver_connection
         self._insert_rejects = self._sql(
@@ -104,7 +141,11 @@ class _Writer:
 
     def _begin(self, cur) -> None: ...
     def _existing(self, cur, batch: EventBatch) -> list[tuple]: ...
-    def _insert(self, cur, batch: EventBatch, inserts: list[tuple]) -> int: ...
+    def _insert(self, cur, batch: EventBatch, plan: _Plan) -> None: ...
+
+    def _is_version_clash(self, exc: BaseException) -> bool:
+        """A unique index of the event log refused a row: the batch holds an entry stored already."""
+        raise NotImplementedError
 
     def write(self, batch: EventBatch) -> BatchCounts:
         """One transaction: move the offsets, keep new versions, record conflicts and rejects."""
@@ -115,35 +156,54 @@ class _Writer:
         cur = self.conn.cursor()
         try:
             self._prepare(cur, batch)
-            self._begin(cur)
-            for (topic, part), (expected, new) in batch.offsets.items():
-                cur.execute(self._cas, (new, now, self.consumer, topic, part, expected))
-                if cur.rowcount != 1:
-                    raise ConcurrentIngestError(
-                        f"stored offset of {topic}[{part}] is no longer {expected}: another ingest run "
-                        f"advanced it; this batch was rolled back"
-                    )
-            inserts, conflicts = self._classify(self._existing(cur, batch) if batch.rows else [], batch, counts, now)
-            if inserts:
-                counts.inserted = self._insert(cur, batch, inserts)
-            if conflicts:
-                cur.executemany(self._insert_conflicts, conflicts)
-            if batch.rejects:
-                cur.executemany(self._insert_rejects, [(*r, now, self.run_id) for r in batch.rejects])
-            self.conn.commit()
-        except BaseException:
-            self.conn.rollback()
-            raise
+            lookup = not self.speculate
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                try:
+                    plan, met_stored = self._transaction(cur, batch, now, lookup)
+                    break
+                except BaseException as exc:
+                    self.conn.rollback()
+                    if not self._is_version_clash(exc) or attempt == MAX_ATTEMPTS:
+                        raise
+                    counts.retries += 1
+                    lookup = True
         finally:
             cur.close()
-        counts.conflicts = len(conflicts)
+        if batch.rows:  # a batch of rejects alone says nothing about the stream
+            self.speculate = not met_stored
+            counts.lookups = int(lookup)
+        counts.inserted = len(plan.firsts) + len(plan.laters)
+        counts.duplicates = plan.duplicates
+        counts.conflicts = len(plan.conflicts)
         return counts
 
-    def _classify(self, existing: list[tuple], batch: EventBatch, counts: BatchCounts, now: str):
-        """Split the batch into new versions to insert and conflicts; count exact duplicates.
+    def _transaction(self, cur, batch: EventBatch, now: str, lookup: bool) -> tuple[_Plan, bool]:
+        self._begin(cur)
+        for (topic, part), (expected, new) in batch.offsets.items():
+            cur.execute(self._cas, (new, now, self.consumer, topic, part, expected))
+            if cur.rowcount != 1:
+                raise ConcurrentIngestError(
+                    f"stored offset of {topic}[{part}] is no longer {expected}: another ingest run "
+                    f"advanced it; this batch was rolled back"
+                )
+        existing = self._existing(cur, batch) if lookup and batch.rows else []
+        plan = self._classify(existing, batch, now)
+        if plan.firsts or plan.laters:
+            self._insert(cur, batch, plan)
+        if plan.conflicts:
+            cur.executemany(self._insert_conflicts, plan.conflicts)
+        if batch.rejects:
+            cur.executemany(self._insert_rejects, [(*r, now, self.run_id) for r in batch.rejects])
+        self.conn.commit()
+        return plan, bool(existing)
+
+    def _classify(self, existing: list[tuple], batch: EventBatch, now: str) -> _Plan:
+        """Split the batch into first versions of new entries, later versions and conflicts; count
+        exact duplicates.
 
         ``existing`` holds (entry_id, content_hash, *economic fields) of stored versions of the
-        batch's entries. Later rows of the batch are compared with earlier ones as well.
+        batch's entries (none when the batch is written speculatively). Later rows of the batch are
+        compared with earlier ones as well.
         """
         # entry_id -> the batch row of its only version so far (a tuple), or, once a second version
         # or a stored one is involved, [content hashes, economic fields] (a list)
@@ -154,19 +214,20 @@ class _Writer:
                 known[rec[0]] = [{rec[1]}, tuple(rec[2:])]
             else:
                 entry[0].add(rec[1])
-        inserts, conflicts = [], []
+        plan = _Plan()
+        firsts, laters, conflicts = plan.firsts, plan.laters, plan.conflicts
         for row, raw in zip(batch.rows, batch.raw):
             eid = row[_ENTRY_ID]
             seen = known.get(eid)
             if seen is None:
                 known[eid] = row
-                inserts.append(row)
+                firsts.append(row)
                 continue
             if type(seen) is tuple:
                 seen = known[eid] = [{seen[_HASH]}, _econ(seen)]
             h = row[_HASH]
             if h in seen[0]:
-                counts.duplicates += 1
+                plan.duplicates += 1
                 continue
             diff = _differing(seen[1], _econ(row))
             if diff:
@@ -174,12 +235,20 @@ class _Writer:
                                   now, self.run_id))
             else:
                 seen[0].add(h)  # a new version of the entry (status, position, ...)
-                inserts.append(row)
-        return inserts, conflicts
+                laters.append(row)
+        return plan
 
 
 _COLS = ", ".join(EVENT_COLUMNS)
 _ECON = ", ".join(f"e.{c}" for c in ECON_COLUMNS)
+_KEY = ("topic", "kafka_partition", "kafka_offset")
+
+
+def _existing_sql(ids: str) -> str:
+    """Stored versions of the batch's entries, through the two partial indexes (each branch states
+    its index's predicate, without which neither database would use it)."""
+    select = f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e WHERE"
+    return f"{select} e.first_version AND e.entry_id {ids} UNION ALL {select} NOT e.first_version AND e.entry_id {ids}"
 
 
 class SqliteWriter(_Writer):
@@ -192,11 +261,19 @@ class SqliteWriter(_Writer):
     def __init__(self, warehouse, consumer, run_id):
         super().__init__(warehouse, consumer, run_id)
         self.conn.isolation_level = None  # explicit transactions below
-        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS event_stage AS SELECT * FROM ledger_event_log WHERE 0")
+        self.conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS event_stage AS SELECT {_COLS} FROM ledger_event_log WHERE 0")
+        # which staged rows to keep, and whether first versions, when not all rows are new entries
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS event_plan (topic TEXT, kafka_partition INTEGER, "
+                          "kafka_offset INTEGER, first_version INTEGER, PRIMARY KEY (topic, kafka_partition, "
+                          "kafka_offset)) WITHOUT ROWID")
         self._stage_sql = f"INSERT INTO temp.event_stage ({_COLS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-        self._existing_sql = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
-                              f"WHERE e.entry_id IN (SELECT entry_id FROM temp.event_stage)")
+        self._existing_sql = _existing_sql("IN (SELECT entry_id FROM temp.event_stage)")
         self._publish = f"INSERT INTO ledger_event_log ({_COLS}) SELECT {_COLS} FROM temp.event_stage"
+        self._publish_planned = (
+            f"INSERT INTO ledger_event_log ({_COLS}, first_version) "
+            f"SELECT {', '.join('s.' + c for c in EVENT_COLUMNS)}, p.first_version FROM temp.event_stage s "
+            f"JOIN temp.event_plan p ON {' AND '.join(f'p.{c} = s.{c}' for c in _KEY)}"
+        )
 
     def _prepare(self, cur, batch):
         cur.execute("BEGIN")  # a transaction on the temp database only: no lock on the warehouse
@@ -212,15 +289,18 @@ class SqliteWriter(_Writer):
     def _existing(self, cur, batch):
         return cur.execute(self._existing_sql).fetchall()
 
-    def _insert(self, cur, batch, inserts):
-        if len(inserts) == len(batch.rows):
+    def _insert(self, cur, batch, plan):
+        if len(plan.firsts) == len(batch.rows):  # every row a new entry: the staged table as it is
             cur.execute(self._publish)
-        else:
-            keep = {(r[0], r[1], r[2]) for r in inserts}
-            skip = [x for r in batch.rows if (r[0], r[1], r[2]) not in keep for x in r[:3]]
-            keys = ", ".join(["(?, ?, ?)"] * (len(skip) // 3))
-            cur.execute(f"{self._publish} WHERE (topic, kafka_partition, kafka_offset) NOT IN (VALUES {keys})", skip)
-        return cur.rowcount
+            return
+        cur.execute("DELETE FROM temp.event_plan")
+        cur.executemany("INSERT INTO temp.event_plan VALUES (?, ?, ?, ?)",
+                        [(*r[:3], first) for rows, first in ((plan.firsts, 1), (plan.laters, 0)) for r in rows])
+        cur.execute(self._publish_planned)
+
+    def _is_version_clash(self, exc):
+        return isinstance(exc, sqlite3.IntegrityError) and str(exc).startswith(
+            "UNIQUE constraint failed: ledger_event_log.")
 
 
 def _pg_text_array(values: list[str]) -> str:
@@ -235,26 +315,35 @@ def _pg_text_array(values: list[str]) -> str:
 
 
 class PostgresWriter(_Writer):
-    """Existing versions are looked up with one array parameter; new rows go in with COPY."""
+    """Stored versions are looked up with one array parameter; rows go in with COPY."""
 
     placeholder = "%s"
 
     def __init__(self, warehouse, consumer, run_id):
         super().__init__(warehouse, consumer, run_id)
-        self._copy = f"COPY ledger_event_log ({_COLS}) FROM STDIN"
-        self._existing_sql = (f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e "
-                              f"WHERE e.entry_id = ANY(%s::text[])")
+        self._copy_firsts = f"COPY ledger_event_log ({_COLS}) FROM STDIN"  # first_version: its default
+        self._copy_laters = f"COPY ledger_event_log ({_COLS}, first_version) FROM STDIN"
+        self._existing_sql = _existing_sql("= ANY(%(ids)s::text[])")
 
     def _existing(self, cur, batch):
         # repeated ids are harmless in = ANY(...): no set built
-        cur.execute(self._existing_sql, (_pg_text_array(list(map(_entry_id_of, batch.rows))),))
+        cur.execute(self._existing_sql, {"ids": _pg_text_array(list(map(_entry_id_of, batch.rows)))})
         return cur.fetchall()
 
-    def _insert(self, cur, batch, inserts):
-        with cur.copy(self._copy) as copy:
-            for row in inserts:
-                copy.write_row(row)
-        return len(inserts)
+    def _insert(self, cur, batch, plan):
+        if plan.firsts:
+            with cur.copy(self._copy_firsts) as copy:
+                for row in plan.firsts:
+                    copy.write_row(row)
+        if plan.laters:
+            with cur.copy(self._copy_laters) as copy:
+                for row in plan.laters:
+                    copy.write_row((*row, False))
+
+    def _is_version_clash(self, exc):
+        from psycopg.errors import UniqueViolation
+
+        return isinstance(exc, UniqueViolation) and exc.diag.table_name == "ledger_event_log"
 
 
 def make_writer(warehouse: "Warehouse", consumer: str, run_id: str | None) -> _Writer:

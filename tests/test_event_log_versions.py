@@ -1,0 +1,184 @@
+"""The event-log writer's version rules on SQLite and PostgreSQL: speculative inserts of new
+entries, the lookup after a batch that met stored ones, first/later version flags, two writers
+storing one entry at once, and the upgrade of a warehouse written before first versions existed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import MetaData, Table, UniqueConstraint, inspect
+
+from ledger_pipelines.generate import synthetic_entries
+from ledger_pipelines.ingest import _row_of
+from ledger_pipelines.model import encode_entry, make_entry, to_dict
+from ledger_pipelines.warehouse import EventBatch, Warehouse
+from ledger_pipelines.warehouse.schema import event_log, metadata
+
+pytestmark = pytest.mark.services
+TOPIC = "ledger.core_banking.entries"
+CONSUMER = "versions-test"
+
+
+class Partition:
+    """Builds batches of one topic partition at consecutive offsets, as the ingest does."""
+
+    def __init__(self, wh: Warehouse, part: int = 0):
+        self.part, self.next = part, 0
+        wh.init_offsets(CONSUMER, [(TOPIC, part)])
+
+    def batch(self, entries) -> EventBatch:
+        b = EventBatch()
+        for e in entries:
+            raw = encode_entry(e)
+            b.rows.append(_row_of(raw, e.entry_id.encode(), TOPIC, self.part, self.next, None, e.ledger, 1 << 20))
+            b.raw.append(raw)
+            self.next += 1
+        b.offsets[(TOPIC, self.part)] = (self.next - len(entries), self.next)
+        return b
+
+
+def _versions(wh: Warehouse) -> list[tuple]:
+    return wh.rows("SELECT entry_id, status, CAST(amount AS TEXT), first_version FROM ledger_event_log "
+                   "ORDER BY kafka_partition, kafka_offset")
+
+
+def _one_first_version_each(wh: Warehouse) -> None:
+    bad = wh.rows("SELECT entry_id FROM ledger_event_log GROUP BY entry_id "
+                  "HAVING sum(CASE WHEN first_version THEN 1 ELSE 0 END) <> 1")
+    assert bad == []
+
+
+def _with(e, **changes):
+    return make_entry(**(to_dict(e) | changes))
+
+
+def test_new_entries_skip_the_lookup_and_a_stored_one_brings_it_back(warehouse):
+    entries = list(synthetic_entries("core_banking", 40))
+    p = Partition(warehouse)
+    writer = warehouse.writer(CONSUMER)
+    try:
+        # new entries, one of them with a second version in the same batch: written speculatively
+        c = writer.write(p.batch(entries[:10] + [_with(entries[3], status="reversed")]))
+        assert (c.inserted, c.duplicates, c.lookups, c.retries) == (11, 0, 0, 0)
+        # a stored entry re-published among new ones: the speculative insert is refused, the batch
+        # is written again after the lookup, and nothing of the refused attempt remains
+        c = writer.write(p.batch(entries[10:20] + [entries[5]]))
+        assert (c.inserted, c.duplicates, c.lookups, c.retries) == (10, 1, 1, 1)
+        # the batch after one that met stored entries looks up first: no refused insert
+        c = writer.write(p.batch(entries[20:30] + [_with(entries[12], status="final")]))
+        assert (c.inserted, c.duplicates, c.lookups, c.retries) == (11, 0, 1, 0)
+        # ... and a lookup that finds none puts the writer back to speculating
+        c = writer.write(p.batch(entries[30:35]))
+        assert (c.lookups, c.retries) == (1, 0)
+        c = writer.write(p.batch(entries[35:40]))
+        assert (c.inserted, c.lookups, c.retries) == (5, 0, 0)
+        # a conflict (other amount) met speculatively: refused, looked up, recorded apart
+        c = writer.write(p.batch([_with(entries[0], amount="1.00")]))
+        assert (c.inserted, c.conflicts, c.lookups, c.retries) == (0, 1, 1, 1)
+    finally:
+        writer.close()
+    rows = _versions(warehouse)
+    assert len(rows) == 42
+    later = {(r[0], r[1]) for r in rows if not r[3]}
+    assert later == {(entries[3].entry_id, "reversed"), (entries[12].entry_id, "final")}
+    _one_first_version_each(warehouse)
+    assert warehouse.stored_offsets(CONSUMER) == {(TOPIC, 0): p.next}
+    assert warehouse.event_counts() == {"events": 42, "distinct_entries": 40, "rejected": 0, "conflicts": 1}
+
+
+def test_two_writers_storing_one_entry_at_once(pg_url):
+    """One entry_id on two partitions (a producer without keys): the writer that commits second is
+    refused by the unique index, looks again, and counts it a duplicate instead of failing or
+    storing it twice. With the lookup first (no speculation) as well."""
+    wh = Warehouse(pg_url)
+    wh.create_schema()
+    try:
+        for speculate in (True, False):
+            e = make_entry(**(to_dict(next(iter(synthetic_entries("core_banking", 1)))) |
+                              {"source_ref": f"shared-{speculate}", "entry_id": f"core_banking:shared-{speculate}"}))
+            first, second = Partition(wh, 10 + 2 * speculate), Partition(wh, 11 + 2 * speculate)
+            a, b = wh.writer(CONSUMER), wh.writer(CONSUMER)
+            b.speculate = speculate
+            release, committing = threading.Event(), threading.Event()
+            commit = a.conn.commit
+
+            def held_commit():
+                committing.set()
+                assert release.wait(30)
+                commit()
+
+            a.conn.commit = held_commit
+            result = {}
+            ta = threading.Thread(target=lambda: result.setdefault("a", a.write(first.batch([e]))))
+            ta.start()
+            assert committing.wait(30)  # a's row is in, uncommitted
+            tb = threading.Thread(target=lambda: result.setdefault("b", b.write(second.batch([e]))))
+            tb.start()
+            tb.join(1.0)
+            assert tb.is_alive()  # b waits on a's uncommitted index entry
+            release.set()
+            ta.join(30)
+            tb.join(30)
+            a.close()
+            b.close()
+            assert result["a"].inserted == 1
+            assert (result["b"].inserted, result["b"].duplicates, result["b"].retries) == (0, 1, 1)
+            assert wh.scalar("SELECT count(*) FROM ledger_event_log WHERE entry_id = :e", e=e.entry_id) == 1
+    finally:
+        wh.dispose()
+
+
+def _old_event_log(md: MetaData) -> Table:
+    """The event log as versions before first_version wrote it: one unique (entry_id, content_hash)."""
+    cols = [c._copy() for c in event_log.columns if c.name != "first_version"]
+    return Table("ledger_event_log", md, *cols,
+                 UniqueConstraint("entry_id", "content_hash", name="uq_ledger_event_log_version"))
+
+
+def test_a_warehouse_of_the_previous_schema_is_upgraded_in_place(warehouse_url):
+    entries = list(synthetic_entries("core_banking", 3))
+    wh = Warehouse(warehouse_url)
+    try:
+        metadata.create_all(wh.engine, tables=[t for t in metadata.sorted_tables if t is not event_log])
+        old = _old_event_log(MetaData())
+        old.create(wh.engine)
+        p = Partition(wh)
+        stored = [entries[0], _with(entries[0], status="reversed"), entries[1]]
+        with wh.engine.begin() as conn:
+            conn.execute(old.insert(), [dict(zip([c.name for c in old.columns], r)) for r in p.batch(stored).rows])
+        with wh.engine.begin() as conn:  # the offsets of what is stored
+            conn.exec_driver_sql(f"UPDATE ledger_offsets SET next_offset = 3 WHERE consumer = '{CONSUMER}'")
+
+        wh.create_schema()
+        assert _versions(wh) == [
+            (entries[0].entry_id, "booked", entries[0].amount, True),
+            (entries[0].entry_id, "reversed", entries[0].amount, False),
+            (entries[1].entry_id, "booked", entries[1].amount, True),
+        ]
+        indexes = {i["name"] for i in inspect(wh.engine).get_indexes("ledger_event_log")}
+        assert {"uq_ledger_event_log_entry", "uq_ledger_event_log_later_version"} <= indexes
+        # the old unique constraint is gone (SQLite: the table was rebuilt without its autoindex)
+        assert inspect(wh.engine).get_unique_constraints("ledger_event_log") == []
+        if wh.dialect == "sqlite":
+            assert wh.rows("SELECT name FROM sqlite_master WHERE name LIKE 'sqlite_autoindex_ledger_event_log%'") == []
+        wh.create_schema()  # again: nothing to do
+        assert len(_versions(wh)) == 3
+
+        # the upgraded log takes the same rules: both stored versions are duplicates, a new status is
+        # a later version, a new entry a first one, another amount a conflict
+        writer = wh.writer(CONSUMER)
+        try:
+            c = writer.write(p.batch([entries[0], _with(entries[0], status="reversed"),
+                                      _with(entries[1], status="final"), entries[2],
+                                      _with(entries[1], amount="2.00")]))
+        finally:
+            writer.close()
+        assert (c.inserted, c.duplicates, c.conflicts) == (2, 2, 1)
+        assert _versions(wh)[3:] == [
+            (entries[1].entry_id, "final", entries[1].amount, False),
+            (entries[2].entry_id, "booked", entries[2].amount, True),
+        ]
+        _one_first_version_each(wh)
+    finally:
+        wh.dispose()
