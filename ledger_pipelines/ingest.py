@@ -23,7 +23,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from hashlib import blake2b
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -33,6 +32,7 @@ from .gcpause import gc_paused
 from .model import EntryError, decode_wire
 from .settings import KafkaSettings
 from .warehouse import BatchCounts, EventBatch, Warehouse
+from .warehouse.writer import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,11 @@ def _row_of(value: bytes | None, key: bytes | None, topic: str, part: int, off: 
         raise EntryError(f"ledger: {e.ledger!r} does not belong on topic {topic!r}")
     if key is not None and key != e.entry_id.encode():
         raise EntryError(f"message key {key[:200]!r} differs from entry_id {e.entry_id!r}")
-    # hash of the canonical encoding: field order and spacing of the producer do not matter
     # version identity is the value's bytes: our producers encode canonically (sorted keys, no
     # spaces), so a re-published entry is byte-identical; another producer's formatting of the same
     # content makes a second version with equal economics (never a conflict), and readers take the
     # latest version of an entry
-    digest = blake2b(value, digest_size=8).hexdigest()
+    digest = content_hash(value)
     row = (topic, part, off, e.entry_id, e.ledger, e.ledger_kind, e.source_ref,
            e.correlation_id, e.account, e.counterparty, e.asset, e.amount, e.direction, e.booked_at,
            e.booked_at[:10], e.value_date, e.status, str(e.position, "utf-8"), str(e.attributes, "utf-8"), digest, run_id)

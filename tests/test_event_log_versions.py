@@ -13,7 +13,10 @@ from ledger_pipelines.generate import synthetic_entries
 from ledger_pipelines.ingest import _row_of
 from ledger_pipelines.model import encode_entry, make_entry, to_dict
 from ledger_pipelines.warehouse import EventBatch, Warehouse
-from ledger_pipelines.warehouse.schema import event_log, metadata
+from ledger_pipelines.warehouse.schema import EVENT_COLUMNS, event_log, metadata
+from ledger_pipelines.warehouse.writer import legacy_content_hash
+
+_HASH = EVENT_COLUMNS.index("content_hash")
 
 pytestmark = pytest.mark.services
 TOPIC = "ledger.core_banking.entries"
@@ -27,11 +30,14 @@ class Partition:
         self.part, self.next = part, 0
         wh.init_offsets(CONSUMER, [(TOPIC, part)])
 
-    def batch(self, entries) -> EventBatch:
+    def batch(self, entries, legacy_hash: bool = False) -> EventBatch:
         b = EventBatch()
         for e in entries:
             raw = encode_entry(e)
-            b.rows.append(_row_of(raw, e.entry_id.encode(), TOPIC, self.part, self.next, None, e.ledger, 1 << 20))
+            row = _row_of(raw, e.entry_id.encode(), TOPIC, self.part, self.next, None, e.ledger, 1 << 20)
+            if legacy_hash:  # as versions before XXH3 stored it
+                row = (*row[:_HASH], legacy_content_hash(raw), *row[_HASH + 1:])
+            b.rows.append(row)
             b.raw.append(raw)
             self.next += 1
         b.offsets[(TOPIC, self.part)] = (self.next - len(entries), self.next)
@@ -130,7 +136,8 @@ def test_two_writers_storing_one_entry_at_once(pg_url):
 
 
 def _old_event_log(md: MetaData) -> Table:
-    """The event log as versions before first_version wrote it: one unique (entry_id, content_hash)."""
+    """The event log as versions before first_version wrote it: one unique (entry_id, content_hash)
+    (a BLAKE2b-64 hash then)."""
     cols = [c._copy() for c in event_log.columns if c.name != "first_version"]
     return Table("ledger_event_log", md, *cols,
                  UniqueConstraint("entry_id", "content_hash", name="uq_ledger_event_log_version"))
@@ -146,7 +153,8 @@ def test_a_warehouse_of_the_previous_schema_is_upgraded_in_place(warehouse_url):
         p = Partition(wh)
         stored = [entries[0], _with(entries[0], status="reversed"), entries[1]]
         with wh.engine.begin() as conn:
-            conn.execute(old.insert(), [dict(zip([c.name for c in old.columns], r)) for r in p.batch(stored).rows])
+            conn.execute(old.insert(), [dict(zip([c.name for c in old.columns], r))
+                                        for r in p.batch(stored, legacy_hash=True).rows])
         with wh.engine.begin() as conn:  # the offsets of what is stored
             conn.exec_driver_sql(f"UPDATE ledger_offsets SET next_offset = 3 WHERE consumer = '{CONSUMER}'")
 
@@ -165,8 +173,9 @@ def test_a_warehouse_of_the_previous_schema_is_upgraded_in_place(warehouse_url):
         wh.create_schema()  # again: nothing to do
         assert len(_versions(wh)) == 3
 
-        # the upgraded log takes the same rules: both stored versions are duplicates, a new status is
-        # a later version, a new entry a first one, another amount a conflict
+        # the upgraded log takes the same rules: both stored versions are duplicates (matched on the
+        # hash they were stored with), a new status is a later version, a new entry a first one,
+        # another amount a conflict
         writer = wh.writer(CONSUMER)
         try:
             c = writer.write(p.batch([entries[0], _with(entries[0], status="reversed"),

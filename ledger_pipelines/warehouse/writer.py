@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from operator import itemgetter
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
+
+from xxhash import xxh3_64_hexdigest
 
 from .schema import EVENT_COLUMNS
 
@@ -39,6 +42,19 @@ _entry_id_of = itemgetter(_ENTRY_ID)
 # writer stored an entry of this batch meanwhile (one entry_id published on two partitions), which
 # the next lookup sees
 MAX_ATTEMPTS = 4
+
+
+def content_hash(value: bytes) -> str:
+    """A version's identity among the versions of its entry: XXH3-64 of the message value, 16 hex
+    digits. It only has to tell apart versions of one entry, which a 64-bit hash does (XXH3 takes a
+    fifth of the time of BLAKE2b here, 0.1 against 0.5 µs a message)."""
+    return xxh3_64_hexdigest(value)
+
+
+def legacy_content_hash(value: bytes) -> str:
+    """What warehouses written before XXH3 stored: BLAKE2b-64. A re-publication of a version stored
+    then is matched on it (only entries with stored versions pay for it)."""
+    return blake2b(value, digest_size=8).hexdigest()
 
 
 class ConcurrentIngestError(RuntimeError):
@@ -206,12 +222,12 @@ class _Writer:
         compared with earlier ones as well.
         """
         # entry_id -> the batch row of its only version so far (a tuple), or, once a second version
-        # or a stored one is involved, [content hashes, economic fields] (a list)
+        # or a stored one is involved, [content hashes, economic fields, has stored versions] (a list)
         known: dict[str, Any] = {}
         for rec in existing:
             entry = known.get(rec[0])
             if entry is None:
-                known[rec[0]] = [{rec[1]}, tuple(rec[2:])]
+                known[rec[0]] = [{rec[1]}, tuple(rec[2:]), True]
             else:
                 entry[0].add(rec[1])
         plan = _Plan()
@@ -224,9 +240,9 @@ class _Writer:
                 firsts.append(row)
                 continue
             if type(seen) is tuple:
-                seen = known[eid] = [{seen[_HASH]}, _econ(seen)]
+                seen = known[eid] = [{seen[_HASH]}, _econ(seen), False]
             h = row[_HASH]
-            if h in seen[0]:
+            if h in seen[0] or (seen[2] and legacy_content_hash(raw) in seen[0]):
                 plan.duplicates += 1
                 continue
             diff = _differing(seen[1], _econ(row))
