@@ -4,7 +4,9 @@ Produces N canonical entries to a 4-partition topic on the local broker, then me
 same run:
   (a) baseline: raw confluent-kafka batch consume + JSON decode (msgspec, untyped), no database;
   (b) ledger_event_log ingest into a fresh SQLite file;
-  (c) ledger_event_log ingest into a fresh PostgreSQL database.
+  (c) ledger_event_log ingest into a fresh PostgreSQL database;
+  (d) the same entries published again, ingested into a log that holds them (all duplicates: the
+      writer's lookup path, where (b) and (c) take the speculative one), once per database.
 Prints every figure, the ratios to the baseline, and the peak RSS of each phase (process tree).
 Every run starts after os.sync(): one run's dirty pages are not written back on the next run's time.
 
@@ -68,13 +70,21 @@ def phase_baseline(kafka: KafkaSettings, ends: dict) -> dict:
     return {"per_second": out["typed"], "untyped_per_second": out["untyped"]}
 
 
-def phase_ingest(kafka: KafkaSettings, ends: dict, url: str, workers: int, count: int) -> dict:
+def phase_ingest(kafka: KafkaSettings, ends: dict, url: str, workers: int, count: int,
+                 stored_ends: dict | None = None) -> dict:
     wh = Warehouse(url)
+    if stored_ends:  # the log holds the first publication already (untimed)
+        EventLogIngestor(kafka, wh, workers=workers).run(stored_ends)
     result = EventLogIngestor(kafka, wh, workers=workers).run(ends)
-    assert result.counts.inserted == count, result.counts
+    c = result.counts
+    if stored_ends:
+        assert (c.inserted, c.duplicates) == (0, count), c
+    else:
+        assert c.inserted == count, c
     assert wh.event_counts()["events"] == count
     wh.dispose()
-    return {"per_second": result.consumed / result.elapsed, "seconds": result.elapsed, "batches": result.batches}
+    return {"per_second": result.consumed / result.elapsed, "seconds": result.elapsed, "batches": result.batches,
+            "lookups": c.lookups, "retries": c.retries}
 
 
 def run_phase(name: str, kafka: KafkaSettings, ends: dict, **extra) -> dict:
@@ -103,7 +113,8 @@ def child(spec_text: str) -> int:
     if spec["phase"] == "baseline":
         out = phase_baseline(kafka, ends)
     else:
-        out = phase_ingest(kafka, ends, spec["url"], spec["workers"], spec["count"])
+        stored = {(t, p): o for t, p, o in spec["stored_ends"]} if spec.get("stored_ends") else None
+        out = phase_ingest(kafka, ends, spec["url"], spec["workers"], spec["count"], stored)
     print(json.dumps(out))
     return 0
 
@@ -141,34 +152,59 @@ def main() -> int:
           f"[{base['min']:,.0f}..{base['max']:,.0f}] (untyped JSON decode: {base['untyped_per_second']:,.0f}/s), "
           f"peak RSS {base['peak_rss_mb']:.0f} MB")
     admin = cfg.pg_admin_params()
+
+    def fresh_url(label: str, tmp: str, i: int, conn) -> str:
+        if label == "sqlite":
+            return f"sqlite:///{os.path.join(tmp, f'bench{i}.db')}"
+        dbname = f"bench_{uuid.uuid4().hex[:8]}"
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+        conn.execute("CHECKPOINT")  # start from a clean buffer pool, not the last run's debt
+        return cfg.pg_url().rsplit("/", 1)[0] + f"/{dbname}"
+
+    def drop(label: str, url: str, conn) -> None:
+        if label == "postgresql":
+            conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        else:
+            path = url.removeprefix("sqlite:///")
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+
+    labels = ("sqlite", "postgresql")
     with tempfile.TemporaryDirectory() as tmp, psycopg.connect(**admin) as conn:
-        for step, label in zip("bc", ("sqlite", "postgresql")):
+        for step, label in zip("bc", labels):
             runs = []
             for i in range(args.repeat):
-                if label == "sqlite":
-                    url = f"sqlite:///{os.path.join(tmp, f'bench{i}.db')}"
-                else:
-                    dbname = f"bench_{uuid.uuid4().hex[:8]}"
-                    conn.execute(f'CREATE DATABASE "{dbname}"')
-                    conn.execute("CHECKPOINT")  # start from a clean buffer pool, not the last run's debt
-                    url = cfg.pg_url().rsplit("/", 1)[0] + f"/{dbname}"
+                url = fresh_url(label, tmp, i, conn)
                 # each run starts with the page cache written back: the previous run's (or phase's) dirty
                 # pages must not be flushed on this run's time
                 os.sync()
                 try:
                     runs.append(run_phase("ingest", kafka, ends, url=url, workers=args.workers, count=args.count))
                 finally:
-                    if label == "postgresql":
-                        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-                    else:
-                        for suffix in ("", "-wal", "-shm"):
-                            if os.path.exists(os.path.join(tmp, f"bench{i}.db{suffix}")):
-                                os.remove(os.path.join(tmp, f"bench{i}.db{suffix}"))
+                    drop(label, url, conn)
             fig = figures[label] = median_of(runs)
             fig["ratio_to_baseline"] = fig["per_second"] / base["per_second"]
             print(f"({step}) ledger_event_log ingest into {label}: {fig['per_second']:,.0f} entries/s "
                   f"[{fig['min']:,.0f}..{fig['max']:,.0f}] ({fig['seconds']:.2f}s, {fig['batches']} batches, "
                   f"{args.workers} workers), {fig['ratio_to_baseline']:.2f}x baseline, peak RSS {fig['peak_rss_mb']:.0f} MB")
+
+        EntryProducer(kafka, "bench").publish(synthetic_entries("core_banking", args.count, compact=True))
+        again = end_offsets(kafka)
+        for label in labels:
+            url = fresh_url(label, tmp, 99, conn)
+            os.sync()
+            try:
+                rep = run_phase("ingest", kafka, again, url=url, workers=args.workers, count=args.count,
+                                stored_ends=[[t, p, o] for (t, p), o in ends.items()])
+            finally:
+                drop(label, url, conn)
+            rep["ratio_to_baseline"] = rep["per_second"] / base["per_second"]
+            figures[f"{label}_republished"] = rep
+            print(f"(d) the same {args.count:,} entries published again, into the {label} log that holds them "
+                  f"(all duplicates): {rep['per_second']:,.0f} entries/s ({rep['seconds']:.2f}s), "
+                  f"{rep['ratio_to_baseline']:.2f}x baseline; {rep['lookups']} of {rep['batches']} batches looked up, "
+                  f"{rep['retries']} refused speculative inserts")
 
     targets_ok = {
         "postgresql >= 150k/s": figures["postgresql"]["per_second"] >= 150_000,
