@@ -93,6 +93,10 @@ def ledger_event_log(
             "rejected": MetadataValue.int(result.counts.rejected),
             "conflicts": MetadataValue.int(result.counts.conflicts),
             "messages_consumed": MetadataValue.int(result.consumed),
+            # batches written after looking up stored versions (re-publications), and speculative
+            # inserts refused because a batch held a stored entry (see warehouse/writer.py)
+            "batches_looked_up": MetadataValue.int(result.counts.lookups),
+            "speculative_inserts_refused": MetadataValue.int(result.counts.retries),
             "lag": MetadataValue.int(lag_total),
             "entries_per_second": MetadataValue.float(round(result.rate, 1)),
             "workers": MetadataValue.int(result.workers),
