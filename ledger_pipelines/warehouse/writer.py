@@ -78,7 +78,9 @@ class BatchCounts:
     conflicts: int = 0
     rejected: int = 0
     lookups: int = 0  # batches written after looking up stored versions
-    retries: int = 0  # speculative inserts refused because the batch met a stored entry
+    # writes refused by a version index and done again: a speculative insert that met a stored
+    # entry or, rarely, another writer storing an entry of the batch at the same time
+    retries: int = 0
 
     def add(self, other: "BatchCounts") -> None:
         self.inserted += other.inserted
@@ -97,10 +99,6 @@ class _Plan:
     laters: list[tuple] = field(default_factory=list)
     conflicts: list[tuple] = field(default_factory=list)
     duplicates: int = 0
-
-    @property
-    def all_first(self) -> bool:
-        return not self.laters
 
 
 def _econ(row: tuple) -> tuple:
@@ -171,7 +169,11 @@ class _Writer:
         now = utc_now()
         cur = self.conn.cursor()
         try:
-            self._prepare(cur, batch)
+            try:
+                self._prepare(cur, batch)
+            except BaseException:
+                self.conn.rollback()
+                raise
             lookup = not self.speculate
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 try:
