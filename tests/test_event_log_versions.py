@@ -135,6 +135,59 @@ def test_two_writers_storing_one_entry_at_once(pg_url):
         wh.dispose()
 
 
+def test_two_writers_deadlocked_on_each_others_entries(pg_url):
+    """Two writers insert the same two new entries in opposite orders, each holding one the other
+    waits for: PostgreSQL picks a victim, which rolls back, looks up and finds both stored by the
+    other writer. Neither fails; each entry is stored once."""
+    wh = Warehouse(pg_url)
+    wh.create_schema()
+    x, y = (make_entry(**(to_dict(e) | {"source_ref": f"dl-{i}", "entry_id": f"core_banking:dl-{i}"}))
+            for i, e in enumerate(synthetic_entries("core_banking", 2)))
+    writers = {name: wh.writer(CONSUMER) for name in "ab"}
+    holding = {name: threading.Event() for name in "ab"}
+
+    def one_row_at_a_time(name, other):
+        writer = writers[name]
+
+        def insert(cur, batch, plan):  # the first row, a pause until the other holds its first, the rest
+            for i, row in enumerate(plan.firsts):
+                with cur.copy(writer._copy_firsts) as copy:
+                    copy.write_row(row)
+                if i == 0 and not holding[name].is_set():
+                    holding[name].set()
+                    assert holding[other].wait(30)
+        writer._insert = insert
+
+    one_row_at_a_time("a", "b")
+    one_row_at_a_time("b", "a")
+    parts = {"a": Partition(wh, 20), "b": Partition(wh, 21)}
+    batches = {"a": parts["a"].batch([x, y]), "b": parts["b"].batch([y, x])}
+    result, errors = {}, []
+
+    def run(name):
+        try:
+            result[name] = writers[name].write(batches[name])
+        except Exception as exc:  # a failure of either writer is the defect this test looks for
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for w in writers.values():
+        w.close()
+    try:
+        assert not errors, errors
+        counts = sorted((r.inserted, r.duplicates, r.retries) for r in result.values())
+        assert counts == [(0, 2, 1), (2, 0, 0)]
+        assert wh.rows("SELECT entry_id, count(*) FROM ledger_event_log GROUP BY entry_id ORDER BY 1") == [
+            (x.entry_id, 1), (y.entry_id, 1)]
+        assert wh.stored_offsets(CONSUMER) == {(TOPIC, 20): 2, (TOPIC, 21): 2}
+    finally:
+        wh.dispose()
+
+
 def _old_event_log(md: MetaData) -> Table:
     """The event log as versions before first_version wrote it: one unique (entry_id, content_hash)
     (a BLAKE2b-64 hash then)."""

@@ -158,7 +158,8 @@ class _Writer:
     def _insert(self, cur, batch: EventBatch, plan: _Plan) -> None: ...
 
     def _is_version_clash(self, exc: BaseException) -> bool:
-        """A unique index of the event log refused a row: the batch holds an entry stored already."""
+        """A unique index of the event log refused a row (the batch holds an entry stored already),
+        or two writers storing the same entries waited on each other: written again after a lookup."""
         raise NotImplementedError
 
     def write(self, batch: EventBatch) -> BatchCounts:
@@ -359,9 +360,12 @@ class PostgresWriter(_Writer):
                     copy.write_row((*row, False))
 
     def _is_version_clash(self, exc):
-        from psycopg.errors import UniqueViolation
+        from psycopg.errors import DeadlockDetected, UniqueViolation
 
-        return isinstance(exc, UniqueViolation) and exc.diag.table_name == "ledger_event_log"
+        # a deadlock: two writers each inserted one of two entries the other's batch holds too
+        # (entries published on two partitions); the victim's retry finds them stored
+        return (isinstance(exc, UniqueViolation) and exc.diag.table_name == "ledger_event_log") or isinstance(
+            exc, DeadlockDetected)
 
 
 def make_writer(warehouse: "Warehouse", consumer: str, run_id: str | None) -> _Writer:
