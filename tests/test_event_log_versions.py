@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import MetaData, Table, UniqueConstraint, inspect
+from sqlalchemy import Column, MetaData, Table, UniqueConstraint, inspect
 
 from ledger_pipelines.generate import synthetic_entries
 from ledger_pipelines.ingest import _row_of
@@ -191,7 +191,7 @@ def test_two_writers_deadlocked_on_each_others_entries(pg_url):
 def _old_event_log(md: MetaData) -> Table:
     """The event log as versions before first_version wrote it: one unique (entry_id, content_hash)
     (a BLAKE2b-64 hash then)."""
-    cols = [c._copy() for c in event_log.columns if c.name != "first_version"]
+    cols = [Column(c.name, c.type, nullable=c.nullable) for c in event_log.columns if c.name != "first_version"]
     return Table("ledger_event_log", md, *cols,
                  UniqueConstraint("entry_id", "content_hash", name="uq_ledger_event_log_version"))
 
