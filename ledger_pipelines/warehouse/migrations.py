@@ -50,12 +50,13 @@ def upgrade_postgresql(conn: Connection) -> list[str]:
 def upgrade_sqlite(engine: Engine) -> list[str]:
     """SQLite cannot drop a table's UNIQUE constraint: the event log is rebuilt, in one explicit
     transaction under the write lock (pysqlite would run DDL outside a transaction)."""
+    with engine.connect() as c:
+        if not _needs_first_version(c):
+            return []
     raw = engine.raw_connection()
     try:
         conn = raw.driver_connection
         conn.isolation_level = None
-        if not _sqlite_needs_first_version(conn):
-            return []
         conn.execute("BEGIN IMMEDIATE")
         try:
             if not _sqlite_needs_first_version(conn):  # another process upgraded it meanwhile
