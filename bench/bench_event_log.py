@@ -143,7 +143,7 @@ def main() -> int:
     sample = list(synthetic_entries("core_banking", min(10_000, args.count), day=day, compact=True))
     size = sum(len(encode_entry(e)) for e in sample) / len(sample)
     t0 = time.perf_counter()
-    EntryProducer(kafka, "bench").publish(synthetic_entries("core_banking", args.count, compact=True))
+    EntryProducer(kafka, "bench").publish(synthetic_entries("core_banking", args.count, day=day, compact=True))
     produce_s = time.perf_counter() - t0
     ends = end_offsets(kafka)
     print(f"produced {args.count:,} entries (mean {size:.0f} bytes) to 4 partitions in {produce_s:.2f}s "
