@@ -173,7 +173,9 @@ class Service:
         if _pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
-            _reap(pid)
+        # the loop ends as soon as the process is a zombie: when this process started it, reap it
+        # here (no zombie left behind for as long as this process lives)
+        _reap(pid)
         self.pidfile.unlink(missing_ok=True)
         # a launcher (npm's anvil wrapper) may exit before the server it started lets go of the port
         while time.monotonic() < deadline and any(_port_open(self.cfg.host, p) for p in self.ports()):

@@ -236,8 +236,11 @@ def test_broker_restart_between_runs(kafka, kafka_service, tmp_path):
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
     _publish(kafka, 5000)
     assert EventLogIngestor(kafka, wh).run().counts.inserted == 5000
+    broker_pid = kafka_service.pid()
     kafka_service.stop()
     assert not kafka_service.running()
+    # stopped and reaped: no zombie child left to this process (when it started the broker)
+    assert broker_pid not in {c.pid for c in psutil.Process().children()}
     kafka_service.start(timeout=120)
     _publish(kafka, 3000, start=5000)
     result = EventLogIngestor(kafka, wh).run()
@@ -321,6 +324,15 @@ def test_id_array_literal_round_trips_through_postgresql(pg_url):
             assert conn.execute("SELECT %s::text[]", (_pg_text_array(ids),)).fetchone()[0] == ids
 
 
+def _is_live_spawned_worker(proc: psutil.Process) -> bool:
+    """A process exited but not yet reaped (a zombie, e.g. a finished subprocess of an earlier
+    test) or gone meanwhile is not running: only a live multiprocessing spawn child counts."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(proc.cmdline())
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):
+        return False
+
+
 def test_a_failure_in_this_process_stops_the_workers_and_a_rerun_completes(kafka, tmp_path, monkeypatch):
     """With workers, this process consumes the first group itself: when that fails, the spawned
     workers are stopped (their committed batches stand) and the error is raised; a re-run ends
@@ -343,7 +355,7 @@ def test_a_failure_in_this_process_stops_the_workers_and_a_rerun_completes(kafka
 
     monkeypatch.setattr(ingest, "consume_partitions", failing)
     def workers():  # spawned workers (not multiprocessing's resource tracker, which stays by design)
-        return {p for p in psutil.Process().children(recursive=True) if "spawn_main" in " ".join(p.cmdline())}
+        return {p for p in psutil.Process().children(recursive=True) if _is_live_spawned_worker(p)}
 
     before = workers()
     with pytest.raises(RuntimeError, match="boom in this process"):
