@@ -93,6 +93,40 @@ def test_new_entries_skip_the_lookup_and_a_stored_one_brings_it_back(warehouse):
     assert warehouse.event_counts() == {"events": 42, "distinct_entries": 40, "rejected": 0, "conflicts": 1}
 
 
+def test_a_lookup_fetches_the_fields_of_only_the_entries_it_compares(warehouse):
+    """The lookup reads stored versions' hashes first; the economic fields come only for entries
+    the batch brings an unstored version of (new version or conflict). Duplicates, of a first or a
+    later version, are told by their hash alone, and a batch of duplicates reads no fields at all."""
+    entries = list(synthetic_entries("core_banking", 30))
+    p = Partition(warehouse)
+    writer = warehouse.writer(CONSUMER)
+    compared = []
+    fetch = writer._stored_versions
+    writer._stored_versions = lambda cur, ids: compared.append(list(ids)) or fetch(cur, ids)
+    try:
+        reversed_2 = _with(entries[2], status="reversed")
+        writer.write(p.batch(entries + [reversed_2]))
+        writer.speculate = False  # a lookup for every batch below
+        # all duplicates (entries[2] in both stored versions): no field fetched
+        c = writer.write(p.batch(entries[:10] + [reversed_2]))
+        assert (c.inserted, c.duplicates, c.conflicts, c.lookups) == (0, 11, 0, 1)
+        assert compared == []
+        # duplicates, a new version, a conflict, and a new version of an entry whose other row in
+        # the batch is a duplicate: fields of the last three entries only
+        batch = [*entries[10:20], _with(entries[11], status="final"), _with(entries[12], amount="0.01"),
+                 entries[13], _with(entries[13], status="final"), reversed_2]
+        c = writer.write(p.batch(batch))
+        assert (c.inserted, c.duplicates, c.conflicts, c.lookups) == (2, 12, 1, 1)
+        assert sorted(compared) == [sorted(entries[i].entry_id for i in (11, 12, 13))]
+    finally:
+        writer.close()
+    later = {(r[0], r[1]) for r in _versions(warehouse) if not r[3]}
+    assert later == {(entries[i].entry_id, s) for i, s in ((2, "reversed"), (11, "final"), (13, "final"))}
+    conflict = warehouse.rows("SELECT entry_id, differing_fields FROM ledger_entry_conflicts")
+    assert conflict == [(entries[12].entry_id, "amount")]
+    _one_first_version_each(warehouse)
+
+
 def test_two_writers_storing_one_entry_at_once(pg_url):
     """One entry_id on two partitions (a producer without keys): the writer that commits second is
     refused by the unique index, looks again, and counts it a duplicate instead of failing or

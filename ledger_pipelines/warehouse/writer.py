@@ -21,6 +21,7 @@ from operator import itemgetter
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from xxhash import xxh3_64_hexdigest
 
 from .schema import EVENT_COLUMNS
@@ -101,6 +102,9 @@ class _Plan:
     duplicates: int = 0
 
 
+_NO_ECON = (None,) * len(ECON_COLUMNS)
+
+
 def _econ(row: tuple) -> tuple:
     return tuple(row[i] for i in _ECON_INDEX)
 
@@ -154,8 +158,37 @@ class _Writer:
         """Work done before the write transaction (SQLite stages rows outside its write lock)."""
 
     def _begin(self, cur) -> None: ...
-    def _existing(self, cur, batch: EventBatch) -> list[tuple]: ...
+    def _stored_hashes(self, cur, batch: EventBatch) -> list[tuple]:
+        """(entry_id, content_hash) of every stored version of the batch's entries."""
+    def _stored_versions(self, cur, entry_ids: list[str]) -> list[tuple]:
+        """(entry_id, content_hash, *economic fields) of every stored version of these entries,
+        first versions first."""
     def _insert(self, cur, batch: EventBatch, plan: _Plan) -> None: ...
+
+    def _existing(self, cur, batch: EventBatch) -> list[tuple]:
+        """Stored versions of the batch's entries as ``_classify`` takes them, in two passes: their
+        hashes, then the economic fields of the entries the batch brings a version of that is not
+        stored (a new version or a conflict, to be compared). A re-publication, the usual reason
+        for a lookup, matches on its hash and never fetches (or decodes) those fields; they stay
+        None, and ``_classify`` never reads them for an entry whose rows are all duplicates."""
+        stored = self._stored_hashes(cur, batch)
+        if not stored:
+            return []
+        hashes: dict[str, set] = {}
+        for eid, h in stored:
+            hashes.setdefault(eid, set()).add(h)
+        compare = set()
+        for row, raw in zip(batch.rows, batch.raw):
+            eid = row[_ENTRY_ID]
+            known = hashes.get(eid)
+            if known is not None and eid not in compare and row[_HASH] not in known \
+                    and legacy_content_hash(raw) not in known:
+                compare.add(eid)
+        if not compare:
+            return [(eid, h, *_NO_ECON) for eid, h in stored]
+        versions = self._stored_versions(cur, sorted(compare))
+        # an entry's versions all come from one pass: with its fields, or (all duplicates) without
+        return versions + [(eid, h, *_NO_ECON) for eid, h in stored if eid not in compare]
 
     def _is_version_clash(self, exc: BaseException) -> bool:
         """A unique index of the event log refused a row (the batch holds an entry stored already),
@@ -221,8 +254,9 @@ class _Writer:
         exact duplicates.
 
         ``existing`` holds (entry_id, content_hash, *economic fields) of stored versions of the
-        batch's entries (none when the batch is written speculatively). Later rows of the batch are
-        compared with earlier ones as well.
+        batch's entries (none when the batch is written speculatively); the fields are None for an
+        entry whose batch rows all match a stored version, and are then never compared. Later rows
+        of the batch are compared with earlier ones as well.
         """
         # entry_id -> the batch row of its only version so far (a tuple), or, once a second version
         # or a stored one is involved, [content hashes, economic fields, has stored versions] (a list)
@@ -263,10 +297,10 @@ _ECON = ", ".join(f"e.{c}" for c in ECON_COLUMNS)
 _KEY = ("topic", "kafka_partition", "kafka_offset")
 
 
-def _existing_sql(ids: str) -> str:
-    """Stored versions of the batch's entries, through the two partial indexes (each branch states
-    its index's predicate, without which neither database would use it)."""
-    select = f"SELECT e.entry_id, e.content_hash, {_ECON} FROM ledger_event_log e WHERE"
+def _existing_sql(ids: str, econ: bool = True) -> str:
+    """Stored versions of some entries (with their economic fields or not), through the two partial
+    indexes (each branch states its index's predicate, without which neither database would use it)."""
+    select = f"SELECT e.entry_id, e.content_hash{', ' + _ECON if econ else ''} FROM ledger_event_log e WHERE"
     return f"{select} e.first_version AND e.entry_id {ids} UNION ALL {select} NOT e.first_version AND e.entry_id {ids}"
 
 
@@ -286,7 +320,8 @@ class SqliteWriter(_Writer):
                           "kafka_offset INTEGER, first_version INTEGER, PRIMARY KEY (topic, kafka_partition, "
                           "kafka_offset)) WITHOUT ROWID")
         self._stage_sql = f"INSERT INTO temp.event_stage ({_COLS}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-        self._existing_sql = _existing_sql("IN (SELECT entry_id FROM temp.event_stage)")
+        self._hashes_sql = _existing_sql("IN (SELECT entry_id FROM temp.event_stage)", econ=False)
+        self._versions_sql = _existing_sql("IN (SELECT value FROM json_each(?))")
         self._publish = f"INSERT INTO ledger_event_log ({_COLS}) SELECT {_COLS} FROM temp.event_stage"
         self._publish_planned = (
             f"INSERT INTO ledger_event_log ({_COLS}, first_version) "
@@ -305,8 +340,12 @@ class SqliteWriter(_Writer):
         # take the write lock up front: no lock upgrade deadlock between concurrent writers
         cur.execute("BEGIN IMMEDIATE")
 
-    def _existing(self, cur, batch):
-        return cur.execute(self._existing_sql).fetchall()
+    def _stored_hashes(self, cur, batch):
+        return cur.execute(self._hashes_sql).fetchall()
+
+    def _stored_versions(self, cur, entry_ids):
+        ids = msgspec.json.encode(entry_ids).decode()
+        return cur.execute(self._versions_sql, (ids, ids)).fetchall()
 
     def _insert(self, cur, batch, plan):
         if len(plan.firsts) == len(batch.rows):  # every row a new entry: the staged table as it is
@@ -342,11 +381,16 @@ class PostgresWriter(_Writer):
         super().__init__(warehouse, consumer, run_id)
         self._copy_firsts = f"COPY ledger_event_log ({_COLS}) FROM STDIN"  # first_version: its default
         self._copy_laters = f"COPY ledger_event_log ({_COLS}, first_version) FROM STDIN"
-        self._existing_sql = _existing_sql("= ANY(%(ids)s::text[])")
+        self._hashes_sql = _existing_sql("= ANY(%(ids)s::text[])", econ=False)
+        self._versions_sql = _existing_sql("= ANY(%(ids)s::text[])")
 
-    def _existing(self, cur, batch):
+    def _stored_hashes(self, cur, batch):
         # repeated ids are harmless in = ANY(...): no set built
-        cur.execute(self._existing_sql, {"ids": _pg_text_array(list(map(_entry_id_of, batch.rows)))})
+        cur.execute(self._hashes_sql, {"ids": _pg_text_array(list(map(_entry_id_of, batch.rows)))})
+        return cur.fetchall()
+
+    def _stored_versions(self, cur, entry_ids):
+        cur.execute(self._versions_sql, {"ids": _pg_text_array(entry_ids)})
         return cur.fetchall()
 
     def _insert(self, cur, batch, plan):
