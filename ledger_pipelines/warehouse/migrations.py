@@ -22,7 +22,6 @@ _IS_FIRST = (
     "NOT EXISTS (SELECT 1 FROM {table} o WHERE o.entry_id = v.entry_id AND "
     "(o.topic, o.kafka_partition, o.kafka_offset) < (v.topic, v.kafka_partition, v.kafka_offset))"
 )
-_PARTIAL_INDEXES = ("uq_ledger_event_log_entry", "uq_ledger_event_log_later_version")
 
 
 def _needs_first_version(conn: Connection) -> bool:
@@ -40,7 +39,7 @@ def upgrade_postgresql(conn: Connection) -> list[str]:
     conn.execute(text(f"UPDATE ledger_event_log v SET first_version = false "
                       f"WHERE NOT {_IS_FIRST.format(table='ledger_event_log')}"))
     for index in event_log.indexes:
-        if index.name in _PARTIAL_INDEXES:
+        if index.unique:  # the two partial version indexes
             index.create(conn)
     conn.execute(text("ALTER TABLE ledger_event_log DROP CONSTRAINT IF EXISTS uq_ledger_event_log_version"))
     log.warning("warehouse upgraded: event log versions marked first/later, partial unique indexes built")

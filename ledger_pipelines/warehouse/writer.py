@@ -102,9 +102,6 @@ class _Plan:
     duplicates: int = 0
 
 
-_NO_ECON = (None,) * len(ECON_COLUMNS)
-
-
 def _econ(row: tuple) -> tuple:
     return tuple(row[i] for i in _ECON_INDEX)
 
@@ -165,30 +162,36 @@ class _Writer:
         first versions first."""
     def _insert(self, cur, batch: EventBatch, plan: _Plan) -> None: ...
 
-    def _existing(self, cur, batch: EventBatch) -> list[tuple]:
-        """Stored versions of the batch's entries as ``_classify`` takes them, in two passes: their
-        hashes, then the economic fields of the entries the batch brings a version of that is not
-        stored (a new version or a conflict, to be compared). A re-publication, the usual reason
-        for a lookup, matches on its hash and never fetches (or decodes) those fields; they stay
-        None, and ``_classify`` never reads them for an entry whose rows are all duplicates."""
-        stored = self._stored_hashes(cur, batch)
-        if not stored:
-            return []
-        hashes: dict[str, set] = {}
-        for eid, h in stored:
-            hashes.setdefault(eid, set()).add(h)
+    def _stored(self, cur, batch: EventBatch) -> dict[str, list]:
+        """The stored versions of the batch's entries, as ``_classify`` starts from them: entry_id ->
+        [content hashes, economic fields, True]. Two passes: the hashes, then the economic fields of
+        the entries the batch brings a version of that is not stored (a new version or a conflict,
+        to be compared). A re-publication, the usual reason for a lookup, matches on its hash and
+        never fetches (or decodes) those fields: they stay None, never read for an entry whose rows
+        are all duplicates."""
+        known: dict[str, list] = {}
+        for eid, h in self._stored_hashes(cur, batch):
+            entry = known.get(eid)
+            if entry is None:
+                known[eid] = [{h}, None, True]
+            else:
+                entry[0].add(h)
+        if not known:
+            return known
         compare = set()
         for row, raw in zip(batch.rows, batch.raw):
             eid = row[_ENTRY_ID]
-            known = hashes.get(eid)
-            if known is not None and eid not in compare and row[_HASH] not in known \
-                    and legacy_content_hash(raw) not in known:
+            entry = known.get(eid)
+            if entry is not None and eid not in compare and row[_HASH] not in entry[0] \
+                    and legacy_content_hash(raw) not in entry[0]:
                 compare.add(eid)
-        if not compare:
-            return [(eid, h, *_NO_ECON) for eid, h in stored]
-        versions = self._stored_versions(cur, sorted(compare))
-        # an entry's versions all come from one pass: with its fields, or (all duplicates) without
-        return versions + [(eid, h, *_NO_ECON) for eid, h in stored if eid not in compare]
+        if compare:
+            for rec in self._stored_versions(cur, sorted(compare)):
+                entry = known[rec[0]]
+                entry[0].add(rec[1])  # a version committed since the first pass counts too
+                if entry[1] is None:  # the first version's, which later versions share
+                    entry[1] = tuple(rec[2:])
+        return known
 
     def _is_version_clash(self, exc: BaseException) -> bool:
         """A unique index of the event log refused a row (the batch holds an entry stored already),
@@ -238,8 +241,9 @@ class _Writer:
                     f"stored offset of {topic}[{part}] is no longer {expected}: another ingest run "
                     f"advanced it; this batch was rolled back"
                 )
-        existing = self._existing(cur, batch) if lookup and batch.rows else []
-        plan = self._classify(existing, batch, now)
+        stored = self._stored(cur, batch) if lookup and batch.rows else {}
+        met_stored = bool(stored)
+        plan = self._classify(stored, batch, now)
         if plan.firsts or plan.laters:
             self._insert(cur, batch, plan)
         if plan.conflicts:
@@ -247,26 +251,19 @@ class _Writer:
         if batch.rejects:
             cur.executemany(self._insert_rejects, [(*r, now, self.run_id) for r in batch.rejects])
         self.conn.commit()
-        return plan, bool(existing)
+        return plan, met_stored
 
-    def _classify(self, existing: list[tuple], batch: EventBatch, now: str) -> _Plan:
+    def _classify(self, stored: dict[str, list], batch: EventBatch, now: str) -> _Plan:
         """Split the batch into first versions of new entries, later versions and conflicts; count
         exact duplicates.
 
-        ``existing`` holds (entry_id, content_hash, *economic fields) of stored versions of the
-        batch's entries (none when the batch is written speculatively); the fields are None for an
-        entry whose batch rows all match a stored version, and are then never compared. Later rows
-        of the batch are compared with earlier ones as well.
+        ``stored`` is what :meth:`_stored` found (empty when the batch is written speculatively);
+        it is taken over and grows by the batch's own entries. Later rows of the batch are compared
+        with earlier ones as well.
         """
         # entry_id -> the batch row of its only version so far (a tuple), or, once a second version
         # or a stored one is involved, [content hashes, economic fields, has stored versions] (a list)
-        known: dict[str, Any] = {}
-        for rec in existing:
-            entry = known.get(rec[0])
-            if entry is None:
-                known[rec[0]] = [{rec[1]}, tuple(rec[2:]), True]
-            else:
-                entry[0].add(rec[1])
+        known: dict[str, Any] = stored
         plan = _Plan()
         firsts, laters, conflicts = plan.firsts, plan.laters, plan.conflicts
         for row, raw in zip(batch.rows, batch.raw):
