@@ -117,8 +117,6 @@ def write_data_docs(results: dict[str, SuiteResult], folder: Path, title: str) -
 
 def snapshot_frame(rows: list[dict[str, Any]]):
     """The frame a snapshot suite sees: text columns, ``booked_date`` derived from ``booked_at``."""
-    import pandas as pd
-
     cols = ["entry_id", "account", "asset", "amount", "direction", "status", "booked_at"]
     data = {c: [str(r[c]) if r[c] is not None else None for r in rows] for c in cols}
     data["booked_date"] = [str(r["booked_at"])[:10] for r in rows]

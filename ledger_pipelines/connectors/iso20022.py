@@ -649,6 +649,13 @@ def _chunk_worker(chunk_path: str, ledger: str, digest: str, index_offset: int):
     return out
 
 
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass  # removed already (by whichever side read it)
+
+
 def _discard_handover(future) -> None:
     """The worker's file of a half this process gave up on (the worker may still be writing it)."""
     def drop(f):
@@ -657,10 +664,7 @@ def _discard_handover(future) -> None:
         except Exception:
             return
         if half is not None:
-            try:
-                os.unlink(half[0])
-            except OSError:
-                pass
+            _remove_quietly(half[0])
 
     if future is not None:
         future.add_done_callback(drop)
@@ -720,10 +724,7 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
         logging.getLogger(__name__).warning("parallel camt parse not used (%s); parsing in one process", exc)
         _discard_handover(future)
         if chunk_path:  # the worker removes it once read; a worker that never got to it did not
-            try:
-                os.unlink(chunk_path)
-            except OSError:
-                pass
+            _remove_quietly(chunk_path)
         return None
     if half is None:
         return None

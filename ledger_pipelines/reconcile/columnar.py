@@ -146,8 +146,6 @@ def _quote(name: str) -> str:
 
 def _stages(con, second, left, right, rules: Rules, key: str) -> ColumnarResult:
     import time
-
-    import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
 
     scale = max(_scale(left), _scale(right))
