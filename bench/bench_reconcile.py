@@ -89,7 +89,6 @@ def phase_engine(n: int, leftovers: int, repeat: int = 3) -> dict:
     rules = Rules.from_dict({"time_window": "1d", "amount_tolerance": {"absolute": "0.05"}, "batch_members": None})
     peak = Peak()
     runs = []
-    r = None
     for _ in range(repeat):  # the same tables each time; every run builds and drops its own work tables
         r = None  # the last run's result goes first: the peak is that of one run
         t0 = time.perf_counter()

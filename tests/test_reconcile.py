@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -286,7 +287,6 @@ def test_columnar_engine_agrees_with_the_row_engine():
 
 def test_columnar_engine_refuses_floats_repeated_ids_and_fx():
     import pyarrow as pa
-    import pytest
 
     from ledger_pipelines.reconcile.columnar import NotColumnar, reconcile_arrow
 
@@ -305,13 +305,11 @@ def test_columnar_engine_leaves_the_callers_connection_as_it_was():
     """Work tables live in a database attached for the run and detached after it, also when the run
     fails (here: repeated ids on the right, found on the second cursor's thread)."""
     import duckdb
-    import pytest
 
     from ledger_pipelines.reconcile.columnar import reconcile_arrow
 
     con = duckdb.connect()
     con.execute("CREATE TABLE mine AS SELECT 1 AS x")
-
     con.execute("SET threads = 1")
 
     def state():
