@@ -25,7 +25,7 @@ from .stack import StackConfig
 # and no key is configured. Never accepted for any other chain id.
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 CONTRACT_ENV = {"AuditAnchor": "LEDGER_ANCHOR_CONTRACT", "LedgerBridge": "LEDGER_BRIDGE_CONTRACT"}
-_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
+_KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}\Z")
 
 
 class ChainError(RuntimeError):

@@ -22,7 +22,7 @@ from .stack import REPO_ROOT
 
 KINDS = ("sql", "evm", "iso20022", "cdc")
 DEFAULT_CONFIG = REPO_ROOT / "config" / "ledgers.example.yaml"
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
 
 
 class ConfigError(ValueError):

@@ -24,10 +24,10 @@ STATUSES: tuple[str, ...] = ("pending", "booked", "final", "reversed", "orphaned
 
 # uint256 has 78 digits; leave headroom for a fractional part but refuse absurd lengths.
 MAX_AMOUNT_DIGITS = 96
-AMOUNT_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?$"
-TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z$"
-DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
+AMOUNT_PATTERN = r"^(0|[1-9][0-9]*)(\.[0-9]+)?\Z"
+TIMESTAMP_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z\Z"
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}\Z"
 
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 _TIMESTAMP = re.compile(TIMESTAMP_PATTERN)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .stack import StackConfig
 
-TOPIC_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.$")
+TOPIC_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.\Z")
 
 
 class SettingsError(ValueError):

@@ -31,7 +31,7 @@ def actions_topic(settings: KafkaSettings) -> str:
 
 
 def _entries_regex(settings: KafkaSettings) -> re.Pattern:
-    return re.compile(rf"^{re.escape(settings.topic_prefix)}([a-z][a-z0-9_]{{0,62}})\.entries$")
+    return re.compile(rf"^{re.escape(settings.topic_prefix)}([a-z][a-z0-9_]{{0,62}})\.entries\Z")
 
 
 def ledger_of_topic(settings: KafkaSettings, topic: str) -> str | None:

@@ -29,7 +29,7 @@ __all__ = [
     "validate_identifier",
 ]
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 
 
 def validate_identifier(name: str, what: str = "identifier") -> str:
