@@ -42,6 +42,9 @@ from ledger_pipelines.stack import Kafka, Postgres, StackConfig
 from ledger_pipelines.warehouse import Warehouse
 
 
+PHASE_ENV = "LEDGER_BENCH_PHASE_SPEC"
+
+
 def tree_peak_rss(proc: subprocess.Popen) -> int:
     """Peak RSS of a process and its children (ingest workers), sampled every 100 ms until it exits (a
     sample walks /proc: at 20 ms the sampler took a few per cent of this 2-core machine from the run)."""
@@ -92,7 +95,9 @@ def phase_ingest(kafka: KafkaSettings, ends: dict, url: str, workers: int, count
 
 def run_phase(name: str, kafka: KafkaSettings, ends: dict, **extra) -> dict:
     spec = {"phase": name, "kafka": kafka.__dict__, "ends": [[t, p, o] for (t, p), o in ends.items()], **extra}
-    proc = subprocess.Popen([sys.executable, __file__, "--phase", json.dumps(spec)], stdout=subprocess.PIPE)
+    # the spec holds the database URL with its password: the environment, unlike argv, is not shown by ps
+    proc = subprocess.Popen([sys.executable, __file__, "--phase"], stdout=subprocess.PIPE,
+                            env={**os.environ, PHASE_ENV: json.dumps(spec)})
     peak = tree_peak_rss(proc)
     out, _ = proc.communicate()
     if proc.returncode != 0:
@@ -109,8 +114,8 @@ def median_of(runs: list[dict]) -> dict:
     return mid
 
 
-def child(spec_text: str) -> int:
-    spec = json.loads(spec_text)
+def child() -> int:
+    spec = json.loads(os.environ.pop(PHASE_ENV))  # not inherited by the ingest's workers
     kafka = KafkaSettings(**spec["kafka"])
     ends = {(t, p): o for t, p, o in spec["ends"]}
     if spec["phase"] == "baseline":
@@ -127,10 +132,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each phase; the median is reported")
     ap.add_argument("--json", help="write the figures to this file too")
-    ap.add_argument("--phase", help=argparse.SUPPRESS)
+    ap.add_argument("--phase", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.phase:
-        return child(args.phase)
+        return child()
 
     cfg = StackConfig.from_env()
     Kafka(cfg).start()

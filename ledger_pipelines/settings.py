@@ -67,11 +67,23 @@ def default_warehouse_url() -> str:
     return os.environ.get("LEDGER_WAREHOUSE_URL") or f"sqlite:///{StackConfig.from_env().root / 'warehouse.db'}"
 
 
+# up to the last "@" before the path: an unescaped "@" in a password makes URL parsers split the
+# password there and take its tail for the host
+_USERINFO_PASSWORD = re.compile(r"(//[^:/?#@\s]*:)[^/?\s]*@")
+# libpq and most drivers also take the password as a parameter (?password=, sslpassword=, PWD=),
+# ODBC inside a percent-encoded odbc_connect= too
+_PARAM_PASSWORD = re.compile(r"((?:^|[?&;\s]|%3B)[^=&;\s%]*(?:password|passwd|pwd)(?:=|%3D))(?:(?!%3B)[^&;\s])*",
+                             re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """A database URL with its password replaced, for logs and metadata."""
+    """A database URL with every password replaced (in the user info and in the parameters), for
+    logs, errors and metadata."""
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        url = make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+        pass  # not a URL SQLAlchemy parses: masked as text below
+    url = _USERINFO_PASSWORD.sub(r"\1***@", url, count=1)
+    return _PARAM_PASSWORD.sub(r"\1***", url)

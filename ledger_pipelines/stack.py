@@ -69,8 +69,14 @@ class StackConfig:
         secret = self.root / "postgres.secret"
         if not secret.exists():
             secret.parent.mkdir(parents=True, exist_ok=True)
-            secret.write_text(base64.urlsafe_b64encode(os.urandom(18)).decode())
-            secret.chmod(0o600)
+            draft = secret.with_name(f"{secret.name}.{os.getpid()}.tmp")
+            write_secret(draft, base64.urlsafe_b64encode(os.urandom(18)).decode())
+            try:
+                os.link(draft, secret)  # atomic and never replaces: a concurrent first start keeps one password
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
         return secret.read_text().strip()
 
     def pg_admin_params(self) -> dict:
@@ -82,6 +88,29 @@ class StackConfig:
         return (
             f"{driver}://{self.pg_user}:{self.pg_password()}@{self.host}:{self.pg_port}/{self.pg_database}"
         )
+
+
+def write_secret(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """A new file readable by its owner only from its first byte (never chmod-ed after writing,
+    which leaves a window where it is world-readable); an existing file is an error."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        f.write(text)
+
+
+# what a local service needs from this process's environment: search paths, locale, home. The
+# pipelines' secrets (LEDGER_*_URL with passwords, LEDGER_*_KEY signing keys, *_PASSWORD) stay
+# out: a service never uses them, and its /proc/<pid>/environ is readable by its own user
+# (postgres runs as another user than this process)
+SERVICE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "JAVA_HOME", "LD_LIBRARY_PATH")
+
+
+def service_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k in SERVICE_ENV or k.startswith("LC_")}
+    env.update(extra or {})
+    return env
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -194,7 +223,7 @@ class Service:
             return "stopped"
         return f"running (pid {pid})" if self.ready() else f"starting or unhealthy (pid {pid})"
 
-    def _spawn(self, argv: list[str], env: dict | None = None, user: str | None = None) -> subprocess.Popen:
+    def _spawn(self, argv: list[str], extra_env: dict | None = None, user: str | None = None) -> subprocess.Popen:
         log = open(self.logfile, "ab")
         kwargs = {}
         if user is not None:
@@ -205,7 +234,7 @@ class Service:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.dir,
-            env=env or os.environ.copy(),
+            env=service_env(extra_env),
             start_new_session=True,
             **kwargs,
         )
@@ -296,7 +325,7 @@ class Kafka(Service):
             fmt = subprocess.run(
                 ["java", *java_opts, "-cp", cp, "kafka.tools.StorageTool", "format",
                  "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
-                capture_output=True, text=True, cwd=self.dir,
+                capture_output=True, text=True, cwd=self.dir, env=service_env(),
             )
             if fmt.returncode != 0:
                 raise StackError(f"kafka storage format failed:\n{fmt.stdout}\n{fmt.stderr}")
@@ -336,7 +365,7 @@ class Postgres(Service):
 
     def _run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
         user = self._user()
-        return subprocess.run(argv, capture_output=True, text=True, user=user, **kw)
+        return subprocess.run(argv, capture_output=True, text=True, user=user, env=service_env(), **kw)
 
     def _launch(self) -> subprocess.Popen:
         data = self.dir / "data"
@@ -351,14 +380,14 @@ class Postgres(Service):
             os.chown(self.logfile, pw.pw_uid, pw.pw_gid)
         if not (data / "PG_VERSION").exists():
             pwfile = self.dir / "pwfile"
-            pwfile.write_text(self.cfg.pg_password() + "\n")
-            if user:
-                os.chown(pwfile, pw.pw_uid, pw.pw_gid)
-            pwfile.chmod(0o600)
-            r = self._run([self._bin("initdb"), "-D", str(data), "-U", self.cfg.pg_user,
-                           "--pwfile", str(pwfile), "-A", "scram-sha-256", "-E", "UTF8",
-                           "--locale=C.UTF-8"], cwd=self.dir)
-            pwfile.unlink()
+            pwfile.unlink(missing_ok=True)  # left by an interrupted start
+            write_secret(pwfile, self.cfg.pg_password() + "\n", (pw.pw_uid, pw.pw_gid) if user else None)
+            try:
+                r = self._run([self._bin("initdb"), "-D", str(data), "-U", self.cfg.pg_user,
+                               "--pwfile", str(pwfile), "-A", "scram-sha-256", "-E", "UTF8",
+                               "--locale=C.UTF-8"], cwd=self.dir)
+            finally:
+                pwfile.unlink()
             if r.returncode != 0:
                 raise StackError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
             with open(data / "postgresql.conf", "a") as f:
