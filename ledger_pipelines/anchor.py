@@ -12,12 +12,13 @@ root is anchored as a new version of the partition (the contract never overwrite
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 from typing import Any
 
 from .chain import ChainError, Signer, contract, contract_address
+from .commitment import report_version
 from .stack import StackConfig
 
 
@@ -27,12 +28,6 @@ def anchor_url() -> str:
 
 def enabled() -> bool:
     return os.environ.get("LEDGER_ANCHOR", "on").lower() not in ("off", "0", "false", "no")
-
-
-def report_version(audit: dict[str, Any]) -> str:
-    """What is anchored besides the root: a digest of the report's summary (without its anchor)."""
-    body = {k: v for k, v in audit.items() if k != "anchor"}
-    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _event(c, receipt) -> dict[str, Any]:
@@ -81,37 +76,100 @@ def find_anchor_tx(w3, address: str, partition: str, version: int) -> dict[str, 
     return None
 
 
-def check_anchor(audit: dict[str, Any], url: str, expected_contract: str | None = None) -> dict[str, Any]:
-    """The anchor of a report on chain: the tx exists, succeeded, emitted ``Anchored`` from the anchor
-    contract for this partition with this root, and the contract's state still holds that version."""
-    from .contracts import web3_for
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
+
+def trusted_contract(w3, given: str | None) -> tuple[str, str]:
+    """The anchor contract ``verify`` trusts, and where it came from: ``--contract``, else the configuration
+    (``LEDGER_ANCHOR_CONTRACT``), else the deployment record this project keeps for the chain and its genesis
+    block. Never the address a report names for itself: a forger can deploy a contract of their own."""
+    from .chain import _registry, chain_key
+
+    for address, source in ((given, "--contract"),
+                            (os.environ.get("LEDGER_ANCHOR_CONTRACT"), "the configuration (LEDGER_ANCHOR_CONTRACT)")):
+        if address:
+            if not _ADDRESS.fullmatch(address):
+                raise ChainError(f"the anchor contract from {source} is not a 0x-prefixed 20-byte address")
+            return address, source
+    path = _registry()
+    key = chain_key(w3)
+    try:
+        address = json.loads(path.read_text()).get(key, {}).get("AuditAnchor") if path.exists() else None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ChainError(f"the deployment record {path} cannot be read: {exc}") from None
+    if not address or not _ADDRESS.fullmatch(str(address)):
+        raise ChainError(f"no anchor contract to check against: pass --contract ADDR or set LEDGER_ANCHOR_CONTRACT "
+                         f"(no deployment record for chain {key} in {path}; the address a report names is not trusted)")
+    return address, f"the deployment record for chain {key} ({path})"
+
+
+def _anchor_of(audit: dict[str, Any]) -> dict[str, Any]:
     anchor = audit.get("anchor")
     if not anchor:
         raise ChainError("the report carries no anchor (anchoring was off or failed)")
-    w3 = web3_for(url)
-    if w3.eth.chain_id != anchor["chain_id"]:
-        raise ChainError(f"anchored on chain {anchor['chain_id']}, but {url} is chain {w3.eth.chain_id}")
-    address = anchor["contract"]
-    if expected_contract and expected_contract.lower() != address.lower():
-        raise ChainError(f"anchored through {address}, expected contract {expected_contract}")
+    fields = {"chain_id": int, "contract": str, "tx_hash": str, "version": int}
+    if not isinstance(anchor, dict) or not all(isinstance(anchor.get(k), t) and not isinstance(anchor.get(k), bool)
+                                               for k, t in fields.items()):
+        raise ChainError(f"the report's anchor record is malformed ({', '.join(fields)} expected)")
+    return anchor
+
+
+def check_anchor(audit: dict[str, Any], url: str, expected_contract: str | None = None) -> dict[str, Any]:
+    """The anchor of a verified report on chain: the trusted contract holds, as the report's version of
+    its day, exactly the root and report version the report's contents give; the anchoring tx succeeded
+    and emitted that; and no later version of the day exists."""
+    from .contracts import web3_for
+
+    anchor = _anchor_of(audit)
+    day, root, version = audit["day"], audit["merkle_root"], report_version(audit)
     try:
-        receipt = w3.eth.get_transaction_receipt(anchor["tx_hash"])
-    except Exception as exc:
-        raise ChainError(f"anchor tx {anchor['tx_hash']} not found on chain: {exc}") from None
-    if receipt["status"] != 1:
-        raise ChainError(f"anchor tx {anchor['tx_hash']} reverted")
-    c = contract(w3, "AuditAnchor", address)
-    logs = [lg for lg in receipt["logs"] if lg["address"].lower() == address.lower()]
-    if not logs:
-        raise ChainError(f"anchor tx {anchor['tx_hash']} emitted nothing from {address}")
-    ev = c.events.Anchored().process_log(logs[0])
-    got = (ev["args"]["partition"], ev["args"]["merkleRoot"].hex(), ev["args"]["version"])
-    want = (audit["day"], audit["merkle_root"], anchor["version"])
-    if got != want:
-        raise ChainError(f"on-chain anchor (partition, root, version) = {got}, the report has {want}")
-    state_root, _, _ = c.functions.get(audit["day"], anchor["version"]).call()
-    if state_root.hex() != audit["merkle_root"]:
-        raise ChainError(f"contract state holds root {state_root.hex()} for {audit['day']} v{anchor['version']}")
-    return {"tx_hash": anchor["tx_hash"], "block_number": receipt["blockNumber"], "contract": address,
-            "version": anchor["version"], "partition": audit["day"]}
+        w3 = web3_for(url)
+        chain_id = w3.eth.chain_id
+        trusted, source = trusted_contract(w3, expected_contract)
+        if anchor["chain_id"] != chain_id:
+            raise ChainError(f"anchored on chain {anchor['chain_id']}, but {url} is chain {chain_id}")
+        if anchor["contract"].lower() != trusted.lower():
+            raise ChainError(f"the report says it was anchored through {anchor['contract']}, but the anchor contract "
+                             f"is {trusted} (from {source}): expected contract {trusted}")
+        if w3.eth.get_code(w3.to_checksum_address(trusted)) in (b"", None):
+            raise ChainError(f"no contract code at {trusted} on chain {chain_id} (from {source})")
+        c = contract(w3, "AuditAnchor", trusted)
+        latest = c.functions.versions(day).call()
+        v = anchor["version"]
+        if not 1 <= v <= latest:
+            raise ChainError(f"the report says version {v} of {day}, the contract holds {latest} version(s)")
+        on_root, on_version, anchored_at = c.functions.get(day, v).call()
+        if on_root.hex() != root or on_version != version:
+            raise ChainError(f"on-chain anchor of {day} version {v} is root {on_root.hex()} with report version "
+                             f"{on_version}; the report's contents give root {root} with report version {version}")
+        try:
+            receipt = w3.eth.get_transaction_receipt(anchor["tx_hash"])
+        except Exception as exc:
+            raise ChainError(f"anchor tx {anchor['tx_hash']} not found on chain: {exc}") from None
+        if receipt["status"] != 1:
+            raise ChainError(f"anchor tx {anchor['tx_hash']} reverted")
+        logs = [lg for lg in receipt["logs"] if lg["address"].lower() == trusted.lower()]
+        if not logs:
+            raise ChainError(f"anchor tx {anchor['tx_hash']} emitted nothing from {trusted}")
+        ev = c.events.Anchored().process_log(logs[0])["args"]
+        got = (ev["partition"], ev["merkleRoot"].hex(), ev["version"], ev["reportVersion"])
+        if got != (day, root, v, version):
+            raise ChainError(f"on-chain anchor (partition, root, version, report version) in tx {anchor['tx_hash']} "
+                             f"= {got}, the report has {(day, root, v, version)}")
+        if latest > v:
+            later_root, _, later_at = c.functions.get(day, latest).call()
+            raise ChainError(f"superseded: {day} was anchored again as version {latest} (root {later_root.hex()}, "
+                             f"at {_utc(later_at)}); this copy is version {v}, not the current report")
+    except ChainError:
+        raise
+    except Exception as exc:  # the node's answers: connection refused, malformed replies, reverted calls
+        raise ChainError(f"the chain at {url} could not be asked: {type(exc).__name__}: {exc}") from None
+    return {"contract": trusted, "contract_source": source, "chain_id": chain_id, "version": v,
+            "latest_version": latest, "tx_hash": anchor["tx_hash"], "block_number": receipt["blockNumber"],
+            "anchored_at": _utc(anchored_at), "partition": day}
+
+
+def _utc(seconds: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -8,7 +8,9 @@ are written as a report folder (ARCHITECTURE section 4) per run under ``<reports
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -21,15 +23,16 @@ from sqlalchemy import text
 from .config import LedgerConfig
 from .connectors.mapping import utc_text
 from .model import CanonicalEntry, decode_entry
+from .commitment import (FORMAT, Leaves, audit_leaf, canonical, own_files, payment_leaf, pretty, record_leaf,
+                         record_locator, summary_leaf)
 from .reconcile import Rules, reconcile
-from .merkle import proofs
-from .reconcile.output import write
+from .reconcile.output import replacing, write_records
 from .snapshots import event_log_day
 from .warehouse import Warehouse
 from .warehouse.state import read_snapshot
 
-BRIDGE_RULES = Rules.from_dict({"key": "entry_id", "direction": "same", "tolerant_matching": False,
-                                "duplicate_key": ["entry_id"], "time_window": "36500d", "batch_members": None})
+BRIDGE_RULES = Rules(key="entry_id", direction="same", tolerant_matching=False, duplicate_key=("entry_id",),
+                     time_window_seconds=36500 * 86400, batch_members=None)
 
 
 _FILTER_KEYS = ("account", "direction", "asset", "status")
@@ -84,8 +87,32 @@ def snapshot_entries(wh: Warehouse, ledger: str, day: str) -> list[CanonicalEntr
 
 def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig], day: date,
             reports: Path) -> dict[str, Any]:
+    """Reconciles ``day`` and writes its report folder ``<reports>/<day>`` whole: built in a fresh sibling
+    folder (with the day's Data Docs copied in) that replaces the previous one only once complete."""
     key = day.isoformat()
+    with replacing(reports / key) as folder:
+        if (reports / key / "data_docs").is_dir():
+            shutil.copytree(reports / key / "data_docs", folder / "data_docs", symlinks=True)
+        return _run_day(wh, ledgers, pairs, day, folder)
+
+
+def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig], day: date,
+             folder: Path) -> dict[str, Any]:
+    key = day.isoformat()
+    leaves = Leaves()
     results: dict[str, Any] = {}
+    records: dict[str, list] = {}
+
+    def written(name: str, r, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules) -> dict[str, Any]:
+        (folder / name).mkdir()
+        s, match_lines, break_lines = write_records(folder / name, r, left, right, rules, key, name)
+        for kind, recs, lines in (("match", r.matches, match_lines), ("break", r.breaks, break_lines)):
+            for rec, line in zip(recs, lines):
+                leaves.add(record_leaf(key, name, kind, line), record_locator(name, kind, rec))
+        leaves.add(summary_leaf(key, name, s), {"leaf": "summary", "reconciliation": name})
+        records[name] = r.matches + r.breaks
+        return s
+
     snapshots = {lc.name: snapshot_entries(wh, lc.name, key) for lc in ledgers}
     orphaned: dict[str, list[CanonicalEntry]] = {}
     for lc in ledgers:
@@ -95,8 +122,7 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
         orphaned[lc.name] = [e for e in delivered if e.status == "orphaned"]
         name = f"bridge_{lc.name}"
         r = reconcile(snapshots[lc.name], delivered, BRIDGE_RULES)
-        results[name] = write(reports / key / name, r, snapshots[lc.name], delivered, BRIDGE_RULES)
-        results[name]["records"] = r.matches + r.breaks
+        results[name] = written(name, r, snapshots[lc.name], delivered, BRIDGE_RULES)
     for p in pairs:
         carried_left, carried_right, first_seen = _carried(wh, p.name, key)
         left = p.select("L", snapshots.get(p.left, []) + orphaned.get(p.left, [])) + carried_left
@@ -104,36 +130,67 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
         r = reconcile(left, right, p.rules)
         _age(r, first_seen, day)
         _update_open(wh, p.name, key, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right}, first_seen)
-        results[p.name] = write(reports / key / p.name, r, left, right, p.rules)
-        results[p.name]["records"] = r.matches + r.breaks
-        results[p.name]["carried_in"] = len(carried_left) + len(carried_right)
-    _store(wh, key, results)
+        results[p.name] = {**written(p.name, r, left, right, p.rules),
+                           "carried_in": len(carried_left) + len(carried_right)}
+    _store(wh, key, records)
     legs = payment_legs(snapshots)
-    (reports / key).mkdir(parents=True, exist_ok=True)
-    (reports / key / "payments.jsonl").write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in legs))
+    with open(folder / "payments.jsonl", "xb") as f:
+        for leg in legs:
+            line = canonical(leg)
+            f.write(line + b"\n")
+            leaves.add(payment_leaf(key, leg), {"leaf": "payment", "id": leg["correlation_id"]})
     aging: dict[str, int] = {}
-    for res in results.values():
-        for rec in res["records"]:
+    for recs in records.values():
+        for rec in recs:
             if rec.get("break_type") in ("missing_left", "missing_right"):
                 age = rec.get("age_days", 0)
                 bucket = "0 days" if age == 0 else "1 day" if age == 1 else "2-6 days" if age < 7 else "7+ days"
                 aging[bucket] = aging.get(bucket, 0) + 1
     amounts = {lc.name: _totals(snapshots[lc.name]) for lc in ledgers}
-    every = [rec for res in results.values() for rec in res.pop("records")]
-    root, day_proofs = proofs(every)
-    summary = {"day": key, "merkle_root": root, "records": len(every), "reconciliations": results,
-               "open_breaks_by_age": aging, "amounts": amounts,
-               "payments": {"total": len(legs), "complete": sum(p["status"] == "complete" for p in legs),
-                            "missing_leg": sum(p["status"] == "missing_leg" for p in legs),
-                            "drifting": sum(p["drifting"] for p in legs)}}
-    folder = reports / key
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / ".proofs.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(p, sort_keys=True) + "\n" for p in day_proofs))
-    tmp.replace(folder / "proofs.jsonl")
-    (folder / ".audit.json.tmp").write_text(json.dumps(summary, indent=2, sort_keys=True))
-    (folder / ".audit.json.tmp").replace(folder / "audit.json")
-    return summary
+    audit = {"format": FORMAT, "day": key, "records": sum(len(v) for v in records.values()),
+             "reconciliations": results, "open_breaks_by_age": aging, "amounts": amounts,
+             "payments": {"total": len(legs), "complete": sum(p["status"] == "complete" for p in legs),
+                          "missing_leg": sum(p["status"] == "missing_leg" for p in legs),
+                          "drifting": sum(p["drifting"] for p in legs)},
+             "files": committed_files(folder, list(results))}
+    leaves.add(audit_leaf(audit), {"leaf": "audit"})
+    root, day_proofs = leaves.proofs()
+    audit["merkle_root"] = root
+    with open(folder / "proofs.jsonl", "xb") as f:
+        f.writelines(canonical(p) + b"\n" for p in day_proofs)
+    with open(folder / "audit.json", "xb") as f:
+        f.write(pretty(audit))
+    return audit
+
+
+def finish_report(folder: Path, anchor: bool = True) -> dict[str, Any]:
+    """The report's last step: anchor the day's root and report version on chain (unless ``anchor`` is off),
+    record the anchor in audit.json and render the index page from audit.json."""
+    from .anchor import anchor_report
+    from .reconcile.output import render_index, replace_file
+
+    audit = json.loads((folder / "audit.json").read_text())
+    if anchor:
+        audit["anchor"] = anchor_report(audit["day"], audit)
+    else:
+        audit.pop("anchor", None)
+    replace_file(folder / "audit.json", pretty(audit))
+    replace_file(folder / "index.html", render_index(audit).encode())
+    return audit
+
+
+def committed_files(folder: Path, reconciliations: list[str]) -> dict[str, str]:
+    """Every file of the day folder that has no leaves of its own (report pages, Data Docs), with its
+    SHA-256: the list is part of audit.json, so the commitment covers their bytes too."""
+    own = own_files(reconciliations)
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(folder).as_posix()
+        if rel not in own:
+            if path.is_symlink():
+                raise ValueError(f"{rel}: a symlink in the report folder (reports hold files only)")
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, Any]]:
@@ -227,7 +284,7 @@ def _totals(entries: list[CanonicalEntry]) -> dict[str, str]:
     return {a: f"{v:f}" for a, v in sorted(out.items())}
 
 
-def _store(wh: Warehouse, day: str, results: dict[str, Any]) -> None:
+def _store(wh: Warehouse, day: str, records: dict[str, list[dict[str, Any]]]) -> None:
     """Replace the day's results in ``reconciliation_results`` in one transaction."""
     with wh.engine.begin() as c:
         c.execute(text("CREATE TABLE IF NOT EXISTS reconciliation_results (day TEXT NOT NULL, name TEXT NOT NULL, "
@@ -236,7 +293,7 @@ def _store(wh: Warehouse, day: str, results: dict[str, Any]) -> None:
         c.execute(text("DELETE FROM reconciliation_results WHERE day = :d"), {"d": day})
         rows = [{"d": day, "n": name, "i": rec.get("match_id") or rec["break_id"],
                  "k": rec.get("match_type") or rec["break_type"], "r": json.dumps(rec, sort_keys=True)}
-                for name, res in results.items() for rec in res["records"]]
+                for name, recs in records.items() for rec in recs]
         if rows:
             c.execute(text("INSERT INTO reconciliation_results (day, name, record_id, kind, record) "
                            "VALUES (:d, :n, :i, :k, :r)"), rows)

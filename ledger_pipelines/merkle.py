@@ -1,69 +1,78 @@
-"""Merkle tree over reconciliation records: root, inclusion proofs, verification.
+"""Merkle tree of RFC 9162 section 2.1: root, inclusion proofs and their verification.
 
-Leaves are SHA-256(0x00 || canonical JSON of the record), sorted; an inner node is
-SHA-256(0x01 || left || right) (the prefixes keep leaves and nodes apart); a level with an odd
-count pairs its last node with itself. Sorting the leaves makes the root independent of record
-order, so re-running a day from the same inputs reproduces it.
+A leaf is hashed as SHA-256(0x00 || data) and an inner node as SHA-256(0x01 || left || right), so a
+leaf can never pose as a node. The tree over n leaves splits at the largest power of two below n
+(no node is duplicated, so two different leaf lists never share a root); the empty tree's hash is
+SHA-256 of the empty string. An inclusion proof is the audit path of section 2.1.3.1, checked by
+the algorithm of section 2.1.3.2, so any RFC 9162 / RFC 6962 verifier accepts it.
+
+Computed level by level: pairing neighbours and carrying an odd last node up unchanged gives the
+same tree as the recursive definition.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Any
+
+EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
-def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
 
 
-def leaf_hash(record: dict[str, Any]) -> bytes:
-    return hashlib.sha256(b"\x00" + canonical(record)).digest()
-
-
-def _node(a: bytes, b: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + a + b).digest()
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
 
 
 def _levels(leaves: list[bytes]) -> list[list[bytes]]:
     levels = [leaves]
     while len(levels[-1]) > 1:
         level = levels[-1]
+        up = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
-            level = level + [level[-1]]
-        levels.append([_node(level[i], level[i + 1]) for i in range(0, len(level), 2)])
+            up.append(level[-1])
+        levels.append(up)
     return levels
 
 
-def root_of(records: list[dict[str, Any]]) -> str:
-    leaves = sorted(leaf_hash(r) for r in records)
-    if not leaves:
-        return hashlib.sha256(b"").hexdigest()
-    return _levels(leaves)[-1][0].hex()
+def root(leaves: list[bytes]) -> bytes:
+    """The tree head over leaf hashes, in the order given."""
+    return _levels(leaves)[-1][0] if leaves else EMPTY_ROOT
 
 
-def proofs(records: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
-    """(root, one proof per record): the sibling hashes from the leaf up, each with its side."""
-    hashed = sorted((leaf_hash(r), r) for r in records) if records else []
-    leaves = [h for h, _ in hashed]
+def tree(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:
+    """(root, audit path of every leaf): one pass builds the levels, each path is read off them."""
     if not leaves:
-        return root_of([]), []
+        return EMPTY_ROOT, []
     levels = _levels(leaves)
-    out = []
-    for i, (h, rec) in enumerate(hashed):
-        path, idx = [], i
+    paths = []
+    for index in range(len(leaves)):
+        path, i = [], index
         for level in levels[:-1]:
-            padded = level + [level[-1]] if len(level) % 2 else level
-            sibling = idx ^ 1
-            path.append({"hash": padded[sibling].hex(), "side": "left" if sibling < idx else "right"})
-            idx //= 2
-        out.append({"record_id": rec.get("match_id") or rec.get("break_id"), "leaf": h.hex(), "proof": path})
-    return levels[-1][0].hex(), out
+            sibling = i ^ 1
+            if sibling < len(level):  # an odd last node has no sibling at this level: it is carried up
+                path.append(level[sibling])
+            i //= 2
+        paths.append(path)
+    return levels[-1][0], paths
 
 
-def verify_proof(record: dict[str, Any], proof: list[dict[str, str]], root: str) -> bool:
-    h = leaf_hash(record)
-    for step in proof:
-        sib = bytes.fromhex(step["hash"])
-        h = _node(sib, h) if step["side"] == "left" else _node(h, sib)
-    return h.hex() == root
+def verify_inclusion(leaf: bytes, index: int, tree_size: int, path: list[bytes], expected_root: bytes) -> bool:
+    """RFC 9162 section 2.1.3.2: does ``path`` prove ``leaf`` at ``index`` of a tree of ``tree_size``?"""
+    if not 0 <= index < tree_size:
+        return False
+    fn, sn, r = index, tree_size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == expected_root

@@ -1,59 +1,322 @@
-"""``ledger-pipelines verify --report DIR [--rpc URL]``: recompute a day's Merkle root from its records,
-check every inclusion proof, and (with ``--rpc``) the report's anchor on chain."""
+"""``ledger-pipelines verify --report DIR [--rpc URL] [--contract ADDR]``: does a day report state what
+was committed to, and was that commitment anchored?
+
+Offline, from the folder alone: every file is a regular file inside the folder (symlinks refused),
+every file is one the commitment covers, each is in the exact form the writer writes, the counts
+and totals the report states agree with its records, every record, summary, payment line and
+audit.json itself recompute to the leaves of the Merkle root in audit.json, and every inclusion
+proof leads to that root. With ``--rpc``: the anchor contract (from ``--contract``, the configuration
+or the project's deployment record for that chain, never from the report alone) holds this day's
+root and report version as the report's version, and no later version of the day exists.
+
+Never raises on a bad report: the answer is ``{"verified": false, "reason": ...}`` naming the file.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import stat
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from .merkle import leaf_hash, root_of, verify_proof
+from . import merkle
+from .commitment import (FORMAT, RECORD_FILES, audit_leaf, canonical, own_files, payment_leaf, pretty, record_leaf,
+                         records_root, report_version, summary_leaf)
+
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,80}")
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+MAX_PROBLEMS = 10
 
 
 class VerificationError(RuntimeError):
-    pass
+    """A report that cannot be read at all (the first problem stops the check)."""
 
 
-def records_of(day_dir: Path, audit: dict[str, Any]) -> list[dict[str, Any]]:
-    records = []
+def _no_float(text: str) -> Any:
+    raise ValueError(f"a non-integer number ({text}): reports hold amounts as strings")
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {dup!r} appears twice in one object")
+    return out
+
+
+def strict_json(data: bytes) -> Any:
+    """JSON as the writer writes it: no repeated keys, no floats, NaN or Infinity."""
+    try:
+        return json.loads(data, object_pairs_hook=_unique, parse_float=_no_float, parse_constant=_no_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+class _Check:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.files: list[str] = []
+        self.problems: list[str] = []
+
+    def problem(self, where: str, reason: str) -> None:
+        self.problems.append(f"{where}: {reason}")
+
+    def read(self, rel: str) -> bytes:
+        return (self.folder / rel).read_bytes()
+
+    def document(self, rel: str) -> Any:
+        """A JSON document of the folder, parsed strictly and required in the writer's exact form."""
+        data = self.read(rel)
+        try:
+            doc = strict_json(data)
+        except ValueError as exc:
+            raise VerificationError(f"{rel}: not a valid report document ({exc})") from None
+        if pretty(doc) != data:
+            raise VerificationError(f"{rel}: not byte for byte the document its content gives (edited?)")
+        return doc
+
+    def lines(self, rel: str) -> list[tuple[bytes, dict[str, Any]]]:
+        """The lines of a JSON Lines file, each required to be one canonical JSON object."""
+        data = self.read(rel)
+        if data and not data.endswith(b"\n"):
+            raise VerificationError(f"{rel}: the last line is cut off (no newline at the end)")
+        out = []
+        for n, line in enumerate(data.split(b"\n")[:-1] if data else [], start=1):
+            try:
+                obj = strict_json(line)
+            except ValueError as exc:
+                raise VerificationError(f"{rel} line {n}: not a JSON object ({exc})") from None
+            if not isinstance(obj, dict) or canonical(obj) != line:
+                raise VerificationError(f"{rel} line {n}: not a record in canonical form (edited?)")
+            out.append((line, obj))
+        return out
+
+
+def _files(folder: Path) -> list[str]:
+    """Every file under the folder, relative; refuses symlinks and anything but files and folders."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise VerificationError(f"{folder}: not a report folder (a symlink or not a directory)")
+    out = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs + files):
+            path = Path(top) / name
+            rel = path.relative_to(folder).as_posix()
+            st = path.lstat()
+            if path.is_symlink():
+                raise VerificationError(f"{rel}: a symlink (refused: a report holds its own files only)")
+            if name in files:
+                if not stat.S_ISREG(st.st_mode):
+                    raise VerificationError(f"{rel}: not a regular file")
+                out.append(rel)
+    return sorted(out)
+
+
+def _counts(records: list[dict[str, Any]], field: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        out[r[field]] = out.get(r[field], 0) + 1
+    return out
+
+
+def _check_audit_shape(audit: Any) -> None:
+    if not isinstance(audit, dict):
+        raise VerificationError("audit.json: not an object")
+    if audit.get("format") != FORMAT:
+        raise VerificationError(f"audit.json: format {audit.get('format')!r} is not {FORMAT!r} (a report of another "
+                                "version of ledger-pipelines, or not a day report)")
+    day = audit.get("day")
+    try:
+        if not isinstance(day, str) or date.fromisoformat(day).isoformat() != day:
+            raise ValueError
+    except ValueError:
+        raise VerificationError(f"audit.json: day {day!r} is not an ISO date") from None
+    if not isinstance(audit.get("merkle_root"), str) or not _HEX32.fullmatch(audit["merkle_root"]):
+        raise VerificationError("audit.json: merkle_root is not 32 bytes of lower-case hex")
+    recs = audit.get("reconciliations")
+    if not isinstance(recs, dict) or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in recs):
+        raise VerificationError("audit.json: reconciliations must map plain names (a-z, 0-9, _) to summaries")
+    files = audit.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) and _HEX32.fullmatch(v) for v in files.values()):
+        raise VerificationError("audit.json: files must map paths to SHA-256 digests")
+    for key in ("records",):
+        if not isinstance(audit.get(key), int):
+            raise VerificationError(f"audit.json: {key} is not a number")
+    if not isinstance(audit.get("payments"), dict):
+        raise VerificationError("audit.json: payments is not an object")
+
+
+def _check_reconciliation(chk: _Check, day: str, name: str, stated: Any, leaves: dict) -> int:
+    records: dict[str, list[dict[str, Any]]] = {}
+    lines: dict[str, list[bytes]] = {}
+    for kind, part in RECORD_FILES.items():
+        rel = f"{name}/{part}"
+        got = chk.lines(rel)
+        id_field, type_field = ("match_id", "match_type") if kind == "match" else ("break_id", "break_type")
+        other = "break_type" if kind == "match" else "match_type"
+        for n, (line, rec) in enumerate(got, start=1):
+            if not isinstance(rec.get(id_field), str) or not isinstance(rec.get(type_field), str) or other in rec:
+                raise VerificationError(f"{rel} line {n}: not a {kind} record ({id_field} and {type_field} expected)")
+            loc = ("record", name, kind, rec[id_field])
+            if loc in leaves:
+                raise VerificationError(f"{rel} line {n}: record {rec[id_field]} appears twice")
+            leaves[loc] = (merkle.leaf_hash(record_leaf(day, name, kind, line)), rel)
+        records[kind] = [rec for _, rec in got]
+        lines[kind] = [line for line, _ in got]
+    rel = f"{name}/summary.json"
+    summary = chk.document(rel)
+    if not isinstance(summary, dict):
+        raise VerificationError(f"{rel}: not an object")
+    leaves[("summary", name)] = (merkle.leaf_hash(summary_leaf(day, name, summary)), rel)
+    matches, breaks = records["match"], records["break"]
+    stated_figures = {"matches": len(matches), "breaks": len(breaks), "match_type": _counts(matches, "match_type"),
+                      "break_type": _counts(breaks, "break_type"),
+                      "merkle_root": records_root(day, name, lines["match"], lines["break"])}
+    for key, value in stated_figures.items():
+        if summary.get(key) != value:
+            chk.problem(rel, f"{key} is {summary.get(key)!r}, its records give {value!r}")
+    for side, ids_field in (("left", "left_entry_ids"), ("right", "right_entry_ids")):
+        ids = [i for r in matches + breaks for i in (r.get(ids_field) or [])]
+        if len(ids) != len(set(ids)):
+            chk.problem(f"{name}", f"an entry of the {side} side is in more than one record")
+        rows = (summary.get("input_rows") or {}).get(side)
+        if rows != len(ids):
+            chk.problem(rel, f"input_rows.{side} is {rows!r}, but {len(ids)} {side} entries are in its records "
+                        "(every input entry is in exactly one record)")
+    if not isinstance(stated, dict) or {k: v for k, v in stated.items() if k != "carried_in"} != summary:
+        chk.problem("audit.json", f"reconciliations.{name} does not state what {rel} states")
+    return len(matches) + len(breaks)
+
+
+def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
+    files = chk.files = _files(chk.folder)
+    if "audit.json" not in files:
+        raise VerificationError("audit.json: missing (not a day report folder?)")
+    audit = chk.document("audit.json")
+    _check_audit_shape(audit)
+    day = audit["day"]
+    leaves: dict[tuple, tuple[bytes, str]] = {}
+    total = 0
     for name in sorted(audit["reconciliations"]):
-        for part in ("matches.jsonl", "breaks.jsonl"):
-            path = day_dir / name / part
-            if not path.exists():
-                raise VerificationError(f"{path}: missing")
-            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return records
+        for part in (*RECORD_FILES.values(), "summary.json"):
+            if f"{name}/{part}" not in files:
+                raise VerificationError(f"{name}/{part}: missing")
+        total += _check_reconciliation(chk, day, name, audit["reconciliations"][name], leaves)
+    if audit["records"] != total:
+        chk.problem("audit.json", f"records is {audit['records']}, the reconciliations hold {total}")
+    if "payments.jsonl" not in files:
+        raise VerificationError("payments.jsonl: missing")
+    payments = chk.lines("payments.jsonl")
+    for n, (_, p) in enumerate(payments, start=1):
+        loc = ("payment", p.get("correlation_id"))
+        if loc in leaves:
+            raise VerificationError(f"payments.jsonl line {n}: payment {p.get('correlation_id')!r} appears twice")
+        leaves[loc] = (merkle.leaf_hash(payment_leaf(day, p)), "payments.jsonl")
+    view = [p for _, p in payments]
+    stated = audit["payments"]
+    given = {"total": len(view), "complete": sum(p.get("status") == "complete" for p in view),
+             "missing_leg": sum(p.get("status") == "missing_leg" for p in view),
+             "drifting": sum(p.get("drifting") is True for p in view)}
+    for key, value in given.items():
+        if stated.get(key) != value:
+            chk.problem("audit.json", f"payments.{key} is {stated.get(key)!r}, payments.jsonl gives {value}")
+    own = own_files(audit["reconciliations"])
+    for rel in files:
+        if rel not in own and rel not in audit["files"]:
+            chk.problem(rel, "not covered by the report's commitment (added to the folder?)")
+    for rel, digest in sorted(audit["files"].items()):
+        if rel in own or rel not in files:
+            chk.problem(rel, "listed in audit.json but not in the folder")
+        elif hashlib.sha256(chk.read(rel)).hexdigest() != digest:
+            chk.problem(rel, "its bytes are not the ones committed to (SHA-256 differs from audit.json)")
+    leaves[("audit",)] = (merkle.leaf_hash(audit_leaf(audit)), "audit.json")
+    if "index.html" in files:
+        from .reconcile.output import render_index
+
+        if chk.read("index.html") != render_index(audit).encode():
+            chk.problem("index.html", "does not show what audit.json states")
+    return audit, leaves
+
+
+def _locator(p: dict[str, Any]) -> tuple:
+    kind = p.get("leaf")
+    if kind == "record":
+        return ("record", p.get("reconciliation"), p.get("kind"), p.get("id"))
+    if kind == "summary":
+        return ("summary", p.get("reconciliation"))
+    if kind == "payment":
+        return ("payment", p.get("id"))
+    return (kind,)
+
+
+def _check_proofs(chk: _Check, audit: dict[str, Any], leaves: dict) -> int:
+    root = bytes.fromhex(audit["merkle_root"])
+    ordered = sorted(h for h, _ in leaves.values())
+    if merkle.root(ordered) != root:
+        chk.problem("audit.json", f"merkle_root is {audit['merkle_root']}, but the report's contents give "
+                    f"{merkle.root(ordered).hex()}")
+    if "proofs.jsonl" not in chk.files:
+        raise VerificationError("proofs.jsonl: missing")
+    proven: set[tuple] = set()
+    proofs = chk.lines("proofs.jsonl")
+    for n, (_, p) in enumerate(proofs, start=1):
+        where = f"proofs.jsonl line {n}"
+        loc = _locator(p)
+        path, index, size, leaf = p.get("path"), p.get("index"), p.get("tree_size"), p.get("leaf_hash")
+        if not (isinstance(path, list) and all(isinstance(h, str) and _HEX32.fullmatch(h) for h in path)
+                and isinstance(index, int) and isinstance(size, int) and isinstance(leaf, str)
+                and _HEX32.fullmatch(leaf) and len(path) <= 64):
+            chk.problem(where, "not a proof (leaf_hash, index, tree_size and a path of 32-byte hex hashes expected)")
+            continue
+        if loc in proven:
+            chk.problem(where, f"a second proof for {loc}")
+        proven.add(loc)
+        if loc not in leaves:
+            chk.problem(where, f"proves {loc}, which the folder does not hold")
+        elif leaves[loc][0].hex() != leaf:
+            chk.problem(leaves[loc][1], f"{' '.join(map(str, loc[1:]))}: differs from the committed version "
+                        f"({where} has its leaf)")
+        if size != len(ordered):
+            chk.problem(where, f"tree_size {size}, the report has {len(ordered)} leaves")
+        elif not merkle.verify_inclusion(bytes.fromhex(leaf), index, size, [bytes.fromhex(h) for h in path], root):
+            chk.problem(where, "its audit path does not lead to the root")
+    for loc in sorted(set(leaves) - proven, key=str):
+        chk.problem(leaves[loc][1], f"{' '.join(map(str, loc[1:])) or loc[0]}: no inclusion proof in proofs.jsonl")
+    return len(proofs)
 
 
 def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = None) -> dict[str, Any]:
-    audit = json.loads((day_dir / "audit.json").read_text())
-    records = records_of(day_dir, audit)
-    problems = []
-    root = root_of(records)
-    if root != audit["merkle_root"]:
-        problems.append(f"Merkle root of the records is {root}, the report says {audit['merkle_root']}")
-    if len(records) != audit.get("records", len(records)):
-        problems.append(f"{len(records)} records on disk, the report says {audit['records']}")
-    by_leaf = {leaf_hash(r).hex(): r for r in records}
-    proofs = [json.loads(line) for line in (day_dir / "proofs.jsonl").read_text().splitlines() if line.strip()]
-    if len(proofs) != len(records):
-        problems.append(f"{len(proofs)} proofs for {len(records)} records")
-    for p in proofs:
-        rec = by_leaf.get(p["leaf"])
-        if rec is None:
-            problems.append(f"proof of {p['record_id']}: no record has leaf {p['leaf'][:16]}… (altered record?)")
-        elif not verify_proof(rec, p["proof"], audit["merkle_root"]):
-            problems.append(f"proof of {p['record_id']} does not lead to the root")
-    anchor: Any = "not checked (no --rpc)"
-    if rpc and not problems:
-        from .anchor import check_anchor
-        from .chain import ChainError
+    chk = _Check(Path(day_dir))
+    audit: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    try:
+        audit, leaves = _check_contents(chk)
+        n_proofs = _check_proofs(chk, audit, leaves)
+        out = {"day": audit["day"], "merkle_root": audit["merkle_root"], "report_version": report_version(audit),
+               "records": audit["records"], "leaves": len(leaves), "proofs": n_proofs}
+    except VerificationError as exc:
+        chk.problems.insert(0, str(exc))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        chk.problems.insert(0, f"the report could not be read: {type(exc).__name__}: {exc}")
+    if not chk.problems:
+        if rpc:
+            from .anchor import check_anchor
+            from .chain import ChainError
 
-        try:
-            anchor = check_anchor(audit, rpc, contract)
-        except ChainError as exc:
-            problems.append(f"anchor: {exc}")
-    if problems:
-        raise VerificationError("; ".join(problems[:10]) + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
-    return {"day": audit["day"], "merkle_root": audit["merkle_root"], "records": len(records), "proofs": len(proofs),
-            "anchor": anchor}
+            try:
+                out["anchor"] = check_anchor(audit, rpc, contract)
+            except ChainError as exc:
+                chk.problem("anchor", str(exc))
+        else:
+            out["anchor"] = ("not checked (no --rpc): the report is consistent with the root in audit.json; "
+                             "only the anchor shows that root is the one anchored")
+    if chk.problems:
+        more = len(chk.problems) - MAX_PROBLEMS
+        return {"verified": False, **({"day": audit["day"]} if isinstance(audit, dict) and "day" in audit else {}),
+                "reason": "; ".join(chk.problems[:MAX_PROBLEMS]) + (f" (+{more} more)" if more > 0 else ""),
+                "problems": chk.problems}
+    return {"verified": True, **out}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timezone
 
 import pytest
@@ -45,6 +46,15 @@ def _verify(folder, *extra):
     return out
 
 
+def _rewrite_audit(folder, doc):
+    """audit.json and its index page as a forger who knows the format would rewrite them."""
+    from ledger_pipelines.commitment import pretty
+    from ledger_pipelines.reconcile.output import render_index
+
+    (folder / "audit.json").write_bytes(pretty(doc))
+    (folder / "index.html").write_text(render_index(doc))
+
+
 def _assets():
     from ledger_pipelines.definitions import defs
 
@@ -69,9 +79,12 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack
     records = []
     for name in ("bridge_core_banking", "bank_vs_statements", "bridge_bank_statements", "bridge_eth_usdc",
                  "bridge_products_cdc"):
-        for part in ("matches.jsonl", "breaks.jsonl"):
-            records += [json.loads(x) for x in (folder / name / part).read_text().splitlines()]
-    assert audit["merkle_root"] == merkle_root(records)
+        own = [json.loads(x) for part in ("matches.jsonl", "breaks.jsonl")
+               for x in (folder / name / part).read_text().splitlines()]
+        summary = json.loads((folder / name / "summary.json").read_text())
+        assert summary["merkle_root"] == merkle_root(own, DAY, name)
+        assert not own or summary["merkle_root"] != merkle_root(own)  # the records are bound to their day and name
+        records += own
     report = result.asset_materializations_for_node("audit_report")[0]
     assert report.metadata["merkle_root"].value == audit["merkle_root"]
     assert report.metadata["breaks"].value == 40
@@ -84,27 +97,31 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack
     assert anchor["merkle_root"] == audit["merkle_root"] and anchor["tx_hash"] in index
     # the report verifies, with its anchor; an altered record or proof fails loudly
     verify = _verify(folder)
-    assert verify["verified"] is True and verify["proofs"] == verify["records"] == len(records)
+    assert verify["verified"] is True and verify["records"] == len(records)
+    # a proof for every leaf: every record, each reconciliation's summary, each payment line and audit.json
+    assert verify["proofs"] == verify["leaves"] == len(records) + 5 + audit["payments"]["total"] + 1
     rpc = ("--rpc", stack_config.anvil_url)
     on_chain = _verify(folder, *rpc)
     assert on_chain["verified"] is True and on_chain["anchor"]["tx_hash"] == anchor["tx_hash"]
     wrong_contract = _verify(folder, *rpc, "--contract", "0x" + "12" * 20)
-    assert wrong_contract["verified"] is False and "expected contract" in wrong_contract["error"]
+    assert wrong_contract["verified"] is False and "expected contract" in wrong_contract["reason"]
     breaks = folder / "bank_vs_statements" / "breaks.jsonl"
     original = breaks.read_text()
     breaks.write_text(original.replace('"left_amount":"10.00"', '"left_amount":"1.00"', 1))
     tampered = _verify(folder)
-    assert tampered["verified"] is False and "root" in tampered["error"] and "altered record" in tampered["error"]
+    assert tampered["verified"] is False and "bank_vs_statements/breaks.jsonl" in tampered["reason"]
+    assert "differs from the committed version" in tampered["reason"] and "merkle_root" in tampered["reason"]
     breaks.write_text(original)
     proofs_file = folder / "proofs.jsonl"
     lines = proofs_file.read_text().splitlines()
     bad = json.loads(lines[0])
-    bad["proof"][0]["hash"] = "00" * 32
-    proofs_file.write_text("\n".join([json.dumps(bad), *lines[1:]]) + "\n")
-    assert "does not lead to the root" in _verify(folder)["error"]
+    bad["path"][0] = "00" * 32
+    proofs_file.write_text("\n".join([json.dumps(bad, sort_keys=True, separators=(",", ":")), *lines[1:]]) + "\n")
+    assert "does not lead to the root" in _verify(folder)["reason"]
     proofs_file.write_text("\n".join(lines) + "\n")
-    # re-running the partition from the same inputs reproduces the same root and reuses its anchor
-    again = materialize(_assets(), instance=DagsterInstance.ephemeral(), partition_key=DAY)
+    # re-running the day's reconciliation and report from the same inputs reproduces the same root and reuses its
+    # anchor (a re-run of the snapshot renders new Data Docs, with the new run's time: a new report version)
+    again = materialize(_assets()[1:], instance=DagsterInstance.ephemeral(), partition_key=DAY)
     meta = again.asset_materializations_for_node("audit_report")[0].metadata
     assert meta["merkle_root"].value == audit["merkle_root"] and meta["anchor_tx"].value == anchor["tx_hash"]
     assert _verify(folder, *rpc)["verified"] is True
@@ -112,15 +129,16 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack
     audit_file = folder / "audit.json"
     doc = json.loads(audit_file.read_text())
     doc["anchor"]["version"] = 7
-    audit_file.write_text(json.dumps(doc))
-    assert "on-chain anchor" in _verify(folder, *rpc)["error"]
+    _rewrite_audit(folder, doc)
+    assert "version 7" in _verify(folder, *rpc)["reason"]
+    doc["anchor"]["version"] = anchor["version"]
     doc["anchor"]["tx_hash"] = "0x" + "ab" * 32
-    audit_file.write_text(json.dumps(doc))
-    assert "not found on chain" in _verify(folder, *rpc)["error"]
+    _rewrite_audit(folder, doc)
+    assert "not found on chain" in _verify(folder, *rpc)["reason"]
     del doc["anchor"]
-    audit_file.write_text(json.dumps(doc))
+    _rewrite_audit(folder, doc)
     missing = _verify(folder, *rpc)
-    assert missing["verified"] is False and "no anchor" in missing["error"]
+    assert missing["verified"] is False and "no anchor" in missing["reason"]
 
 
 def test_re_anchoring_a_changed_partition_adds_a_version(env, kafka, stack_config):
@@ -139,6 +157,7 @@ def test_re_anchoring_a_changed_partition_adds_a_version(env, kafka, stack_confi
     EventLogIngestor(kafka, wh).run()
     first = materialize(_assets(), instance=DagsterInstance.ephemeral(), partition_key=day)
     a1 = json.loads((env / "reports" / day / "audit.json").read_text())["anchor"]
+    shutil.copytree(env / "reports" / day, env / "v1" / day)
     post_journal(core, balanced("X2", f"{day}T09:00:00Z", ref="E2E-X2"))
     Publisher(kafka, wh).publish(lc)
     EventLogIngestor(kafka, wh).run()
@@ -151,6 +170,10 @@ def test_re_anchoring_a_changed_partition_adds_a_version(env, kafka, stack_confi
     assert c.functions.get(day, a1["version"]).call()[0].hex() == a1["merkle_root"]
     assert c.functions.get(day, a2["version"]).call()[0].hex() == a2["merkle_root"]
     assert _verify(env / "reports" / day, "--rpc", stack_config.anvil_url)["verified"] is True
+    # the copy of version 1 is still intact, but cannot pass for the current report
+    old = _verify(env / "v1" / day, "--rpc", stack_config.anvil_url)
+    assert old["verified"] is False and f"superseded: {day} was anchored again as version {a2['version']}" in old["reason"]
+    assert _verify(env / "v1" / day)["verified"] is True  # offline, its contents are still what version 1 committed
 
 
 def test_a_failed_blocking_check_stops_reconciliation_and_report(env):

@@ -1,16 +1,73 @@
+"""The Merkle tree is RFC 9162's: checked against the recursive definition and its proof algorithm."""
+
+import hashlib
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger_pipelines.merkle import proofs, root_of, verify_proof
+from ledger_pipelines import merkle
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=40, unique=True))
-def test_every_proof_verifies_and_a_changed_record_does_not(ids):
-    records = [{"match_id": i, "match_type": "exact", "left_entry_ids": [i], "right_entry_ids": []} for i in ids]
-    root, ps = proofs(records)
-    assert root == root_of(list(reversed(records)))  # order of records does not matter
-    by_id = {r["match_id"]: r for r in records}
-    for p in ps:
-        assert verify_proof(by_id[p["record_id"]], p["proof"], root)
-        assert not verify_proof(by_id[p["record_id"]] | {"match_type": "tolerant"}, p["proof"], root)
+def mth(data: list[bytes]) -> bytes:
+    """RFC 9162 section 2.1.1, written as the RFC writes it."""
+    if not data:
+        return hashlib.sha256(b"").digest()
+    if len(data) == 1:
+        return hashlib.sha256(b"\x00" + data[0]).digest()
+    k = 1
+    while k * 2 < len(data):
+        k *= 2
+    return hashlib.sha256(b"\x01" + mth(data[:k]) + mth(data[k:])).digest()
+
+
+def path_of(m: int, data: list[bytes]) -> list[bytes]:
+    """RFC 9162 section 2.1.3.1: PATH(m, D[n])."""
+    if len(data) == 1:
+        return []
+    k = 1
+    while k * 2 < len(data):
+        k *= 2
+    if m < k:
+        return path_of(m, data[:k]) + [mth(data[k:])]
+    return path_of(m - k, data[k:]) + [mth(data[:k])]
+
+
+def test_roots_and_paths_are_rfc_9162_for_every_size_up_to_70():
+    for n in range(71):
+        data = [b"leaf %d" % i for i in range(n)]
+        leaves = [merkle.leaf_hash(d) for d in data]
+        root, paths = merkle.tree(leaves)
+        assert root == mth(data) == merkle.root(leaves)
+        for i, path in enumerate(paths):
+            assert path == path_of(i, data)
+            assert merkle.verify_inclusion(leaves[i], i, n, path, root)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.binary(max_size=12), min_size=1, max_size=40, unique=True), st.data())
+def test_a_proof_fails_for_another_leaf_index_size_or_path(data, draw):
+    leaves = [merkle.leaf_hash(d) for d in data]
+    root, paths = merkle.tree(leaves)
+    n = len(leaves)
+    i = draw.draw(st.integers(0, n - 1))
+    assert merkle.verify_inclusion(leaves[i], i, n, paths[i], root)
+    assert not merkle.verify_inclusion(merkle.leaf_hash(data[i] + b"x"), i, n, paths[i], root)
+    if n > 1:
+        j = draw.draw(st.integers(0, n - 1).filter(lambda j: j != i))
+        assert not merkle.verify_inclusion(leaves[i], j, n, paths[i], root)
+        assert not merkle.verify_inclusion(leaves[i], i, n, paths[i][:-1], root)
+        assert not merkle.verify_inclusion(leaves[i], i, n, [b"\0" * 32] + paths[i][1:], root)
+    assert not merkle.verify_inclusion(leaves[i], n, n, paths[i], root)
+
+
+def test_a_leaf_cannot_pose_as_an_inner_node():
+    a, b = merkle.leaf_hash(b"a"), merkle.leaf_hash(b"b")
+    root = merkle.root([a, b])
+    # the two child hashes presented as one leaf's data give another hash: leaves and nodes are kept apart
+    assert merkle.root([merkle.leaf_hash(a + b)]) != root
+    assert merkle.node_hash(a, b) == root
+
+
+def test_no_node_is_duplicated_so_an_odd_tree_is_not_the_tree_with_its_last_leaf_twice():
+    leaves = [merkle.leaf_hash(bytes([i])) for i in range(3)]
+    assert merkle.root(leaves) != merkle.root(leaves + leaves[-1:])

@@ -71,27 +71,16 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
         "folder (matches.jsonl, breaks.jsonl, summary.json, report.html) and audit.json with the Merkle root.",
     )
     def audit_report(context: AssetExecutionContext) -> MaterializeResult:
-        import json
-
-        from ..reconcile.output import render_index
-
-        from ..anchor import anchor_report, enabled
+        from ..anchor import enabled
+        from ..audit import finish_report
 
         last = None
         for key in context.partition_keys:
             folder = reports_dir() / key
-            audit = json.loads((folder / "audit.json").read_text())
-            if enabled():
-                audit["anchor"] = anchor_report(key, audit)
+            audit = finish_report(folder, anchor=enabled())
+            if audit.get("anchor"):
                 context.log.info(f"{key}: root {audit['merkle_root'][:16]}… anchored in tx "
                                  f"{audit['anchor']['tx_hash']} (version {audit['anchor']['version']})")
-            else:
-                audit.pop("anchor", None)
-            tmp = folder / ".audit.json.tmp"
-            tmp.write_text(json.dumps(audit, indent=2, sort_keys=True))
-            tmp.replace(folder / "audit.json")
-            docs = sorted(str(p.relative_to(folder)) for p in (folder / "data_docs").glob("*/index.html"))
-            (folder / "index.html").write_text(render_index(audit, docs))
             last = (key, audit, folder)
         key, audit, folder = last
         anchor = audit.get("anchor")

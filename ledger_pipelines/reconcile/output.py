@@ -4,20 +4,24 @@ summary.json, report.html (self-contained, inline SVG charts)."""
 from __future__ import annotations
 
 import html
-import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from ..merkle import canonical as _canonical
-from ..merkle import root_of
+from ..commitment import canonical, pretty, records_root
 from ..model import CanonicalEntry
 from .engine import Reconciliation
 from .rules import Rules
 
 
-def merkle_root(records: list[dict[str, Any]]) -> str:
-    return root_of(records)
+def merkle_root(records: list[dict[str, Any]], day: str | None = None, name: str | None = None) -> str:
+    """The root over a reconciliation's records (match records carry ``match_id``, breaks ``break_id``)."""
+    return records_root(day, name, [canonical(r) for r in records if "match_id" in r],
+                        [canonical(r) for r in records if "match_id" not in r])
 
 
 def totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
@@ -29,7 +33,7 @@ def totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
 
 
 def summary(result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
-            rules: Rules) -> dict[str, Any]:
+            rules: Rules, root: str) -> dict[str, Any]:
     counts = result.counts()
     return {
         "input_rows": {"left": result.left_count, "right": result.right_count},
@@ -37,7 +41,7 @@ def summary(result: Reconciliation, left: list[CanonicalEntry], right: list[Cano
         "matches": len(result.matches), "breaks": len(result.breaks),
         "totals": {"left": totals(left), "right": totals(right)},
         "rules": rules.describe(),
-        "merkle_root": merkle_root(result.matches + result.breaks),
+        "merkle_root": root,
     }
 
 
@@ -79,19 +83,69 @@ td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eef
 <th>reason</th></tr>{rows}</table></body></html>"""
 
 
+def replace_file(path: Path, data: bytes) -> None:
+    """Writes ``path`` whole or not at all, through a fresh temporary file beside it (never a fixed name
+    that could be planted as a symlink)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@contextmanager
+def replacing(target: Path) -> Iterator[Path]:
+    """A fresh sibling folder that replaces ``target`` whole when the block succeeds.
+
+    Nothing of a previous result survives in the new one, nothing planted in the old one (a symlink
+    named like a temporary file) is ever opened, and a failure removes the new folder and leaves the
+    previous result as it was. The swap is two renames: a crash between them leaves the previous
+    result whole under ``.<name>.old-*`` beside the target."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    try:
+        yield fresh
+        fresh.chmod(0o755)
+        old = None
+        if target.exists() or target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, old / target.name)
+        os.rename(fresh, target)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+
+
+def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
+                  rules: Rules, day: str | None = None, name: str | None = None
+                  ) -> tuple[dict[str, Any], list[bytes], list[bytes]]:
+    """Writes a reconciliation into ``out_dir`` (a folder of its own, made by the caller);
+    returns (summary, canonical match lines, canonical break lines)."""
+    match_lines = [canonical(m) for m in result.matches]
+    break_lines = [canonical(b) for b in result.breaks]
+    with open(out_dir / "matches.jsonl", "xb") as f:
+        f.writelines(line + b"\n" for line in match_lines)
+    with open(out_dir / "breaks.jsonl", "xb") as f:
+        f.writelines(line + b"\n" for line in break_lines)
+    s = summary(result, left, right, rules, records_root(day, name, match_lines, break_lines))
+    with open(out_dir / "summary.json", "xb") as f:
+        f.write(pretty(s))
+    with open(out_dir / "report.html", "x", encoding="utf-8") as f:
+        f.write(render_html(s, result))
+    return s, match_lines, break_lines
+
+
 def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
           rules: Rules) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = {name: out_dir / f".{name}.tmp" for name in ("matches.jsonl", "breaks.jsonl", "summary.json", "report.html")}
-    with open(tmp["matches.jsonl"], "wb") as f:
-        f.writelines(_canonical(m) + b"\n" for m in result.matches)
-    with open(tmp["breaks.jsonl"], "wb") as f:
-        f.writelines(_canonical(b) + b"\n" for b in result.breaks)
-    s = summary(result, left, right, rules)
-    tmp["summary.json"].write_text(json.dumps(s, indent=2, sort_keys=True))
-    tmp["report.html"].write_text(render_html(s, result))
-    for name, path in tmp.items():  # all four land together: no half-written report
-        path.replace(out_dir / name)
+    """``reconcile --out DIR``: the four files of ARCHITECTURE section 4, replacing DIR whole."""
+    with replacing(out_dir) as fresh:
+        s, _, _ = write_records(fresh, result, left, right, rules)
     return s
 
 
@@ -103,12 +157,20 @@ def _anchor_line(anchor: dict[str, Any] | None) -> str:
             "Check it with <code>ledger-pipelines verify --report DIR --rpc URL</code>.</p>")
 
 
-def render_index(audit: dict[str, Any], data_docs: list[str] | None = None) -> str:
-    """The day's index page over every reconciliation (self-contained)."""
+def kinds_text(counts: dict[str, int]) -> str:
+    """``{"amount_mismatch": 1, "missing_left": 4}`` as people read it: ``amount mismatch: 1, missing left: 4``."""
+    return ", ".join(f"{kind.replace('_', ' ')}: {n}" for kind, n in sorted(counts.items())) or "none"
+
+
+def render_index(audit: dict[str, Any]) -> str:
+    """The day's index page over every reconciliation (self-contained), rendered from audit.json alone
+    (``verify`` renders it again and compares)."""
     recs = audit["reconciliations"]
+    data_docs = sorted(p for p in audit.get("files", {}) if p.startswith("data_docs/") and p.count("/") == 2
+                       and p.endswith("/index.html"))
     rows = "".join(
         f"<tr><td><a href='{html.escape(name)}/report.html'>{html.escape(name)}</a></td><td>{r['matches']}</td>"
-        f"<td>{r['breaks']}</td><td>{html.escape(json.dumps(r['break_type']))}</td></tr>"
+        f"<td>{r['breaks']}</td><td>{html.escape(kinds_text(r['break_type']))}</td></tr>"
         for name, r in sorted(recs.items()))
     breaks = {name: r["breaks"] for name, r in recs.items()}
     by_type: dict[str, int] = {}
@@ -121,7 +183,7 @@ def render_index(audit: dict[str, Any], data_docs: list[str] | None = None) -> s
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Audit {html.escape(audit['day'])}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}</style></head><body><h1>Audit report {html.escape(audit['day'])}</h1>
-<p>Merkle root over every match and break record of the day: <code>{audit['merkle_root']}</code></p>
+<p>Merkle root over everything this report states (every record, figure and file of the day): <code>{html.escape(audit['merkle_root'])}</code></p>
 {_anchor_line(audit.get("anchor"))}
 {_bars("Breaks by type", by_type)}{_bars("Breaks per reconciliation", breaks)}
 {_bars("Open breaks by age", audit.get("open_breaks_by_age", {}))}

@@ -1,0 +1,108 @@
+"""What a day report commits to: the leaves of its Merkle tree, the proofs, the report version.
+
+One module for both ends, so the writer and ``verify`` cannot drift apart: the day's writer turns
+what it writes into leaves here, and ``verify`` turns the files it reads into leaves here again.
+The encoding is specified in docs/architecture.md (section "The day report's commitment") for
+third-party verifiers.
+
+Every leaf is the canonical JSON (keys sorted, no spaces, UTF-8, no floats) of one object:
+
+- ``{"leaf": "record", "day", "reconciliation", "kind": "match"|"break", "record"}``: one match or
+  break record, bound to its day, its reconciliation and its kind;
+- ``{"leaf": "summary", "day", "reconciliation", "summary"}``: a reconciliation's ``summary.json``;
+- ``{"leaf": "payment", "day", "payment"}``: one line of ``payments.jsonl``;
+- ``{"leaf": "audit", "day", "audit"}``: ``audit.json`` without ``merkle_root`` and ``anchor`` (its
+  ``files`` member lists every other file of the folder with its SHA-256).
+
+The leaf hashes are sorted and form an RFC 9162 tree (``merkle.py``). The report version anchored
+next to the root is SHA-256 over the canonical ``audit.json`` without ``anchor`` (so it binds the
+root too).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Iterable
+
+from . import merkle
+
+FORMAT = "ledger-pipelines.day-report/2"
+RECORD_FILES = {"match": "matches.jsonl", "break": "breaks.jsonl"}
+
+
+def own_files(reconciliations: Iterable[str]) -> set[str]:
+    """The files of a day folder that have leaves of their own (or, index.html, are rendered from
+    audit.json); every other file is listed in audit.json's ``files`` with its SHA-256."""
+    return {"audit.json", "proofs.jsonl", "payments.jsonl", "index.html"} | {
+        f"{name}/{part}" for name in reconciliations for part in (*RECORD_FILES.values(), "summary.json")}
+
+
+def canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def pretty(obj: Any) -> bytes:
+    """The form of the folder's JSON documents (audit.json, summary.json): readable and reproducible."""
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+
+
+def record_leaf(day: str | None, reconciliation: str | None, kind: str, record_line: bytes) -> bytes:
+    """The leaf of one record, from its canonical JSON line (as written to matches/breaks.jsonl).
+
+    Equal to ``canonical({"day", "kind", "leaf", "reconciliation", "record"})``: ``record`` sorts last, so
+    the record's own canonical bytes are spliced in rather than encoded a second time."""
+    head = canonical({"day": day, "kind": kind, "leaf": "record", "reconciliation": reconciliation})
+    return head[:-1] + b',"record":' + record_line + b"}"
+
+
+def summary_leaf(day: str | None, reconciliation: str, summary: dict[str, Any]) -> bytes:
+    return canonical({"day": day, "leaf": "summary", "reconciliation": reconciliation, "summary": summary})
+
+
+def payment_leaf(day: str, payment: dict[str, Any]) -> bytes:
+    return canonical({"day": day, "leaf": "payment", "payment": payment})
+
+
+def audit_body(audit: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in audit.items() if k not in ("merkle_root", "anchor")}
+
+
+def audit_leaf(audit: dict[str, Any]) -> bytes:
+    return canonical({"audit": audit_body(audit), "day": audit["day"], "leaf": "audit"})
+
+
+def report_version(audit: dict[str, Any]) -> str:
+    """What is anchored besides the root: a digest of audit.json without its anchor."""
+    return "sha256:" + hashlib.sha256(canonical({k: v for k, v in audit.items() if k != "anchor"})).hexdigest()
+
+
+def records_root(day: str | None, reconciliation: str | None, matches: Iterable[bytes], breaks: Iterable[bytes]) -> str:
+    """The root over one reconciliation's records alone (its summary's ``merkle_root``)."""
+    leaves = [merkle.leaf_hash(record_leaf(day, reconciliation, "match", m)) for m in matches]
+    leaves += [merkle.leaf_hash(record_leaf(day, reconciliation, "break", b)) for b in breaks]
+    return merkle.root(sorted(leaves)).hex()
+
+
+class Leaves:
+    """The leaves of one day report, each with a locator that says where its fact lives."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, dict[str, Any]]] = []
+
+    def add(self, data: bytes, locator: dict[str, Any]) -> None:
+        self.items.append((merkle.leaf_hash(data), locator))
+
+    def proofs(self) -> tuple[str, list[dict[str, Any]]]:
+        """(root, one proof per leaf in leaf order): locator, leaf hash, index, tree size, audit path."""
+        self.items.sort(key=lambda item: item[0])
+        hashes = [h for h, _ in self.items]
+        root, paths = merkle.tree(hashes)
+        n = len(hashes)
+        return root.hex(), [{**loc, "leaf_hash": h.hex(), "index": i, "tree_size": n, "path": [p.hex() for p in path]}
+                            for i, ((h, loc), path) in enumerate(zip(self.items, paths))]
+
+
+def record_locator(reconciliation: str, kind: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {"leaf": "record", "reconciliation": reconciliation, "kind": kind,
+            "id": record.get("match_id") if kind == "match" else record.get("break_id")}
