@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timezone
 from decimal import Context, Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 
@@ -37,6 +37,33 @@ _NAME = re.compile(NAME_PATTERN)
 
 class EntryError(ValueError):
     """A record that is not a valid canonical entry; the message names the field and the reason."""
+
+
+class NotAnEntry(EntryError):
+    """A well-formed record of something the ledger does not map (another event, another token)."""
+
+
+class Rejection(NamedTuple):
+    """A record set aside: where it sits in its input, why, and its position (from 0) among the records."""
+
+    where: str
+    reason: str
+    index: int
+    not_an_entry: bool = False  # see NotAnEntry: a reader of the source skips these, a file count names them
+
+
+class Mapped(NamedTuple):
+    """What a mapper made of one input: ``accepted`` records became ``entries`` (a Debezium update with its
+    before image becomes two); every other record is one of ``rejections``."""
+
+    entries: list
+    rejections: list[Rejection]
+    accepted: int
+
+
+MAX_JSON_INT = 2**63 - 1  # block numbers, log indexes, LSNs, ts_ms: the warehouse stores them as BIGINT
+# 9999-12-31T23:59:59Z: the last second an RFC 3339 timestamp can write
+MAX_EPOCH_SECONDS = 253_402_300_799
 
 
 # gc=False: entries are immutable records of JSON-like values and never part of a reference cycle,
@@ -222,7 +249,14 @@ def make_entry(**fields: Any) -> CanonicalEntry:
     for name in _REQUIRED_TEXT:
         v = fields.get(name)
         if not isinstance(v, str) or not v or len(v) > 512:
-            raise EntryError(f"{eid}: {name}: must be a non-empty string of at most 512 characters, got {v!r}")
+            raise EntryError(f"{eid}: {name}: must be a non-empty string of at most 512 characters, got {v!r:.120}")
+    if not isinstance(eid, str) or len(eid) > 512:
+        # the event log decodes entry_id with the same bound: a longer id would be refused there, after publishing
+        raise EntryError(f"entry_id: {str(eid)[:120]!r}...: longer than 512 characters")
+    for name in ("correlation_id", "counterparty"):
+        v = fields[name]
+        if v is not None and not isinstance(v, str):
+            raise EntryError(f"{eid}: {name}: must be a string or null, got {type(v).__name__}")
     if fields["schema_version"] != SCHEMA_VERSION:
         raise EntryError(f"{eid}: schema_version: only version {SCHEMA_VERSION} is understood")
     try:
@@ -238,6 +272,13 @@ def make_entry(**fields: Any) -> CanonicalEntry:
 # Arithmetic on amounts (sums, FX) runs in this context: 200 digits hold any sum of uint256 values at
 # 18 decimals times a rate; Python's default 28 digits would round them silently.
 EXACT = Context(prec=200, Emax=999999, Emin=-999999)
+
+
+def utc_from_epoch(seconds: Any, what: str = "timestamp") -> str:
+    """Seconds since 1970 (an int, no bool or float) as a canonical UTC timestamp; EntryError otherwise."""
+    if type(seconds) is not int or not 0 <= seconds <= MAX_EPOCH_SECONDS:
+        raise EntryError(f"{what} {str(seconds)[:40]!r} is not a whole number of seconds in the years 1970-9999")
+    return format_timestamp(datetime.fromtimestamp(seconds, tz=timezone.utc))
 
 
 def scaled_decimal(value: int, scale: int, normalize: bool = False) -> Decimal:
@@ -259,7 +300,9 @@ def format_amount(value: Any) -> str:
         raise EntryError(f"amount: {value!r} is a {type(value).__name__}; amounts must be exact (int, Decimal or str)")
     if isinstance(value, int):
         if value < 0:
-            raise EntryError(f"amount: {value} is negative; direction carries the sign")
+            raise EntryError(f"amount: {str(value)[:40]} is negative; direction carries the sign")
+        if value.bit_length() > 4 * MAX_AMOUNT_DIGITS or len(str(value)) > MAX_AMOUNT_DIGITS:
+            raise EntryError(f"amount: an integer of more than {MAX_AMOUNT_DIGITS} digits")
         return str(value)
     if isinstance(value, str):
         if amount_is_canonical(value):
@@ -267,12 +310,15 @@ def format_amount(value: Any) -> str:
         try:
             value = Decimal(value)
         except InvalidOperation:
-            raise EntryError(f"amount: {value!r} is not a decimal number") from None
+            raise EntryError(f"amount: {value[:60]!r} is not a decimal number") from None
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise EntryError(f"amount: {value} is not finite")
         if value < 0:
             raise EntryError(f"amount: {value} is negative; direction carries the sign")
+        # bounded before writing it out: 1E+999999999 in positional notation is a gigabyte of zeros
+        if value.adjusted() > MAX_AMOUNT_DIGITS or value.as_tuple().exponent < -MAX_AMOUNT_DIGITS:
+            raise EntryError(f"amount: {value:.20} cannot be represented exactly in {MAX_AMOUNT_DIGITS} digits")
         text = f"{value:f}"
         if not re.fullmatch(AMOUNT_PATTERN, text) or len(text) > MAX_AMOUNT_DIGITS + 1:
             raise EntryError(f"amount: {value} cannot be represented exactly as a canonical decimal")
@@ -283,8 +329,12 @@ def format_amount(value: Any) -> str:
 def format_timestamp(ts: datetime) -> str:
     if ts.tzinfo is None:
         raise EntryError(f"booked_at: {ts} has no time zone; canonical timestamps are UTC")
-    ts = ts.astimezone(timezone.utc)
-    text = ts.strftime("%Y-%m-%dT%H:%M:%S")
+    try:
+        ts = ts.astimezone(timezone.utc)
+    except OverflowError:
+        raise EntryError(f"booked_at: {ts.isoformat()} in UTC is outside the years 1-9999") from None
+    # not strftime: its %Y writes year 999 as '999', which is no RFC 3339 year
+    text = f"{ts.year:04d}-{ts.month:02d}-{ts.day:02d}T{ts.hour:02d}:{ts.minute:02d}:{ts.second:02d}"
     if ts.microsecond:
         text += f".{ts.microsecond:06d}".rstrip("0")
     return text + "Z"

@@ -19,11 +19,12 @@ Every table and column name passes :func:`validate_identifier` before it reaches
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..model import CanonicalEntry, EntryError, amount_is_canonical, format_amount, format_timestamp, make_entry
+from ..model import (MAX_EPOCH_SECONDS, CanonicalEntry, EntryError, amount_is_canonical, format_amount,
+                     format_timestamp, make_entry)
 from ..warehouse import validate_identifier
 
 
@@ -92,7 +93,7 @@ def exact_amount(value: Any, where: str) -> str:
         value = Decimal(repr(value))
     try:
         d = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-    except InvalidOperation:
+    except (InvalidOperation, ValueError):  # ValueError: an int too long to write as text
         raise EntryError(f"{where}: amount {str(value)[:60]!r} is not a number") from None
     if not d.is_finite():
         raise EntryError(f"{where}: amount {value} is not finite")
@@ -103,19 +104,40 @@ def exact_amount(value: Any, where: str) -> str:
     return format_amount(d)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def utc_from_millis(ms: Any, where: str, what: str = "ts_ms") -> str:
+    """Milliseconds since 1970 (an int) as a canonical UTC timestamp, exactly (no float division)."""
+    if type(ms) is not int or not 0 <= ms <= MAX_EPOCH_SECONDS * 1000 + 999:
+        raise EntryError(f"{where}: {what} {str(ms)[:40]!r} is not a whole number of milliseconds "
+                         f"in the years 1970-9999")
+    return format_timestamp(_EPOCH + timedelta(milliseconds=ms))
+
+
 def utc_timestamp(value: Any, where: str) -> str:
-    if isinstance(value, datetime):
-        ts = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return format_timestamp(ts)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format_timestamp(datetime.fromtimestamp(value / 1000, tz=timezone.utc))
+    if type(value) is int or (type(value) is float and value.is_integer()):
+        return utc_from_millis(int(value), where, "posted time")
     if isinstance(value, str):
         try:
-            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(" ", "T"))
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(" ", "T"))
         except ValueError:
-            raise EntryError(f"{where}: posted time {value!r} is not an ISO timestamp") from None
-        return format_timestamp(ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc))
-    raise EntryError(f"{where}: posted time {value!r} missing or of type {type(value).__name__}")
+            raise EntryError(f"{where}: posted time {value[:60]!r} is not an ISO timestamp") from None
+    if not isinstance(value, datetime):
+        raise EntryError(f"{where}: posted time {str(value)[:60]!r} missing or of type {type(value).__name__}")
+    try:
+        return format_timestamp(value if value.tzinfo else value.replace(tzinfo=timezone.utc))
+    except EntryError as exc:
+        raise EntryError(f"{where}: {exc}") from None
+
+
+def scalar_text(value: Any, where: str, column: str) -> str | None:
+    """A key or name column as text: strings and numbers; a nested object or a boolean is no account name."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (dict, list, bool, float)):
+        raise EntryError(f"{where}: column {column} holds {type(value).__name__} {str(value)[:60]}, not text or a number")
+    return str(value)
 
 
 def row_to_entry(
@@ -124,11 +146,11 @@ def row_to_entry(
 ) -> CanonicalEntry:
     """One journal line (a mapping column -> value) to a canonical entry."""
     rid = row.get(m.id)
-    where = f"{ledger} row {m.id}={rid!r}"
-    if rid is None:
+    where = f"{ledger} row {m.id}={str(rid)[:60]!r}"
+    if scalar_text(rid, where, m.id) is None:
         raise EntryError(f"{where}: no id")
     if m.side is not None:
-        side = str(row.get(m.side) or "").strip()
+        side = (scalar_text(row.get(m.side), where, m.side) or "").strip()
         if side in m.debit_values:
             direction = "debit"
         elif side in m.credit_values:
@@ -137,21 +159,21 @@ def row_to_entry(
             raise EntryError(f"{where}: side {side!r} is neither debit {m.debit_values} nor credit {m.credit_values}")
     else:
         direction = m.direction_value
-    currency = m.currency_value or row.get(m.currency)
+    currency = m.currency_value or scalar_text(row.get(m.currency), where, m.currency)
     if not currency:
         raise EntryError(f"{where}: no currency")
-    account = row.get(m.account)
-    if account is None or str(account) == "":
+    account = scalar_text(row.get(m.account), where, m.account)
+    if account is None:
         raise EntryError(f"{where}: no account")
     when = booked_at or utc_timestamp(row.get(m.posted_at) if m.posted_at else None, where)
     attrs = {k: _plain(row.get(col)) for k, col in m.extra.items() if row.get(col) is not None}
     if m.transaction_id and row.get(m.transaction_id) is not None:
         attrs["transaction_id"] = str(row[m.transaction_id])
-    cp = row.get(m.counterparty) if m.counterparty else None
-    ref = row.get(m.reference) if m.reference else None
+    cp = scalar_text(row.get(m.counterparty), where, m.counterparty) if m.counterparty else None
+    ref = scalar_text(row.get(m.reference), where, m.reference) if m.reference else None
     return make_entry(
-        ledger=ledger, ledger_kind=kind, source_ref=source_ref or str(rid), correlation_id=str(ref) if ref else None,
-        account=str(account), counterparty=str(cp) if cp not in (None, "") else None, asset=str(currency),
+        ledger=ledger, ledger_kind=kind, source_ref=source_ref or str(rid), correlation_id=ref,
+        account=account, counterparty=cp, asset=currency,
         amount=exact_amount(row.get(m.amount), where), direction=direction, booked_at=when, value_date=None,
         status=status, position=position or {"row_id": _plain(rid)}, attributes=attrs,
     )
