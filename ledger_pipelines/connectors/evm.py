@@ -3,19 +3,23 @@
 Mapping is pure: :func:`decode_transfer_log` slices topics and reads one uint256 by hand (web3's
 generic event decoding is two orders of magnitude slower), :func:`transfer_log_to_entry` builds the
 entry. Logs may come from JSON-RPC (hex quantities), web3 (ints, HexBytes) or ethereum-etl CSV.
+Hex is read in any case (``0X``, upper-case digits) and written lower-case; every hash, address and
+topic must have its exact length, every quantity must be a non-negative integer. A log that breaks
+a rule raises :class:`EntryError` naming the log; :func:`logs_to_entries` maps a whole input and
+counts every log as an entry or a rejection.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-
 from typing import Any
 
 import msgspec
 
-from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry, scaled_decimal
+from ..model import (MAX_JSON_INT, CanonicalEntry, EntryError, Mapped, NotAnEntry, Rejection, format_amount,
+                     make_entry, scaled_decimal, utc_from_epoch)
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 # LedgerToken's Memo(string): the payment reference of the Transfer logged just before it in the same tx
@@ -25,6 +29,8 @@ MEMO_TOPIC = "0xb0734c6ca9ae9b7406dd80224cb0488aed0928eef358da7449505fa59b8d7a2a
 PAYMENT_RECORDED_TOPIC = "0x867cbe6b28b330524493d45b426dcefe2964906512428d4652799bcae7dd02d0"
 MAX_MEMO_BYTES = 256
 _ZERO_PAD = "0" * 24
+_HEX_DIGITS = re.compile(r"[0-9a-f]*\Z")
+_DECIMAL_DIGITS = re.compile(r"[0-9]+\Z")
 
 
 class Transfer(msgspec.Struct, frozen=True, gc=False):
@@ -55,88 +61,110 @@ class TokenConfig:
         return format_amount(scaled_decimal(value, self.decimals, normalize=True))
 
 
-def _hex(v: Any) -> str:
+def hex_text(v: Any, nbytes: int | None = None, what: str = "value") -> str:
+    """Hex text (``0x``/``0X`` or none, any case) or bytes as lower-case ``0x`` hex of whole bytes
+    (exactly ``nbytes`` when given); EntryError otherwise."""
     if isinstance(v, (bytes, bytearray)):
-        return "0x" + bytes(v).hex()
-    s = str(v)
-    return s.lower() if s.startswith("0x") else "0x" + s.lower()
+        digits = bytes(v).hex()
+    elif isinstance(v, str):
+        digits = (v[2:] if v[:2] in ("0x", "0X") else v).lower()
+        if not _HEX_DIGITS.match(digits) or len(digits) % 2:
+            raise EntryError(f"{what}: {v[:80]!r} is not hex of whole bytes")
+    else:
+        raise EntryError(f"{what}: {type(v).__name__} {str(v)[:40]} is not hex" if v is not None else f"{what}: missing")
+    if nbytes is not None and len(digits) != 2 * nbytes:
+        raise EntryError(f"{what}: {len(digits) // 2} bytes, expected {nbytes}")
+    return "0x" + digits
 
 
-def _int(v: Any) -> int:
-    if isinstance(v, int):
-        return v
-    s = str(v)
-    return int(s, 16) if s.startswith(("0x", "0X")) else int(s)
+def quantity(v: Any, what: str = "quantity") -> int:
+    """A JSON-RPC quantity (``0x`` hex), a decimal string (CSV) or an int, from 0 to 2^63-1."""
+    if type(v) is int:
+        n = v
+    elif isinstance(v, str) and v[:2] in ("0x", "0X") and len(v) > 2 and _HEX_DIGITS.match(v[2:].lower()):
+        n = int(v[2:], 16) if len(v) <= 40 else MAX_JSON_INT + 1
+    elif isinstance(v, str) and _DECIMAL_DIGITS.match(v):
+        n = int(v) if len(v) <= 40 else MAX_JSON_INT + 1
+    else:
+        raise EntryError(f"{what}: {str(v)[:40]!r} is not a number (0x hex or decimal digits)" if v is not None
+                         else f"{what}: missing")
+    if not 0 <= n <= MAX_JSON_INT:
+        raise EntryError(f"{what}: {str(v)[:40]} is outside 0 to 2^63-1")
+    return n
+
+
+def _get(log: dict, rpc: str, etl: str) -> Any:
+    return log[rpc] if rpc in log else log.get(etl)
 
 
 def _topics(log: dict) -> list[str]:
-    topics = log.get("topics") or []
+    topics = log.get("topics")
+    if topics is None:
+        return []
     if isinstance(topics, str):  # ethereum-etl CSV: comma-joined
         topics = [t for t in topics.split(",") if t]
-    return [_hex(t) for t in topics]
+    if not isinstance(topics, list):
+        raise EntryError(f"topics: {type(topics).__name__} is not a list")
+    return [hex_text(t, 32, f"topic {i}") for i, t in enumerate(topics)]
 
 
-def log_ref(log: dict) -> str:
+def log_ref(log: Any) -> str:
     """``<tx_hash>:<log_index>`` of a log, for error messages and source references."""
+    if not isinstance(log, dict):
+        return f"<{type(log).__name__}, not a log object>"
     try:
-        return f"{_hex(log.get('transactionHash') or log.get('transaction_hash'))}:{_int(log.get('logIndex', log.get('log_index')))}"
-    except Exception:
-        return "<log without transaction hash / log index>"
+        return (f"{hex_text(_get(log, 'transactionHash', 'transaction_hash'), 32)}:"
+                f"{quantity(_get(log, 'logIndex', 'log_index'))}")
+    except EntryError:
+        return "<log without a valid transaction hash / log index>"
+
+
+def _position(log: dict) -> tuple[str, int, int, str | None]:
+    """(transaction hash, block number, log index, block hash) of a mined log; EntryError otherwise."""
+    tx = _get(log, "transactionHash", "transaction_hash")
+    if tx is None:
+        raise EntryError("pending log (no transaction hash)")
+    bn = _get(log, "blockNumber", "block_number")
+    if bn is None:
+        raise EntryError("pending log (no block number)")
+    bh = _get(log, "blockHash", "block_hash")
+    return (hex_text(tx, 32, "transactionHash"), quantity(bn, "blockNumber"),
+            quantity(_get(log, "logIndex", "log_index"), "logIndex"),
+            hex_text(bh, 32, "blockHash") if bh else None)
 
 
 def decode_transfer_log(log: dict) -> Transfer:
-    """An ERC-20 Transfer (topic0 Transfer, exactly 3 topics, 32-byte data); EntryError otherwise.
-
-    Hot path: a JSON-RPC log (hex strings) is sliced by hand; other shapes are normalised first.
-    """
-    topics = log.get("topics")
-    data = log.get("data")
-    if type(topics) is list and len(topics) == 3 and type(data) is str:
-        t0, t1, t2 = topics
-        if type(t0) is not str or type(t1) is not str or type(t2) is not str:
-            topics, data = _topics(log), _hex(data)
-            t0, t1, t2 = topics
-    else:
-        topics, data = _topics(log), _hex(log.get("data") or "0x")
-        if len(topics) != 3:
-            return _refuse(log, topics, data)
-        t0, t1, t2 = topics
-    if len(data) != 66 or len(t1) != 66 or len(t2) != 66 or t1[2:26] != _ZERO_PAD or t2[2:26] != _ZERO_PAD \
-            or (t0 != TRANSFER_TOPIC and t0.lower() != TRANSFER_TOPIC):
-        return _refuse(log, [t0, t1, t2], data)
+    """An ERC-20 Transfer (topic0 Transfer, exactly 3 topics, 32-byte data); EntryError otherwise."""
+    if not isinstance(log, dict):
+        raise EntryError(f"log {log_ref(log)}: not a JSON object")
     try:
-        value = int(data, 16)
-        bn = log["blockNumber"] if "blockNumber" in log else log.get("block_number")
-        li = log["logIndex"] if "logIndex" in log else log.get("log_index")
-        block_number = int(bn, 16) if type(bn) is str and bn[:2] == "0x" else int(bn)
-        log_index = int(li, 16) if type(li) is str and li[:2] == "0x" else int(li)
-    except (TypeError, ValueError) as exc:
+        topics = _topics(log)
+        data = hex_text(log.get("data") or "0x", None, "data")
+        if len(topics) != 3 or topics[0] != TRANSFER_TOPIC or len(data) != 66 \
+                or topics[1][2:26] != _ZERO_PAD or topics[2][2:26] != _ZERO_PAD:
+            _refuse(topics, data)
+        tx, block_number, log_index, bh = _position(log)
+        token = hex_text(log.get("address"), 20, "address")
+    except EntryError as exc:
         raise EntryError(f"log {log_ref(log)}: {exc}") from None
-    tx = log["transactionHash"] if "transactionHash" in log else log.get("transaction_hash")
-    bh = log["blockHash"] if "blockHash" in log else log.get("block_hash")
-    token = log.get("address")
+    _, t1, t2 = topics
     return Transfer(
-        token=token.lower() if type(token) is str else _hex(token), sender="0x" + t1[26:].lower(),
-        receiver="0x" + t2[26:].lower(), value=value, tx_hash=tx.lower() if type(tx) is str else _hex(tx),
-        log_index=log_index, block_number=block_number,
-        block_hash=(bh.lower() if type(bh) is str else _hex(bh)) if bh else None,
-        removed=log.get("removed") is True,
+        token=token, sender="0x" + t1[26:], receiver="0x" + t2[26:], value=int(data, 16), tx_hash=tx,
+        log_index=log_index, block_number=block_number, block_hash=bh, removed=log.get("removed") is True,
     )
 
 
-def _refuse(log: dict, topics: list, data: str):
-    ref = log_ref(log)
-    topics = [t.lower() for t in topics]
+def _refuse(topics: list[str], data: str):
     if not topics or topics[0] != TRANSFER_TOPIC:
-        raise EntryError(f"log {ref}: not a Transfer event (topic0 {topics[0] if topics else None})")
+        raise EntryError(f"not a Transfer event (topic0 {topics[0] if topics else None})")
     if len(topics) != 3:
-        raise EntryError(f"log {ref}: Transfer with {len(topics)} topics is not ERC-20 (ERC-721 indexes the token id)")
+        raise EntryError(f"Transfer with {len(topics)} topics is not ERC-20 (ERC-721 indexes the token id)")
     if len(data) != 66:
-        raise EntryError(f"log {ref}: Transfer data is {(len(data) - 2) // 2} bytes, an ERC-20 value takes 32")
+        raise EntryError(f"Transfer data is {(len(data) - 2) // 2} bytes, an ERC-20 value takes 32")
     for t in topics[1:]:
-        if len(t) != 66 or t[2:26] != _ZERO_PAD:
-            raise EntryError(f"log {ref}: topic {t} is not a left-padded address")
-    raise EntryError(f"log {ref}: malformed Transfer")
+        if t[2:26] != _ZERO_PAD:
+            raise EntryError(f"topic {t} is not a left-padded address")
+    raise EntryError("malformed Transfer")
 
 
 def transfer_log_to_entry(
@@ -158,12 +186,14 @@ def transfer_log_to_entry(
                 "transaction_hash": t.tx_hash}
     if confirmations is not None:
         position["confirmations"] = confirmations
+    try:
+        booked_at = utc_from_epoch(block_timestamp, f"block {t.block_number} timestamp")
+    except EntryError as exc:
+        raise EntryError(f"log {t.tx_hash}:{t.log_index}: {exc}") from None
     return make_entry(
         ledger=ledger, ledger_kind="evm", source_ref=f"{t.tx_hash}:{t.log_index}", correlation_id=correlation_id,
         account=account, counterparty=counterparty, asset=token.asset(), amount=token.amount(t.value),
-        direction=direction,
-        booked_at=format_timestamp(datetime.fromtimestamp(block_timestamp, tz=timezone.utc)),
-        value_date=None, status=status, position=position,
+        direction=direction, booked_at=booked_at, value_date=None, status=status, position=position,
         attributes={"token_address": t.token, "raw_value": str(t.value), "from": t.sender, "to": t.receiver},
     )
 
@@ -186,24 +216,24 @@ def _abi_string(data: bytes, head: int, limit: int = MAX_MEMO_BYTES) -> str:
 
 
 def _data(log: dict) -> bytes:
-    d = log.get("data") or "0x"
-    return bytes(d) if isinstance(d, (bytes, bytearray)) else bytes.fromhex(str(d)[2:] if str(d)[:2] == "0x" else str(d))
+    return bytes.fromhex(hex_text(log.get("data") or "0x", None, "data")[2:])
 
 
-def memos_of(logs: Iterable[dict]) -> dict[tuple[str, int], str]:
+def memos_of(logs: Iterable[Any]) -> dict[tuple[str, int], str]:
     """(tx hash, log index of the Transfer) -> memo, from ``Memo`` logs (a Memo follows its Transfer)."""
     out: dict[tuple[str, int], str] = {}
     for lg in logs:
-        topics = lg.get("topics") or []
-        if not topics or _hex(topics[0]) != MEMO_TOPIC:
+        if not isinstance(lg, dict):
             continue
         try:
+            topics = _topics(lg)
+            if not topics or topics[0] != MEMO_TOPIC:
+                continue
             memo = _abi_string(_data(lg), 0)
-            tx = _hex(lg.get("transactionHash") or lg.get("transaction_hash"))
-            index = _int(lg["logIndex"] if "logIndex" in lg else lg.get("log_index"))
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-            continue  # an unreadable memo leaves the transfer uncorrelated; the transfer itself is still an entry
-        if memo:
+            tx, _, index, _ = _position(lg)
+        except (ValueError, UnicodeDecodeError):  # EntryError is a ValueError
+            continue  # an unreadable memo leaves the transfer uncorrelated; the memo log itself is refused
+        if memo and index > 0:
             out[(tx, index - 1)] = memo
     return out
 
@@ -212,29 +242,30 @@ def decode_payment_recorded(log: dict, ctx: "LogContext") -> CanonicalEntry:
     """A ``LedgerBridge.PaymentRecorded`` log: the on-chain record of a payment of another ledger."""
     ref = log_ref(log)
     try:
+        tx, block, index, bh = _position(log)
+        account = hex_text(log.get("address"), 20, "address")
         data = _data(log)
         reference, asset = _abi_string(data, 0), _abi_string(data, 1)
         amount, scale = _abi_word(data, 2), _abi_word(data, 3)
         source_entry_id = _abi_string(data, 4)
-        block = _int(log["blockNumber"] if "blockNumber" in log else log.get("block_number"))
-        index = _int(log["logIndex"] if "logIndex" in log else log.get("log_index"))
-        tx = _hex(log.get("transactionHash") or log.get("transaction_hash"))
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise EntryError(f"log {ref}: malformed PaymentRecorded event: {exc}") from None
     if scale > 77:
         raise EntryError(f"log {ref}: PaymentRecorded scale {scale} is not a decimal scale")
     ts = ctx.block_timestamps.get(block)
     if ts is None:
         raise EntryError(f"log {ref}: no timestamp for block {block}")
-    bh = log.get("blockHash") or log.get("block_hash")
+    try:
+        booked_at = utc_from_epoch(ts, f"block {block} timestamp")
+    except EntryError as exc:
+        raise EntryError(f"log {ref}: {exc}") from None
     status = "orphaned" if log.get("removed") is True else ctx.status_of(block)
     return make_entry(
         ledger=ctx.ledger, ledger_kind="evm", source_ref=f"{tx}:{index}", correlation_id=reference,
-        account=_hex(log.get("address")), counterparty=None, asset=asset,
+        account=account, counterparty=None, asset=asset,
         amount=format_amount(scaled_decimal(amount, scale)), direction="credit",
-        booked_at=format_timestamp(datetime.fromtimestamp(ts, tz=timezone.utc)), value_date=None, status=status,
-        position={"block_number": block, "block_hash": _hex(bh) if bh else None, "log_index": index,
-                  "transaction_hash": tx},
+        booked_at=booked_at, value_date=None, status=status,
+        position={"block_number": block, "block_hash": bh, "log_index": index, "transaction_hash": tx},
         attributes={"event": "PaymentRecorded", "source_entry_id": source_entry_id, "raw_amount": str(amount),
                     "scale": scale},
     )
@@ -258,22 +289,44 @@ class LogContext:
 
 def log_to_entry(log: dict, ctx: LogContext) -> CanonicalEntry | None:
     """The entry of one log: a Transfer, an event with a registered decoder, or None (not ours)."""
-    topics = _topics(log)
-    if not topics:
+    try:
+        return map_log(log, ctx)
+    except NotAnEntry:
         return None
+
+
+def map_log(log: Any, ctx: LogContext) -> CanonicalEntry:
+    """The entry of one log; :class:`NotAnEntry` for a log this ledger does not map, EntryError when bad."""
+    if not isinstance(log, dict):
+        raise EntryError(f"log {log_ref(log)}: not a JSON object")
+    try:
+        topics = _topics(log)
+    except EntryError as exc:
+        raise EntryError(f"log {log_ref(log)}: {exc}") from None
+    if not topics:
+        raise NotAnEntry(f"log {log_ref(log)}: an anonymous event (no topics) is not an entry of this ledger")
     decoder = ctx.decoders.get(topics[0])
     if decoder is not None:
         return decoder(log, ctx)
-    if topics[0] != TRANSFER_TOPIC or not ctx.transfers:
-        return None
+    if topics[0] == MEMO_TOPIC:
+        raise NotAnEntry(f"log {log_ref(log)}: a Memo event is not an entry (its text is the correlation_id "
+                         f"of the Transfer logged before it)")
+    if topics[0] != TRANSFER_TOPIC:
+        raise NotAnEntry(f"log {log_ref(log)}: event {topics[0]} is neither an ERC-20 Transfer nor a registered "
+                         f"event of this ledger")
+    if not ctx.transfers:
+        raise NotAnEntry(f"log {log_ref(log)}: Transfer logs are not entries of this ledger (transfers: false)")
     t = decode_transfer_log(log)
     if ctx.tokens and t.token not in ctx.tokens:
-        return None
+        raise NotAnEntry(f"log {t.tx_hash}:{t.log_index}: token {t.token} is not a configured token of this ledger")
     if ctx.watched and ctx.watched not in (t.sender, t.receiver):
-        return None
+        raise NotAnEntry(f"log {t.tx_hash}:{t.log_index}: neither side is the watched address {ctx.watched}")
     ts = ctx.block_timestamps.get(t.block_number)
     if ts is None and log.get("blockTimestamp") is not None:  # nodes that include it in logs
-        ts = _int(log["blockTimestamp"])
+        try:
+            ts = quantity(log["blockTimestamp"], "blockTimestamp")
+        except EntryError as exc:
+            raise EntryError(f"log {t.tx_hash}:{t.log_index}: {exc}") from None
     if ts is None:
         raise EntryError(f"log {t.tx_hash}:{t.log_index}: no timestamp for block {t.block_number}")
     status = "orphaned" if t.removed else ctx.status_of(t.block_number)
@@ -281,11 +334,40 @@ def log_to_entry(log: dict, ctx: LogContext) -> CanonicalEntry | None:
                                  correlation_id=ctx.memos.get((t.tx_hash, t.log_index)) if ctx.memos else None)
 
 
-def logs_of(doc: Any) -> list[dict]:
+def logs_to_entries(logs: list[Any], ctx: LogContext, source: str | None = None,
+                    seen: dict[str, str] | None = None) -> Mapped:
+    """Every log of one input (one log is one record) as an entry or a :class:`Rejection`.
+
+    A log with the transaction hash and log index of one already mapped is refused as a duplicate
+    naming both positions; ``seen`` (entry id -> where) carries that check across inputs.
+    """
+    entries: list[CanonicalEntry] = []
+    rejections: list[Rejection] = []
+    seen = {} if seen is None else seen
+    for i, log in enumerate(logs):
+        where = f"{source}: log #{i}" if source else f"log #{i}"
+        try:
+            e = map_log(log, ctx)
+            if e.entry_id in seen:
+                raise EntryError(f"log {e.source_ref}: duplicate: the same transaction hash and log index as "
+                                 f"{seen[e.entry_id]}")
+        except NotAnEntry as exc:
+            rejections.append(Rejection(where, str(exc), i, not_an_entry=True))
+        except EntryError as exc:
+            rejections.append(Rejection(where, str(exc), i))
+        else:
+            seen[e.entry_id] = where
+            entries.append(e)
+    return Mapped(entries, rejections, len(entries))
+
+
+def logs_of(doc: Any) -> list[Any]:
     """Logs from an ``eth_getLogs`` / ``eth_getFilterLogs`` response, a receipt, or a list of either."""
     if isinstance(doc, dict) and "result" in doc:
         doc = doc["result"]
     if isinstance(doc, dict) and "logs" in doc:
+        if not isinstance(doc["logs"], list):
+            raise ValueError(f"a receipt's logs are {type(doc['logs']).__name__}, not a list")
         return list(doc["logs"])
     if isinstance(doc, list):
         out = []
@@ -296,10 +378,30 @@ def logs_of(doc: Any) -> list[dict]:
 
 
 def block_timestamps_of(docs: Iterable[Any]) -> dict[int, int]:
-    """block number -> timestamp from ``eth_getBlockByNumber`` responses."""
+    """block number -> timestamp from ``eth_getBlockByNumber`` responses (or lists of them).
+
+    ValueError naming the block when a block's number or timestamp is not a quantity.
+    """
     out = {}
     for doc in docs:
-        block = doc.get("result", doc) if isinstance(doc, dict) else None
-        if isinstance(block, dict) and "timestamp" in block and "number" in block:
-            out[_int(block["number"])] = _int(block["timestamp"])
+        for item in doc if isinstance(doc, list) else [doc]:
+            block = item.get("result", item) if isinstance(item, dict) else None
+            if isinstance(block, dict) and "timestamp" in block and "number" in block:
+                try:
+                    out[quantity(block["number"], "number")] = quantity(block["timestamp"], "timestamp")
+                except EntryError as exc:
+                    raise ValueError(f"block {str(block.get('hash'))[:70]}: {exc}") from None
     return out
+
+
+def token_config(spec: str) -> TokenConfig:
+    """``ADDRESS[:SYMBOL[:DECIMALS]]`` of a known token; ValueError with the reason."""
+    addr, _, rest = spec.partition(":")
+    symbol, _, decimals = rest.partition(":")
+    try:
+        address = hex_text(addr, 20, "address")
+    except EntryError as exc:
+        raise ValueError(f"token {spec!r}: {exc}") from None
+    if decimals and not (_DECIMAL_DIGITS.match(decimals) and int(decimals) <= 255):
+        raise ValueError(f"token {spec!r}: decimals {decimals!r} is not an integer from 0 to 255 (ERC-20 uint8)")
+    return TokenConfig(address, symbol or None, int(decimals) if decimals else None)

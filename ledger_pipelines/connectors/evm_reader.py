@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from ..model import CanonicalEntry, EntryError, decode_entry, encode_entry
 from .evm import (MEMO_TOPIC, PAYMENT_RECORDED_TOPIC, TRANSFER_TOPIC, LogContext, LogDecoder, decode_payment_recorded,
-                  log_ref, log_to_entry, memos_of)
+                  log_ref, logs_to_entries, memos_of, quantity)
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig
@@ -107,7 +107,13 @@ class EvmReader:
     # -- mapping --------------------------------------------------------------------------
     def entries(self, logs: list[dict], head: int) -> tuple[list[CanonicalEntry], list[tuple[str, str, bytes]]]:
         safe = head - self.lc.confirmations
-        for n in sorted({int(lg["blockNumber"], 16) for lg in logs}):
+        numbers = set()
+        for lg in logs:
+            try:
+                numbers.add(quantity(lg["blockNumber"], "blockNumber"))
+            except (EntryError, KeyError, TypeError):
+                pass  # no block to look up: the log's mapping refuses it, naming the reason
+        for n in sorted(numbers):
             self.block(n)
         ctx = LogContext(
             ledger=self.lc.name, block_timestamps={n: b["timestamp"] for n, b in self._blocks.items()},
@@ -115,15 +121,10 @@ class EvmReader:
             status_of=lambda n: "final" if n <= safe else "pending", decoders=self.decoders,
             memos=memos_of(logs), transfers=self.transfers,
         )
-        entries, errors = [], []
-        for lg in logs:
-            try:
-                e = log_to_entry(lg, ctx)
-            except EntryError as exc:
-                errors.append((f"evm:{self.lc.name}:{log_ref(lg)}", str(exc), json.dumps(lg).encode()))
-                continue
-            if e is not None:
-                entries.append(e)
+        entries, rejections, _ = logs_to_entries(logs, ctx)
+        # a log of an event this ledger does not map (a Memo, another token) is skipped, not a dead letter
+        errors = [(f"evm:{self.lc.name}:{log_ref(logs[r.index])}", r.reason, json.dumps(logs[r.index]).encode())
+                  for r in rejections if not r.not_an_entry]
         return entries, errors
 
     def first_block_at(self, ts: int, head: int) -> int:
