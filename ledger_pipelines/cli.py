@@ -69,7 +69,11 @@ def _emit_error(source: str, reason: str) -> None:
     sys.stderr.write(json.dumps({"source": source, "error": reason}) + "\n")
 
 
-def _read_logs(path: str) -> list[dict]:
+def _read_logs(path: str) -> tuple[list, list[tuple[str, str]]]:
+    """(logs, [(line, reason)]): the logs of a file, and the lines of a JSON-lines file that hold none.
+
+    ValueError / OSError when the file as a whole is unreadable.
+    """
     import csv
     from pathlib import Path
 
@@ -77,11 +81,25 @@ def _read_logs(path: str) -> list[dict]:
 
     text = Path(path).read_text()
     if path.endswith(".csv"):  # ethereum-etl logs CSV
-        return list(csv.DictReader(text.splitlines()))
+        try:
+            return list(csv.DictReader(text.splitlines())), []
+        except csv.Error as exc:
+            raise ValueError(f"CSV: {exc}") from None
     stripped = text.lstrip()
     if stripped.startswith("[") or stripped.startswith("{") and "\n{" not in stripped.strip():
-        return logs_of(json.loads(text))
-    return [log for line in text.splitlines() if line.strip() for log in logs_of([json.loads(line)])]
+        try:
+            return logs_of(json.loads(text)), []
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+    logs, bad = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            logs.extend(logs_of([json.loads(line)]))
+        except (ValueError, RecursionError) as exc:
+            bad.append((f"line {n}", f"not a log, a receipt or a logs result: {str(exc)[:200]}"))
+    return logs, bad
 
 
 def cmd_normalize(args) -> int:
@@ -113,44 +131,75 @@ def cmd_normalize(args) -> int:
                                 f"{check['computed_closing']}, closing {check['closing']} (difference "
                                 f"{check['difference']} {check['currency']})")
     elif args.kind == "evm-logs":
-        from .connectors.evm import (PAYMENT_RECORDED_TOPIC, LogContext, TokenConfig, block_timestamps_of,
-                                     decode_payment_recorded, log_ref, log_to_entry, memos_of)
+        # a record is one log; a log of an event this ledger does not map is a rejection that says so
+        from .connectors.evm import (PAYMENT_RECORDED_TOPIC, LogContext, block_timestamps_of,
+                                     decode_payment_recorded, hex_text, logs_to_entries, memos_of, token_config)
 
-        stamps = block_timestamps_of(json.loads(Path(b).read_text()) for b in args.blocks)
-        tokens = {}
-        for spec in args.token:
-            addr, _, rest = spec.partition(":")
-            symbol, _, decimals = rest.partition(":")
-            tokens[addr.lower()] = TokenConfig(addr.lower(), symbol or None, int(decimals) if decimals else None)
-        ctx = LogContext(ledger=args.ledger or "evm", block_timestamps=stamps, tokens=tokens,
-                         watched=args.watch.lower() if args.watch else None, status_of=lambda _b: args.status,
-                         decoders={PAYMENT_RECORDED_TOPIC: decode_payment_recorded})
+        # a bad option or --blocks file is the whole input unreadable: one line, nothing mapped
+        try:
+            tokens = {t.address: t for t in map(token_config, args.token)}
+        except ValueError as exc:
+            _emit_error("--token", str(exc))
+            return 2
+        try:
+            watched = hex_text(args.watch, 20, "--watch") if args.watch else None
+        except ValueError as exc:
+            _emit_error("--watch", str(exc))
+            return 2
+        stamps: dict[int, int] = {}
+        for b in args.blocks:
+            try:
+                stamps.update(block_timestamps_of([json.loads(Path(b).read_text())]))
+            except (OSError, ValueError, RecursionError) as exc:
+                _emit_error(f"--blocks {b}", f"not eth_getBlockByNumber responses: {str(exc)[:300]}")
+                return 2
+        ctx = LogContext(ledger=args.ledger or "evm", block_timestamps=stamps, tokens=tokens, watched=watched,
+                         status_of=lambda _b: args.status, decoders={PAYMENT_RECORDED_TOPIC: decode_payment_recorded})
+        records = accepted = rejected = written = 0
+        seen: dict[str, str] = {}
         for path in args.files:
             try:
-                logs = _read_logs(path)
+                logs, bad_lines = _read_logs(path)
             except (OSError, ValueError) as exc:
                 _emit_error(path, f"not a logs file: {exc}")
                 unreadable += 1
                 continue
+            records += len(logs) + len(bad_lines)
             ctx.memos = memos_of(logs)
-            for log in logs:
-                try:
-                    e = log_to_entry(log, ctx)
-                except EntryError as exc:
-                    _emit_error(f"{path}: log {log_ref(log)}", str(exc))
-                    continue
-                if e is not None:
-                    out.write(encode_entry(e) + b"\n")
+            mapped = logs_to_entries(logs, ctx, source=path, seen=seen)
+            out.write(b"".join(encode_entry(e) + b"\n" for e in mapped.entries))
+            written += len(mapped.entries)
+            accepted += mapped.accepted
+            rejected += len(mapped.rejections) + len(bad_lines)
+            for where, reason in bad_lines:
+                _emit_error(f"{path}: {where}", reason)
+            for r in mapped.rejections:
+                _emit_error(r.where, r.reason)
+        out.flush()
+        sys.stderr.write(json.dumps({"kind": "evm-logs", "records": records, "entries": accepted,
+                                     "rejections": rejected, "entry_lines": written,
+                                     "unreadable_files": unreadable}) + "\n")
+        if records != accepted + rejected:
+            _emit_error("normalize", f"internal error: {records} logs read but {accepted} entries + {rejected} "
+                                     f"rejections")
+            return 3
     else:
-        from .config import ledger_by_name, load_config
-        from .connectors.debezium import event_to_entries
+        # a record is one change event (a non-blank line); an update with its before image writes two entries
+        from .config import ConfigError, ledger_by_name, load_config
+        from .connectors.debezium import debezium_events_to_entries
 
-        ledgers = load_config(args.config)
-        lc = ledger_by_name(ledgers, args.ledger) if args.ledger else next(
-            (x for x in ledgers if x.kind == "cdc"), None)
+        try:
+            ledgers = load_config(args.config)
+            lc = ledger_by_name(ledgers, args.ledger) if args.ledger else next(
+                (x for x in ledgers if x.kind == "cdc"), None)
+        except (ConfigError, OSError, ValueError) as exc:
+            _emit_error("config", str(exc))
+            return 2
         if lc is None or lc.mapping is None:
             _emit_error("config", "no cdc ledger with a mapping configured; pass --ledger")
             return 2
+        records = accepted = rejected = written = 0
+        seen: dict[str, str] = {}
         for path in args.files:
             try:
                 data = Path(path).read_bytes()
@@ -158,14 +207,22 @@ def cmd_normalize(args) -> int:
                 _emit_error(path, str(exc))
                 unreadable += 1
                 continue
-            for n, line in enumerate(data.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    for e in event_to_entries(line, lc.mapping, lc.name):
-                        out.write(encode_entry(e) + b"\n")
-                except EntryError as exc:
-                    _emit_error(f"{path}: line {n}", str(exc))
+            records += sum(1 for line in data.splitlines() if line.strip())
+            mapped = debezium_events_to_entries(data, lc.mapping, lc.name, source=path, seen=seen)
+            out.write(b"".join(encode_entry(e) + b"\n" for e in mapped.entries))
+            written += len(mapped.entries)
+            accepted += mapped.accepted
+            rejected += len(mapped.rejections)
+            for r in mapped.rejections:
+                _emit_error(r.where, r.reason)
+        out.flush()
+        sys.stderr.write(json.dumps({"kind": "debezium", "records": records, "entries": accepted,
+                                     "rejections": rejected, "entry_lines": written,
+                                     "unreadable_files": unreadable}) + "\n")
+        if records != accepted + rejected:
+            _emit_error("normalize", f"internal error: {records} change events read but {accepted} mapped + "
+                                     f"{rejected} rejections")
+            return 3
     out.flush()
     return 2 if unreadable else 0
 
@@ -229,30 +286,24 @@ def cmd_bridge(args) -> int:
 
 
 def _read_entries(path: str, side: str) -> list:
-    from pathlib import Path
+    from .reconcile import read_entries
 
-    from .model import EntryError, decode_entry
-
-    latest = {}
-    for n, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            e = decode_entry(line)
-        except EntryError as exc:
-            raise SystemExit(f"{side} file {path}, line {n}: {exc}")
-        latest[e.entry_id] = e  # a later version of an entry replaces the earlier one
-    return list(latest.values())
+    return read_entries(path, side)
 
 
 def cmd_reconcile(args) -> int:
     from pathlib import Path
 
-    from .reconcile import load_rules, reconcile
+    from .reconcile import InputError, RulesError, load_rules, reconcile
     from .reconcile.output import write
 
-    left, right = _read_entries(args.left, "left"), _read_entries(args.right, "right")
-    rules = load_rules(args.rules)
+    # the whole input is checked before anything is written: one bad line or rule, no output
+    try:
+        rules = load_rules(args.rules)
+        left, right = _read_entries(args.left, "left"), _read_entries(args.right, "right")
+    except (InputError, RulesError) as exc:
+        sys.stderr.write(f"reconcile: {exc}\n")
+        return 2
     result = reconcile(left, right, rules)
     s = write(Path(args.out), result, left, right, rules)
     print(json.dumps({k: s[k] for k in ("input_rows", "match_type", "break_type", "merkle_root")}))
@@ -262,15 +313,11 @@ def cmd_reconcile(args) -> int:
 def cmd_verify(args) -> int:
     from pathlib import Path
 
-    from .verify import VerificationError, verify_report
+    from .verify import verify_report
 
-    try:
-        out = verify_report(Path(args.report), args.rpc, args.contract)
-    except (VerificationError, OSError, KeyError, ValueError) as exc:
-        print(json.dumps({"verified": False, "error": str(exc)}))
-        return 1
-    print(json.dumps({"verified": True, **out}))
-    return 0
+    out = verify_report(Path(args.report), args.rpc, args.contract)
+    print(json.dumps(out if out["verified"] else {k: v for k, v in out.items() if k != "problems"}))
+    return 0 if out["verified"] else 1
 
 
 def cmd_demo(args) -> int:
@@ -346,10 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_reconcile)
 
-    s = sub.add_parser("verify", help="check a day's report: Merkle root and every inclusion proof")
+    s = sub.add_parser("verify", help="check everything a day's report states against its commitment and "
+                       "proofs, and (with --rpc) the commitment against its on-chain anchor")
     s.add_argument("--report", required=True, help="the day's report folder (reports/<day>)")
     s.add_argument("--rpc", help="EVM node: also check the report's anchor on chain")
-    s.add_argument("--contract", help="the AuditAnchor address the anchor must come from (default: the report's)")
+    s.add_argument("--contract", help="the AuditAnchor address to trust (default: LEDGER_ANCHOR_CONTRACT, else the "
+                   "project's deployment record for the chain; never the address the report names)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("demo", help="a payment corridor end to end: stack, three ledgers, a week of payments, "
