@@ -158,9 +158,13 @@ def _check_reconciliation(chk: _Check, day: str, name: str, stated: Any, leaves:
         got = chk.lines(rel)
         id_field, type_field = ("match_id", "match_type") if kind == "match" else ("break_id", "break_type")
         other = "break_type" if kind == "match" else "match_type"
+        last = ""
         for n, (line, rec) in enumerate(got, start=1):
             if not isinstance(rec.get(id_field), str) or not isinstance(rec.get(type_field), str) or other in rec:
                 raise VerificationError(f"{rel} line {n}: not a {kind} record ({id_field} and {type_field} expected)")
+            if rec[id_field] <= last:
+                raise VerificationError(f"{rel} line {n}: records are not in the writer's order (by {id_field})")
+            last = rec[id_field]
             loc = ("record", name, kind, rec[id_field])
             if loc in leaves:
                 raise VerificationError(f"{rel} line {n}: record {rec[id_field]} appears twice")
@@ -211,10 +215,14 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
     if "payments.jsonl" not in files:
         raise VerificationError("payments.jsonl: missing")
     payments = chk.lines("payments.jsonl")
+    last = ""
     for n, (_, p) in enumerate(payments, start=1):
-        loc = ("payment", p.get("correlation_id"))
-        if loc in leaves:
-            raise VerificationError(f"payments.jsonl line {n}: payment {p.get('correlation_id')!r} appears twice")
+        corr = p.get("correlation_id")
+        if not isinstance(corr, str) or corr <= last:
+            raise VerificationError(f"payments.jsonl line {n}: payments are not in the writer's order "
+                                    "(by correlation_id, each once)")
+        last = corr
+        loc = ("payment", corr)
         leaves[loc] = (merkle.leaf_hash(payment_leaf(day, p)), "payments.jsonl")
     view = [p for _, p in payments]
     stated = audit["payments"]
@@ -272,6 +280,8 @@ def _check_proofs(chk: _Check, audit: dict[str, Any], leaves: dict) -> int:
                 and _HEX32.fullmatch(leaf) and len(path) <= 64):
             chk.problem(where, "not a proof (leaf_hash, index, tree_size and a path of 32-byte hex hashes expected)")
             continue
+        if index != n - 1:
+            chk.problem(where, f"index {index}: proofs are in leaf order, this line is leaf {n - 1}")
         if loc in proven:
             chk.problem(where, f"a second proof for {loc}")
         proven.add(loc)

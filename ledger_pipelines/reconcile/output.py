@@ -127,6 +127,8 @@ def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEnt
                   ) -> tuple[dict[str, Any], list[bytes], list[bytes]]:
     """Writes a reconciliation into ``out_dir`` (a folder of its own, made by the caller);
     returns (summary, canonical match lines, canonical break lines)."""
+    result.matches.sort(key=lambda m: m["match_id"])  # the order verify requires (and the engine's own)
+    result.breaks.sort(key=lambda b: b["break_id"])
     match_lines = [canonical(m) for m in result.matches]
     break_lines = [canonical(b) for b in result.breaks]
     with open(out_dir / "matches.jsonl", "xb") as f:
