@@ -327,3 +327,84 @@ def test_columnar_engine_leaves_the_callers_connection_as_it_was():
     assert state() == before
     assert reconcile_arrow(_arrow(left), _arrow(right), con=con).records() == first
     assert con.execute("SELECT x FROM mine").fetchall() == [(1,)]
+
+
+def _quadratic_tolerant(self):
+    """The leftover matching as first written (a scan of every candidate of every asset per left
+    entry): the reference the indexed one must agree with."""
+    import bisect
+    from collections import defaultdict
+
+    from ledger_pipelines.reconcile.engine import _ts
+
+    if not self.rules.tolerant_matching:
+        return
+    by_asset = defaultdict(list)
+    for r in self.free("R"):
+        by_asset[r.asset].append((_ts(r), Decimal(r.amount), r))
+    for lst in by_asset.values():
+        lst.sort(key=lambda x: (x[0], x[2].entry_id))
+    window = self.rules.time_window_seconds
+    for l in sorted(self.free("L"), key=lambda e: (e.booked_at, e.entry_id)):
+        lt, la = _ts(l), Decimal(l.amount)
+        best = None
+        for asset, lst in by_asset.items():
+            exp = self.expected(l.asset, la, asset)
+            if exp is None:
+                continue
+            times = [x[0] for x in lst]
+            lo = bisect.bisect_left(times, lt.fromtimestamp(lt.timestamp() - window, lt.tzinfo))
+            hi = bisect.bisect_right(times, lt.fromtimestamp(lt.timestamp() + window, lt.tzinfo))
+            for t, ra, r in lst[lo:hi]:
+                if ("R", r.entry_id) in self.used or not self.direction_ok(l, r):
+                    continue
+                if (asset == l.asset and ra == la) or self.rules.within_tolerance(exp, ra):
+                    score = (abs((t - lt).total_seconds()), r.entry_id)
+                    if best is None or score < best[0]:
+                        best = (score, r)
+        if best is not None:
+            r = best[1]
+            equal = r.asset == l.asset and Decimal(r.amount) == la
+            self.match("exact" if equal and l.correlation_id and l.correlation_id == r.correlation_id
+                       else "tolerant", [l.entry_id], [r.entry_id], "tolerant:amount+time")
+
+
+# amounts close together (inside and just outside every tolerance), also across the EUR/USDC rate
+_near = st.sampled_from(["100.00", "100.00", "100.01", "99.99", "100.05", "99.90", "108.42", "108.43", "0.01"])
+_rule_sets = st.fixed_dictionaries({
+    "time_window": st.sampled_from(["0s", "30m", "1h", "2h", "1d"]),
+    "direction": st.sampled_from(["opposite", "same", "any"]),
+    "amount_tolerance": st.fixed_dictionaries({"absolute": st.sampled_from(["0", "0.01", "0.01", "0.05"]),
+                                               "relative": st.sampled_from(["0", "0.0005", "0.001", "0.01"])}),
+    "fx": st.sampled_from([[], [{"from": "EUR", "to": "USDC", "rate": "1.0842"}],
+                           [{"from": "USDC", "to": "EUR", "rate": "0.9223"}, {"from": "USD", "to": "EUR", "rate": "1"}]]),
+    "tolerant_matching": st.sampled_from([True, True, True, False]),
+    "duplicate_key": st.sampled_from([["correlation_id", "asset", "amount", "direction"], ["amount", "asset"]]),
+})
+_legs = st.lists(st.tuples(st.sampled_from(["K1", "K2", "B1", "B2", None, None, None]), _near,
+                           st.sampled_from(["EUR", "EUR", "USD", "USDC"]), st.integers(0, 4),
+                           st.sampled_from(["debit", "credit"]), st.booleans()), max_size=14)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_rule_sets, _legs, _legs)
+def test_indexed_leftover_matching_agrees_with_the_quadratic_scan(rule_doc, lspec, rspec):
+    """Same records, ids and order as the scan of all candidates, on small scenarios with every rule:
+    tolerances, windows (equal gaps on both sides of an entry included), FX both ways, duplicates,
+    batches (``batch`` on a left leg: its members are B1 and B2) and unkeyed leftovers."""
+    from unittest import mock
+
+    from ledger_pipelines.reconcile.engine import _Engine
+
+    rules = Rules.from_dict(rule_doc)
+    batch = {"details": [{"refs": {"EndToEndId": "B1"}}, {"refs": {"EndToEndId": "B2"}}]}
+    left = [bank(f"l{i}", a, k, asset=c, at=T0 + timedelta(minutes=30 * m), direction=d, **(batch if b else {}))
+            for i, (k, a, c, m, d, b) in enumerate(lspec)]
+    right = [chain(f"r{i}", a, k, asset=c, at=T0 + timedelta(minutes=30 * m), direction=d,
+                   status="orphaned" if b and i % 3 == 0 else "final")
+             for i, (k, a, c, m, d, b) in enumerate(rspec)]
+    got = reconcile(left, right, rules)
+    with mock.patch.object(_Engine, "tolerant", _quadratic_tolerant):
+        want = reconcile(left, right, rules)
+    assert (got.matches, got.breaks) == (want.matches, want.breaks)
+    _check_invariants(left, right, got)

@@ -21,8 +21,8 @@ import bisect
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal, localcontext
+from datetime import datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
 from ..model import EXACT, CanonicalEntry
@@ -77,6 +77,53 @@ def _members(e: CanonicalEntry, path: str | None) -> list[str]:
                 nxt.append(got)
         values = nxt
     return [str(v) for v in values if isinstance(v, (str, int)) and str(v)]
+
+
+class _ByAmount:
+    """Right entries of one asset and direction: the distinct amounts in order, and for each amount
+    its entries ordered by (booking time, id)."""
+
+    def __init__(self) -> None:
+        self.times: dict[Decimal, list[tuple[datetime, str, CanonicalEntry]]] = defaultdict(list)
+        self.amounts: list[Decimal] = []
+
+    def add(self, e: CanonicalEntry) -> None:
+        self.times[Decimal(e.amount)].append((_ts(e), e.entry_id, e))
+
+    def sort(self) -> None:
+        for lst in self.times.values():
+            lst.sort(key=lambda x: (x[0], x[1]))
+        self.amounts = sorted(self.times)
+
+    def band(self, lo: Decimal, hi: Decimal):
+        """(amount, entries) for the amounts in [lo, hi] that still have entries."""
+        for i in range(bisect.bisect_left(self.amounts, lo), bisect.bisect_right(self.amounts, hi)):
+            times = self.times[self.amounts[i]]
+            if times:
+                yield self.amounts[i], times
+
+
+def _band(expected: Decimal, tolerance: Decimal) -> tuple[Decimal, Decimal]:
+    # rounded outwards: the band may be a hair wider than the tolerance, never narrower; every
+    # amount in it is still checked with Rules.within_tolerance
+    with localcontext() as ctx:
+        ctx.rounding = ROUND_FLOOR
+        lo = expected - tolerance
+        ctx.rounding = ROUND_CEILING
+        hi = expected + tolerance
+    return lo, hi
+
+
+def _nearest(times: list[tuple[datetime, str, CanonicalEntry]], t: datetime) -> tuple[timedelta, str, int] | None:
+    """(gap, id, index) of the entry nearest to ``t`` in time, the smaller id on equal gaps."""
+    i = bisect.bisect_left(times, t, key=lambda x: x[0])
+    best = (times[i][0] - t, times[i][1], i) if i < len(times) else None
+    if i > 0:
+        before = times[i - 1][0]
+        j = bisect.bisect_left(times, before, 0, i, key=lambda x: x[0])  # the smallest id at that time
+        if best is None or (t - before, times[j][1]) < best[:2]:
+            best = (t - before, times[j][1], j)
+    return best
 
 
 class _Engine:
@@ -210,9 +257,12 @@ class _Engine:
         return None if rate is None else amount * rate
 
     def direction_ok(self, l: CanonicalEntry, r: CanonicalEntry) -> bool:
+        return self._directions_ok(l.direction, r.direction)
+
+    def _directions_ok(self, left: str, right: str) -> bool:
         if self.rules.direction == "any":
             return True
-        return (l.direction != r.direction) == (self.rules.direction == "opposite")
+        return (left != right) == (self.rules.direction == "opposite")
 
     def pair(self, l: CanonicalEntry, r: CanonicalEntry, rule: str) -> None:
         la, ra = Decimal(l.amount), Decimal(r.amount)
@@ -274,36 +324,44 @@ class _Engine:
                     break
 
     def tolerant(self) -> None:
+        """Each free left entry, earliest first, takes the free right entry nearest in time (equal
+        gaps: the smaller id) among those of an asset it converts to, in the expected direction, with
+        an amount within tolerance, booked within the window. Right entries are indexed by asset and
+        direction, then amount, then time: a left entry looks only at the amounts inside its tolerance
+        band and, for each, at the entries on either side of its own time."""
         if not self.rules.tolerant_matching:
             return
-        by_asset: dict[str, list[tuple[datetime, Decimal, CanonicalEntry]]] = defaultdict(list)
+        index: dict[tuple[str, str], _ByAmount] = defaultdict(_ByAmount)
         for r in self.free("R"):
-            by_asset[r.asset].append((_ts(r), Decimal(r.amount), r))
-        for lst in by_asset.values():
-            lst.sort(key=lambda x: (x[0], x[2].entry_id))
-        window = self.rules.time_window_seconds
-        for l in sorted(self.free("L"), key=lambda e: (e.booked_at, e.entry_id)):
+            index[(r.asset, r.direction)].add(r)
+        for bucket in index.values():
+            bucket.sort()
+        window = timedelta(seconds=self.rules.time_window_seconds)
+        for l in self.free("L"):  # earliest booking first
             lt, la = _ts(l), Decimal(l.amount)
             best = None
-            for asset, lst in by_asset.items():
+            for (asset, direction), bucket in index.items():
+                if not self._directions_ok(l.direction, direction):
+                    continue
                 exp = self.expected(l.asset, la, asset)
                 if exp is None:
                     continue
-                times = [x[0] for x in lst]
-                lo = bisect.bisect_left(times, lt.fromtimestamp(lt.timestamp() - window, lt.tzinfo))
-                hi = bisect.bisect_right(times, lt.fromtimestamp(lt.timestamp() + window, lt.tzinfo))
-                for t, ra, r in lst[lo:hi]:
-                    if ("R", r.entry_id) in self.used or not self.direction_ok(l, r):
+                for ra, times in bucket.band(*_band(exp, self._tolerance(exp))):
+                    if not ((asset == l.asset and ra == la) or self.rules.within_tolerance(exp, ra)):
                         continue
-                    if (asset == l.asset and ra == la) or self.rules.within_tolerance(exp, ra):
-                        score = (abs((t - lt).total_seconds()), r.entry_id)
-                        if best is None or score < best[0]:
-                            best = (score, r)
+                    found = _nearest(times, lt)
+                    if found is not None and found[0] <= window and (best is None or found[:2] < best[:2]):
+                        best = (*found, times)
             if best is not None:
-                r = best[1]
+                _, _, at, times = best
+                r = times.pop(at)[2]
                 equal = r.asset == l.asset and Decimal(r.amount) == la
                 self.match("exact" if equal and l.correlation_id and l.correlation_id == r.correlation_id
                            else "tolerant", [l.entry_id], [r.entry_id], "tolerant:amount+time")
+
+    def _tolerance(self, expected: Decimal) -> Decimal:
+        """Largest difference :meth:`Rules.within_tolerance` accepts around ``expected``."""
+        return max(self.rules.tolerance_absolute, abs(expected) * self.rules.tolerance_relative)
 
     def missing(self) -> None:
         for e in self.free("L"):
