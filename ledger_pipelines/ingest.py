@@ -31,6 +31,7 @@ from .kafka.topics import end_offsets, ledger_of_topic
 from .gcpause import gc_paused
 from .model import EntryError, decode_wire
 from .settings import KafkaSettings
+from .validation import record_counts
 from .warehouse import BatchCounts, EventBatch, Warehouse
 from .warehouse.writer import content_hash
 
@@ -61,6 +62,7 @@ class IngestResult:
     targets: dict[TopicPartitionKey, int] = field(default_factory=dict)
     final: dict[TopicPartitionKey, int] = field(default_factory=dict)
     lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
+    records: dict[str, int] = field(default_factory=dict)  # consumed = entries + rejected + ..., checked
 
     @property
     def rate(self) -> float:
@@ -70,6 +72,16 @@ class IngestResult:
         self.counts.add(counts)
         self.consumed += consumed
         self.batches += 1
+
+    def check(self) -> dict[str, int]:
+        self.records = _records("event log", self.consumed, self.counts)
+        return self.records
+
+
+def _records(stage: str, consumed: int, c: BatchCounts) -> dict[str, int]:
+    """Every message consumed is a stored version (entries), an exact duplicate of a stored one, a
+    conflict (same id, other economics: kept apart) or a rejection (on the DLQ)."""
+    return record_counts(stage, consumed, c.inserted, c.rejected, duplicates=c.duplicates, conflicts=c.conflicts)
 
 
 def _row_of(value: bytes | None, key: bytes | None, topic: str, part: int, off: int, run_id: str | None,
@@ -153,6 +165,7 @@ class EventLogIngestor:
         except KafkaException as exc:
             log.warning("could not read end offsets for the lag: %s", exc)
         result.elapsed = time.monotonic() - t0
+        result.check()
         return result
 
     def _on_batch(self, result: IngestResult, counts: BatchCounts, consumed: int) -> None:
@@ -306,6 +319,7 @@ def _consume(kafka, warehouse, todo, options, on_batch) -> None:
             # only open partitions have a limit: a paused one can still hand over prefetched messages
             limits = {tp: target[tp] for tp in open_parts}
             advanced: dict[TopicPartitionKey, int] = {}
+            read = 0
             for msg in msgs:
                 err = msg.error()
                 if err is not None:
@@ -318,6 +332,7 @@ def _consume(kafka, warehouse, todo, options, on_batch) -> None:
                 off = msg.offset()
                 if off >= limits.get(tp, -1):
                     continue  # beyond this run's fixed target: the next run takes it
+                read += 1
                 advanced[tp] = off + 1
                 value, key = msg.value(), msg.key()
                 try:
@@ -345,10 +360,13 @@ def _consume(kafka, warehouse, todo, options, on_batch) -> None:
                         dlq.send(ledgers[topic], f"kafka:{topic}/{part}/{off}", error, payload, size)
                     dlq.confirm()  # the DLQ holds them before any offset moves past them
                 counts = writer.write(batch)
+                # the batch is committed; a mismatch stops the run before the next one
+                ranges = {f"{t}[{p}]": r for (t, p), r in batch.offsets.items()}
+                _records(f"event log batch {ranges}", read, counts)
                 for tp, (_, nxt) in batch.offsets.items():
                     current[tp] = nxt
                 last_progress = time.monotonic()
-                on_batch(counts, len(batch.rows) + len(batch.rejects))
+                on_batch(counts, read)
             done = [tp for tp in open_parts if current[tp] >= target[tp]]
             if done:
                 consumer.pause([TopicPartition(t, p) for t, p in done])

@@ -16,6 +16,7 @@ from .config import LedgerConfig
 from .kafka import DeadLetterProducer, EntryProducer, ensure_topics
 from .settings import KafkaSettings
 from .stack import StackConfig
+from .validation import CountMismatch, record_counts
 from .warehouse import Warehouse
 from .warehouse.state import file_processed, get_cursor, mark_file_processed, set_cursor
 
@@ -24,11 +25,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PublishResult:
+    """``read`` records from the source became ``published`` entries (acknowledged by Kafka) and
+    ``rejected`` rejections (acknowledged by the DLQ); ``counts`` is that identity, checked."""
+
     ledger: str
     published: int = 0
     rejected: int = 0
+    read: int = 0
     files: list[str] = field(default_factory=list)
     details: dict = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def check(self, **other: int) -> dict[str, int]:
+        self.counts = record_counts(f"publish {self.ledger}", self.read, self.published, self.rejected, **other)
+        return self.counts
 
 
 def source_url(lc: LedgerConfig) -> str:
@@ -63,8 +73,11 @@ class Publisher:
         for source, reason, *payload in errors:
             log.warning("%s: %s", source, reason)
             self._dlq.send(ledger, source, reason, payload[0] if payload else None)
-        self._dlq.confirm()
-        return len(errors)
+        return _acknowledged(ledger, "rejections on the DLQ", len(errors), self._dlq.confirm())
+
+    def send(self, ledger: str, entries) -> int:
+        """Entries to the ledger's topic; returns how many, once Kafka acknowledged every one."""
+        return _acknowledged(ledger, "entries", len(entries), self.producer.publish(entries))
 
     def publish(self, lc: LedgerConfig) -> PublishResult:
         ensure_topics(self.kafka, [lc.name])
@@ -78,7 +91,13 @@ class Publisher:
         if lc.kind == "evm":
             from .connectors.evm_reader import EvmPublisher
 
-            return EvmPublisher(lc, source_url(lc), self).publish()
+            result = EvmPublisher(lc, source_url(lc), self).publish()
+            # the EVM connector does not count the logs it read, only the entries (with the orphaned
+            # versions of stored ones, details["orphaned"]) and rejections they became, both
+            # acknowledged (send, dead_letters): read is their sum
+            result.read = result.published + result.rejected
+            result.check()
+            return result
         raise ValueError(f"ledger {lc.name}: kind {lc.kind} cannot be published")
 
     def _publish_sql(self, lc: LedgerConfig) -> PublishResult:
@@ -89,8 +108,10 @@ class Publisher:
         try:
             while True:
                 read = ledger.read_new(get_cursor(self.warehouse, lc.name))
-                result.published += self.producer.publish(read.entries)
+                result.read += len(read.entries) + len(read.errors)  # one entry per journal line
+                result.published += self.send(lc.name, read.entries)
                 result.rejected += self.dead_letters(lc.name, read.errors)
+                result.check()
                 set_cursor(self.warehouse, lc.name, read.cursor)  # only after Kafka acknowledged
                 result.details = {"high": read.cursor["high"], "gaps": len(read.cursor["gaps"])}
                 if not read.cursor.get("more"):
@@ -117,11 +138,13 @@ class Publisher:
         offsets = {int(p): o for p, o in (get_cursor(self.warehouse, lc.name) or {}).get("offsets", {}).items()}
         todo = {p: offsets.get(p, 0) for (_, p), end in ends.items() if offsets.get(p, 0) < end}
         if not todo:
+            result.check(tombstones=0)
             return result
         consumer = Consumer({**self.kafka.client_config(), "group.id": f"ledger-pipelines.cdc.{lc.name}",
                              "enable.auto.commit": False, "isolation.level": "read_committed",
                              "auto.offset.reset": "error"})
         entries, errors = [], []
+        mapped = tombstones = 0  # change events that became entries; deletions' tombstones
         try:
             consumer.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
             position = dict(todo)
@@ -133,10 +156,13 @@ class Publisher:
                     if msg.error() is not None or msg.offset() >= ends[(topic, msg.partition())]:
                         continue
                     source = f"kafka:{topic}/{msg.partition()}/{msg.offset()}"
+                    result.read += 1
                     try:
                         if msg.value() is None:  # Debezium's tombstone after a delete: nothing to book
+                            tombstones += 1
                             continue
                         entries.extend(event_to_entries(msg.value(), lc.mapping, lc.name))
+                        mapped += 1
                     except EntryError as exc:
                         errors.append((source, str(exc), msg.value()))
                 for tpo in consumer.position([TopicPartition(topic, p) for p in todo]):
@@ -144,8 +170,13 @@ class Publisher:
                         position[tpo.partition] = min(tpo.offset, ends[(topic, tpo.partition)])
         finally:
             consumer.close()
-        result.published = self.producer.publish(entries)
+        result.published = self.send(lc.name, entries)
         result.rejected = self.dead_letters(lc.name, errors)
+        # a record here is a change event: an update becomes two entries (its new version and the
+        # reversal of the old one), so the identity counts events, and entries_published the entries
+        result.counts = record_counts(f"publish {lc.name}", result.read, mapped, result.rejected,
+                                      tombstones=tombstones)
+        result.counts["entries_published"] = result.published
         offsets.update(position)
         set_cursor(self.warehouse, lc.name, {"offsets": {str(p): o for p, o in offsets.items()}})
         result.details = {"topic": topic, "offsets": offsets}
@@ -163,17 +194,27 @@ class Publisher:
                 continue
             try:
                 entries, errors, statements = camt_to_entries(data, lc.name)
-            except CamtError as exc:
+            except CamtError as exc:  # an unreadable document is one record, rejected whole
                 entries, errors, statements = [], [], []
+                result.read += 1
                 result.rejected += self.dead_letters(lc.name, [(f"file:{path.name}", str(exc), data[:65536])])
-            result.published += self.producer.publish(entries)
+            result.read += len(entries) + len(errors)  # one entry per statement entry (Ntry)
+            result.published += self.send(lc.name, entries)
             result.rejected += self.dead_letters(lc.name, [(f"file:{path.name}: {e.source}", e.reason)
                                                             for e in errors])
+            result.check()  # before the file counts as processed
             mark_file_processed(self.warehouse, lc.name, digest, path.name, len(entries), len(errors))
             result.files.append(path.name)
             checks = [st.balance_check() for st in statements]
             result.details.setdefault("balance_checks", []).extend(checks)
+        result.check()
         return result
+
+
+def _acknowledged(ledger: str, what: str, handed: int, acked: int) -> int:
+    if acked != handed:
+        raise CountMismatch(f"publish {ledger}: Kafka acknowledged {acked} of the {handed} {what} handed to it")
+    return acked
 
 
 def inbox_files(lc: LedgerConfig) -> list[Path]:

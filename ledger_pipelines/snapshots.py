@@ -10,6 +10,7 @@ from typing import Any
 from .config import LedgerConfig
 from .model import CanonicalEntry
 from .publish import inbox_files, source_url
+from .validation import record_counts
 from .warehouse import Warehouse
 from .warehouse.state import replace_snapshot
 
@@ -29,7 +30,9 @@ def read_day(lc: LedgerConfig, day: date, warehouse: Warehouse) -> tuple[list[Ca
     if lc.kind == "evm":
         from .connectors.evm_reader import EvmReader
 
-        return EvmReader(lc, source_url(lc)).read_day(day), []
+        day_read = EvmReader(lc, source_url(lc)).read_day(day)
+        # (entries, rejections) when the reader returns its rejections, else its entries alone
+        return day_read if isinstance(day_read, tuple) else (day_read, [])
     # a CDC ledger without a source connection: what the stream delivered for that day
     return event_log_day(warehouse, lc.name, day), []
 
@@ -119,7 +122,10 @@ def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=No
     else:
         stats = snapshot_stats([snapshot_row(lc.name, day.isoformat(), e) for e in entries])
     stats.update(published=passed, checks=checks, rejected=len(errors), balances=balances,
-                 errors=[{"source": s, "error": r} for s, r in errors[:50]])
+                 errors=[{"source": s, "error": r} for s, r, *_ in errors[:50]])
+    # records read for the day (as the reader split them) against the rows the snapshot holds
+    stats["counts"] = record_counts(f"snapshot {lc.name} {day.isoformat()}", len(entries) + len(errors),
+                                    stats["rows"], len(errors))
     return stats
 
 

@@ -19,6 +19,24 @@ from .stack import REPO_ROOT
 SUITES = REPO_ROOT / "expectations"
 
 
+class CountMismatch(RuntimeError):
+    """Records read differ from the entries and rejections they became: a record was lost or
+    counted twice on the way (always a bug, never bad input)."""
+
+
+def record_counts(stage: str, read: int, entries: int, rejected: int, **other: int) -> dict[str, int]:
+    """The counts of a run, checked: ``read = entries + rejected (+ other)``, where ``other`` names
+    the remaining outcomes of a stage (duplicates, tombstones, ...). Returns them for the run's
+    result and metadata; raises :class:`CountMismatch` when they do not add up."""
+    counts = {"read": read, "entries": entries, "rejected": rejected, **other}
+    total = entries + rejected + sum(other.values())
+    if read != total:
+        terms = " + ".join(f"{n} {k}" for k, n in counts.items() if k != "read")
+        raise CountMismatch(f"{stage}: {read} records read, but {terms} = {total}: "
+                            f"{'a record is missing' if read > total else 'a record was counted twice'}")
+    return counts
+
+
 @dataclass
 class SuiteResult:
     suite: str

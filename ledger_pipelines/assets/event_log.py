@@ -76,8 +76,9 @@ def ledger_event_log(
         check = _check_rows(wh, context.run.run_id, expectations) if result.counts.inserted else None
     lag_total = sum(result.lag.values())
     context.log.info(
-        f"event log: {result.counts.inserted:,} new rows, {result.counts.duplicates:,} duplicates, "
-        f"{result.counts.rejected:,} rejected, {result.counts.conflicts:,} conflicts; lag {lag_total:,}"
+        f"event log: {result.consumed:,} messages consumed = {result.counts.inserted:,} new rows + "
+        f"{result.counts.duplicates:,} duplicates + {result.counts.rejected:,} rejected + "
+        f"{result.counts.conflicts:,} conflicts; lag {lag_total:,}"
     )
     per_partition = {
         f"{t}[{p}]": {"from": result.start[(t, p)], "to": result.final[(t, p)], "lag": result.lag.get((t, p))}
@@ -93,6 +94,8 @@ def ledger_event_log(
             "rejected": MetadataValue.int(result.counts.rejected),
             "conflicts": MetadataValue.int(result.counts.conflicts),
             "messages_consumed": MetadataValue.int(result.consumed),
+            # messages consumed = entries (new rows) + rejected + duplicates + conflicts, checked by the ingest
+            "records": MetadataValue.json(result.records),
             # batches written after looking up stored versions (re-publications), and speculative
             # inserts refused because a batch held a stored entry (see warehouse/writer.py)
             "batches_looked_up": MetadataValue.int(result.counts.lookups),

@@ -66,8 +66,9 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
                 docs = write_data_docs(stats["checks"], reports_dir() / key / "data_docs" / lc.name,
                                        f"{lc.name} {key}: expectation results")
                 stats["data_docs"] = str(docs) if docs else None
-                context.log.info(f"{lc.name} {key}: {stats['rows']} rows, totals {stats['totals']}, "
-                                 f"{stats['rejected']} rejected, published {stats['published']}")
+                context.log.info(f"{lc.name} {key}: {stats['counts']['read']} records read = {stats['rows']} rows "
+                                 f"+ {stats['rejected']} rejected, totals {stats['totals']}, "
+                                 f"published {stats['published']}")
         rows = sum(s["rows"] for s in days.values())
         last = days[max(days)] if days else {}
         md = "| day | rows | totals |\n|---|---|---|\n" + "\n".join(
@@ -86,6 +87,9 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
             "first_position": MetadataValue.json(last.get("first_position")),
             "last_position": MetadataValue.json(last.get("last_position")),
             "rejected": MetadataValue.int(sum(s["rejected"] for s in days.values())),
+            # records read = rows + rejected, checked for every day by snapshot_day
+            "records_read": MetadataValue.int(sum(s["counts"]["read"] for s in days.values())),
+            "counts": MetadataValue.json({d: s["counts"] for d, s in sorted(days.items())}),
             "summary": MetadataValue.md(md),
             **({"data_docs": MetadataValue.path(last["data_docs"])} if last.get("data_docs") else {}),
         })
