@@ -1,10 +1,17 @@
 """ISO 20022 bank statements: camt.053 (statement), camt.054 (debit/credit notification) and
 camt.052 (account report), message versions 001.02 to 001.13, namespace-agnostic.
 
-Reading: :func:`parse_camt` turns a document into :class:`Statement` records (safe XML: no DTD, no
-entities, a size limit). Mapping: :func:`camt_entry_to_entry` turns one statement entry (``Ntry``)
-into one canonical entry, its transaction details (``TxDtls``) listed in ``attributes.details``.
-A bad entry is reported with the statement and position it came from; the others are kept.
+:func:`camt_to_entries` reads a document (safe XML: no DTD, no entities, size, depth and entry
+limits checked before any entry is read) into :class:`Statement` records and maps each statement
+entry (``Ntry``) to one canonical entry, its transaction details (``TxDtls``) listed in
+``attributes.details``. Every ``Ntry`` of the document becomes an entry or a rejection naming its
+statement and position (or its line, for one outside any statement); the others are kept.
+
+Entry ids (``source_ref``): the statement's ``Id``, then ``#e<ElctrncSeqNb>``, ``#l<LglSeqNb>``,
+``#p<statement page>`` and ``#m<message page>`` for those it carries, then ``#<position of the Ntry
+in the statement>``, then ``#<AcctSvcrRef or NtryRef>`` when there is one; ``%`` and ``#`` inside
+these values are written ``%25`` and ``%23``. Two statements of one document with the same Id and
+numbers cannot be told apart: the later one's entries are rejected.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from ..gcpause import gc_paused
 from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+# a bound on the work and memory of one document (every Ntry costs an entry or a rejection): far
+# above any real statement that fits in the byte limit (~600k entries of the smallest useful form)
+MAX_ENTRIES = 1_000_000
+# source_ref is at most 512 characters: the statement's part leaves room for position and reference
+MAX_STATEMENT_KEY = 400
 _CONTAINERS = {
     "BkToCstmrStmt": ("camt.053", "Stmt"),
     "BkToCstmrDbtCdtNtfctn": ("camt.054", "Ntfctn"),
@@ -96,6 +108,8 @@ class Statement:
     entries: list[CamtEntry] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
     document_sha256: str = ""
+    key: str = ""  # the statement's part of its entries' source_ref (see the module's doc)
+    numbers: dict[str, str] = field(default_factory=dict)  # sequence and page numbers it carries
 
     def balance_check(self) -> dict[str, Any]:
         """Opening + credits - debits = closing, per statement (reported, never raised)."""
@@ -156,6 +170,7 @@ def _text(el: Element | None, path: str) -> str | None:
 
 
 _AMOUNT_TEXT = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?")
+_COUNT = re.compile(r"[0-9]{1,18}")
 _CCY = re.compile(r"[A-Z]{3}")
 
 
@@ -163,7 +178,7 @@ def _amount_of(raw: str | None, ccy: str | None, what: str) -> tuple[str, str]:
     if raw is None or raw == "":
         raise EntryError(f"{what}: missing amount")
     if not ccy or not _CCY.fullmatch(ccy):
-        raise EntryError(f"{what}: currency {ccy!r} is not an ISO 4217 code")
+        raise EntryError(f"{what}: currency {_short(ccy)!r} is not an ISO 4217 code")
     if not _AMOUNT_TEXT.fullmatch(raw):
         raise EntryError(f"{what}: amount {raw[:60]!r} is not a non-negative decimal (ISO 20022 amounts are unsigned)")
     return raw, ccy
@@ -174,14 +189,19 @@ def _amount(el: Element | None, what: str) -> tuple[str, str]:
                       what)
 
 
-def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = None) -> dict[str, str]:
+def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = None,
+             more: dict[str, list[str]] | None = None) -> dict[str, str]:
     """One pass over a subtree: ``{"BookgDt/Dt": "2026-11-24", "Amt": "1.00", "Amt@Ccy": "EUR", ...}``.
 
-    The first occurrence of a path wins, except ``Ustrd`` lines, which are joined. ``TxDtls``
-    subtrees are handed back in ``subs`` to be flattened on their own. Paths are cached per parent
-    path and qualified tag (nested dicts: no key tuple built per element).
+    The first occurrence of a path wins, except ``Ustrd`` lines, which are joined (collected in
+    ``more`` and joined once at the end: joining as they come copies the text so far per line).
+    ``TxDtls`` subtrees are handed back in ``subs`` to be flattened on their own. Paths are cached
+    per parent path and qualified tag (nested dicts: no key tuple built per element).
     """
     global _PATH_COUNT
+    top = more is None
+    if top:
+        more = {}
     table = _PATHS.get(prefix)
     if table is None:
         table = _PATHS[prefix] = {}
@@ -204,18 +224,25 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
             subs.append(c)
             continue
         if len(c):
-            _flatten(c, path, out, subs)
+            _flatten(c, path, out, subs, more)
             continue
         value = (c.text or "").strip()
         if path in out:
             if name == "Ustrd" and value:
-                out[path] = f"{out[path]} {value}"
+                lines = more.get(path)
+                if lines is None:
+                    more[path] = [value]
+                else:
+                    lines.append(value)
             continue
         out[path] = value
         if is_amount:  # only amounts carry an attribute we read
             ccy = c.get("Ccy")
             if ccy is not None:
                 out[path + "@Ccy"] = ccy
+    if top:
+        for path, lines in more.items():
+            out[path] = " ".join((out[path], *lines))
     return out
 
 
@@ -226,23 +253,46 @@ _PATH_COUNT = 0
 
 
 def _date_time(d: str | None, dt: str | None) -> tuple[str | None, str | None]:
-    """(RFC 3339 UTC timestamp, ISO date) of a DateAndDateTimeChoice (``Dt`` or ``DtTm``)."""
+    """(RFC 3339 UTC timestamp, ISO date) of a DateAndDateTimeChoice (``Dt`` or ``DtTm``); ValueError
+    for a value off the calendar, also one that leaves years 1 to 9999 once moved to UTC."""
     if d:
         return _on_day(d)
     if dt:
-        parsed = datetime.fromisoformat(dt.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:  # ISO 20022 local time without offset: taken as UTC
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        return format_timestamp(parsed), parsed.astimezone(timezone.utc).date().isoformat()
+        try:
+            parsed = datetime.fromisoformat(dt.replace("Z", "+00:00"))
+            if parsed.tzinfo is None:  # ISO 20022 local time without offset: taken as UTC
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            utc = parsed.astimezone(timezone.utc)
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"date-time {_short(dt)!r}: {exc}") from None
+        return format_timestamp(utc), utc.date().isoformat()
     return None, None
+
+
+# ISODate, with the time zone xs:date allows (a calendar day whatever the zone)
+_ISO_DATE = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:Z|[+-][0-9]{2}:[0-9]{2})?")
 
 
 @lru_cache(maxsize=4096)
 def _on_day(d: str) -> tuple[str, str]:
     """A booking or value date (``Dt``): a statement has a handful, repeated on every entry. Raises
     ValueError for a date not on the calendar (not cached)."""
-    date.fromisoformat(d[:10])
-    return f"{d[:10]}T00:00:00Z", d[:10]
+    m = _ISO_DATE.fullmatch(d)
+    if m is None:
+        raise ValueError(f"date {_short(d)!r} is not an ISO date (YYYY-MM-DD)")
+    day = m.group(1)
+    try:
+        date.fromisoformat(day)
+    except ValueError as exc:
+        raise ValueError(f"date {day!r}: {exc}") from None
+    return f"{day}T00:00:00Z", day
+
+
+def _short(text: str | None, limit: int = 80) -> str | None:
+    """A value as quoted in a reason: hostile text can be megabytes, repeated on every entry."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _account(acct: Element | None) -> str | None:
@@ -302,7 +352,7 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
     amount, ccy = _amount_of(f.get("Amt"), f.get("Amt@Ccy"), where)
     cd = f.get("CdtDbtInd")
     if cd not in ("CRDT", "DBIT"):
-        raise EntryError(f"{where}: CdtDbtInd {cd!r} is neither CRDT nor DBIT")
+        raise EntryError(f"{where}: CdtDbtInd {_short(cd)!r} is neither CRDT nor DBIT")
     credit = cd == "CRDT"
     rvsl = (f.get("RvslInd") or "false").lower() in ("true", "1")
     status = f.get("Sts/Cd") or f.get("Sts/Prtry") or f.get("Sts") or "BOOK"
@@ -324,7 +374,7 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
         batch: dict[str, Any] = {}
         n = f.get("NtryDtls/Btch/NbOfTxs")
         if n:
-            batch["number_of_transactions"] = int(n) if n.isdigit() else n
+            batch["number_of_transactions"] = int(n) if _COUNT.fullmatch(n) else n
         if "NtryDtls/Btch/TtlAmt" in f:
             batch["total"], batch["currency"] = _amount_of(
                 f["NtryDtls/Btch/TtlAmt"], f.get("NtryDtls/Btch/TtlAmt@Ccy"), f"{where} batch total")
@@ -341,43 +391,42 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
 
 
 def _safe_root(data: bytes, max_bytes: int) -> tuple[Element, str | None]:
-    """Parse with the C-accelerated expat parser after refusing any document type declaration.
+    """Parse with every way out closed, then refuse any document type declaration.
 
     Entities can only be declared inside a DOCTYPE, so refusing it refuses internal and external
-    entities and entity-expansion bombs; expat never fetches external resources by itself.
+    entities; an undeclared entity reference is not well-formed. The parsed document is checked,
+    not the bytes: a declaration can be written in any encoding libxml2 reads (UTF-16 or UTF-32,
+    with or without a byte order mark). Parsing one is harmless (no entity is substituted, no DTD
+    loaded, entity amplification is capped); reading on would drop the entities' text silently.
+    libxml2 refuses nesting deeper than 256 elements (huge_tree off).
     """
     if len(data) > max_bytes:
         raise CamtError(f"document of {len(data)} bytes exceeds the {max_bytes}-byte limit")
-    text: bytes | str = data
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16: look for the declaration in the decoded text
-        text = data.decode("utf-16")
-        if "<!DOCTYPE" in text or "<!ENTITY" in text:
-            raise CamtError("unsafe XML refused: document type declarations (and so entities) are not accepted")
-        text = re.sub(r"^<\?xml[^>]*\?>", "", text.lstrip("\ufeff"))
-    elif b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise CamtError("unsafe XML refused: document type declarations (and so entities) are not accepted")
     try:
-        root = etree.fromstring(text.encode("utf-8") if isinstance(text, str) else text, _PARSER)
+        root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise CamtError(f"not well-formed XML: {exc}") from None
     if root is None:
         raise CamtError("not well-formed XML: empty document")
+    info = root.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
+        raise CamtError("unsafe XML refused: a document type declaration (DOCTYPE, and with it any entity) "
+                        "is not accepted")
     tag = root.tag
     return root, tag[1:tag.index("}")] if tag[:1] == "{" else None
-
-
-def parse_camt(data: bytes, max_bytes: int = MAX_DOCUMENT_BYTES) -> list[Statement]:
-    """Every statement / notification / report of a camt document, entries with their errors."""
-    root, ns = _safe_root(data, max_bytes)
-    return _parse_camt_root(root, ns, data)
 
 
 def _body(root: Element) -> Element:
     return root[0] if _local(root.tag) == "Document" and len(root) else root
 
 
+def _namespace(el: Element) -> str | None:
+    tag = el.tag
+    return tag[1:tag.index("}")] if tag[:1] == "{" else None
+
+
 def _parse_camt_root(root: Element, ns: str | None, data: bytes, digest: str | None = None,
-                     index_offset: int = 0) -> list[Statement]:
+                     index_offset: int = 0) -> tuple[list[Statement], list[RecordError]]:
     token = _NS.set(ns or "")
     try:
         return _parse_statements(root, ns, data, digest, index_offset)
@@ -385,13 +434,22 @@ def _parse_camt_root(root: Element, ns: str | None, data: bytes, digest: str | N
         _NS.reset(token)
 
 
+def _escape(text: str) -> str:
+    """A value as a part of a ``#``-separated id."""
+    return text.replace("%", "%25").replace("#", "%23")
+
+
+_STRAY = " Ntry at line "  # in the source of an Ntry outside any statement read
+
+
 def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | None = None,
-                      index_offset: int = 0) -> list[Statement]:
+                      index_offset: int = 0) -> tuple[list[Statement], list[RecordError]]:
+    """The document's statements, and the rejections of the Ntry elements found outside them."""
     body = _body(root)
     kind = _CONTAINERS.get(_local(body.tag))
     if kind is None:
-        raise CamtError(f"not a camt.052/053/054 document: found <{_local(root.tag)}>/<{_local(body.tag)}> "
-                        f"(namespace {ns!r})")
+        raise CamtError(f"not a camt.052/053/054 document: found <{_short(_local(root.tag))}>/"
+                        f"<{_short(_local(body.tag))}> (namespace {_short(ns)!r})")
     message_type, container = kind
     m = _VERSION.search(ns or "")
     version = f"camt.{m.group(1)}.001.{m.group(2)}" if m else None
@@ -399,38 +457,89 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
         raise CamtError(f"{version}: message versions 001.02 to 001.13 are understood")
     digest = digest or hashlib.sha256(data).hexdigest()
     msg_id = _text(body, "GrpHdr/MsgId")
+    msg_page = _text(body, "GrpHdr/MsgPgntn/PgNb")
+    ntry_tag = _qualified(ns or "", "Ntry")[0]
+    first_with: dict[str, int] = {}  # statement id key -> the statement that has it
+    statements = _findall(body, container)
     out = []
-    for s_index, stmt in enumerate(_findall(body, container), start=1):
+    for s_index, stmt in enumerate(statements, start=1):
         stmt_id = _text(stmt, "Id") or f"{msg_id or digest[:16]}/{s_index}"
+        # what tells the pages and sequels of one statement Id apart: (id marker, name, value)
+        numbers = [n for n in (("e", "ElctrncSeqNb", _text(stmt, "ElctrncSeqNb")),
+                               ("l", "LglSeqNb", _text(stmt, "LglSeqNb")),
+                               ("p", f"{container}Pgntn/PgNb", _text(stmt, f"{container}Pgntn/PgNb")),
+                               ("m", "MsgPgntn/PgNb", msg_page)) if n[2]]
+        key = _escape(stmt_id) + "".join(f"#{marker}{_escape(value)}" for marker, _, value in numbers)
+        label = f"{message_type} {_short(stmt_id)}"
+        suffix = (" (statement " + ", ".join(f"{name} {_short(value)}" for _, name, value in numbers) + ")"
+                  if numbers else "")
         account = _account(_find(stmt, "Acct"))
         st = Statement(
             message_type=message_type, version=version, message_id=msg_id, statement_id=stmt_id,
             account=account or "", account_currency=_text(stmt, "Acct/Ccy"), created_at=_text(stmt, "CreDtTm"),
-            document_sha256=digest,
+            document_sha256=digest, key=key, numbers={name: value for _, name, value in numbers},
         )
-        if not account:
-            st.errors.append(RecordError(f"{message_type} {stmt_id}", "statement has no account (Acct/Id)"))
-            out.append(st)
-            continue
-        for bal in _findall(stmt, "Bal"):
+        out.append(st)
+        # a statement that cannot be read as a whole: each of its entries is rejected with the reason
+        if key in first_with:
+            problem = (f"statement {s_index} of the document has the same Id and sequence/page numbers as "
+                       f"statement {first_with[key]} ({label}{suffix}): their entries could not be told apart, "
+                       f"so the later statement is rejected")
+        elif not account:
+            problem = "statement has no account (Acct/Id)"
+        elif len(account) > 512:
+            problem = f"statement account of {len(account)} characters (at most 512)"
+        elif len(key) > MAX_STATEMENT_KEY:
+            problem = (f"statement Id and sequence/page numbers of {len(key)} characters: entry ids would exceed "
+                       f"their 512 characters")
+        else:
+            problem = None
+        first_with.setdefault(key, s_index)
+        if problem is None:
+            for bal in _findall(stmt, "Bal"):
+                try:
+                    amt, ccy = _amount(_find(bal, "Amt"), f"{_short(stmt_id)} balance")
+                    st.balances.append(Balance(
+                        type=_text(bal, "Tp/CdOrPrtry/Cd") or _text(bal, "Tp/CdOrPrtry/Prtry") or "?",
+                        amount=Decimal(amt), currency=ccy, credit=_text(bal, "CdtDbtInd") != "DBIT",
+                        date=_text(bal, "Dt/Dt") or (_text(bal, "Dt/DtTm") or "")[:10] or None,
+                    ))
+                except EntryError as exc:
+                    st.errors.append(RecordError(f"{label} balance{suffix}", str(exc)))
+        index = index_offset
+        for child in stmt:
+            tag = child.tag
+            if tag != ntry_tag and (type(tag) is not str or _local(tag) != "Ntry"):
+                continue
+            index += 1
+            where = f"{label} entry {index}{suffix}"
+            if problem is None and tag != ntry_tag:
+                problem_here = (f"Ntry in namespace {_short(_namespace(child))!r}, not the document's "
+                                f"{_short(ns)!r}")
+            else:
+                problem_here = problem
+            if problem_here is not None:
+                st.errors.append(RecordError(where, f"{where}: {problem_here}"))
+                continue
             try:
-                amt, ccy = _amount(_find(bal, "Amt"), f"{stmt_id} balance")
-                st.balances.append(Balance(
-                    type=_text(bal, "Tp/CdOrPrtry/Cd") or _text(bal, "Tp/CdOrPrtry/Prtry") or "?",
-                    amount=Decimal(amt), currency=ccy, credit=_text(bal, "CdtDbtInd") != "DBIT",
-                    date=_text(bal, "Dt/Dt") or (_text(bal, "Dt/DtTm") or "")[:10] or None,
-                ))
-            except EntryError as exc:
-                st.errors.append(RecordError(f"{message_type} {stmt_id} balance", str(exc)))
-        for index, ntry in enumerate(_findall(stmt, "Ntry"), start=1 + index_offset):
-            where = f"{message_type} {stmt_id} entry {index}"
-            try:
-                st.entries.append(_entry(ntry, index, where))
+                st.entries.append(_entry(child, index, where))
             except (EntryError, ValueError) as exc:
                 reason = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
                 st.errors.append(RecordError(where, reason))
-        out.append(st)
-    return out
+    # an Ntry anywhere else (another namespace's statement, nested in another element) is no entry
+    # of any statement read: rejected with its line, never dropped
+    read = set(statements)
+    strays = []
+    for ntry in root.iter("{*}Ntry"):
+        parent = ntry.getparent()
+        if parent in read:
+            continue
+        source = f"{message_type} {_short(msg_id) or digest[:16]}{_STRAY}{ntry.sourceline}"
+        where = "not inside a statement" if parent is None else (
+            f"inside <{_short(_local(parent.tag))}> of namespace {_short(_namespace(parent))!r}")
+        strays.append(RecordError(source, f"{source}: {where}, not directly inside a <{container}> of the "
+                                          f"document's namespace {_short(ns)!r}: not read as an entry"))
+    return out, strays
 
 
 def _correlation(details: list[dict[str, Any]]) -> str | None:
@@ -446,8 +555,8 @@ def _correlation(details: list[dict[str, Any]]) -> str | None:
 def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_statements") -> CanonicalEntry:
     """One canonical entry per ``Ntry``; raises EntryError naming the entry when it cannot be mapped."""
     ref = e.acct_svcr_ref or e.ntry_ref
-    # AcctSvcrRef alone is not unique in real files: statement id and position come first
-    source_ref = f"{st.statement_id}#{e.index}" + (f"#{ref}" if ref else "")
+    # AcctSvcrRef alone is not unique in real files: statement id, numbers and position come first
+    source_ref = f"{st.key}#{e.index}" + (f"#{_escape(ref)}" if ref else "")
     if e.reversal:
         status = "reversed"
     elif e.status in ("PDNG", "INFO", "FUTR"):
@@ -461,8 +570,8 @@ def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_stateme
         except ValueError:
             booked_at = None  # reported below with the entry named
     if booked_at is None:
-        raise EntryError(f"{st.message_type} {st.statement_id} entry {e.index}: no booking date, value date "
-                         f"or creation time")
+        raise EntryError(f"{st.message_type} {_short(st.statement_id)} entry {e.index}: no booking date, value "
+                         f"date or creation time")
     counterparty = None
     if len(e.details) == 1:
         cp = e.details[0].get("counterparty") or {}
@@ -479,8 +588,8 @@ def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_stateme
         account=st.account, counterparty=counterparty, asset=e.currency, amount=e.amount,
         direction="credit" if e.credit else "debit", booked_at=booked_at, value_date=e.value_date,
         status=status,
-        position={"statement_id": st.statement_id, "entry_index": e.index, "message_id": st.message_id,
-                  "document_sha256": st.document_sha256},
+        position={"statement_id": st.statement_id, **st.numbers, "entry_index": e.index,
+                  "message_id": st.message_id, "document_sha256": st.document_sha256},
         attributes=attrs,
     )
 
@@ -534,6 +643,8 @@ def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[
 
 
 def _camt_to_entries(data: bytes, ledger: str):
+    if len(data) > MAX_DOCUMENT_BYTES:  # before anything is split, copied or handed over
+        raise CamtError(f"document of {len(data)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte limit")
     if len(data) >= PARALLEL_MIN_BYTES and _camt_workers() > 1:
         out = parallel_camt_to_entries(data, ledger)
         if out is not None:
@@ -598,15 +709,19 @@ def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offse
         finally:
             _NS.reset(token)
         return entries, errors, []
-    statements = _parse_camt_root(root, ns, data, digest, index_offset)
+    # a tree walk in C: the bound holds before any entry is read
+    n_entries = sum(1 for _ in root.iter("{*}Ntry"))
+    if n_entries > MAX_ENTRIES:
+        raise CamtError(f"document of {n_entries} Ntry elements exceeds the limit of {MAX_ENTRIES}")
+    statements, strays = _parse_camt_root(root, ns, data, digest, index_offset)
     for st in statements:
         errors.extend(st.errors)
         for e in st.entries:
             try:
                 entries.append(camt_entry_to_entry(st, e, ledger))
             except EntryError as exc:
-                errors.append(RecordError(f"{st.message_type} {st.statement_id} entry {e.index}", str(exc)))
-    return entries, errors, statements
+                errors.append(RecordError(f"{st.message_type} {_short(st.statement_id)} entry {e.index}", str(exc)))
+    return entries, errors + strays, statements
 
 
 def _handover(data: bytes, suffix: str) -> str:
@@ -637,7 +752,8 @@ def _chunk_worker(chunk_path: str, ledger: str, digest: str, index_offset: int):
             return None
         st = statements[0]
         parse_errors = [e for e in st.errors if " entry " in e.source]  # the statement's own ones: parent
-        mapping_errors = [e for e in errors if e not in st.errors]
+        own = {id(e) for e in st.errors}  # by identity: a scan of the list per error is quadratic
+        mapping_errors = [e for e in errors if id(e) not in own]
         # one MessagePack document (the parent decodes it in one call; the entries were validated here)
         blob = msgspec.msgpack.encode(entries)
         out = (_handover(blob, ".msgpack"), [(e.source, e.reason) for e in parse_errors],
@@ -683,9 +799,11 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
     # The cut is found with one regex search and bytes.find/count (C speed; a regex match object per
     # entry cost a tenth of the parse). Entries are counted by their closing tag under the prefix of
     # the first <Ntry>; entries under another prefix are not counted but are parsed, so the counts
-    # checked below then disagree and the one-process path takes over. The worker gets its half as
-    # soon as the cut is known; the checks of the whole document run while it parses (a worker's
-    # half of a refused document is refused by the worker too: both halves carry the prolog).
+    # checked below then disagree and the one-process path takes over. The document's limits and
+    # shape are checked before the worker gets its half (a declaration the byte search misses, in
+    # another encoding, is refused by both halves' parse: both carry the prolog).
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        return None  # refused: the one-process path says why
     found = _NTRY_OPEN.search(data)
     if found is None:
         return None
@@ -696,6 +814,9 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
         return None
     last_end += len(close)
     first = found.start()
+    total = data.count(close)
+    if not min_entries <= total <= MAX_ENTRIES:
+        return None  # a few large entries, or over the limit: the one-process path decides
     # the cut: the first entry that starts past this process's share of the bytes
     target = first + (last_end - first) * PARENT_SHARE_PERCENT // 100
     cut = _NTRY_OPEN.search(data, target, last_end)
@@ -705,18 +826,15 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
     k = data.count(close, first, mid)
     if k < min_entries // 2:
         return None
+    containers = re.findall(rb"<" + re.escape(prefix) + rb"(?:Stmt|Ntfctn|Rpt)[\s>]", data)
+    if len(containers) != 1 or last_end - len(close) < data.rfind(b"<" + prefix + b"Ntry"):
+        return None  # not one statement: the one-process path
     header, footer = data[:first], data[last_end:]
     digest = hashlib.sha256(data).hexdigest()
     future = chunk_path = None
     try:
         chunk_path = _handover(header + data[mid:last_end] + footer, ".xml")
         future = _pool().submit(_chunk_worker, chunk_path, ledger, digest, k)
-        total = data.count(close)
-        containers = re.findall(rb"<" + re.escape(prefix) + rb"(?:Stmt|Ntfctn|Rpt)[\s>]", data)
-        if (b"<!DOCTYPE" in data or b"<!ENTITY" in data or total < min_entries or len(containers) != 1
-                or last_end - len(close) < data.rfind(b"<" + prefix + b"Ntry")):
-            _discard_handover(future)  # refused, or not one large statement: the one-process path says why
-            return None
         with gc_paused():
             entries, errors, statements = _camt_chunk(header + data[first:mid] + footer, ledger, digest, 0)
         half = future.result(timeout=600)
@@ -730,7 +848,9 @@ def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
         return None
     path, parse_b, mapping_b, moved, n_b = half
     encoded = _take(path)
-    if len(statements) != 1:
+    # an Ntry outside the statement sits in both halves' header or footer: the one-process path
+    # rejects it once
+    if len(statements) != 1 or any(_STRAY in e.source for e in errors) or any(_STRAY in s for s, _ in mapping_b):
         return None
     st = statements[0]
     n_a = len(st.entries) + sum(1 for e in st.errors if " entry " in e.source)
