@@ -91,14 +91,18 @@ def _read_logs(path: str) -> tuple[list, list[tuple[str, str]]]:
             return logs_of(json.loads(text)), []
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
-    logs, bad = [], []
+    logs, bad, parsed = [], [], 0
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            logs.extend(logs_of([json.loads(line)]))
+            doc = json.loads(line)
+            parsed += 1
+            logs.extend(logs_of([doc]))
         except (ValueError, RecursionError) as exc:
             bad.append((f"line {n}", f"not a log, a receipt or a logs result: {str(exc)[:200]}"))
+    if bad and not parsed:
+        raise ValueError(f"no line is JSON ({bad[0][0]}: {bad[0][1]})")
     return logs, bad
 
 
