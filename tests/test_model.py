@@ -137,3 +137,30 @@ def test_remembered_timestamps_and_dates_do_not_let_invalid_ones_through():
     model._VALID_TIMES.update(f"x{i}" for i in range(100_000))  # at the bound: emptied, then the new one
     decode_entry(msgspec.json.encode({**ok, "booked_at": "2026-11-24T10:15:01Z"}))
     assert model._VALID_TIMES == {"2026-11-24T10:15:01Z"}
+
+
+def test_amounts_are_bounded_before_they_are_written_out():
+    for bad in (Decimal("1E+999999999"), Decimal("1E-999999999"), 10**97, "1e400"):
+        with pytest.raises(EntryError, match="amount"):
+            format_amount(bad)
+    assert format_amount(Decimal("1E+5")) == "100000" and format_amount(10**95) == str(10**95)
+
+
+def test_an_entry_id_longer_than_the_event_log_accepts_is_refused_when_built():
+    with pytest.raises(EntryError, match="entry_id"):
+        _entry(source_ref="x" * 512)
+    assert len(_entry(source_ref="x" * 500).entry_id) <= 512
+
+
+def test_timestamps_of_early_years_keep_four_digits_and_late_offsets_are_refused():
+    from datetime import datetime, timedelta, timezone
+
+    from ledger_pipelines.model import format_timestamp, utc_from_epoch
+
+    assert format_timestamp(datetime(999, 1, 2, tzinfo=timezone.utc)) == "0999-01-02T00:00:00Z"
+    with pytest.raises(EntryError, match="outside the years"):
+        format_timestamp(datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))))
+    assert utc_from_epoch(253_402_300_799) == "9999-12-31T23:59:59Z"
+    for bad in (253_402_300_800, -1, 1.5, True, "1"):
+        with pytest.raises(EntryError):
+            utc_from_epoch(bad)
