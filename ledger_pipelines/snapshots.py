@@ -30,9 +30,7 @@ def read_day(lc: LedgerConfig, day: date, warehouse: Warehouse) -> tuple[list[Ca
     if lc.kind == "evm":
         from .connectors.evm_reader import EvmReader
 
-        day_read = EvmReader(lc, source_url(lc)).read_day(day)
-        # (entries, rejections) when the reader returns its rejections, else its entries alone
-        return day_read if isinstance(day_read, tuple) else (day_read, [])
+        return EvmReader(lc, source_url(lc)).read_day(day)
     # a CDC ledger without a source connection: what the stream delivered for that day
     return event_log_day(warehouse, lc.name, day), []
 

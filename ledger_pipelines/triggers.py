@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 ACTION_TYPES = ("bridge_record", "sql_post", "publish")
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
-_TOPIC = re.compile(r"^[A-Za-z0-9._\-]{1,200}$")
+_TOPIC = re.compile(r"^[A-Za-z0-9._\-]{1,200}\Z")
 
 
 class PermanentError(RuntimeError):

@@ -154,12 +154,12 @@ def test_memo_correlates_a_transfer_and_bridge_records_decode(chain, stack_confi
     day = datetime.fromtimestamp(w3.eth.get_block("latest")["timestamp"], tz=timezone.utc).date()
     lc = LedgerConfig(name="eth_usdc", kind="evm", tokens=(TokenConfig(token.address.lower(), "USDC", 6),),
                       confirmations=0, start_block=w3.eth.block_number - 6)
-    entries = {(e.amount, e.correlation_id) for e in EvmReader(lc, stack_config.anvil_url).read_day(day)}
+    entries = {(e.amount, e.correlation_id) for e in EvmReader(lc, stack_config.anvil_url).read_day(day)[0]}
     assert entries == {("1000000", None), ("1.234567", "E2E-MEMO-1"), ("0.000005", None)}
     audit = LedgerConfig(name="bridge_records", kind="evm", confirmations=0, start_block=lc.start_block,
                          options={"bridge_contracts": [bridge.address.lower()], "transfers": False})
-    recorded = EvmReader(audit, stack_config.anvil_url).read_day(day)
+    recorded, rejected = EvmReader(audit, stack_config.anvil_url).read_day(day)
     got = sorted((e.correlation_id, e.asset, e.amount, e.attributes["source_entry_id"]) for e in recorded)
     assert got == [("E2E-BIG", "ETH", f"{big // 10**18}.{big % 10**18:018d}", "core_banking:8"),
                    ("E2E-MEMO-1", "EUR", "1234.50", "core_banking:7")]
-    assert all(e.account == bridge.address.lower() and e.status == "final" for e in recorded)
+    assert all(e.account == bridge.address.lower() and e.status == "final" for e in recorded) and rejected == []

@@ -138,18 +138,17 @@ class EvmReader:
                 lo = mid + 1
         return lo
 
-    def read_day(self, day: date) -> list[CanonicalEntry]:
-        """Entries of the blocks stamped on ``day`` (UTC) on the current canonical chain."""
+    def read_day(self, day: date) -> tuple[list[CanonicalEntry], list[tuple[str, str]]]:
+        """(entries, rejections as (source, reason)) of the blocks stamped on ``day`` (UTC) on the current
+        canonical chain."""
         head = self.head()
         start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
         lo = self.first_block_at(int(start.timestamp()), head)
         hi = self.first_block_at(int((start + timedelta(days=1)).timestamp()), head) - 1
         if hi < lo:
-            return []
+            return [], []
         entries, errors = self.entries(self.get_logs(lo, hi), head)
-        for source, reason, _ in errors:
-            log.warning("%s: %s", source, reason)
-        return entries
+        return entries, [(source, reason) for source, reason, _ in errors]
 
 
 class EvmPublisher:
@@ -193,7 +192,7 @@ class EvmPublisher:
         if start <= head:
             entries, errors = self.reader.entries(self.reader.get_logs(start, head), head)
         # 3. publish (orphaned versions first), then remember blocks and the cursor
-        result.published = self.pub.producer.publish([*orphaned, *entries])
+        result.published = self.pub.send(self.lc.name, [*orphaned, *entries])
         result.rejected = self.pub.dead_letters(self.lc.name, errors)
         by_block: dict[int, list[CanonicalEntry]] = {}
         for e in entries:
