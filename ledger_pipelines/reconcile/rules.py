@@ -2,57 +2,53 @@
 
 ```yaml
 key: correlation_id            # exact-key matching on this entry field
-time_window: 2d                # legs booked further apart are a `timing` break (s, m, h, d)
+time_window: 2d                # legs booked further apart are a `timing` break (s, m, h, d; at most 31d)
 direction: opposite            # expected direction of the right leg: opposite | same | any
 amount_tolerance:              # tolerant matching of amounts (exact by default)
-  absolute: "0.00"
-  relative: "0"                # fraction, e.g. "0.001" = 0.1 %
-fx:                            # cross-asset legs: right amount ~ left amount * rate
+  absolute: "0.00"             # >= 0
+  relative: "0"                # fraction in [0, 1), e.g. "0.001" = 0.1 %
+fx:                            # cross-asset legs: right amount ~ left amount * rate (rate > 0)
   - {from: EUR, to: USDC, rate: "1.0842"}
 tolerant_matching: true        # leftovers matched by asset, amount tolerance and time window
-batch_members: attributes.details[].refs.EndToEndId   # ids of a batch entry's members (one-to-many)
+batch_members: attributes.details[].refs.EndToEndId   # ids of a batch entry's members (one-to-many); null: none
 duplicate_key: [correlation_id, asset, amount, direction]   # same on one side = duplicate
 ```
+
+A rule set is checked against this schema before it is used: unknown keys, wrong types (a quoted
+``"false"`` is not a boolean, an unquoted ``0.001`` is a binary float, not a decimal) and values out
+of range are refused with a :class:`RulesError` naming the key by its dotted path
+(``rules.fx[0].rate``). Decimals are plain decimal strings (or integers) of at most 64 characters,
+so that every product of an amount and a rate stays exact in the engine's 200-digit context.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _FIELDS = ("entry_id", "correlation_id", "account", "counterparty", "asset", "amount", "direction", "source_ref")
+_ENTRY_FIELDS = _FIELDS + ("ledger", "ledger_kind", "booked_at", "value_date", "status", "position", "attributes")
+_DIRECTIONS = ("opposite", "same", "any")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^([0-9]+)([smhd])$")
+_PLAIN_DECIMAL = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
+_DECIMAL_CHARS = 64
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\[\])?)*$")
+MAX_WINDOW_SECONDS = 31 * 86400
+MAX_RULES_BYTES = 1 << 20
+
+DEFAULT_BATCH_MEMBERS = "attributes.details[].refs.EndToEndId"
+DEFAULT_DUPLICATE_KEY = ("correlation_id", "asset", "amount", "direction")
 
 
 class RulesError(ValueError):
     pass
-
-
-def _decimal(value: Any, what: str) -> Decimal:
-    if isinstance(value, float):
-        raise RulesError(f"{what}: write decimals as strings ({value!r} is a float)")
-    try:
-        d = Decimal(str(value))
-    except InvalidOperation:
-        raise RulesError(f"{what}: {value!r} is not a decimal") from None
-    if not d.is_finite() or d < 0:
-        raise RulesError(f"{what}: {value!r} must be a finite non-negative decimal")
-    return d
-
-
-def _seconds(value: Any) -> int:
-    if isinstance(value, int):
-        return value
-    m = _DURATION.match(str(value))
-    if not m:
-        raise RulesError(f"time_window: {value!r} is not a duration like 90s, 15m, 6h or 2d")
-    return int(m.group(1)) * _UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -64,6 +60,9 @@ class FxRate:
 
 @dataclass(frozen=True)
 class Rules:
+    """Built from YAML through :meth:`from_dict` (checked); constructing it directly is for rule sets
+    defined in code, such as the audit's bridge check, which may use a window beyond the user bound."""
+
     key: str = "correlation_id"
     time_window_seconds: int = 2 * 86400
     direction: str = "opposite"
@@ -71,37 +70,19 @@ class Rules:
     tolerance_relative: Decimal = Decimal(0)
     fx: tuple[FxRate, ...] = ()
     tolerant_matching: bool = True
-    batch_members: str | None = "attributes.details[].refs.EndToEndId"
-    duplicate_key: tuple[str, ...] = ("correlation_id", "asset", "amount", "direction")
+    batch_members: str | None = DEFAULT_BATCH_MEMBERS
+    duplicate_key: tuple[str, ...] = DEFAULT_DUPLICATE_KEY
     source: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "Rules":
-        d = dict(d or {})
-        unknown = set(d) - {"key", "time_window", "direction", "amount_tolerance", "fx", "tolerant_matching",
-                            "batch_members", "duplicate_key"}
-        if unknown:
-            raise RulesError(f"unknown rule keys {sorted(unknown)}")
-        key = d.get("key", "correlation_id")
-        if key not in _FIELDS:
-            raise RulesError(f"key: {key!r} is not one of {_FIELDS}")
-        direction = d.get("direction", "opposite")
-        if direction not in ("opposite", "same", "any"):
-            raise RulesError("direction: opposite, same or any")
-        tol = d.get("amount_tolerance") or {}
-        fx = tuple(FxRate(str(r["from"]), str(r["to"]), _decimal(r["rate"], "fx rate")) for r in d.get("fx") or [])
-        dup = tuple(d.get("duplicate_key") or ("correlation_id", "asset", "amount", "direction"))
-        for f in dup:
-            if f not in _FIELDS:
-                raise RulesError(f"duplicate_key: {f!r} is not one of {_FIELDS}")
-        return cls(
-            key=key, time_window_seconds=_seconds(d.get("time_window", "2d")), direction=direction,
-            tolerance_absolute=_decimal(tol.get("absolute", "0"), "amount_tolerance.absolute"),
-            tolerance_relative=_decimal(tol.get("relative", "0"), "amount_tolerance.relative"),
-            fx=fx, tolerant_matching=bool(d.get("tolerant_matching", True)),
-            batch_members=d.get("batch_members", "attributes.details[].refs.EndToEndId"), duplicate_key=dup,
-            source=d,
-        )
+    def from_dict(cls, d: Any, where: str = "rules") -> "Rules":
+        """``where`` is the dotted path of ``d`` in its document, the prefix of every message."""
+        if d is None:
+            d = {}
+        values = _check_mapping(d, where, _SCHEMA)
+        tol = values.pop("amount_tolerance", {})
+        return cls(**values, tolerance_absolute=tol.get("absolute", Decimal(0)),
+                   tolerance_relative=tol.get("relative", Decimal(0)), source=dict(d))
 
     def rate(self, source: str, target: str) -> Decimal | None:
         """Units of ``target`` per unit of ``source``; the inverse rate works the other way."""
@@ -125,10 +106,196 @@ class Rules:
                 "duplicate_key": list(self.duplicate_key)}
 
 
+# -- schema: one checker per key, each returning the typed value or raising with the key's path ------
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the string {value[:80]!r}"
+    return f"{type(value).__name__} {str(value)[:80]}"
+
+
+def _check_mapping(value: Any, path: str, schema: dict[str, tuple[str, Callable[[Any, str], Any]]]) -> dict:
+    if not isinstance(value, dict):
+        raise RulesError(f"{path}: expected a mapping, got {_type_name(value)}")
+    out = {}
+    for k, v in value.items():
+        if k not in schema:
+            raise RulesError(f"{path}.{str(k)[:80]}: unknown key (known: {', '.join(sorted(schema))})")
+        name, check = schema[k]
+        out[name] = check(v, f"{path}.{k}")
+    return out
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def check(value: Any, path: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise RulesError(f"{path}: expected one of {', '.join(choices)}, got {_type_name(value)}")
+        return value
+    return check
+
+
+def _boolean(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise RulesError(f"{path}: expected a YAML boolean (true or false, unquoted), got {_type_name(value)}")
+    return value
+
+
+def _decimal(value: Any, path: str) -> Decimal:
+    if isinstance(value, float):
+        raise RulesError(f"{path}: write decimals as quoted strings ({value!r} was read as a binary float)")
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise RulesError(f"{path}: expected a decimal string, got {_type_name(value)}")
+    if len(value) > _DECIMAL_CHARS or not _PLAIN_DECIMAL.match(value):
+        raise RulesError(f"{path}: {value[:80]!r} is not a plain non-negative decimal of at most "
+                         f"{_DECIMAL_CHARS} characters (digits and an optional fraction, no sign or exponent)")
+    return Decimal(value)
+
+
+def _relative(value: Any, path: str) -> Decimal:
+    d = _decimal(value, path)
+    if d >= 1:
+        raise RulesError(f"{path}: {value!r} must be a fraction in [0, 1)")
+    return d
+
+
+def _window(value: Any, path: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
+        # more digits than any window in range: refused without converting them
+        seconds = int(m.group(1)) * _UNITS[m.group(2)] if len(m.group(1)) <= 12 else MAX_WINDOW_SECONDS + 1
+    else:
+        raise RulesError(f"{path}: {_type_name(value)} is not a duration like 90s, 15m, 6h or 2d")
+    if not 0 <= seconds <= MAX_WINDOW_SECONDS:
+        raise RulesError(f"{path}: {str(value)[:80]!r} is outside 0 to 31d ({MAX_WINDOW_SECONDS}s)")
+    return seconds
+
+
+def _field_name(value: Any, path: str) -> str:
+    return _one_of(_FIELDS)(value, path)
+
+
+def _duplicate_key(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise RulesError(f"{path}: expected a non-empty list of entry fields, got {_type_name(value)}")
+    names = tuple(_field_name(v, f"{path}[{i}]") for i, v in enumerate(value))
+    if len(set(names)) != len(names):
+        raise RulesError(f"{path}: a field is listed twice ({', '.join(names)})")
+    return names
+
+
+def _batch_members(value: Any, path: str) -> str | None:
+    if value is None:
+        return None
+    if (not isinstance(value, str) or len(value) > 200 or not _PATH.match(value)
+            or value.split(".")[0].removesuffix("[]") not in _ENTRY_FIELDS):
+        raise RulesError(f"{path}: expected null or a path like {DEFAULT_BATCH_MEMBERS} starting at an entry "
+                         f"field, got {_type_name(value)}")
+    return value
+
+
+def _asset(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise RulesError(f"{path}: expected an asset code (a non-empty string), got {_type_name(value)}")
+    return value
+
+
+def _positive_rate(value: Any, path: str) -> Decimal:
+    d = _decimal(value, path)
+    if d <= 0:
+        raise RulesError(f"{path}: {value!r} must be greater than 0")
+    return d
+
+
+_FX_SCHEMA = {"from": ("source", _asset), "to": ("target", _asset), "rate": ("rate", _positive_rate)}
+
+
+def _fx(value: Any, path: str) -> tuple[FxRate, ...]:
+    if not isinstance(value, list):
+        raise RulesError(f"{path}: expected a list of {{from, to, rate}}, got {_type_name(value)}")
+    out: list[FxRate] = []
+    pairs: dict[frozenset, int] = {}
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        got = _check_mapping(item, where, _FX_SCHEMA)
+        missing = [k for k, (name, _) in _FX_SCHEMA.items() if name not in got]
+        if missing:
+            raise RulesError(f"{where}: missing {', '.join(missing)}")
+        r = FxRate(**got)
+        if r.source == r.target:
+            raise RulesError(f"{where}: from and to are both {r.source!r}")
+        pair = frozenset((r.source, r.target))
+        if pair in pairs:  # either direction: which rate applies would depend on the order
+            raise RulesError(f"{where}: a rate between {r.source} and {r.target} is already given at "
+                             f"{path}[{pairs[pair]}]")
+        pairs[pair] = i
+        out.append(r)
+    return tuple(out)
+
+
+_TOLERANCE_SCHEMA = {"absolute": ("absolute", _decimal), "relative": ("relative", _relative)}
+
+_SCHEMA: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "key": ("key", _field_name),
+    "time_window": ("time_window_seconds", _window),
+    "direction": ("direction", _one_of(_DIRECTIONS)),
+    "amount_tolerance": ("amount_tolerance", lambda v, p: _check_mapping(v, p, _TOLERANCE_SCHEMA)),
+    "fx": ("fx", _fx),
+    "tolerant_matching": ("tolerant_matching", _boolean),
+    "batch_members": ("batch_members", _batch_members),
+    "duplicate_key": ("duplicate_key", _duplicate_key),
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    out: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = key in out
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar",
+                                                    key_node.start_mark) from None
+        if seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:80]!r} is given twice",
+                                                    key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
 def load_rules(path: str | Path | None) -> Rules:
     if path is None:
         return Rules()
     try:
-        return Rules.from_dict(yaml.safe_load(Path(path).read_text()))
+        with open(path, "rb") as f:
+            data = f.read(MAX_RULES_BYTES + 1)
     except OSError as exc:
-        raise RulesError(f"cannot read rules {path}: {exc}") from None
+        raise RulesError(f"cannot read rules {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_RULES_BYTES:
+        raise RulesError(f"rules {path}: larger than {MAX_RULES_BYTES} bytes")
+    try:
+        doc = yaml.load(data.decode("utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"rules {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RulesError(f"rules {path}: not valid YAML: {exc.problem}{where}") from None
+    except yaml.YAMLError as exc:
+        raise RulesError(f"rules {path}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise RulesError(f"rules {path}: nested too deeply") from None
+    try:
+        return Rules.from_dict(doc)
+    except RulesError as exc:
+        raise RulesError(f"rules {path}: {exc}") from None
