@@ -18,7 +18,7 @@ import pytest
 from ledger_pipelines.cli import main
 from ledger_pipelines.model import encode_entry, make_entry
 from ledger_pipelines.reconcile import InputError, Rules, read_entries, reconcile
-from ledger_pipelines.reconcile.inputs import MAX_LINE_BYTES
+from ledger_pipelines.reconcile.inputs import MAX_LINE_BYTES, MAX_NESTING
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
@@ -77,8 +77,9 @@ def _nested(depth: int, open_: bytes, close: bytes) -> bytes:
     (line("1").replace(b'"entry_id":"core_banking:1"', b'"entry_id":"other:1"'), "entry_id: 'other:1' is not"),
     (line("1").replace(b'"booked_at":"2026-11-24T10:00:00Z"', b'"booked_at":"2026-02-30T10:00:00Z"'),
      "booked_at"),
-    (_nested(100_000, b"[", b"]"), "nested too deeply"),
-    (_nested(100_000, b'{"a":', b"}"), "nested too deeply"),
+    (_nested(100_000, b"[", b"]"), f"nested deeper than {MAX_NESTING} levels"),
+    (_nested(100_000, b'{"a":', b"}"), f"nested deeper than {MAX_NESTING} levels"),
+    (_nested(MAX_NESTING - 1, b"[", b"]"), f"nested deeper than {MAX_NESTING} levels"),  # with entry, attributes
     (b"\xff\xfe" + line("1"), "not valid JSON"),
     (line("1").replace(b'"account":"A-1"', b'"account":"A-\x00"'), "not valid JSON"),
     (line("1").strip() + line("2"), "not valid JSON"),
@@ -88,6 +89,26 @@ def test_a_bad_line_is_one_clear_error_and_nothing_is_written(tmp_path, capsys, 
     assert code != 0 and not out.exists()
     assert err.count("\n") == 1 and len(err) < 600, err
     assert f"left file {tmp_path / 'l.jsonl'}, line 3: " in err and reason in err, err
+
+
+def test_deep_nesting_is_refused_where_web3_raised_the_recursion_limit(tmp_path):
+    """py_ecc (imported with web3) sets the recursion limit to 100000: a decoder that trusts the
+    limit overflows the C stack on 100000 nested lists and the process dies without a message."""
+    (tmp_path / "l.jsonl").write_bytes(_nested(100_000, b"[", b"]"))
+    (tmp_path / "r.jsonl").write_bytes(b"")
+    out = tmp_path / "out"
+    code = ("import sys, web3; from ledger_pipelines.cli import main; "
+            f"sys.exit(main(['reconcile', '--left', {str(tmp_path / 'l.jsonl')!r}, '--right', "
+            f"{str(tmp_path / 'r.jsonl')!r}, '--out', {str(out)!r}]))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and not out.exists(), (run.returncode, run.stderr[-500:])
+    assert f"line 1: nested deeper than {MAX_NESTING} levels" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_nesting_within_the_bound_is_an_entry(tmp_path):
+    path = _write(tmp_path / "l.jsonl", _nested(MAX_NESTING - 2, b"[", b"]") + _nested(MAX_NESTING - 2, b'{"a":', b"}")
+                  .replace(b"core_banking:1", b"core_banking:2").replace(b'"source_ref":"1"', b'"source_ref":"2"'))
+    assert [e.entry_id for e in read_entries(path, "left")] == ["core_banking:1", "core_banking:2"]
 
 
 def test_lines_over_the_size_bound_are_refused_with_the_reason(tmp_path, capsys):
