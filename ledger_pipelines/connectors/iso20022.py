@@ -189,19 +189,24 @@ def _amount(el: Element | None, what: str) -> tuple[str, str]:
                       what)
 
 
-def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = None,
-             more: dict[str, list[str]] | None = None) -> dict[str, str]:
+def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = None) -> dict[str, str]:
     """One pass over a subtree: ``{"BookgDt/Dt": "2026-11-24", "Amt": "1.00", "Amt@Ccy": "EUR", ...}``.
 
-    The first occurrence of a path wins, except ``Ustrd`` lines, which are joined (collected in
-    ``more`` and joined once at the end: joining as they come copies the text so far per line).
-    ``TxDtls`` subtrees are handed back in ``subs`` to be flattened on their own. Paths are cached
-    per parent path and qualified tag (nested dicts: no key tuple built per element).
+    The first occurrence of a path wins, except ``Ustrd`` lines, which are joined: collected as
+    they come and joined once at the end (joining as they come copies the text so far per line).
+    ``TxDtls`` subtrees are handed back in ``subs`` to be flattened on their own.
     """
+    more: dict[str, list[str]] = {}
+    _walk(el, prefix, out, subs, more)
+    for path, lines in more.items():
+        out[path] = " ".join((out[path], *lines))
+    return out
+
+
+def _walk(el: Element, prefix: str, out: dict[str, str], subs: list | None, more: dict[str, list[str]]) -> None:
+    """:func:`_flatten`'s pass; paths are cached per parent path and qualified tag (nested dicts: no
+    key tuple built per element)."""
     global _PATH_COUNT
-    top = more is None
-    if top:
-        more = {}
     table = _PATHS.get(prefix)
     if table is None:
         table = _PATHS[prefix] = {}
@@ -224,7 +229,7 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
             subs.append(c)
             continue
         if len(c):
-            _flatten(c, path, out, subs, more)
+            _walk(c, path, out, subs, more)
             continue
         value = (c.text or "").strip()
         if path in out:
@@ -240,10 +245,6 @@ def _flatten(el: Element, prefix: str, out: dict[str, str], subs: list | None = 
             ccy = c.get("Ccy")
             if ccy is not None:
                 out[path + "@Ccy"] = ccy
-    if top:
-        for path, lines in more.items():
-            out[path] = " ".join((out[path], *lines))
-    return out
 
 
 # parent path -> qualified tag -> (local name, path, is an amount, is TxDtls); real documents use a
@@ -455,6 +456,10 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
     version = f"camt.{m.group(1)}.001.{m.group(2)}" if m else None
     if version and not 2 <= int(m.group(2)) <= 13:
         raise CamtError(f"{version}: message versions 001.02 to 001.13 are understood")
+    # a tree walk in C: the bound holds before any entry is read
+    n_ntry = sum(1 for _ in root.iter("{*}Ntry"))
+    if n_ntry > MAX_ENTRIES:
+        raise CamtError(f"document of {n_ntry} Ntry elements exceeds the limit of {MAX_ENTRIES}")
     digest = digest or hashlib.sha256(data).hexdigest()
     msg_id = _text(body, "GrpHdr/MsgId")
     msg_page = _text(body, "GrpHdr/MsgPgntn/PgNb")
@@ -462,6 +467,7 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
     first_with: dict[str, int] = {}  # statement id key -> the statement that has it
     statements = _findall(body, container)
     out = []
+    n_read = 0  # Ntry children of the statements read
     for s_index, stmt in enumerate(statements, start=1):
         stmt_id = _text(stmt, "Id") or f"{msg_id or digest[:16]}/{s_index}"
         # what tells the pages and sequels of one statement Id apart: (id marker, name, value)
@@ -526,10 +532,13 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
             except (EntryError, ValueError) as exc:
                 reason = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
                 st.errors.append(RecordError(where, reason))
+        n_read += index - index_offset
     # an Ntry anywhere else (another namespace's statement, nested in another element) is no entry
     # of any statement read: rejected with its line, never dropped
+    strays: list[RecordError] = []
+    if n_read == n_ntry:
+        return out, strays
     read = set(statements)
-    strays = []
     for ntry in root.iter("{*}Ntry"):
         parent = ntry.getparent()
         if parent in read:
@@ -709,10 +718,6 @@ def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offse
         finally:
             _NS.reset(token)
         return entries, errors, []
-    # a tree walk in C: the bound holds before any entry is read
-    n_entries = sum(1 for _ in root.iter("{*}Ntry"))
-    if n_entries > MAX_ENTRIES:
-        raise CamtError(f"document of {n_entries} Ntry elements exceeds the limit of {MAX_ENTRIES}")
     statements, strays = _parse_camt_root(root, ns, data, digest, index_offset)
     for st in statements:
         errors.extend(st.errors)
