@@ -111,6 +111,13 @@ class Statement:
     key: str = ""  # the statement's part of its entries' source_ref (see the module's doc)
     numbers: dict[str, str] = field(default_factory=dict)  # sequence and page numbers it carries
 
+    def where(self, what: str = "") -> str:
+        """This statement, or a record of it, as named in a rejection: ``camt.053 S-1 entry 3 (statement
+        StmtPgntn/PgNb 2)``."""
+        numbers = ", ".join(f"{name} {_short(value)}" for name, value in self.numbers.items())
+        text = f"{self.message_type} {_short(self.statement_id)}" + (f" {what}" if what else "")
+        return text + (f" (statement {numbers})" if numbers else "")
+
     def balance_check(self) -> dict[str, Any]:
         """Opening + credits - debits = closing, per statement (reported, never raised)."""
         by_type = {b.type: b for b in self.balances}
@@ -476,9 +483,6 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
                                ("p", f"{container}Pgntn/PgNb", _text(stmt, f"{container}Pgntn/PgNb")),
                                ("m", "MsgPgntn/PgNb", msg_page)) if n[2]]
         key = _escape(stmt_id) + "".join(f"#{marker}{_escape(value)}" for marker, _, value in numbers)
-        label = f"{message_type} {_short(stmt_id)}"
-        suffix = (" (statement " + ", ".join(f"{name} {_short(value)}" for _, name, value in numbers) + ")"
-                  if numbers else "")
         account = _account(_find(stmt, "Acct"))
         st = Statement(
             message_type=message_type, version=version, message_id=msg_id, statement_id=stmt_id,
@@ -489,8 +493,8 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
         # a statement that cannot be read as a whole: each of its entries is rejected with the reason
         if key in first_with:
             problem = (f"statement {s_index} of the document has the same Id and sequence/page numbers as "
-                       f"statement {first_with[key]} ({label}{suffix}): their entries could not be told apart, "
-                       f"so the later statement is rejected")
+                       f"statement {first_with[key]}, {st.where()}: their entries could not be told apart, so the "
+                       f"later statement is rejected")
         elif not account:
             problem = "statement has no account (Acct/Id)"
         elif len(account) > 512:
@@ -511,14 +515,14 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
                         date=_text(bal, "Dt/Dt") or (_text(bal, "Dt/DtTm") or "")[:10] or None,
                     ))
                 except EntryError as exc:
-                    st.errors.append(RecordError(f"{label} balance{suffix}", str(exc)))
+                    st.errors.append(RecordError(st.where("balance"), str(exc)))
         index = index_offset
         for child in stmt:
             tag = child.tag
             if tag != ntry_tag and (type(tag) is not str or _local(tag) != "Ntry"):
                 continue
             index += 1
-            where = f"{label} entry {index}{suffix}"
+            where = st.where(f"entry {index}")
             if problem is None and tag != ntry_tag:
                 problem_here = (f"Ntry in namespace {_short(_namespace(child))!r}, not the document's "
                                 f"{_short(ns)!r}")
@@ -579,8 +583,7 @@ def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_stateme
         except ValueError:
             booked_at = None  # reported below with the entry named
     if booked_at is None:
-        raise EntryError(f"{st.message_type} {_short(st.statement_id)} entry {e.index}: no booking date, value "
-                         f"date or creation time")
+        raise EntryError(f"{st.where(f'entry {e.index}')}: no booking date, value date or creation time")
     counterparty = None
     if len(e.details) == 1:
         cp = e.details[0].get("counterparty") or {}
@@ -725,7 +728,7 @@ def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offse
             try:
                 entries.append(camt_entry_to_entry(st, e, ledger))
             except EntryError as exc:
-                errors.append(RecordError(f"{st.message_type} {_short(st.statement_id)} entry {e.index}", str(exc)))
+                errors.append(RecordError(st.where(f"entry {e.index}"), str(exc)))
     return entries, errors + strays, statements
 
 
