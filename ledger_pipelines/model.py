@@ -173,7 +173,40 @@ _decoder = msgspec.json.Decoder(CanonicalEntry)
 _wire_decoder = msgspec.json.Decoder(WireEntry)
 
 
+MAX_NESTING = 200
+
+
+def json_nesting(raw: bytes) -> int:
+    """How deep arrays and objects nest, outside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in raw:
+        if in_string:
+            in_string = escaped or c != 0x22  # '"'
+            escaped = not escaped and c == 0x5C  # backslash
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def refuse_deep_json(raw: bytes | str, limit: int = MAX_NESTING) -> None:
+    """Raises :class:`EntryError` for JSON nested deeper than ``limit``, before any decoder sees it.
+
+    JSON decoders (msgspec's, the standard library's) recurse in C once per level, up to the recursion
+    limit, which py_ecc (imported with web3) raises to 100000: 100000 nested lists then overflow the C
+    stack and kill the process instead of raising. The bracket count keeps this off the common path."""
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    if data.count(b"[") + data.count(b"{") > limit and json_nesting(data) > limit:
+        raise EntryError(f"not valid JSON: nested deeper than {limit} levels")
+
+
 def _decode(decoder: msgspec.json.Decoder, data: bytes | str, known_ledger: str | None = None):
+    refuse_deep_json(data)
     try:
         entry = decoder.decode(data)
     except msgspec.ValidationError as exc:

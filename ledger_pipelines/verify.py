@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import merkle
+from .model import EntryError, refuse_deep_json
 from .commitment import (FORMAT, RECORD_FILES, audit_leaf, canonical, own_files, payment_leaf, pretty, record_leaf,
                          records_root, report_version, summary_leaf)
 
@@ -50,9 +51,12 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def strict_json(data: bytes) -> Any:
-    """JSON as the writer writes it: no repeated keys, no floats, NaN or Infinity."""
+    """JSON as the writer writes it: no repeated keys, no floats, NaN or Infinity, no deep nesting."""
     try:
+        refuse_deep_json(data)
         return json.loads(data, object_pairs_hook=_unique, parse_float=_no_float, parse_constant=_no_float)
+    except EntryError as exc:
+        raise ValueError(str(exc)) from None
     except RecursionError:
         raise ValueError("nested too deeply") from None
 

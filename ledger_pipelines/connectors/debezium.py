@@ -28,7 +28,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from ..model import MAX_AMOUNT_DIGITS, CanonicalEntry, EntryError, Mapped, Rejection, scaled_decimal
+from ..model import MAX_AMOUNT_DIGITS, CanonicalEntry, EntryError, Mapped, Rejection, refuse_deep_json, scaled_decimal
 from .mapping import ColumnMapping, row_to_entry, scalar_text, utc_from_millis
 
 CONNECT_DECIMAL = "org.apache.kafka.connect.data.Decimal"
@@ -80,34 +80,12 @@ def _connect_decimal(value: str, scale: int) -> Decimal:
     return scaled_decimal(int.from_bytes(raw, "big", signed=True), scale)
 
 
-MAX_NESTING = 1000
-
-
-def _nesting(raw: bytes) -> int:
-    """How deep arrays and objects nest, outside strings (only called on lines with many brackets)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for c in raw:
-        if in_string:
-            in_string = escaped or c != 0x22  # '"'
-            escaped = not escaped and c == 0x5C  # backslash
-        elif c == 0x22:
-            in_string = True
-        elif c in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
+MAX_NESTING = 1000  # Debezium envelopes with their schema nest deeper than entries do
 
 
 def decode_event(line: bytes | str) -> tuple[dict, dict[str, Any]]:
     """(payload, Decimal scale parameters) of one event; numbers stay exact (Decimal)."""
-    # json recurses in C once per level up to the recursion limit, which py_ecc (imported with web3) raises
-    # to 100000: a line of 100000 '[' overflows the C stack and kills the process instead of raising
-    raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogatepass")
-    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(raw) > MAX_NESTING:
-        raise EntryError(f"not valid JSON: nested deeper than {MAX_NESTING} levels")
+    refuse_deep_json(line, MAX_NESTING)
     try:
         doc = json.loads(line, parse_float=Decimal, parse_constant=Decimal)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, an int too long, nesting too deep

@@ -1,7 +1,7 @@
 """Reading a file of canonical entries (JSON Lines) for a reconciliation.
 
 A reconciliation of a file that is partly wrong would be a wrong reconciliation, so a file is all
-or nothing: the first bad line (not JSON, not a canonical entry, nested deeper than :data:`MAX_NESTING`,
+or nothing: the first bad line (not JSON, not a canonical entry, nested deeper than ``model.MAX_NESTING``,
 longer than :data:`MAX_LINE_BYTES` with its line end) or an ``entry_id`` given twice makes the whole file an
 :class:`InputError` naming the file, the line(s) and the reason. Blank lines are skipped.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 from ..model import CanonicalEntry, EntryError, decode_entry
 
 MAX_LINE_BYTES = 1 << 20
-MAX_NESTING = 200  # far below the default recursion limit, so what passes decodes in any process
 _REASON_CHARS = 300
 
 
@@ -55,29 +54,7 @@ def read_entries(path: str | Path, side: str) -> list[CanonicalEntry]:
     return entries
 
 
-def _nesting(raw: bytes) -> int:
-    """How deep arrays and objects nest, outside strings (only called on lines with many brackets)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for c in raw:
-        if in_string:
-            in_string = escaped or c != 0x22  # '"'
-            escaped = not escaped and c == 0x5C  # backslash
-        elif c == 0x22:
-            in_string = True
-        elif c in (0x5B, 0x7B):  # [ {
-            depth += 1
-            deepest = max(deepest, depth)
-        elif c in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
-
-
 def _decode(line: bytes, where: str) -> CanonicalEntry:
-    # the decoder recurses in C once per level up to the recursion limit, which py_ecc (imported with
-    # web3) raises to 100000: 100000 nested lists overflow the C stack and kill the process
-    if line.count(b"[") + line.count(b"{") > MAX_NESTING and _nesting(line) > MAX_NESTING:
-        raise InputError(where, f"nested deeper than {MAX_NESTING} levels")
     try:
         return decode_entry(line)
     except EntryError as exc:

@@ -18,7 +18,8 @@ import pytest
 from ledger_pipelines.cli import main
 from ledger_pipelines.model import encode_entry, make_entry
 from ledger_pipelines.reconcile import InputError, Rules, read_entries, reconcile
-from ledger_pipelines.reconcile.inputs import MAX_LINE_BYTES, MAX_NESTING
+from ledger_pipelines.model import MAX_NESTING
+from ledger_pipelines.reconcile.inputs import MAX_LINE_BYTES
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
@@ -102,7 +103,7 @@ def test_deep_nesting_is_refused_where_web3_raised_the_recursion_limit(tmp_path)
             f"{str(tmp_path / 'r.jsonl')!r}, '--out', {str(out)!r}]))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and not out.exists(), (run.returncode, run.stderr[-500:])
-    assert f"line 1: nested deeper than {MAX_NESTING} levels" in run.stderr and run.stderr.count("\n") == 1
+    assert f"line 1: not valid JSON: nested deeper than {MAX_NESTING} levels" in run.stderr and run.stderr.count("\n") == 1
 
 
 def test_nesting_within_the_bound_is_an_entry(tmp_path):
