@@ -109,16 +109,16 @@ def _read_logs(path: str) -> tuple[list, list[tuple[str, str]]]:
 def cmd_normalize(args) -> int:
     from pathlib import Path
 
-    from .model import EntryError, encode_entry
+    from .model import encode_entry
 
     out = sys.stdout.buffer
     unreadable = 0
     if args.kind == "iso20022":
-        from .connectors.iso20022 import CamtError, camt_to_entries
+        from .connectors.iso20022 import CamtError, camt_to_entries, read_document
 
         for path in args.files:
             try:
-                entries, errors, statements = camt_to_entries(Path(path).read_bytes(), args.ledger or "bank_statements")
+                entries, errors, statements = camt_to_entries(read_document(path), args.ledger or "bank_statements")
             except (CamtError, OSError) as exc:
                 _emit_error(path, str(exc))
                 unreadable += 1

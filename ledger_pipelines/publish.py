@@ -183,16 +183,18 @@ class Publisher:
         return result
 
     def _publish_inbox(self, lc: LedgerConfig) -> PublishResult:
-        from .connectors.iso20022 import CamtError, camt_to_entries
+        from .connectors.iso20022 import CamtError, camt_to_entries, read_document
 
         result = PublishResult(lc.name)
         lc.inbox_path().mkdir(parents=True, exist_ok=True)
         for path in inbox_files(lc):
-            data = path.read_bytes()
-            digest = hashlib.sha256(data).hexdigest()
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
             if file_processed(self.warehouse, lc.name, digest):
                 continue
+            data = b""
             try:
+                data = read_document(path)
                 entries, errors, statements = camt_to_entries(data, lc.name)
             except CamtError as exc:  # an unreadable document is one record, rejected whole
                 entries, errors, statements = [], [], []

@@ -38,13 +38,13 @@ def read_day(lc: LedgerConfig, day: date, warehouse: Warehouse) -> tuple[list[Ca
 def read_statements_day(lc: LedgerConfig, day: date):
     """The day's statement entries from the inbox, bad records, and the balance equation of every
     statement that booked entries on the day (opening + credits - debits = closing)."""
-    from .connectors.iso20022 import CamtError, camt_to_entries
+    from .connectors.iso20022 import CamtError, camt_to_entries, read_document
 
     entries, errors, balances = [], [], []
     key = day.isoformat()
     for path in inbox_files(lc):
         try:
-            found, errs, statements = camt_to_entries(path.read_bytes(), lc.name)
+            found, errs, statements = camt_to_entries(read_document(path), lc.name)
         except CamtError as exc:
             errors.append((f"file:{path.name}", str(exc)))
             continue

@@ -647,6 +647,16 @@ def pain001_to_entries(root: Element, data: bytes, ledger: str) -> tuple[list[Ca
     return entries, errors
 
 
+def read_document(path) -> bytes:
+    """A statement file's bytes, reading no more than the size limit allows (a larger file is refused
+    before it is held in memory)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_DOCUMENT_BYTES + 1)
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise CamtError(f"document larger than the {MAX_DOCUMENT_BYTES}-byte limit")
+    return data
+
+
 def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[CanonicalEntry], list[RecordError],
                                                                              list[Statement]]:
     """Parse and map a whole document (camt.052/053/054, or pain.001): (entries, bad records, statements)."""

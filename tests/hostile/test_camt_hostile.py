@@ -360,3 +360,23 @@ def test_the_command_line_refuses_an_unreadable_file_with_one_line(tmp_path, con
     assert code != 0 and len(entries) == 3  # the readable file is still read
     (problem,) = [p for p in problems if p["source"].startswith(str(bad))]
     assert problem["source"] == str(bad) and "\n" not in problem["source"]
+
+
+def test_a_file_over_the_size_limit_is_refused_without_being_read_whole(tmp_path, monkeypatch):
+    import tracemalloc
+
+    big = tmp_path / "big.xml"
+    with open(big, "wb") as f:  # sparse: 1 GiB on disk costs nothing, reading it whole would cost 1 GiB
+        f.truncate(1 << 30)
+    tracemalloc.start()
+    with pytest.raises(CamtError, match="larger than"):
+        iso20022.read_document(big)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2 * iso20022.MAX_DOCUMENT_BYTES  # the limit plus a byte, never the file
+    good = tmp_path / "good.xml"
+    good.write_bytes(OCA)
+    code, entries, problems = _normalize(big, good)
+    assert code != 0 and len(entries) == 3
+    assert [p["error"] for p in problems if p["source"] == str(big)] == [
+        f"document larger than the {iso20022.MAX_DOCUMENT_BYTES}-byte limit"]

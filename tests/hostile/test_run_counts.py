@@ -11,7 +11,6 @@ from datetime import date
 
 import msgspec
 import pytest
-from sqlalchemy import text
 
 from conftest import REALDATA, balanced, post_journal
 from ledger_pipelines.config import LedgerConfig
