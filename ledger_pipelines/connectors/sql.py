@@ -77,6 +77,21 @@ class SqlLedger:
                 errors.append((f"sql:{self.ledger}:{r.get(self.mapping.id)}", str(exc)))
         return entries, errors
 
+    def top_and_filled(self, gaps) -> tuple[Any, list[str]]:
+        """(the highest id, the remembered gap ids that now exist): what a sensor needs to tell a new
+        state of the journal from one it already requested a run for."""
+        with self.engine.connect() as c:
+            top = c.execute(text(f"SELECT max({self._id}) FROM {self.mapping.qualified_table}")).scalar()
+            ids = sorted(int(g) for g in gaps)
+            filled = []
+            for start in range(0, len(ids), 5000):
+                chunk = ids[start:start + 5000]
+                marks = ", ".join(f":g{i}" for i in range(len(chunk)))
+                filled += [str(r[0]) for r in c.execute(
+                    text(f"SELECT {self._id} FROM {self.mapping.qualified_table} WHERE {self._id} IN ({marks})"),
+                    {f"g{i}": v for i, v in enumerate(chunk)})]
+        return top, sorted(filled, key=int)
+
     def read_new(self, cursor: dict[str, Any] | None, limit: int = 50_000, now: datetime | None = None) -> ReadResult:
         """Rows not yet read: above the high-water mark, plus late arrivals in remembered gaps."""
         now = now or datetime.now(timezone.utc)

@@ -1,0 +1,89 @@
+"""The source sensors: a late row that fills a gap on a quiet ledger is published; a broken source is an error."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from dagster import DagsterInstance, SkipReason, build_sensor_context
+from sqlalchemy import text
+
+from ledger_pipelines.connectors.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql import SqlLedger
+from ledger_pipelines.resources import KafkaResource, WarehouseResource
+from ledger_pipelines.sensors.evm_blocks_sensor import evm_blocks_sensor
+from ledger_pipelines.sensors.sql_rows_sensor import sql_rows_sensor
+
+
+def _tick(sensor, instance):
+    return sensor(build_sensor_context(instance=instance,
+                                       resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()}))
+
+
+def _line(c, line_id: int) -> None:
+    c.execute(text("INSERT INTO journal_lines (id, txn_id, posted_at, account, currency, amount, side) "
+                   "VALUES (:i, :t, '2026-11-24T10:00:00Z', 'GL', 'EUR', '1.00', 'D')"), {"i": line_id, "t": f"T{line_id}"})
+
+
+@pytest.fixture
+def ledger_env(tmp_path, monkeypatch, kafka):
+    config = tmp_path / "ledgers.yaml"
+    config.write_text(yaml.safe_dump({"ledgers": [
+        {"name": "core_banking", "kind": "sql", "connection_env": "LEDGER_CORE_BANKING_URL", "mapping": {}}]}))
+    core = f"sqlite:///{tmp_path / 'core.db'}"
+    for k, v in {"LEDGER_CONFIG": str(config), "LEDGER_CORE_BANKING_URL": core,
+                 "LEDGER_WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+                 "LEDGER_KAFKA_BOOTSTRAP": kafka.bootstrap_servers, "LEDGER_TOPIC_PREFIX": kafka.topic_prefix}.items():
+        monkeypatch.setenv(k, v)
+    ledger = SqlLedger(core, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    yield ledger
+    ledger.dispose()
+
+
+@pytest.mark.services
+def test_a_late_row_filling_a_gap_on_a_quiet_ledger_is_published(ledger_env):
+    from ledger_pipelines.definitions import defs
+
+    instance = DagsterInstance.ephemeral()
+    with ledger_env.engine.begin() as c:  # line 2 took its id but commits later
+        _line(c, 1)
+        _line(c, 3)
+
+    def run(req):
+        assert defs.resolve_job_def("publish_job").execute_in_process(
+            run_config=req.run_config, instance=instance).success
+        return req.run_key
+
+    (first,) = _tick(sql_rows_sensor, instance)
+    keys = {run(first)}
+    assert isinstance(_tick(sql_rows_sensor, instance), SkipReason)  # the gap is open, nothing new to read
+    with ledger_env.engine.begin() as c:
+        _line(c, 2)  # the late commit: the top id and the gap set are as before
+    (late,) = _tick(sql_rows_sensor, instance)
+    assert late.run_key not in keys  # a key already used would never run again
+    run(late)
+    assert isinstance(_tick(sql_rows_sensor, instance), SkipReason)
+    from ledger_pipelines.warehouse import Warehouse
+    from ledger_pipelines.warehouse.state import get_cursor
+
+    wh = Warehouse(WarehouseResource().url())
+    assert get_cursor(wh, "core_banking")["gaps"] == {}  # line 2 was read
+    wh.dispose()
+
+
+@pytest.mark.services
+def test_a_source_that_cannot_be_read_fails_the_tick_with_the_reason(ledger_env, monkeypatch, tmp_path):
+    monkeypatch.setenv("LEDGER_CORE_BANKING_URL", f"sqlite:///{tmp_path / 'nowhere' / 'core.db'}")
+    with pytest.raises(Exception, match="core_banking: OperationalError"):
+        _tick(sql_rows_sensor, DagsterInstance.ephemeral())
+
+
+def test_an_unreachable_chain_fails_the_tick_with_the_reason(tmp_path, monkeypatch):
+    config = tmp_path / "ledgers.yaml"
+    config.write_text(yaml.safe_dump({"ledgers": [
+        {"name": "eth_usdc", "kind": "evm", "rpc_env": "LEDGER_EVM_RPC_URL"}]}))
+    monkeypatch.setenv("LEDGER_CONFIG", str(config))
+    monkeypatch.setenv("LEDGER_EVM_RPC_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
+    with pytest.raises(Exception, match="eth_usdc: "):
+        _tick(evm_blocks_sensor, DagsterInstance.ephemeral())
