@@ -232,7 +232,7 @@ def memos_of(logs: Iterable[Any]) -> dict[tuple[str, int], str]:
             memo = _abi_string(_data(lg), 0)
             tx, _, index, _ = _position(lg)
         except (ValueError, UnicodeDecodeError):  # EntryError is a ValueError
-            continue  # an unreadable memo leaves the transfer uncorrelated; the memo log itself is refused
+            continue  # an unreadable memo leaves the transfer uncorrelated; map_log refuses the memo log, naming why
         if memo and index > 0:
             out[(tx, index - 1)] = memo
     return out
@@ -309,6 +309,12 @@ def map_log(log: Any, ctx: LogContext) -> CanonicalEntry:
     if decoder is not None:
         return decoder(log, ctx)
     if topics[0] == MEMO_TOPIC:
+        try:
+            _abi_string(_data(log), 0)
+        except (ValueError, UnicodeDecodeError) as exc:  # EntryError is a ValueError
+            # a dead letter, not a skipped log: the Transfer before it goes without its correlation_id
+            raise EntryError(f"log {log_ref(log)}: unreadable Memo ({exc}): the Transfer logged before it in the "
+                             "transaction keeps no correlation_id") from None
         raise NotAnEntry(f"log {log_ref(log)}: a Memo event is not an entry (its text is the correlation_id "
                          f"of the Transfer logged before it)")
     if topics[0] != TRANSFER_TOPIC:

@@ -207,3 +207,30 @@ def test_the_mapper_counts_every_log():
     entries, rejections, accepted = logs_to_entries(logs, ctx)
     assert accepted == len(entries) == 1 and len(rejections) == 5
     assert [r.index for r in rejections] == [1, 2, 3, 4, 5]
+
+
+def _memo(i: int, data: str) -> dict:
+    from ledger_pipelines.connectors.evm import MEMO_TOPIC
+
+    return {**_log(i), "topics": [MEMO_TOPIC], "data": data}
+
+
+def _abi_string(text: bytes) -> str:
+    return "0x" + (32).to_bytes(32, "big").hex() + len(text).to_bytes(32, "big").hex() + text.ljust(32, b"\0").hex()
+
+
+def test_a_readable_memo_correlates_its_transfer_and_an_unreadable_one_is_a_dead_letter_naming_it():
+    from ledger_pipelines.connectors.evm import memos_of
+
+    good = [_log(7), _memo(8, _abi_string(b"E2E-1"))]
+    bad = [_log(7), _memo(8, _abi_string(b"\xff\xfe not utf-8"))]
+    for logs, corr in ((good, "E2E-1"), (bad, None)):
+        ctx = LogContext(ledger="evm", block_timestamps={16: 1_700_000_000}, memos=memos_of(logs))
+        mapped = logs_to_entries(logs, ctx)
+        assert [e.correlation_id for e in mapped.entries] == [corr]
+        (rejection,) = mapped.rejections
+        if corr:
+            assert rejection.not_an_entry  # a readable Memo is no entry of its own
+        else:  # counted and dead-lettered: the transfer lost its correlation, and the reason says so
+            assert not rejection.not_an_entry and "unreadable Memo" in rejection.reason
+            assert "keeps no correlation_id" in rejection.reason
