@@ -32,16 +32,27 @@ class ChainError(RuntimeError):
     pass
 
 
+# every Signer of this process with the same address sends under one lock: two of them (the anchor key and
+# the bridge key may be the same key) must not ask for the same nonce at once
+_SEND_LOCKS: dict[str, threading.Lock] = {}
+_SEND_LOCKS_GUARD = threading.Lock()
+# what a node says when the nonce is already taken (by another process using the same key)
+_NONCE_TAKEN = ("nonce too low", "replacement transaction underpriced", "already known", "already imported")
+
+
+def _send_lock(address: str) -> threading.Lock:
+    with _SEND_LOCKS_GUARD:
+        return _SEND_LOCKS.setdefault(address.lower(), threading.Lock())
+
+
 @dataclass
 class Signer:
-    """Signs and sends transactions with one key, keeping its own nonce (pipelined sends)."""
+    """Signs and sends transactions with one key."""
 
     w3: Any
     key: str = field(repr=False)
     address: str = ""
     chain_id: int = 0
-    _nonce: int | None = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_env(cls, url: str, key_env: str) -> "Signer":
@@ -57,35 +68,29 @@ class Signer:
         acct = w3.eth.account.from_key(key)
         return cls(w3=w3, key=key, address=acct.address, chain_id=chain_id)
 
-    def next_nonce(self) -> int:
-        with self._lock:
-            if self._nonce is None:
-                self._nonce = self.w3.eth.get_transaction_count(self.address, "pending")
-            n = self._nonce
-            self._nonce += 1
-            return n
-
-    def reset_nonce(self) -> None:
-        with self._lock:
-            self._nonce = None
-
     def send(self, call, gas: int | None = None) -> str:
         """Sign and send a contract call (``contract.functions.f(...)``); returns the tx hash (hex).
 
-        The nonce is kept locally (transactions are pipelined); when another sender used the same key
-        meanwhile, the node says the nonce is too low and the send is retried once with a fresh one."""
-        for attempt in (1, 2):
-            tx = call.build_transaction({"from": self.address, "nonce": self.next_nonce(), "chainId": self.chain_id,
-                                         **({"gas": gas} if gas else {})})
-            signed = self.w3.eth.account.sign_transaction(tx, self.key)
-            try:
-                sent = self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
-                return sent if sent.startswith("0x") else "0x" + sent  # one form everywhere it is recorded
-            except Exception as exc:
-                self.reset_nonce()  # the node did not take it: ask it for the nonce next time
-                if attempt == 2 or "nonce" not in str(exc).lower():
-                    raise
+        The nonce is the node's count of the address's transactions, pending ones included, asked for each
+        send: a count kept locally goes stale when another Signer or process sends with the same key, or
+        when the chain is restarted. Sends of this process are serialized per address; when another
+        process took the nonce meanwhile, the node refuses it and the send is tried again."""
+        with _send_lock(self.address):
+            for attempt in (1, 2, 3):
+                nonce = self.w3.eth.get_transaction_count(self.address, "pending")
+                tx = call.build_transaction({"from": self.address, "nonce": nonce, "chainId": self.chain_id,
+                                             **({"gas": gas} if gas else {})})
+                signed = self.w3.eth.account.sign_transaction(tx, self.key)
+                try:
+                    sent = self.w3.eth.send_raw_transaction(signed.raw_transaction).hex()
+                    return sent if sent.startswith("0x") else "0x" + sent  # one form everywhere it is recorded
+                except Exception as exc:
+                    if attempt == 3 or not any(m in str(exc).lower() for m in _NONCE_TAKEN):
+                        raise
         raise AssertionError("unreachable")
+
+    def reset_nonce(self) -> None:
+        """Nothing to forget (the nonce is asked of the node at each send); bench/bench_bridge.py calls it."""
 
     def wait(self, tx_hash: str, timeout: float = 60.0) -> Any:
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.05)

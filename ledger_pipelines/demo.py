@@ -155,6 +155,14 @@ class Rpc:
             self.call("evm_mine", [])
 
 
+def treasury_funds(week) -> int:
+    """USDC base units the treasury needs for every chain leg of the week, with a margin (a transfer
+    beyond the balance would revert and its leg be missing)."""
+    from .corridor import chain_transfers
+
+    return sum(int(p.chain * 10**6) for _, p in chain_transfers(week)) + 10**15
+
+
 def _mine_week(rpc: Rpc, token: str, treasury: str, wallet: str, week, publish_chain, progress: Progress) -> int:
     """Every chain leg as ``transferWithMemo``, 30-minute blocks at the payments' times; the reorg."""
     from .corridor import chain_transfers
@@ -164,28 +172,50 @@ def _mine_week(rpc: Rpc, token: str, treasury: str, wallet: str, week, publish_c
     for at, p in chain_transfers(week):
         slots.setdefault(int(at.timestamp()) // 1800, []).append(p)
 
-    def send(p, gas: int):
+    # the nonces are the demo's own: anvil picks "the pending count" for a send without one, and it answers
+    # the requests of one batch concurrently, so two sends of a batch can get the same nonce
+    nonce = int(rpc.call("eth_getTransactionCount", [treasury, "pending"]), 16)
+
+    def send(p, gas: int, n: int):
         value = int(p.chain * 10**6)
-        return ("eth_sendTransaction", [{"from": treasury, "to": token, "gas": hex(gas),
+        return ("eth_sendTransaction", [{"from": treasury, "to": token, "gas": hex(gas), "nonce": hex(n),
                                          "data": _calldata(selector, wallet, value, p.ref)}])
+
+    # one block per slot: at 2,500 transfers a slot, 30M-gas blocks would be full one after the other, the
+    # base fee would climb above what the waiting transactions offer, and they would never be mined
+    most = max((len(pays) for pays in slots.values()), default=0)
+    rpc.call("evm_setBlockGasLimit", [hex(max(30_000_000, 2 * 121_000 * most))])
+
+    def mine_pending(ts: int) -> int:
+        """Blocks at ts, ts + 1, ... until every sent transaction is mined; returns the next free timestamp."""
+        while True:
+            rpc.mine_at(ts)
+            ts += 1
+            pool = rpc.call("txpool_status", [])
+            if int(pool["pending"], 16) == 0:
+                if int(pool["queued"], 16):
+                    raise RuntimeError(f"anvil: {int(pool['queued'], 16)} transfers left waiting behind a nonce gap")
+                return ts
 
     sent = 0
     for n, (slot, pays) in enumerate(sorted(slots.items())):
         end = (slot + 1) * 1800
         normal = [p for p in pays if not p.orphan]
-        rpc.batch([send(p, 120_000) for p in normal])
-        rpc.mine_at(end - 300)
+        rpc.batch([send(p, 120_000, nonce + i) for i, p in enumerate(normal)])
+        nonce += len(normal)
+        ts = max(mine_pending(end - 300), end - 200)
         sent += len(normal)
         for p in (p for p in pays if p.orphan):
             snap = rpc.call("evm_snapshot", [])
-            rpc.batch([send(p, 120_000)])
-            rpc.mine_at(end - 200, blocks=4)  # the leg and 3 confirmations: final
+            rpc.batch([send(p, 120_000, nonce)])
+            rpc.mine_at(ts, blocks=4)  # the leg and 3 confirmations: final
             published = publish_chain()
             progress.note(f"reorg: {p.ref} published in a block that is now being replaced ({published} entries "
                           "published so far)")
             rpc.call("evm_revert", [snap])
-            rpc.batch([send(p, 121_000)])  # sent again: another transaction in another block
-            rpc.mine_at(end - 200)
+            rpc.batch([send(p, 121_000, nonce)])  # sent again (same nonce, the reorg undid the first): another tx
+            nonce += 1
+            rpc.mine_at(ts)
             sent += 1
         if n % 50 == 0:
             progress.note(f"chain: {sent:,} transfers mined up to {datetime.fromtimestamp(end, timezone.utc):%Y-%m-%d %H:%M}")
@@ -278,8 +308,8 @@ def build(args, demo: Path, progress: Progress) -> dict:
     accounts = rpc.call("eth_accounts", [])
     treasury, wallet = accounts[1].lower(), accounts[2].lower()
     rpc.call("evm_setNextBlockTimestamp", [t])
-    signer.wait(signer.send(token.functions.mint(signer.w3.to_checksum_address(treasury), 10**15)))
     week = generate(days, args.payments)
+    signer.wait(signer.send(token.functions.mint(signer.w3.to_checksum_address(treasury), treasury_funds(week))))
     conf = demo_config(demo, addresses["LedgerToken"].lower(), treasury, days)
     (demo / "corridor.yaml").write_text("# written by `ledger-pipelines demo`\n" + yaml.safe_dump(conf, sort_keys=False))
 
