@@ -115,13 +115,18 @@ def _anchor_of(audit: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_anchor(audit: dict[str, Any], url: str, expected_contract: str | None = None) -> dict[str, Any]:
-    """The anchor of a verified report on chain: the trusted contract holds, as the report's version of
-    its day, exactly the root and report version the report's contents give; the anchoring tx succeeded
-    and emitted that; and no later version of the day exists."""
+    """The anchor of a verified report on chain (see :func:`check_anchored`)."""
+    return check_anchored(audit["day"], audit["merkle_root"], report_version(audit), _anchor_of(audit), url,
+                          expected_contract)
+
+
+def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], url: str,
+                   expected_contract: str | None = None) -> dict[str, Any]:
+    """The trusted contract holds, as the anchor record's version of ``day``, exactly ``root`` and report
+    ``version``; the anchoring tx succeeded and emitted that; and no later version of the day exists."""
     from .contracts import web3_for
 
-    anchor = _anchor_of(audit)
-    day, root, version = audit["day"], audit["merkle_root"], report_version(audit)
+    anchor = _anchor_of({"anchor": anchor})
     try:
         w3 = web3_for(url)
         chain_id = w3.eth.chain_id

@@ -23,10 +23,10 @@ from sqlalchemy import text
 from .config import LedgerConfig
 from .connectors.mapping import utc_text
 from .model import CanonicalEntry, decode_entry
-from .commitment import (FORMAT, Leaves, audit_leaf, canonical, own_files, payment_leaf, pretty, record_leaf,
-                         record_locator, summary_leaf)
+from .commitment import (FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, record_leaf,
+                         summary_leaf)
 from .reconcile import Rules, reconcile
-from .reconcile.output import replacing, write_records
+from .reconcile.output import open_breaks, replacing, write_records
 from .snapshots import event_log_day
 from .warehouse import Warehouse
 from .warehouse.state import read_snapshot
@@ -106,10 +106,10 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     def written(name: str, r, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules) -> dict[str, Any]:
         (folder / name).mkdir()
         s, match_lines, break_lines = write_records(folder / name, r, left, right, rules, key, name)
-        for kind, recs, lines in (("match", r.matches, match_lines), ("break", r.breaks, break_lines)):
-            for rec, line in zip(recs, lines):
-                leaves.add(record_leaf(key, name, kind, line), record_locator(name, kind, rec))
-        leaves.add(summary_leaf(key, name, s), {"leaf": "summary", "reconciliation": name})
+        for kind, lines in (("match", match_lines), ("break", break_lines)):
+            for line in lines:
+                leaves.add(record_leaf(key, name, kind, line))
+        leaves.add(summary_leaf(key, name, s))
         records[name] = r.matches + r.breaks
         return s
 
@@ -138,7 +138,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         for leg in legs:
             line = canonical(leg)
             f.write(line + b"\n")
-            leaves.add(payment_leaf(key, leg), {"leaf": "payment", "id": leg["correlation_id"]})
+            leaves.add(payment_leaf(key, leg))
     aging: dict[str, int] = {}
     for recs in records.values():
         for rec in recs:
@@ -149,15 +149,13 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     amounts = {lc.name: _totals(snapshots[lc.name]) for lc in ledgers}
     audit = {"format": FORMAT, "day": key, "records": sum(len(v) for v in records.values()),
              "reconciliations": results, "open_breaks_by_age": aging, "amounts": amounts,
+             "open_breaks": open_breaks({n: [b for b in recs if "break_id" in b] for n, recs in records.items()}, key),
              "payments": {"total": len(legs), "complete": sum(p["status"] == "complete" for p in legs),
                           "missing_leg": sum(p["status"] == "missing_leg" for p in legs),
                           "drifting": sum(p["drifting"] for p in legs)},
-             "files": committed_files(folder, list(results))}
-    leaves.add(audit_leaf(audit), {"leaf": "audit"})
-    root, day_proofs = leaves.proofs()
-    audit["merkle_root"] = root
-    with open(folder / "proofs.jsonl", "xb") as f:
-        f.writelines(canonical(p) + b"\n" for p in day_proofs)
+             "files": committed_files(folder)}
+    leaves.add(audit_leaf(audit))
+    audit["merkle_root"] = leaves.root()
     with open(folder / "audit.json", "xb") as f:
         f.write(pretty(audit))
     return audit
@@ -179,14 +177,14 @@ def finish_report(folder: Path, anchor: bool = True) -> dict[str, Any]:
     return audit
 
 
-def committed_files(folder: Path, reconciliations: list[str]) -> dict[str, str]:
-    """Every file of the day folder that has no leaves of its own (report pages, Data Docs), with its
-    SHA-256: the list is part of audit.json, so the commitment covers their bytes too."""
-    own = own_files(reconciliations)
+def committed_files(folder: Path) -> dict[str, str]:
+    """Every file of the day folder but audit.json and index.html, with its SHA-256: the list is part of
+    audit.json, so the commitment covers the bytes of pages and Data Docs, and an edit anywhere is pinned
+    to its file."""
     out = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(folder).as_posix()
-        if rel not in own:
+        if rel not in UNLISTED:
             if path.is_symlink():
                 raise ValueError(f"{rel}: a symlink in the report folder (reports hold files only)")
             out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -277,11 +275,13 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
                       {"d": day, "n": name, "i": i})
 
 
-def _totals(entries: list[CanonicalEntry]) -> dict[str, str]:
-    out: dict[str, Decimal] = {}
+def _totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
+    """Per asset, debits and credits apart (their sum would mean nothing)."""
+    out: dict[str, dict[str, Decimal]] = {}
     for e in entries:
-        out[e.asset] = out.get(e.asset, Decimal(0)) + Decimal(e.amount)
-    return {a: f"{v:f}" for a, v in sorted(out.items())}
+        t = out.setdefault(e.asset, {"debit": Decimal(0), "credit": Decimal(0)})
+        t[e.direction] += Decimal(e.amount)
+    return {a: {k: f"{v:f}" for k, v in t.items()} for a, t in sorted(out.items())}
 
 
 def _store(wh: Warehouse, day: str, records: dict[str, list[dict[str, Any]]]) -> None:

@@ -317,11 +317,30 @@ def cmd_reconcile(args) -> int:
 def cmd_verify(args) -> int:
     from pathlib import Path
 
-    from .verify import verify_report
+    from .verify import verify_proof, verify_report
 
-    out = verify_report(Path(args.report), args.rpc, args.contract)
+    if bool(args.report) == bool(args.proof):
+        print(json.dumps({"verified": False, "reason": "give --report DIR or --proof FILE"}))
+        return 2
+    out = (verify_report(Path(args.report), args.rpc, args.contract) if args.report
+           else verify_proof(Path(args.proof), args.rpc, args.contract))
     print(json.dumps(out if out["verified"] else {k: v for k, v in out.items() if k != "problems"}))
     return 0 if out["verified"] else 1
+
+
+def cmd_prove(args) -> int:
+    from pathlib import Path
+
+    from .verify import VerificationError, prove
+
+    try:
+        proof = prove(Path(args.report), record=args.record, reconciliation=args.reconciliation,
+                      payment=args.payment, summary=args.summary, audit_leaf_=args.audit)
+    except VerificationError as exc:
+        sys.stderr.write(f"prove: {exc}\n")
+        return 1
+    print(json.dumps(proof, sort_keys=True))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -399,11 +418,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("verify", help="check everything a day's report states against its commitment and "
                        "proofs, and (with --rpc) the commitment against its on-chain anchor")
-    s.add_argument("--report", required=True, help="the day's report folder (reports/<day>)")
-    s.add_argument("--rpc", help="EVM node: also check the report's anchor on chain")
+    s.add_argument("--report", help="the day's report folder (reports/<day>)")
+    s.add_argument("--proof", help="an inclusion proof made by `prove` (instead of --report)")
+    s.add_argument("--rpc", help="EVM node: also check the anchor on chain")
     s.add_argument("--contract", help="the AuditAnchor address to trust (default: LEDGER_ANCHOR_CONTRACT, else the "
                    "project's deployment record for the chain; never the address the report names)")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("prove", help="an inclusion proof of one fact of a day's report that verifies (a record, a "
+                       "payment, a summary or audit.json), for a third party to check with verify --proof")
+    s.add_argument("--report", required=True, help="the day's report folder (reports/<day>)")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--record", help="a match_id or break_id")
+    what.add_argument("--payment", help="a correlation id of the payments view")
+    what.add_argument("--summary", metavar="RECONCILIATION", help="a reconciliation's summary.json")
+    what.add_argument("--audit", action="store_true", help="audit.json itself")
+    s.add_argument("--reconciliation", help="the reconciliation of --record, when its id is in several")
+    s.set_defaults(func=cmd_prove)
 
     s = sub.add_parser("demo", help="a payment corridor end to end: stack, three ledgers, a week of payments, "
                                     "backfill, reports anchored on chain, the Dagster UI")

@@ -1,4 +1,4 @@
-"""What a day report commits to: the leaves of its Merkle tree, the proofs, the report version.
+"""What a day report commits to: the leaves of its Merkle tree and the report version.
 
 One module for both ends, so the writer and ``verify`` cannot drift apart: the day's writer turns
 what it writes into leaves here, and ``verify`` turns the files it reads into leaves here again.
@@ -16,7 +16,8 @@ Every leaf is the canonical JSON (keys sorted, no spaces, UTF-8, no floats) of o
 
 The leaf hashes are sorted and form an RFC 9162 tree (``merkle.py``). The report version anchored
 next to the root is SHA-256 over the canonical ``audit.json`` without ``anchor`` (so it binds the
-root too).
+root too). Inclusion proofs are made on demand (``verify.prove``): stored for every leaf they would
+take O(n log n) space, some 2 GB for a day of 1.4 million records.
 """
 
 from __future__ import annotations
@@ -31,11 +32,7 @@ FORMAT = "ledger-pipelines.day-report/2"
 RECORD_FILES = {"match": "matches.jsonl", "break": "breaks.jsonl"}
 
 
-def own_files(reconciliations: Iterable[str]) -> set[str]:
-    """The files of a day folder that have leaves of their own (or, index.html, are rendered from
-    audit.json); every other file is listed in audit.json's ``files`` with its SHA-256."""
-    return {"audit.json", "proofs.jsonl", "payments.jsonl", "index.html"} | {
-        f"{name}/{part}" for name in reconciliations for part in (*RECORD_FILES.values(), "summary.json")}
+UNLISTED = ("audit.json", "index.html")  # the two files audit.json's "files" cannot list: itself, and its rendering
 
 
 def canonical(obj: Any) -> bytes:
@@ -85,24 +82,13 @@ def records_root(day: str | None, reconciliation: str | None, matches: Iterable[
 
 
 class Leaves:
-    """The leaves of one day report, each with a locator that says where its fact lives."""
+    """The leaf hashes of one day report, in any order (the tree sorts them)."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[bytes, dict[str, Any]]] = []
+        self.hashes: list[bytes] = []
 
-    def add(self, data: bytes, locator: dict[str, Any]) -> None:
-        self.items.append((merkle.leaf_hash(data), locator))
+    def add(self, data: bytes) -> None:
+        self.hashes.append(merkle.leaf_hash(data))
 
-    def proofs(self) -> tuple[str, list[dict[str, Any]]]:
-        """(root, one proof per leaf in leaf order): locator, leaf hash, index, tree size, audit path."""
-        self.items.sort(key=lambda item: item[0])
-        hashes = [h for h, _ in self.items]
-        root, paths = merkle.tree(hashes)
-        n = len(hashes)
-        return root.hex(), [{**loc, "leaf_hash": h.hex(), "index": i, "tree_size": n, "path": [p.hex() for p in path]}
-                            for i, ((h, loc), path) in enumerate(zip(self.items, paths))]
-
-
-def record_locator(reconciliation: str, kind: str, record: dict[str, Any]) -> dict[str, Any]:
-    return {"leaf": "record", "reconciliation": reconciliation, "kind": kind,
-            "id": record.get("match_id") if kind == "match" else record.get("break_id")}
+    def root(self) -> str:
+        return merkle.root(sorted(self.hashes)).hex()

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import merkle
 from .model import EntryError, refuse_deep_json
-from .commitment import (FORMAT, RECORD_FILES, audit_leaf, canonical, own_files, payment_leaf, pretty, record_leaf,
+from .commitment import (FORMAT, RECORD_FILES, UNLISTED, audit_leaf, canonical, payment_leaf, pretty, record_leaf,
                          records_root, report_version, summary_leaf)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,80}")
@@ -236,12 +236,11 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
     for key, value in given.items():
         if stated.get(key) != value:
             chk.problem("audit.json", f"payments.{key} is {stated.get(key)!r}, payments.jsonl gives {value}")
-    own = own_files(audit["reconciliations"])
     for rel in files:
-        if rel not in own and rel not in audit["files"]:
+        if rel not in UNLISTED and rel not in audit["files"]:
             chk.problem(rel, "not covered by the report's commitment (added to the folder?)")
     for rel, digest in sorted(audit["files"].items()):
-        if rel in own or rel not in files:
+        if rel in UNLISTED or rel not in files:
             chk.problem(rel, "listed in audit.json but not in the folder")
         elif hashlib.sha256(chk.read(rel)).hexdigest() != digest:
             chk.problem(rel, "its bytes are not the ones committed to (SHA-256 differs from audit.json)")
@@ -254,53 +253,42 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
     return audit, leaves
 
 
-def _locator(p: dict[str, Any]) -> tuple:
-    kind = p.get("leaf")
-    if kind == "record":
-        return ("record", p.get("reconciliation"), p.get("kind"), p.get("id"))
-    if kind == "summary":
-        return ("summary", p.get("reconciliation"))
-    if kind == "payment":
-        return ("payment", p.get("id"))
-    return (kind,)
+PROOF_FORMAT = "ledger-pipelines.inclusion-proof/1"
 
 
-def _check_proofs(chk: _Check, audit: dict[str, Any], leaves: dict) -> int:
-    root = bytes.fromhex(audit["merkle_root"])
+def _check_root(chk: _Check, audit: dict[str, Any], leaves: dict) -> list[bytes]:
     ordered = sorted(h for h, _ in leaves.values())
-    if merkle.root(ordered) != root:
-        chk.problem("audit.json", f"merkle_root is {audit['merkle_root']}, but the report's contents give "
-                    f"{merkle.root(ordered).hex()}")
-    if "proofs.jsonl" not in chk.files:
-        raise VerificationError("proofs.jsonl: missing")
-    proven: set[tuple] = set()
-    proofs = chk.lines("proofs.jsonl")
-    for n, (_, p) in enumerate(proofs, start=1):
-        where = f"proofs.jsonl line {n}"
-        loc = _locator(p)
-        path, index, size, leaf = p.get("path"), p.get("index"), p.get("tree_size"), p.get("leaf_hash")
-        if not (isinstance(path, list) and all(isinstance(h, str) and _HEX32.fullmatch(h) for h in path)
-                and isinstance(index, int) and isinstance(size, int) and isinstance(leaf, str)
-                and _HEX32.fullmatch(leaf) and len(path) <= 64):
-            chk.problem(where, "not a proof (leaf_hash, index, tree_size and a path of 32-byte hex hashes expected)")
-            continue
-        if index != n - 1:
-            chk.problem(where, f"index {index}: proofs are in leaf order, this line is leaf {n - 1}")
-        if loc in proven:
-            chk.problem(where, f"a second proof for {loc}")
-        proven.add(loc)
-        if loc not in leaves:
-            chk.problem(where, f"proves {loc}, which the folder does not hold")
-        elif leaves[loc][0].hex() != leaf:
-            chk.problem(leaves[loc][1], f"{' '.join(map(str, loc[1:]))}: differs from the committed version "
-                        f"({where} has its leaf)")
-        if size != len(ordered):
-            chk.problem(where, f"tree_size {size}, the report has {len(ordered)} leaves")
-        elif not merkle.verify_inclusion(bytes.fromhex(leaf), index, size, [bytes.fromhex(h) for h in path], root):
-            chk.problem(where, "its audit path does not lead to the root")
-    for loc in sorted(set(leaves) - proven, key=str):
-        chk.problem(leaves[loc][1], f"{' '.join(map(str, loc[1:])) or loc[0]}: no inclusion proof in proofs.jsonl")
-    return len(proofs)
+    got = merkle.root(ordered).hex()
+    if got != audit["merkle_root"]:
+        chk.problem("audit.json", f"merkle_root is {audit['merkle_root']}, but the report's contents give {got}")
+    return ordered
+
+
+def _anchor_problem(chk: _Check, day: str, root: str, version: str, anchor: Any, rpc: str | None,
+                    contract: str | None) -> Any:
+    if not rpc:
+        return ("not checked (no --rpc): consistent with the root the report states; only the anchor shows that "
+                "root is the one anchored")
+    from .anchor import check_anchored
+    from .chain import ChainError
+
+    try:
+        return check_anchored(day, root, version, anchor, rpc, contract)
+    except ChainError as exc:
+        chk.problem("anchor", str(exc))
+        return None
+
+
+def _answer(chk: _Check, day: Any, out: dict[str, Any]) -> dict[str, Any]:
+    if chk.problems:
+        more = len(chk.problems) - MAX_PROBLEMS
+        return {"verified": False, **({"day": day} if isinstance(day, str) else {}),
+                "reason": "; ".join(chk.problems[:MAX_PROBLEMS]) + (f" (+{more} more)" if more > 0 else ""),
+                "problems": chk.problems}
+    return {"verified": True, **out}
+
+
+_READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
 
 def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = None) -> dict[str, Any]:
@@ -309,28 +297,129 @@ def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = 
     out: dict[str, Any] = {}
     try:
         audit, leaves = _check_contents(chk)
-        n_proofs = _check_proofs(chk, audit, leaves)
+        _check_root(chk, audit, leaves)
         out = {"day": audit["day"], "merkle_root": audit["merkle_root"], "report_version": report_version(audit),
-               "records": audit["records"], "leaves": len(leaves), "proofs": n_proofs}
+               "records": audit["records"], "leaves": len(leaves)}
     except VerificationError as exc:
         chk.problems.insert(0, str(exc))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except _READ_ERRORS as exc:
         chk.problems.insert(0, f"the report could not be read: {type(exc).__name__}: {exc}")
     if not chk.problems:
-        if rpc:
-            from .anchor import check_anchor
-            from .chain import ChainError
-
-            try:
-                out["anchor"] = check_anchor(audit, rpc, contract)
-            except ChainError as exc:
-                chk.problem("anchor", str(exc))
+        anchor = audit.get("anchor")
+        if rpc and not anchor:
+            chk.problem("anchor", "the report carries no anchor (anchoring was off or failed)")
         else:
-            out["anchor"] = ("not checked (no --rpc): the report is consistent with the root in audit.json; "
-                             "only the anchor shows that root is the one anchored")
+            out["anchor"] = _anchor_problem(chk, audit["day"], audit["merkle_root"], out["report_version"], anchor,
+                                            rpc, contract)
+    return _answer(chk, audit.get("day") if isinstance(audit, dict) else None, out)
+
+
+def _leaf_object(day: str, loc: tuple, folder: Path, audit: dict[str, Any]) -> dict[str, Any]:
+    """The object whose canonical JSON is the leaf at ``loc`` (read again from the verified folder)."""
+    kind = loc[0]
+    if kind == "audit":
+        from .commitment import audit_body
+
+        return {"audit": audit_body(audit), "day": day, "leaf": "audit"}
+    if kind == "summary":
+        return {"day": day, "leaf": "summary", "reconciliation": loc[1],
+                "summary": strict_json((folder / loc[1] / "summary.json").read_bytes())}
+    if kind == "payment":
+        for line in (folder / "payments.jsonl").read_bytes().splitlines():
+            p = strict_json(line)
+            if p.get("correlation_id") == loc[1]:
+                return {"day": day, "leaf": "payment", "payment": p}
+    _, name, rkind, rid = loc
+    id_field = "match_id" if rkind == "match" else "break_id"
+    for line in (folder / name / RECORD_FILES[rkind]).read_bytes().splitlines():
+        rec = strict_json(line)
+        if rec.get(id_field) == rid:
+            return {"day": day, "kind": rkind, "leaf": "record", "reconciliation": name, "record": rec}
+    raise VerificationError(f"{loc}: not in the report")
+
+
+def prove(day_dir: Path, record: str | None = None, reconciliation: str | None = None, payment: str | None = None,
+          summary: str | None = None, audit_leaf_: bool = False) -> dict[str, Any]:
+    """An inclusion proof of one fact of a report that verifies: a record (by id, with its reconciliation when
+    the id is in several), a payment (by correlation id), a reconciliation's summary, or audit.json itself.
+    Only a report that verifies is proven from; ``VerificationError`` otherwise, with the reason."""
+    folder = Path(day_dir)
+    chk = _Check(folder)
+    try:
+        audit, leaves = _check_contents(chk)
+        _check_root(chk, audit, leaves)
+    except _READ_ERRORS as exc:
+        raise VerificationError(f"the report could not be read: {type(exc).__name__}: {exc}") from None
     if chk.problems:
-        more = len(chk.problems) - MAX_PROBLEMS
-        return {"verified": False, **({"day": audit["day"]} if isinstance(audit, dict) and "day" in audit else {}),
-                "reason": "; ".join(chk.problems[:MAX_PROBLEMS]) + (f" (+{more} more)" if more > 0 else ""),
-                "problems": chk.problems}
-    return {"verified": True, **out}
+        raise VerificationError(f"the report does not verify: {'; '.join(chk.problems[:MAX_PROBLEMS])}")
+    if record is not None:
+        found = [loc for loc in leaves if loc[0] == "record" and loc[3] == record
+                 and reconciliation in (None, loc[1])]
+        if len(found) != 1:
+            raise VerificationError(f"record {record}: " + ("not in the report" if not found else
+                                    "in several reconciliations: name one with --reconciliation"))
+        loc = found[0]
+    elif payment is not None:
+        loc = ("payment", payment)
+    elif summary is not None:
+        loc = ("summary", summary)
+    elif audit_leaf_:
+        loc = ("audit",)
+    else:
+        raise VerificationError("say which fact to prove: a record, a payment, a summary or audit.json")
+    if loc not in leaves:
+        raise VerificationError(f"{' '.join(loc)}: not in the report")
+    ordered = sorted(h for h, _ in leaves.values())
+    target = leaves[loc][0]
+    index = ordered.index(target)
+    _, paths = merkle.tree(ordered)
+    return {"format": PROOF_FORMAT, "day": audit["day"], "merkle_root": audit["merkle_root"],
+            "report_version": report_version(audit), "anchor": audit.get("anchor"),
+            "leaf": _leaf_object(audit["day"], loc, folder, audit), "leaf_hash": target.hex(), "index": index,
+            "tree_size": len(ordered), "path": [h.hex() for h in paths[index]]}
+
+
+def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None) -> dict[str, Any]:
+    """Checks an inclusion proof made by :func:`prove`: the leaf it carries hashes to its leaf hash, the audit path
+    leads from there to the root, and (with ``rpc``) that root and report version are the day's anchored ones."""
+    chk = _Check(Path(path).parent)
+    out: dict[str, Any] = {}
+    doc: Any = {}
+    try:
+        data = Path(path).read_bytes()
+        if len(data) > 1 << 24:
+            raise VerificationError(f"{path}: larger than a proof can be")
+        doc = strict_json(data)
+        if not isinstance(doc, dict) or doc.get("format") != PROOF_FORMAT:
+            raise VerificationError(f"{path}: not an inclusion proof ({PROOF_FORMAT})")
+        day, root, version, leaf = doc.get("day"), doc.get("merkle_root"), doc.get("report_version"), doc.get("leaf")
+        index, size, hashes = doc.get("index"), doc.get("tree_size"), doc.get("path")
+        if not (isinstance(day, str) and isinstance(root, str) and _HEX32.fullmatch(root) and isinstance(version, str)
+                and isinstance(leaf, dict) and isinstance(index, int) and isinstance(size, int)
+                and isinstance(hashes, list) and len(hashes) <= 64
+                and all(isinstance(h, str) and _HEX32.fullmatch(h) for h in hashes)):
+            raise VerificationError(f"{path}: malformed (day, merkle_root, report_version, leaf, index, tree_size and "
+                                    "a path of at most 64 32-byte hex hashes expected)")
+        if leaf.get("day") != day or leaf.get("leaf") not in ("record", "summary", "payment", "audit"):
+            raise VerificationError(f"{path}: the leaf is not a fact of {day} (leaf kind or day differs)")
+        if leaf["leaf"] == "audit" and (not isinstance(leaf.get("audit"), dict) or
+                                        report_version({**leaf["audit"], "merkle_root": root}) != version):
+            chk.problem(str(path), "the audit leaf does not give the report version the proof states")
+        leaf_hash = merkle.leaf_hash(canonical(leaf))
+        if leaf_hash.hex() != doc.get("leaf_hash"):
+            chk.problem(str(path), "the leaf does not hash to the proof's leaf_hash (edited?)")
+        if not merkle.verify_inclusion(leaf_hash, index, size, [bytes.fromhex(h) for h in hashes], bytes.fromhex(root)):
+            chk.problem(str(path), "its audit path does not lead from the leaf to the root")
+        out = {"day": day, "merkle_root": root, "report_version": version, "leaf": leaf["leaf"],
+               "index": index, "tree_size": size}
+    except VerificationError as exc:
+        chk.problems.insert(0, str(exc))
+    except _READ_ERRORS as exc:
+        chk.problems.insert(0, f"the proof could not be read: {type(exc).__name__}: {exc}")
+    if not chk.problems:
+        if rpc and not doc.get("anchor"):
+            chk.problem("anchor", "the proof carries no anchor record (the report was not anchored)")
+        else:
+            out["anchor"] = _anchor_problem(chk, doc["day"], doc["merkle_root"], doc["report_version"],
+                                            doc.get("anchor"), rpc, contract)
+    return _answer(chk, doc.get("day") if isinstance(doc, dict) else None, out)

@@ -46,6 +46,29 @@ def _verify(folder, *extra):
     return out
 
 
+def _proof(folder, record_id, path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "prove", "--report", str(folder), "--record",
+                          record_id], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    path.write_text(run.stdout)
+    return json.loads(run.stdout)
+
+
+def _verify_proof(proof, path, *extra):
+    import subprocess
+    import sys
+
+    path.write_text(json.dumps(proof))
+    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "verify", "--proof", str(path), *extra],
+                         capture_output=True, text=True, timeout=120)
+    out = json.loads(run.stdout)
+    assert (run.returncode == 0) == out["verified"]
+    return out
+
+
 def _rewrite_audit(folder, doc):
     """audit.json and its index page as a forger who knows the format would rewrite them."""
     from ledger_pipelines.commitment import pretty
@@ -98,8 +121,8 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack
     # the report verifies, with its anchor; an altered record or proof fails loudly
     verify = _verify(folder)
     assert verify["verified"] is True and verify["records"] == len(records)
-    # a proof for every leaf: every record, each reconciliation's summary, each payment line and audit.json
-    assert verify["proofs"] == verify["leaves"] == len(records) + 5 + audit["payments"]["total"] + 1
+    # a leaf for every record, each reconciliation's summary, each payment line and audit.json
+    assert verify["leaves"] == len(records) + 5 + audit["payments"]["total"] + 1
     rpc = ("--rpc", stack_config.anvil_url)
     on_chain = _verify(folder, *rpc)
     assert on_chain["verified"] is True and on_chain["anchor"]["tx_hash"] == anchor["tx_hash"]
@@ -110,15 +133,15 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack
     breaks.write_text(original.replace('"left_amount":"10.00"', '"left_amount":"1.00"', 1))
     tampered = _verify(folder)
     assert tampered["verified"] is False and "bank_vs_statements/breaks.jsonl" in tampered["reason"]
-    assert "differs from the committed version" in tampered["reason"] and "merkle_root" in tampered["reason"]
+    assert "SHA-256 differs" in tampered["reason"] and "merkle_root" in tampered["reason"]
     breaks.write_text(original)
-    proofs_file = folder / "proofs.jsonl"
-    lines = proofs_file.read_text().splitlines()
-    bad = json.loads(lines[0])
-    bad["path"][0] = "00" * 32
-    proofs_file.write_text("\n".join([json.dumps(bad, sort_keys=True, separators=(",", ":")), *lines[1:]]) + "\n")
-    assert "does not lead to the root" in _verify(folder)["reason"]
-    proofs_file.write_text("\n".join(lines) + "\n")
+    # one break proven to a third party: the proof checks against the anchor; an altered proof does not
+    break_id = json.loads(original.splitlines()[0])["break_id"]
+    proof = _proof(folder, break_id, env / "break.proof.json")
+    assert proof["leaf"]["record"]["break_id"] == break_id and proof["leaf"]["reconciliation"] == "bank_vs_statements"
+    assert _verify_proof(proof, env / "break.proof.json", *rpc)["verified"] is True
+    proof["path"][0] = "00" * 32
+    assert "does not lead" in _verify_proof(proof, env / "bad.proof.json", *rpc)["reason"]
     # re-running the day's reconciliation and report from the same inputs reproduces the same root and reuses its
     # anchor (a re-run of the snapshot renders new Data Docs, with the new run's time: a new report version)
     again = materialize(_assets()[1:], instance=DagsterInstance.ephemeral(), partition_key=DAY)

@@ -113,7 +113,7 @@ def test_the_report_under_attack_has_matches_breaks_payments_and_committed_files
     assert pair["break_type"] == {"amount_mismatch": 1, "asset_mismatch": 1, "missing_left": 1, "missing_right": 1}
     assert audit["payments"]["total"] == 6 and "bank_vs_chain/report.html" in audit["files"]
     out = verify_report(pristine)
-    assert out["leaves"] == out["proofs"] == audit["records"] + 3 + 6 + 1  # records, 3 summaries, payments, audit
+    assert out["leaves"] == audit["records"] + 3 + 6 + 1  # records, 3 summaries, payments, audit
 
 
 # -- each class of tampering as its own test ---------------------------------------------------------------------
@@ -152,12 +152,9 @@ def test_an_edited_payment_fails(report):
     refused(report, "payments")
 
 
-def test_a_dropped_break_fails_even_with_its_proof_gone_too(report):
-    breaks = report / "bank_vs_chain" / "breaks.jsonl"
-    gone = json.loads(breaks.read_text().splitlines()[0])["break_id"]
-    edit_lines(breaks, lambda rows: rows[1:])
-    edit_lines(report / "proofs.jsonl", lambda rows: [r for r in rows if r.get("id") != gone])
-    refused(report, "bank_vs_chain/summary.json")
+def test_a_dropped_break_fails_and_names_its_file(report):
+    edit_lines(report / "bank_vs_chain" / "breaks.jsonl", lambda rows: rows[1:])
+    refused(report, "bank_vs_chain/summary.json", "bank_vs_chain/breaks.jsonl: its bytes")
 
 
 def test_a_file_replaced_by_a_symlink_to_an_identical_copy_outside_fails(report, tmp_path):
@@ -230,19 +227,87 @@ def test_a_repeated_key_in_a_record_fails(report):
     refused(report, "bank_vs_chain/breaks.jsonl line 1")
 
 
+def _prove(folder: Path, *what: str) -> tuple[int, dict, str]:
+    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "prove", "--report", str(folder), *what],
+                         capture_output=True, text=True, timeout=120)
+    return run.returncode, (json.loads(run.stdout) if run.returncode == 0 else {}), run.stderr
+
+
+def _a_break(folder: Path) -> str:
+    return json.loads((folder / "bank_vs_chain" / "breaks.jsonl").read_text().splitlines()[0])["break_id"]
+
+
+@pytest.mark.parametrize("what", [("--record", None), ("--payment", "P3"), ("--summary", "bank_vs_chain"),
+                                  ("--audit",)])
+def test_a_proof_of_each_kind_of_fact_verifies_on_its_own(report, tmp_path, what):
+    args = ("--record", _a_break(report)) if what == ("--record", None) else what
+    code, proof, err = _prove(report, *args)
+    assert code == 0, err
+    shutil.rmtree(report)  # a third party has the proof alone
+    (tmp_path / "p.json").write_text(json.dumps(proof))
+    code, out, _ = cli_verify_proof(tmp_path / "p.json")
+    assert code == 0 and out["verified"] is True and out["leaf"] == proof["leaf"]["leaf"]
+
+
+def test_no_proof_is_made_from_a_report_that_does_not_verify(report):
+    edit_json(report / "bank_vs_chain" / "summary.json", lambda d: d["break_type"].update(missing_left=0))
+    code, _, err = _prove(report, "--record", _a_break(report))
+    assert code == 1 and "does not verify" in err and "Traceback" not in err
+
+
+def test_a_proof_of_an_edited_record_fails(report, tmp_path):
+    code, proof, _ = _prove(report, "--record", _a_break(report))
+    proof["leaf"]["record"]["difference"] = "0.00"
+    (tmp_path / "p.json").write_text(json.dumps(proof))
+    code, out, _ = cli_verify_proof(tmp_path / "p.json")
+    assert code == 1 and "does not hash" in out["reason"]
+    proof["leaf_hash"] = __import__("hashlib").sha256(b"\0" + canonical(proof["leaf"])).hexdigest()
+    (tmp_path / "p.json").write_text(json.dumps(proof))
+    code, out, _ = cli_verify_proof(tmp_path / "p.json")
+    assert code == 1 and "does not lead from the leaf to the root" in out["reason"]
+
+
 @pytest.mark.parametrize("bad", [
-    b"not json\n",
-    b'{"leaf":"audit","leaf_hash":"zz","index":0,"tree_size":1,"path":[]}\n',
-    b'{"index":-1,"leaf":"audit","leaf_hash":"' + b"0" * 64 + b'","path":[],"tree_size":"1"}\n',
-    b"[" * 100000 + b"]" * 100000 + b"\n",
-    b'{"index":0,"leaf":"audit","leaf_hash":"' + b"0" * 64 + b'","path":[' + b'"' + b"0" * 64 + b'",' * 99
-    + b'"' + b"0" * 64 + b'"],"tree_size":1}\n',
+    b"not json",
+    b'{"format":"ledger-pipelines.inclusion-proof/1","leaf_hash":"zz","index":0,"tree_size":1,"path":[]}',
+    b'{"format":"ledger-pipelines.inclusion-proof/1","day":"2026-11-20","merkle_root":"' + b"0" * 64
+    + b'","report_version":"x","leaf":{},"index":-1,"tree_size":"1","path":[]}',
+    b"[" * 100000 + b"]" * 100000,
+    b'{"format":"ledger-pipelines.inclusion-proof/1","day":"2026-11-20","merkle_root":"' + b"0" * 64
+    + b'","report_version":"x","leaf":{"day":"2026-11-20","leaf":"audit"},"index":0,"tree_size":1,"path":['
+    + b",".join([b'"' + b"0" * 64 + b'"'] * 100) + b"]}",
     b"",
+    b"\xff\xfe",
 ])
-def test_malformed_proofs_give_verified_false_and_a_reason_never_a_traceback(report, bad):
-    (report / "proofs.jsonl").write_bytes(bad + (report / "proofs.jsonl").read_bytes()[:0])
-    code, out, err = cli_verify(report)
+def test_malformed_proofs_give_verified_false_and_a_reason_never_a_traceback(tmp_path, bad):
+    (tmp_path / "p.json").write_bytes(bad)
+    code, out, err = cli_verify_proof(tmp_path / "p.json")
     assert code == 1 and out["verified"] is False and out["reason"] and "Traceback" not in err
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_no_random_corruption_of_a_real_proof_verifies(pristine, tmp_path_factory, data):
+    from ledger_pipelines.verify import prove, verify_proof
+
+    folder = tmp_path_factory.mktemp("proof")
+    proof = prove(pristine, record=_a_break(pristine))
+    raw = json.dumps(proof, sort_keys=True).encode()
+    i = data.draw(st.integers(0, len(raw) - 1))
+    b = data.draw(st.integers(0, 255).filter(lambda b: b != raw[i]))
+    (folder / "p.json").write_bytes(raw[:i] + bytes([b]) + raw[i + 1:])
+    out = verify_proof(folder / "p.json")
+    if out["verified"]:  # offline only the leaf under the root is shown; the anchor record and report version
+        changed = json.loads(raw[:i] + bytes([b]) + raw[i + 1:])  # are what --rpc checks against the chain
+        unchecked = ("anchor", "report_version")
+        assert ({k: v for k, v in changed.items() if k not in unchecked}
+                == {k: v for k, v in proof.items() if k not in unchecked})
+
+
+def cli_verify_proof(path: Path, *extra: str, env: dict | None = None) -> tuple[int, dict, str]:
+    run = subprocess.run([sys.executable, "-m", "ledger_pipelines.cli", "verify", "--proof", str(path), *extra],
+                         capture_output=True, text=True, timeout=120, env=env)
+    return run.returncode, json.loads(run.stdout), run.stderr
 
 
 @pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"format": 1}', b"\xff\xfe", b"{}" * 10])
@@ -397,3 +462,16 @@ def test_a_report_recommitted_after_anchoring_fails_on_chain(anchored, stack_con
 def test_an_unreachable_node_gives_a_reason(anchored):
     code, out, err = cli_verify(anchored, "--rpc", "http://127.0.0.1:9", env=_env())
     assert code == 1 and "could not be asked" in out["reason"] and "Traceback" not in err
+
+
+@pytest.mark.services
+def test_a_proof_checks_against_the_anchor_and_an_altered_version_does_not(anchored, stack_config, tmp_path):
+    code, proof, err = _prove(anchored, "--record", _a_break(anchored))
+    assert code == 0, err
+    (tmp_path / "p.json").write_text(json.dumps(proof))
+    code, out, _ = cli_verify_proof(tmp_path / "p.json", "--rpc", stack_config.anvil_url, env=_env())
+    assert code == 0 and out["anchor"]["contract_source"].startswith("the deployment record")
+    proof["report_version"] = "sha256:" + "00" * 32
+    (tmp_path / "p.json").write_text(json.dumps(proof))
+    code, out, _ = cli_verify_proof(tmp_path / "p.json", "--rpc", stack_config.anvil_url, env=_env())
+    assert code == 1 and "on-chain anchor of 2026-11-20 version 1" in out["reason"]
