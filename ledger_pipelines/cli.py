@@ -416,8 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_reconcile)
 
-    s = sub.add_parser("verify", help="check everything a day's report states against its commitment and "
-                       "proofs, and (with --rpc) the commitment against its on-chain anchor")
+    s = sub.add_parser("verify", help="check everything a day's report (or one inclusion proof) states against "
+                       "its commitment, and (with --rpc) the commitment against its on-chain anchor")
     s.add_argument("--report", help="the day's report folder (reports/<day>)")
     s.add_argument("--proof", help="an inclusion proof made by `prove` (instead of --report)")
     s.add_argument("--rpc", help="EVM node: also check the anchor on chain")
