@@ -91,7 +91,8 @@ def test_every_report_verifies_with_its_anchor_and_a_tampered_one_fails(demo, st
     breaks.write_text("\n".join([json.dumps(doc, sort_keys=True, separators=(",", ":")), *lines[1:]]) + "\n")
     run = _cli("verify", "--report", str(copy), "--rpc", rpc, env=env, timeout=120)
     out = json.loads(run.stdout)
-    assert run.returncode == 1 and out["verified"] is False and "root" in out["error"]
+    assert run.returncode == 1 and out["verified"] is False and "root" in out["reason"]
+    assert "bank_vs_chain/breaks.jsonl" in out["reason"]  # the edited file is named
 
 
 def test_large_payments_were_recorded_on_chain_once_each(demo, stack_config):
