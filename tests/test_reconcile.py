@@ -207,204 +207,40 @@ def test_multi_ledger_view_names_missing_legs_and_drift():
         "bank_statements": "-0.50", "core_banking": "0.00", "eth_usdc": None}
 
 
-def _arrow(entries):
-    import pyarrow as pa
-
-    cols = ("entry_id", "correlation_id", "asset", "amount", "direction", "booked_at", "status")
-    return pa.table({c: [getattr(e, c) for e in entries] for c in cols})
-
-
-def _fates(matches, breaks):
-    out = {}
-    for rec in matches + breaks:
-        kind = rec.get("match_type") or rec.get("break_type")
-        for side in ("left", "right"):
-            for i in rec[f"{side}_entry_ids"]:
-                assert (side, i) not in out, f"{i} in two records"
-                out[(side, i)] = kind
-    return out
-
-
-def test_columnar_engine_agrees_with_the_row_engine():
-    """The Arrow/DuckDB engine (for millions of rows) classifies every entry as the row engine does, on
-    random scenarios with every break type it handles (no FX, no batches: those stay in the row engine)."""
-    import random
-
-    from ledger_pipelines.reconcile.columnar import reconcile_arrow
-
-    rules = Rules.from_dict({"time_window": "1d", "amount_tolerance": {"absolute": "0.05"}, "batch_members": None})
-    for seed in range(12):
-        rng = random.Random(seed)
-        left, right = [], []
-        for i in range(300):
-            corr, amt = f"C{i}", f"{rng.randrange(100, 10**6)}.{rng.randrange(100):02d}"
-            at = T0 + timedelta(minutes=rng.randrange(0, 2000))
-            roll = rng.random()
-            if roll < 0.04:
-                left.append(bank(f"{i}", amt, corr, at=at))  # missing right
-            elif roll < 0.08:
-                right.append(chain(f"{i}", amt, corr, at=at))  # missing left
-            elif roll < 0.12:
-                left.append(bank(f"{i}", amt, corr, at=at))
-                right.append(chain(f"{i}", f"{Decimal(amt) + 1:f}", corr, at=at))  # amount mismatch
-            elif roll < 0.16:
-                left.append(bank(f"{i}", amt, corr, at=at))
-                right.append(chain(f"{i}", f"{Decimal(amt) + Decimal('0.03'):f}", corr, at=at))  # tolerant
-            elif roll < 0.20:
-                left.append(bank(f"{i}", amt, corr, at=at))
-                right.append(chain(f"{i}", amt, corr, asset="GBP", at=at))  # asset mismatch
-            elif roll < 0.24:
-                left.append(bank(f"{i}", amt, corr, at=at))
-                right.append(chain(f"{i}", amt, corr, at=at + timedelta(days=3)))  # timing
-            elif roll < 0.28:
-                left += [bank(f"{i}a", amt, corr, at=at), bank(f"{i}b", amt, corr, at=at + timedelta(hours=1))]
-                right.append(chain(f"{i}", amt, corr, at=at))  # duplicate left + exact
-            elif roll < 0.31:
-                left.append(bank(f"{i}", amt, corr, at=at))
-                right.append(chain(f"{i}", amt, corr, status="orphaned", at=at))  # orphaned + missing right
-            elif roll < 0.36:
-                left.append(bank(f"{i}", amt, None, at=at))
-                right.append(chain(f"{i}", amt, None, at=at + timedelta(hours=2)))  # no key: tolerant leftover
-            elif roll < 0.38:  # n:m under one key: handed to the row engine
-                left += [bank(f"{i}a", amt, corr, at=at), bank(f"{i}b", "1.00", corr, at=at)]
-                right += [chain(f"{i}a", amt, corr, at=at), chain(f"{i}b", "2.00", corr, at=at)]
-            else:
-                left.append(bank(f"{i}", amt, corr, at=at))
-                right.append(chain(f"{i}", amt, corr, at=at + timedelta(minutes=5)))  # exact
-        rng.shuffle(left)
-        rng.shuffle(right)
-        row = reconcile(left, right, rules)
-        col = reconcile_arrow(_arrow(left), _arrow(right), rules)
-        m, b = col.records()
-        assert _fates(m, b) == _fates(row.matches, row.breaks), seed
-        assert len(_fates(m, b)) == len(left) + len(right)
-        ids_row = {r.get("match_id") or r.get("break_id") for r in row.matches + row.breaks
-                   if len(r["left_entry_ids"]) + len(r["right_entry_ids"]) <= 2}
-        ids_col = {r.get("match_id") or r.get("break_id") for r in m + b
-                   if len(r["left_entry_ids"]) + len(r["right_entry_ids"]) <= 2}
-        assert ids_col == ids_row  # the same record ids
+def test_a_batch_on_the_right_is_matched_to_its_members_on_the_left():
+    """A batch credit on the right (its members' ids under batch_members) against the single legs on
+    the left: many_to_one when the sum agrees, amount_mismatch naming both sums when it does not."""
+    members = [{"refs": {"EndToEndId": f"P{i}"}} for i in (1, 2, 3)]
+    batch = make_entry(ledger="eth_usdc", ledger_kind="evm", source_ref="batch", correlation_id="SETTLE-1",
+                       account="0x" + "ab" * 20, asset="EUR", amount="60.00", direction="credit", booked_at=T0,
+                       status="final", attributes={"details": members})
+    left = [bank("p1", "10.00", "P1"), bank("p2", "20.00", "P2"), bank("p3", "30.00", "P3")]
+    r = reconcile(left, [batch], RULES)
+    assert [(m["match_type"], m["left_entry_ids"], m["right_entry_ids"]) for m in r.matches] == [
+        ("many_to_one", sorted(e.entry_id for e in left), [batch.entry_id])]
+    assert not r.breaks
+    short = reconcile(left[:2] + [bank("p3", "29.00", "P3")], [batch], RULES)
+    (b,) = short.breaks
+    assert (b["break_type"], b["left_amount"], b["right_amount"]) == ("amount_mismatch", "59.00", "60.00")
+    assert not short.matches
 
 
-def test_columnar_engine_refuses_floats_repeated_ids_and_fx():
-    import pyarrow as pa
-
-    from ledger_pipelines.reconcile.columnar import NotColumnar, reconcile_arrow
-
-    left = [bank("1", "10.00", "A")]
-    t = _arrow(left)
-    floats = t.set_column(t.schema.get_field_index("amount"), "amount", pa.array([10.0]))
-    with pytest.raises(ValueError, match="never floats"):
-        reconcile_arrow(floats, _arrow([chain("1", "10.00", "A")]))
-    with pytest.raises(ValueError, match="unique"):
-        reconcile_arrow(_arrow(left + left), _arrow([chain("1", "10.00", "A")]))
-    with pytest.raises(NotColumnar, match="FX"):
-        reconcile_arrow(t, t, RULES)
+def test_uint256_amounts_beyond_decimal38_are_exact():
+    """Amounts no DECIMAL(38) holds: equal ones match exactly, one wei apart is a mismatch of one wei."""
+    top = 2**256 - 1
+    wei = lambda n: f"{n // 10**18}.{n % 10**18:018d}"  # noqa: E731
+    left = [bank("1", wei(top), "U1", asset="WETH"), bank("2", wei(top), "U2", asset="WETH")]
+    right = [chain("1", wei(top), "U1", asset="WETH"), chain("2", wei(top - 1), "U2", asset="WETH")]
+    r = reconcile(left, right, Rules())
+    assert [m["match_type"] for m in r.matches] == ["exact"]
+    (b,) = r.breaks
+    assert (b["break_type"], b["left_amount"], b["difference"]) == ("amount_mismatch", wei(top), "-0.000000000000000001")
 
 
-def test_columnar_engine_leaves_the_callers_connection_as_it_was():
-    """Work tables live in a database attached for the run and detached after it, also when the run
-    fails (here: repeated ids on the right, found on the second cursor's thread)."""
-    import duckdb
-
-    from ledger_pipelines.reconcile.columnar import reconcile_arrow
-
-    con = duckdb.connect()
-    con.execute("CREATE TABLE mine AS SELECT 1 AS x")
-    con.execute("SET threads = 1")
-
-    def state():
-        return (con.execute("SELECT current_database(), current_setting('threads')").fetchone(),
-                sorted(r[0] for r in con.execute("SELECT database_name FROM duckdb_databases()").fetchall()),
-                sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()),
-                sorted(r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()))
-
-    before = state()
-    left, right = [bank("1", "10.00", "A")], [chain("1", "10.00", "A")]
-    first = reconcile_arrow(_arrow(left), _arrow(right), con=con).records()
-    assert state() == before
-    with pytest.raises(ValueError, match="unique"):
-        reconcile_arrow(_arrow(left), _arrow(right + right), con=con)
-    assert state() == before
-    assert reconcile_arrow(_arrow(left), _arrow(right), con=con).records() == first
-    assert con.execute("SELECT x FROM mine").fetchall() == [(1,)]
-
-
-def _quadratic_tolerant(self):
-    """The leftover matching as first written (a scan of every candidate of every asset per left
-    entry): the reference the indexed one must agree with."""
-    import bisect
-    from collections import defaultdict
-
-    from ledger_pipelines.reconcile.engine import _ts
-
-    if not self.rules.tolerant_matching:
-        return
-    by_asset = defaultdict(list)
-    for r in self.free("R"):
-        by_asset[r.asset].append((_ts(r), Decimal(r.amount), r))
-    for lst in by_asset.values():
-        lst.sort(key=lambda x: (x[0], x[2].entry_id))
-    window = self.rules.time_window_seconds
-    for l in sorted(self.free("L"), key=lambda e: (e.booked_at, e.entry_id)):
-        lt, la = _ts(l), Decimal(l.amount)
-        best = None
-        for asset, lst in by_asset.items():
-            exp = self.expected(l.asset, la, asset)
-            if exp is None:
-                continue
-            times = [x[0] for x in lst]
-            lo = bisect.bisect_left(times, lt.fromtimestamp(lt.timestamp() - window, lt.tzinfo))
-            hi = bisect.bisect_right(times, lt.fromtimestamp(lt.timestamp() + window, lt.tzinfo))
-            for t, ra, r in lst[lo:hi]:
-                if ("R", r.entry_id) in self.used or not self.direction_ok(l, r):
-                    continue
-                if (asset == l.asset and ra == la) or self.rules.within_tolerance(exp, ra):
-                    score = (abs((t - lt).total_seconds()), r.entry_id)
-                    if best is None or score < best[0]:
-                        best = (score, r)
-        if best is not None:
-            r = best[1]
-            equal = r.asset == l.asset and Decimal(r.amount) == la
-            self.match("exact" if equal and l.correlation_id and l.correlation_id == r.correlation_id
-                       else "tolerant", [l.entry_id], [r.entry_id], "tolerant:amount+time")
-
-
-# amounts close together (inside and just outside every tolerance), also across the EUR/USDC rate
-_near = st.sampled_from(["100.00", "100.00", "100.01", "99.99", "100.05", "99.90", "108.42", "108.43", "0.01"])
-_rule_sets = st.fixed_dictionaries({
-    "time_window": st.sampled_from(["0s", "30m", "1h", "2h", "1d"]),
-    "direction": st.sampled_from(["opposite", "same", "any"]),
-    "amount_tolerance": st.fixed_dictionaries({"absolute": st.sampled_from(["0", "0.01", "0.01", "0.05"]),
-                                               "relative": st.sampled_from(["0", "0.0005", "0.001", "0.01"])}),
-    "fx": st.sampled_from([[], [{"from": "EUR", "to": "USDC", "rate": "1.0842"}],
-                           [{"from": "USDC", "to": "EUR", "rate": "0.9223"}, {"from": "USD", "to": "EUR", "rate": "1"}]]),
-    "tolerant_matching": st.sampled_from([True, True, True, False]),
-    "duplicate_key": st.sampled_from([["correlation_id", "asset", "amount", "direction"], ["amount", "asset"]]),
-})
-_legs = st.lists(st.tuples(st.sampled_from(["K1", "K2", "B1", "B2", None, None, None]), _near,
-                           st.sampled_from(["EUR", "EUR", "USD", "USDC"]), st.integers(0, 4),
-                           st.sampled_from(["debit", "credit"]), st.booleans()), max_size=14)
-
-
-@settings(max_examples=300, deadline=None)
-@given(_rule_sets, _legs, _legs)
-def test_indexed_leftover_matching_agrees_with_the_quadratic_scan(rule_doc, lspec, rspec):
-    """Same records, ids and order as the scan of all candidates, on small scenarios with every rule:
-    tolerances, windows (equal gaps on both sides of an entry included), FX both ways, duplicates,
-    batches (``batch`` on a left leg: its members are B1 and B2) and unkeyed leftovers."""
-    from unittest import mock
-
-    from ledger_pipelines.reconcile.engine import _Engine
-
-    rules = Rules.from_dict(rule_doc)
-    batch = {"details": [{"refs": {"EndToEndId": "B1"}}, {"refs": {"EndToEndId": "B2"}}]}
-    left = [bank(f"l{i}", a, k, asset=c, at=T0 + timedelta(minutes=30 * m), direction=d, **(batch if b else {}))
-            for i, (k, a, c, m, d, b) in enumerate(lspec)]
-    right = [chain(f"r{i}", a, k, asset=c, at=T0 + timedelta(minutes=30 * m), direction=d,
-                   status="orphaned" if b and i % 3 == 0 else "final")
-             for i, (k, a, c, m, d, b) in enumerate(rspec)]
-    got = reconcile(left, right, rules)
-    with mock.patch.object(_Engine, "tolerant", _quadratic_tolerant):
-        want = reconcile(left, right, rules)
-    assert (got.matches, got.breaks) == (want.matches, want.breaks)
-    _check_invariants(left, right, got)
+def test_fx_rate_applies_in_both_directions():
+    """A rate given EUR->USDC converts a USDC left leg to EUR through its inverse (exact quotient)."""
+    rules = Rules.from_dict({"fx": [{"from": "EUR", "to": "USDC", "rate": "0.5"}]})
+    r = reconcile([bank("1", "10.00", "X", asset="USDC")], [chain("1", "20.00", "X", asset="EUR")], rules)
+    assert [(m["match_type"], m["rule"]) for m in r.matches] == [("exact", "key:correlation_id+fx")]
+    off = reconcile([bank("1", "10.00", "X", asset="USDC")], [chain("1", "20.01", "X", asset="EUR")], rules)
+    assert [(b["break_type"], b["left_amount"]) for b in off.breaks] == [("amount_mismatch", "20.00")]

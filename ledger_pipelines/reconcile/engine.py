@@ -1,24 +1,41 @@
-"""Reconciliation engine: every input entry ends in exactly one match or break record.
+"""The reconciliation engine: every input entry ends in exactly one match or break record.
 
-Order of the stages (each takes only entries no earlier stage used):
+Stages (each takes only entries no earlier stage used):
+
 1. ``orphaned``: chain legs whose block left the canonical chain.
-2. ``duplicate_left`` / ``duplicate_right``: a second entry with the same duplicate key on one side.
-3. Key groups: DuckDB joins both sides on the rule's key (a batch entry joins through its members'
-   ids); groups connected through shared entries are merged. Then per group:
+2. ``duplicate_left`` / ``duplicate_right``: a later entry (by booking time, then id) with the same
+   ``duplicate_key`` as an earlier one on the same side.
+3. Key groups: both sides joined on the rule's key; a batch entry (more than one member id under
+   ``batch_members``), on either side, joins through its members' ids. Entries connected through
+   shared keys form one group:
    1:1 -> ``exact`` / ``tolerant`` match, or ``amount_mismatch`` / ``asset_mismatch`` / ``timing``;
-   1:n -> ``one_to_many``, n:1 -> ``many_to_one`` when the sums agree, else ``amount_mismatch``;
-   n:m -> legs paired by equal amount, the rest left for stage 4.
-4. Tolerant matching of what is left (same asset or an FX rate, amount within tolerance, time
-   window, expected direction), nearest in time first.
+   1:n -> ``one_to_many``, n:1 -> ``many_to_one`` when the sums agree (within tolerance), else
+   ``amount_mismatch``; n:m -> legs paired by equal amount, the rest left for stage 4.
+4. Leftovers (no key, or a key found on one side only): each left entry, earliest first, takes the
+   free right entry nearest in time (equal gaps: the smaller id) of an asset it converts to, in the
+   expected direction, with an amount within tolerance, booked within the window.
 5. ``missing_right`` (left only) / ``missing_left`` (right only).
 
-Amounts are ``Decimal`` from the entries' exact strings; nothing passes through a float.
+Where the work runs. Stages 1-3 are DuckDB over Arrow tables of the entries: duplicates, the key join
+and the classification of every 1:1 pair into its match record, with amounts as DECIMAL(38, 18) and
+an FX rate as a DECIMAL of its own scale, so every product and comparison is exact. The bound on the
+amounts that may take this path is derived from the rules (rate and tolerance digits) so that no
+intermediate value can overflow DECIMAL(38); a pair with a larger amount (uint256 token amounts,
+say), with a rate used in its inverse direction (a quotient with no finite decimal form) or that is
+not a match is classified by the exact Python path below (``Decimal`` in a 200-digit context), which
+also builds every break record. Groups with more than one entry on a side (batches, shared keys) are
+few and go through the same Python path. Stage 4 is an index: right entries by asset and direction,
+then amount, then time; a left entry looks only at the amounts inside its tolerance band and, for
+each, at the entries either side of its own time (near-linear; SQL has no greedy choice).
+
+Amounts are exact everywhere; nothing passes through a float.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,7 +44,6 @@ from typing import Any
 
 from ..model import EXACT, CanonicalEntry
 from .rules import Rules
-
 
 @dataclass
 class Reconciliation:
@@ -126,6 +142,87 @@ def _nearest(times: list[tuple[datetime, str, CanonicalEntry]], t: datetime) -> 
     return best
 
 
+
+_COLUMNS = ("entry_id", "correlation_id", "account", "counterparty", "asset", "amount", "direction", "source_ref",
+            "booked_at", "status")
+_SCALE = 18  # amounts with at most this many decimals (18: ERC-20 tokens) may take the SQL path
+
+
+def _table(entries: list[CanonicalEntry], path: str | None):
+    """The entries as an Arrow table of their text fields, and their batches as (entry_id, member) rows
+    (only entries with more than one member)."""
+    import pyarrow as pa
+
+    cols = {c: pa.array([getattr(e, c) for e in entries], pa.string()) for c in _COLUMNS}
+    batch_ids: list[str] = []
+    batch_members: list[str] = []
+    if path:
+        # the default path starts at attributes: an entry without attributes has no members
+        first = path.split(".")[0].removesuffix("[]")
+        for e in entries:
+            if first == "attributes" and not e.attributes:
+                continue
+            members = _members(e, path)
+            if len(members) > 1:
+                batch_ids += [e.entry_id] * len(members)
+                batch_members += members
+    return pa.table(cols), pa.table({"entry_id": pa.array(batch_ids, pa.string()),
+                                     "member": pa.array(batch_members, pa.string())})
+
+
+def _digits(d: Decimal) -> tuple[int, int]:
+    """(integer digits, fraction digits) of a non-negative decimal."""
+    sign, digits, exp = d.normalize().as_tuple()
+    frac = max(0, -exp)
+    return max(1, len(digits) + exp), frac
+
+
+def _plain(d: Decimal) -> str:
+    return f"{d:f}"
+
+
+class _SqlPlan:
+    """The SQL text fragments of the 1:1 pair classification and the amount bound that keeps every
+    DECIMAL intermediate within 38 digits (``None``: no pair takes the SQL path)."""
+
+    def __init__(self, rules: Rules):
+        forward = [r for r in rules.fx]
+        rate_int = max([_digits(r.rate)[0] for r in forward], default=1)
+        rate_frac = max([_digits(r.rate)[1] for r in forward], default=0)
+        rel_frac = _digits(rules.tolerance_relative)[1] if rules.tolerance_relative else 0
+        # |expected| < 10^(bound + rate_int); its scale is 18 + rate_frac, the relative product's one
+        # rel_frac more, and a difference needs one digit more than its operands
+        self.bound = 38 - 1 - _SCALE - rate_frac - rel_frac - rate_int
+        self.exp_scale = _SCALE + rate_frac
+        self.fx = [(r.source, r.target, _plain(r.rate), rate_int + rate_frac, rate_frac) for r in forward]
+        cap = Decimal(10) ** (self.bound + rate_int + 1)  # no difference of two amounts in range is this large
+        with localcontext(EXACT) as ctx:
+            ctx.rounding = ROUND_FLOOR
+            # the differences have scale exp_scale: d <= A exactly when d <= A cut to that scale
+            self.tol_abs = _plain(min(rules.tolerance_absolute, cap).quantize(Decimal(1).scaleb(-self.exp_scale)))
+        self.rel = _plain(rules.tolerance_relative) if rules.tolerance_relative else None
+        self.rel_frac = rel_frac
+
+    @property
+    def usable(self) -> bool:
+        return self.bound >= 1
+
+_DB: Any = None
+_DB_LOCK = threading.Lock()
+
+
+def _database():
+    """One in-memory DuckDB database per process: opening one costs more than reconciling a small day,
+    and each run works on a cursor of its own (a separate connection, safe from any thread)."""
+    global _DB
+    with _DB_LOCK:
+        if _DB is None:
+            import duckdb
+
+            _DB = duckdb.connect(config={"preserve_insertion_order": False})
+        return _DB
+
+
 class _Engine:
     def __init__(self, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules):
         self.rules = rules
@@ -133,8 +230,9 @@ class _Engine:
         self.right = {e.entry_id: e for e in right}
         if len(self.left) != len(left) or len(self.right) != len(right):
             raise ValueError("entry_id must be unique within each side (latest version of each entry)")
-        self.used: set[tuple[str, str]] = set()
+        self.used: set[tuple[str, str]] = set()  # entries the Python stages placed
         self.out = Reconciliation(left_count=len(left), right_count=len(right))
+        self.leftover: dict[str, list[CanonicalEntry]] = {"L": [], "R": []}
 
     # -- records ----------------------------------------------------------------------------
     def match(self, kind: str, lids: list[str], rids: list[str], rule: str) -> None:
@@ -180,75 +278,6 @@ class _Engine:
             if self.right[i].correlation_id:
                 return self.right[i].correlation_id
         return None
-
-    def free(self, side: str) -> list[CanonicalEntry]:
-        """Unused entries of a side in a canonical order (earliest booking first), so that the
-        result never depends on the order the inputs came in."""
-        entries = self.left if side == "L" else self.right
-        return sorted((e for i, e in entries.items() if (side, i) not in self.used),
-                      key=lambda e: (e.booked_at, e.entry_id))
-
-    # -- stages -----------------------------------------------------------------------------
-    def orphaned(self) -> None:
-        for side in ("L", "R"):
-            for e in self.free(side):
-                if e.status == "orphaned":
-                    ids = ([e.entry_id], []) if side == "L" else ([], [e.entry_id])
-                    self.brk("orphaned", *ids, reason=f"{e.ledger} leg left the canonical chain "
-                             f"(block {e.position.get('block_number')})")
-
-    def duplicates(self) -> None:
-        key = self.rules.duplicate_key
-        for side, kind in (("L", "duplicate_left"), ("R", "duplicate_right")):
-            first: dict[tuple, str] = {}
-            for e in self.free(side):
-                k = tuple(getattr(e, f) for f in key)
-                if None in k:  # an entry without a reference is not a duplicate of another one
-                    continue
-                if k in first:
-                    ids = ([e.entry_id], []) if side == "L" else ([], [e.entry_id])
-                    self.brk(kind, *ids, reason=f"same {', '.join(key)} as {first[k]}")
-                else:
-                    first[k] = e.entry_id
-
-    def key_groups(self) -> list[tuple[list[str], list[str]]]:
-        """Connected groups of free entries sharing a key value (DuckDB joins the sides)."""
-        import duckdb
-        import pyarrow as pa
-
-        rows_l: list[tuple[str, str]] = []
-        for e in self.free("L"):
-            members = _members(e, self.rules.batch_members)
-            keys = members if len(members) > 1 else [getattr(e, self.rules.key)]
-            rows_l += [(k, e.entry_id) for k in keys if k]
-        rows_r = [(getattr(e, self.rules.key), e.entry_id) for e in self.free("R") if getattr(e, self.rules.key)]
-        kl = pa.table({"k": [k for k, _ in rows_l], "id": [i for _, i in rows_l]},
-                      schema=pa.schema([("k", pa.string()), ("id", pa.string())]))
-        kr = pa.table({"k": [k for k, _ in rows_r], "id": [i for _, i in rows_r]},
-                      schema=pa.schema([("k", pa.string()), ("id", pa.string())]))
-        con = duckdb.connect()
-        con.register("kl", kl)
-        con.register("kr", kr)
-        pairs = con.execute("SELECT kl.id, kr.id FROM kl JOIN kr ON kl.k = kr.k").fetchall()
-        con.close()
-        # union-find over the pairs: a batch entry pulls all its members into one group
-        parent: dict[tuple[str, str], tuple[str, str]] = {}
-
-        def find(x):
-            while parent.setdefault(x, x) != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        for lid, rid in pairs:
-            a, b = find(("L", lid)), find(("R", rid))
-            if a != b:
-                parent[a] = b
-        groups: dict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
-        for node in list(parent):
-            g = groups[find(node)]
-            (g[0] if node[0] == "L" else g[1]).append(node[1])
-        return sorted(((sorted(set(lg)), sorted(set(rg))) for lg, rg in groups.values()), key=lambda g: (g[0], g[1]))
 
     def expected(self, l_asset: str, amount: Decimal, r_asset: str) -> Decimal | None:
         if l_asset == r_asset:
@@ -323,6 +352,141 @@ class _Engine:
                     self.pair(l, r, rule)
                     break
 
+    def set_stages(self, left: list[CanonicalEntry], right: list[CanonicalEntry]) -> None:
+        """Stages 1-3 in DuckDB; what needs the Python path is handed to it from here."""
+        rules = self.rules
+        plan = _SqlPlan(rules)
+        lt, lb = _table(left, rules.batch_members)
+        rt, rb = _table(right, rules.batch_members)
+        con = _database().cursor()  # a connection of its own: its temporary tables go with it
+        try:
+            for name, t in (("l_in", lt), ("r_in", rt), ("l_batch", lb), ("r_batch", rb)):
+                con.register(name, t)
+            self._sql(con, plan)
+        finally:
+            con.close()
+
+    def _sql(self, con, plan: _SqlPlan) -> None:
+        rules = self.rules
+        q = con.execute
+        dup = ", ".join(rules.duplicate_key)  # entry field names (checked by the rules schema)
+        dup_set = " AND ".join(f"{c} IS NOT NULL" for c in rules.duplicate_key)
+        key = rules.key
+        for s in ("l", "r"):
+            # duplicates can only be among rows whose duplicate key repeats: one hash aggregate finds
+            # those, and only their rows are ordered
+            q(f"""CREATE TEMP TABLE {s}_dup AS
+                  SELECT entry_id, first_value(entry_id) OVER w AS first_id, row_number() OVER w AS rn
+                  FROM (SELECT * FROM {s}_in SEMI JOIN (
+                          SELECT {dup} FROM {s}_in WHERE status <> 'orphaned' AND {dup_set}
+                          GROUP BY ALL HAVING count(*) > 1) USING ({dup})
+                        WHERE status <> 'orphaned')
+                  WINDOW w AS (PARTITION BY {dup} ORDER BY booked_at, entry_id)
+                  QUALIFY rn > 1""")
+            q(f"""CREATE TEMP TABLE {s}_free AS
+                  SELECT * FROM {s}_in ANTI JOIN {s}_dup USING (entry_id) WHERE status <> 'orphaned'""")
+            q(f"""CREATE TEMP TABLE {s}_keys AS
+                  SELECT entry_id, {key} AS k FROM {s}_free ANTI JOIN {s}_batch USING (entry_id)
+                  WHERE {key} IS NOT NULL AND {key} <> ''
+                  UNION ALL SELECT entry_id, member FROM {s}_batch SEMI JOIN {s}_free USING (entry_id)""")
+        for side, s in (("L", "l"), ("R", "r")):
+            for (eid,) in q(f"SELECT entry_id FROM {s}_in WHERE status = 'orphaned'").fetchall():
+                e = (self.left if side == "L" else self.right)[eid]
+                self.brk("orphaned", *self._ids(side, eid), reason=f"{e.ledger} leg left the canonical chain "
+                         f"(block {e.position.get('block_number')})")
+            for eid, first in q(f"SELECT entry_id, first_id FROM {s}_dup").fetchall():
+                self.brk("duplicate_left" if side == "L" else "duplicate_right", *self._ids(side, eid),
+                         reason=f"same {', '.join(rules.duplicate_key)} as {first}")
+        q("""CREATE TEMP TABLE pairs AS
+             SELECT lid, rid, count(*) OVER (PARTITION BY lid) AS nl, count(*) OVER (PARTITION BY rid) AS nr
+             FROM (SELECT DISTINCT l.entry_id AS lid, r.entry_id AS rid FROM l_keys l JOIN r_keys r USING (k))""")
+        # groups with more than one entry on a side: connected components in Python (they are few)
+        self._groups(q("SELECT lid, rid FROM pairs WHERE nl > 1 OR nr > 1").fetchall())
+        self._pairs(con, plan)
+        for side, s, col in (("L", "l", "lid"), ("R", "r", "rid")):
+            entries = self.left if side == "L" else self.right
+            free = [entries[i] for (i,) in q(f"SELECT entry_id FROM {s}_free ANTI JOIN pairs "
+                                              f"ON {s}_free.entry_id = pairs.{col}").fetchall()]
+            self.leftover[side] += free
+
+    def _ids(self, side: str, eid: str) -> tuple[list[str], list[str]]:
+        return ([eid], []) if side == "L" else ([], [eid])
+
+    def _groups(self, pairs: list[tuple[str, str]]) -> None:
+        parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+        def find(x):
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for lid, rid in pairs:
+            a, b = find(("L", lid)), find(("R", rid))
+            if a != b:
+                parent[a] = b
+        groups: dict[tuple[str, str], tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
+        for node in list(parent):
+            g = groups[find(node)]
+            (g[0] if node[0] == "L" else g[1]).append(node[1])
+        for lids, rids in sorted((sorted(lg), sorted(rg)) for lg, rg in groups.values()):
+            self.group(lids, rids)
+            # n:m groups leave their unpaired legs to the leftover stage
+            self.leftover["L"] += [self.left[i] for i in lids if ("L", i) not in self.used]
+            self.leftover["R"] += [self.right[i] for i in rids if ("R", i) not in self.used]
+
+    def _pairs(self, con, plan: _SqlPlan) -> None:
+        """1:1 groups: matches in SQL where the amounts allow it, everything else by :meth:`pair`."""
+        rules = self.rules
+        q = con.execute
+        rule = f"key:{rules.key}"
+        if plan.usable:
+            es = plan.exp_scale
+            q("CREATE TEMP TABLE fx (src VARCHAR, dst VARCHAR, rate VARCHAR)")
+            for src, dst, rate, _, _ in plan.fx:
+                q("INSERT INTO fx VALUES (?, ?, ?)", [src, dst, rate])
+            rate_type = f"DECIMAL({max(1, max([p for *_, p, _ in plan.fx], default=1))}, " \
+                        f"{max([f for *_, f in plan.fx], default=0)})"
+            fits = (f"(length(split_part({{a}}, '.', 1)) <= {plan.bound} "
+                    f"AND length(split_part({{a}}, '.', 2)) <= {_SCALE})")
+            direction_ok = {"any": "TRUE", "same": "l.direction = r.direction",
+                            "opposite": "l.direction <> r.direction"}[rules.direction]
+            within = f"d <= CAST('{plan.tol_abs}' AS DECIMAL(38, {es}))"
+            if plan.rel is not None:
+                within += f" OR d <= abs(x) * CAST('{plan.rel}' AS DECIMAL({plan.rel_frac}, {plan.rel_frac}))"
+            window_us = int(rules.time_window_seconds) * 1_000_000
+            q(f"""CREATE TEMP TABLE classified AS
+                  SELECT lid, rid, la, ra, lc, rc,
+                         CASE WHEN fast AND ok AND (x = y OR {within}) AND gap <= {window_us}
+                              THEN (CASE WHEN x = y THEN 'exact' ELSE 'tolerant' END) END AS kind,
+                         x = y AS equal
+                  FROM (SELECT *, abs(x - y) AS d FROM (
+                    SELECT p.lid, p.rid, l.asset AS la, r.asset AS ra, l.correlation_id AS lc,
+                           r.correlation_id AS rc, {direction_ok} AS ok,
+                           abs(epoch_us(CAST(r.booked_at AS TIMESTAMPTZ)) - epoch_us(CAST(l.booked_at AS TIMESTAMPTZ))) AS gap,
+                           {fits.format(a='l.amount')} AND {fits.format(a='r.amount')}
+                             AND (l.asset = r.asset OR fx.rate IS NOT NULL) AS fast,
+                           CASE WHEN fast THEN
+                             CASE WHEN l.asset = r.asset THEN CAST(CAST(l.amount AS DECIMAL(38, {_SCALE})) AS DECIMAL(38, {es}))
+                                  ELSE CAST(CAST(l.amount AS DECIMAL(38, {_SCALE})) * CAST(fx.rate AS {rate_type})
+                                            AS DECIMAL(38, {es})) END END AS x,
+                           CASE WHEN fast THEN CAST(CAST(r.amount AS DECIMAL(38, {_SCALE})) AS DECIMAL(38, {es})) END AS y
+                    FROM pairs p JOIN l_free l ON l.entry_id = p.lid JOIN r_free r ON r.entry_id = p.rid
+                         LEFT JOIN fx ON fx.src = l.asset AND fx.dst = r.asset
+                    WHERE p.nl = 1 AND p.nr = 1))""")
+            rows = q("""SELECT 'm-' || substr(md5(lid || chr(30) || rid), 1, 20), kind, lid, rid,
+                               coalesce(nullif(lc, ''), nullif(rc, '')), la <> ra, equal
+                        FROM classified WHERE kind IS NOT NULL""").fetchall()
+            self.out.matches += [
+                {"match_id": mid, "match_type": kind, "left_entry_ids": [lid], "right_entry_ids": [rid],
+                 "correlation_id": corr, "rule": rule + ("+fx" if fx else "") + ("" if equal else "+tolerance")}
+                for mid, kind, lid, rid, corr, fx, equal in rows]
+            rest = q("SELECT lid, rid FROM classified WHERE kind IS NULL").fetchall()
+        else:
+            rest = q("SELECT lid, rid FROM pairs WHERE nl = 1 AND nr = 1").fetchall()
+        for lid, rid in rest:
+            self.pair(self.left[lid], self.right[rid], rule)
+
     def tolerant(self) -> None:
         """Each free left entry, earliest first, takes the free right entry nearest in time (equal
         gaps: the smaller id) among those of an asset it converts to, in the expected direction, with
@@ -332,12 +496,12 @@ class _Engine:
         if not self.rules.tolerant_matching:
             return
         index: dict[tuple[str, str], _ByAmount] = defaultdict(_ByAmount)
-        for r in self.free("R"):
+        for r in self.leftover["R"]:
             index[(r.asset, r.direction)].add(r)
         for bucket in index.values():
             bucket.sort()
         window = timedelta(seconds=self.rules.time_window_seconds)
-        for l in self.free("L"):  # earliest booking first
+        for l in self.leftover["L"]:  # earliest booking first
             lt, la = _ts(l), Decimal(l.amount)
             best = None
             for (asset, direction), bucket in index.items():
@@ -353,8 +517,10 @@ class _Engine:
                     if found is not None and found[0] <= window and (best is None or found[:2] < best[:2]):
                         best = (*found, times)
             if best is not None:
+                self.taken_left.add(l.entry_id)
                 _, _, at, times = best
                 r = times.pop(at)[2]
+                self.taken.add(r.entry_id)
                 equal = r.asset == l.asset and Decimal(r.amount) == la
                 self.match("exact" if equal and l.correlation_id and l.correlation_id == r.correlation_id
                            else "tolerant", [l.entry_id], [r.entry_id], "tolerant:amount+time")
@@ -364,26 +530,26 @@ class _Engine:
         return max(self.rules.tolerance_absolute, abs(expected) * self.rules.tolerance_relative)
 
     def missing(self) -> None:
-        for e in self.free("L"):
+        for e in self.leftover["L"]:
+            if e.entry_id in self.taken_left:
+                continue
             self.brk("missing_right", [e.entry_id], [], f"no counterpart on the right for {e.ledger} "
                      f"{e.source_ref}")
-        for e in self.free("R"):
+        for e in self.leftover["R"]:
+            if e.entry_id in self.taken:
+                continue
             self.brk("missing_left", [], [e.entry_id], f"no counterpart on the left for {e.ledger} {e.source_ref}")
 
 
 def reconcile(left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules | None = None) -> Reconciliation:
     with localcontext(EXACT):
-        return _reconcile(left, right, rules)
-
-
-def _reconcile(left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules | None = None) -> Reconciliation:
-    engine = _Engine(left, right, rules or Rules())
-    engine.orphaned()
-    engine.duplicates()
-    for lids, rids in engine.key_groups():
-        engine.group(lids, rids)
-    engine.tolerant()
-    engine.missing()
+        engine = _Engine(left, right, rules or Rules())
+        engine.set_stages(left, right)
+        for side in ("L", "R"):  # a canonical order: the result never depends on the order the inputs came in
+            engine.leftover[side].sort(key=lambda e: (e.booked_at, e.entry_id))
+        engine.taken, engine.taken_left = set(), set()
+        engine.tolerant()
+        engine.missing()
     out = engine.out
     out.matches.sort(key=lambda m: m["match_id"])
     out.breaks.sort(key=lambda b: b["break_id"])
