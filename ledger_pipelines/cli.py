@@ -410,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("reconcile", help="reconcile two files of canonical entries; writes matches, breaks, "
                                          "summary and report to --out (no services needed)")
-    s.add_argument("--left", required=True)
-    s.add_argument("--right", required=True)
+    s.add_argument("--left", required=True, help="canonical entries: JSON Lines, or .parquet / .arrow / .feather")
+    s.add_argument("--right", required=True, help="canonical entries: JSON Lines, or .parquet / .arrow / .feather")
     s.add_argument("--rules", help="rules YAML (default: exact key on correlation_id, 2-day window)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_reconcile)
