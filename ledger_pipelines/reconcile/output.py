@@ -1,9 +1,14 @@
 """Writes a reconciliation to a folder (ARCHITECTURE section 4): matches.jsonl, breaks.jsonl,
-summary.json, report.html (self-contained, inline SVG charts)."""
+summary.json, report.html (self-contained: inline SVG charts, inline script for sorting and filtering).
+
+A day report's reconciliation folder also holds breaks.csv and matches.csv (every record, exact amounts)
+and the breaks beyond report.html's first page as breaks-NNNN.html, so no page grows with the day."""
 
 from __future__ import annotations
 
+import csv
 import html
+import io
 import os
 import shutil
 import tempfile
@@ -45,6 +50,70 @@ def summary(result: Reconciliation, left: list[CanonicalEntry], right: list[Cano
     }
 
 
+PAGE_ROWS = 2000  # breaks per HTML page (about 1 MB): the rest are on further pages and in breaks.csv
+TOP_BREAKS = 10  # the largest open breaks per asset, and the oldest, listed on the index page
+
+_STYLE = ("<style>body{font-family:sans-serif;margin:2em;color:#111}table{border-collapse:collapse}"
+          "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eef;cursor:pointer}"
+          "th[data-dir=asc]::after{content:' \\25b2'}th[data-dir=desc]::after{content:' \\25bc'}"
+          "input.filter{margin:6px 0;padding:3px;width:24em}td.num{text-align:right;font-variant-numeric:tabular-nums}"
+          "nav a{margin-right:6px}</style>")
+
+# Sorting compares decimal strings exactly (amounts exceed what a JavaScript number holds), empty cells last;
+# filtering keeps the rows whose text contains the query. Inline, so a page works without network.
+_SCRIPT = r"""<script>
+(function(){
+var DEC=/^-?\d+(\.\d+)?$/;
+function abs(a,b){var x=a.split('.'),y=b.split('.'),ai=x[0].replace(/^0+(?=\d)/,''),bi=y[0].replace(/^0+(?=\d)/,'');
+ if(ai.length!==bi.length)return ai.length<bi.length?-1:1;if(ai!==bi)return ai<bi?-1:1;
+ var af=x[1]||'',bf=y[1]||'',n=Math.max(af.length,bf.length);af=af.padEnd(n,'0');bf=bf.padEnd(n,'0');
+ return af<bf?-1:af>bf?1:0;}
+function cmp(a,b){if(DEC.test(a)&&DEC.test(b)){var na=a[0]==='-',nb=b[0]==='-';if(na!==nb)return na?-1:1;
+ var r=abs(na?a.slice(1):a,nb?b.slice(1):b);return na?-r:r;}return a<b?-1:a>b?1:0;}
+document.querySelectorAll('table.data').forEach(function(t){
+ var head=t.tHead.rows[0],body=t.tBodies[0],f=document.createElement('input'),shown=document.createElement('span');
+ f.type='search';f.className='filter';f.placeholder='filter rows';t.parentNode.insertBefore(f,t);
+ t.parentNode.insertBefore(shown,t);
+ function count(){var n=0;for(var i=0;i<body.rows.length;i++)if(!body.rows[i].hidden)n++;
+  shown.textContent=' '+n+' of '+body.rows.length+' rows';}
+ f.addEventListener('input',function(){var q=f.value.toLowerCase();
+  for(var i=0;i<body.rows.length;i++){var r=body.rows[i];r.hidden=q!==''&&r.textContent.toLowerCase().indexOf(q)<0;}
+  count();});
+ Array.prototype.forEach.call(head.cells,function(th,i){th.addEventListener('click',function(){
+  var asc=th.dataset.dir!=='asc';Array.prototype.forEach.call(head.cells,function(c){delete c.dataset.dir;});
+  th.dataset.dir=asc?'asc':'desc';var rows=Array.prototype.slice.call(body.rows);
+  rows.sort(function(x,y){var a=x.cells[i].textContent,b=y.cells[i].textContent;
+   if(a===''||b==='')return a===b?0:a===''?1:-1;var r=cmp(a,b);return asc?r:-r;});
+  rows.forEach(function(r){body.appendChild(r);});});});
+ count();});
+})();
+</script>"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _readable(kind: str) -> str:
+    return kind.replace("_", " ")
+
+
+def _table(headers: list[str], rows: list[str]) -> str:
+    """A sortable, filterable table (``rows`` are ``<tr>`` strings already rendered)."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    return f"<table class='data'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _row(cells: list[Any], numeric: set[int] = frozenset(), row_id: str | None = None) -> str:
+    tds = "".join(f"<td class='num'>{_e(c)}</td>" if i in numeric else f"<td>{_e(c)}</td>" for i, c in enumerate(cells))
+    return f"<tr id='{_e(row_id)}'>{tds}</tr>" if row_id else f"<tr>{tds}</tr>"
+
+
+def _page(title: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{_STYLE}</head>"
+            f"<body>{body}{_SCRIPT}</body></html>")
+
+
 def _bars(title: str, data: dict[str, int]) -> str:
     if not data:
         return f"<h3>{html.escape(title)}</h3><p>none</p>"
@@ -53,34 +122,138 @@ def _bars(title: str, data: dict[str, int]) -> str:
     for i, (name, n) in enumerate(sorted(data.items())):
         w = int(360 * n / peak)
         y = i * 26
-        rows.append(f'<text x="0" y="{y + 16}" font-size="13">{html.escape(name)}</text>'
+        rows.append(f'<text x="0" y="{y + 16}" font-size="13">{html.escape(_readable(name))}</text>'
                     f'<rect x="150" y="{y + 4}" width="{w}" height="16" fill="#4f46e5"/>'
                     f'<text x="{156 + w}" y="{y + 16}" font-size="12">{n}</text>')
     return (f"<h3>{html.escape(title)}</h3><svg width='560' height='{26 * len(data) + 6}' "
             f"xmlns='http://www.w3.org/2000/svg'>{''.join(rows)}</svg>")
 
 
-def render_html(s: dict[str, Any], result: Reconciliation, title: str = "Reconciliation") -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(b['break_type'])}</td><td>{html.escape(str(b['correlation_id'] or ''))}</td>"
-        f"<td>{html.escape(str(b['asset']))}</td><td>{b['left_amount'] or ''}</td><td>{b['right_amount'] or ''}</td>"
-        f"<td>{b['difference'] or ''}</td><td>{html.escape(b['reason'])}</td></tr>"
-        for b in result.breaks[:2000])
-    totals_rows = "".join(
-        f"<tr><td>{side}</td><td>{html.escape(a)}</td><td>{t['debit']}</td><td>{t['credit']}</td></tr>"
-        for side in ("left", "right") for a, t in s["totals"][side].items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;color:#111}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}th{{background:#eef}}</style></head><body>
-<h1>{html.escape(title)}</h1>
+BREAK_COLUMNS = ["break_id", "break_type", "correlation_id", "asset", "left_amount", "right_amount", "difference",
+                 "first_seen", "age_days", "left_entry_ids", "right_entry_ids", "reason"]
+MATCH_COLUMNS = ["match_id", "match_type", "correlation_id", "rule", "left_entry_ids", "right_entry_ids",
+                 "decision_id"]
+
+
+def _break_cells(b: dict[str, Any], day: str | None) -> list[Any]:
+    """A break as the pages and breaks.csv show it; a break first seen today has no ``first_seen`` of its own."""
+    return [b["break_id"], _readable(b["break_type"]), b.get("correlation_id"), b.get("asset"), b.get("left_amount"),
+            b.get("right_amount"), b.get("difference"), b.get("first_seen") or day,
+            b.get("age_days", 0) if day else None, " ".join(b["left_entry_ids"]), " ".join(b["right_entry_ids"]),
+            b.get("reason")]
+
+
+def page_name(n: int) -> str:
+    """The file of breaks page ``n`` (1-based): the first page is report.html itself."""
+    return "report.html" if n == 1 else f"breaks-{n:04d}.html"
+
+
+def _breaks_table(breaks: list[dict[str, Any]], day: str | None) -> str:
+    headers = ["break id", "type", "correlation", "asset", "left", "right", "difference", "first seen", "age (days)",
+               "left entries", "right entries", "reason"]
+    return _table(headers, [_row(_break_cells(b, day), {4, 5, 6, 8}, b["break_id"]) for b in breaks])
+
+
+def _pager(pages: int, current: int) -> str:
+    if pages <= 1:
+        return ""
+    links = "".join(f"<b>{n}</b> " if n == current else f"<a href='{page_name(n)}'>{n}</a>"
+                    for n in range(1, pages + 1))
+    return f"<nav>Breaks pages: {links}</nav>"
+
+
+def _heading(title: str, name: str | None, day: str | None) -> str:
+    back = ("<p><a href='../index.html'>&larr; the day's index</a> &middot; "
+            "<a href='report.html'>summary</a></p>") if day else ""
+    where = f" &middot; {html.escape(name)} &middot; {html.escape(day)}" if name and day else ""
+    return f"{back}<h1>{html.escape(title)}{where}</h1>"
+
+
+def render_html(s: dict[str, Any], result: Reconciliation, title: str = "Reconciliation", name: str | None = None,
+                day: str | None = None, exports: bool = False) -> str:
+    """report.html: the figures, the totals per asset and side (debits and credits apart) and the first
+    page of breaks; with ``exports`` (a day report) links to the further pages and the CSV files."""
+    totals_rows = [_row([side, a, t["debit"], t["credit"]], {2, 3})
+                   for side in ("left", "right") for a, t in s["totals"][side].items()]
+    breaks = result.breaks
+    pages = max(1, -(-len(breaks) // PAGE_ROWS)) if exports else 1
+    if exports:
+        where = ("<p>Every record: <a href='breaks.csv'>breaks.csv</a>, <a href='matches.csv'>matches.csv</a> "
+                 "(exact amounts), and <code>breaks.jsonl</code> / <code>matches.jsonl</code>.</p>")
+        caption = f"Breaks {1 if breaks else 0}-{min(PAGE_ROWS, len(breaks))} of {len(breaks)}"
+    else:
+        where = ""
+        caption = f"Breaks (first {PAGE_ROWS} of {len(breaks)}; all in breaks.jsonl)" if len(breaks) > PAGE_ROWS \
+            else "Breaks"
+    body = f"""{_heading(title, name, day)}
 <p>Left {s['input_rows']['left']} entries, right {s['input_rows']['right']} entries:
-{s['matches']} matches, {s['breaks']} breaks. Merkle root <code>{s['merkle_root']}</code>.</p>
+{s['matches']} matches, {s['breaks']} breaks ({html.escape(kinds_text(s['break_type']))}).
+Merkle root <code>{s['merkle_root']}</code>.</p>{where}
 {_bars("Matches by type", s["match_type"])}{_bars("Breaks by type", s["break_type"])}
-<h3>Totals per asset and side</h3><table><tr><th>side</th><th>asset</th><th>debit</th><th>credit</th></tr>
-{totals_rows}</table>
-<h3>Breaks{' (first 2000)' if len(result.breaks) > 2000 else ''}</h3>
-<table><tr><th>type</th><th>correlation</th><th>asset</th><th>left</th><th>right</th><th>difference</th>
-<th>reason</th></tr>{rows}</table></body></html>"""
+<h3>Totals per asset and side</h3>{_table(["side", "asset", "debit", "credit"], totals_rows)}
+<h3>{caption}</h3>{_pager(pages, 1)}{_breaks_table(breaks[:PAGE_ROWS], day)}{_pager(pages, 1)}"""
+    return _page(f"{title} {name or ''} {day or ''}".strip(), body)
+
+
+def render_breaks_page(breaks: list[dict[str, Any]], n: int, pages: int, name: str | None, day: str | None,
+                       title: str = "Reconciliation") -> str:
+    first = (n - 1) * PAGE_ROWS
+    chunk = breaks[first:first + PAGE_ROWS]
+    body = (f"{_heading(title, name, day)}<h3>Breaks {first + 1}-{first + len(chunk)} of {len(breaks)}</h3>"
+            f"{_pager(pages, n)}{_breaks_table(chunk, day)}{_pager(pages, n)}")
+    return _page(f"{title} {name or ''} {day or ''} breaks page {n}".strip(), body)
+
+
+def _csv(columns: list[str], rows) -> bytes:
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def _write_exports(out_dir: Path, result: Reconciliation, name: str | None, day: str | None) -> None:
+    """breaks.csv, matches.csv and the breaks pages after the first."""
+    with open(out_dir / "breaks.csv", "xb") as f:
+        f.write(_csv(BREAK_COLUMNS, ([("" if c is None else c) for c in
+                                      [b["break_id"], b["break_type"], *_break_cells(b, day)[2:]]]
+                                     for b in result.breaks)))
+    with open(out_dir / "matches.csv", "xb") as f:
+        f.write(_csv(MATCH_COLUMNS, ([m["match_id"], m["match_type"], m.get("correlation_id") or "", m.get("rule") or "",
+                                      " ".join(m["left_entry_ids"]), " ".join(m["right_entry_ids"]),
+                                      m.get("decision_id") or ""] for m in result.matches)))
+    pages = max(1, -(-len(result.breaks) // PAGE_ROWS))
+    for n in range(2, pages + 1):
+        with open(out_dir / page_name(n), "x", encoding="utf-8") as f:
+            f.write(render_breaks_page(result.breaks, n, pages, name, day))
+
+
+def _at_stake(b: dict[str, Any]) -> Decimal:
+    """The amount a break puts in question: the difference of a pair, else the amount of the side present."""
+    if b.get("difference") not in (None, ""):
+        return abs(Decimal(b["difference"]))
+    return max((abs(Decimal(b[k])) for k in ("left_amount", "right_amount") if b.get(k) not in (None, "")),
+               default=Decimal(0))
+
+
+def open_breaks(breaks: dict[str, list[dict[str, Any]]], day: str) -> dict[str, Any]:
+    """For the index page (it is rendered from audit.json alone): the largest open breaks per asset (by the
+    amount at stake) and the oldest (by first_seen), each with where its row is."""
+    rows = []
+    for name, recs in breaks.items():
+        for i, b in enumerate(recs):
+            rows.append({"reconciliation": name, "break_id": b["break_id"], "break_type": b["break_type"],
+                         "correlation_id": b.get("correlation_id"), "asset": b.get("asset"),
+                         "amount": f"{_at_stake(b):f}", "first_seen": b.get("first_seen") or day,
+                         "age_days": b.get("age_days", 0), "page": f"{name}/{page_name(i // PAGE_ROWS + 1)}"})
+    by_asset: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_asset.setdefault(str(r["asset"]), []).append(r)
+    largest = [r for asset in sorted(by_asset) for r in
+               sorted(by_asset[asset], key=lambda r: (-Decimal(r["amount"]), r["reconciliation"], r["break_id"]))
+               [:TOP_BREAKS]]
+    oldest = sorted(rows, key=lambda r: (r["first_seen"], r["reconciliation"], r["break_id"]))[:TOP_BREAKS]
+    return {"largest": largest, "oldest": oldest}
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -138,8 +311,11 @@ def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEnt
     s = summary(result, left, right, rules, records_root(day, name, match_lines, break_lines))
     with open(out_dir / "summary.json", "xb") as f:
         f.write(pretty(s))
+    exports = name is not None  # a day report's reconciliation (``reconcile --out`` keeps section 4's files)
     with open(out_dir / "report.html", "x", encoding="utf-8") as f:
-        f.write(render_html(s, result))
+        f.write(render_html(s, result, name=name, day=day, exports=exports))
+    if exports:
+        _write_exports(out_dir, result, name, day)
     return s, match_lines, break_lines
 
 
@@ -164,36 +340,43 @@ def kinds_text(counts: dict[str, int]) -> str:
     return ", ".join(f"{kind.replace('_', ' ')}: {n}" for kind, n in sorted(counts.items())) or "none"
 
 
+def _notable_rows(rows: list[dict[str, Any]]) -> list[str]:
+    return [f"<tr><td><a href='{_e(r['page'])}#{_e(r['break_id'])}'>{_e(r['reconciliation'])}</a></td>"
+            f"<td>{_e(_readable(r['break_type']))}</td><td>{_e(r['correlation_id'])}</td><td>{_e(r['asset'])}</td>"
+            f"<td class='num'>{_e(r['amount'])}</td><td>{_e(r['first_seen'])}</td><td class='num'>{_e(r['age_days'])}</td>"
+            f"<td>{_e(r['break_id'])}</td></tr>" for r in rows]
+
+
 def render_index(audit: dict[str, Any]) -> str:
     """The day's index page over every reconciliation (self-contained), rendered from audit.json alone
     (``verify`` renders it again and compares)."""
     recs = audit["reconciliations"]
+    day = audit["day"]
     data_docs = sorted(p for p in audit.get("files", {}) if p.startswith("data_docs/") and p.count("/") == 2
                        and p.endswith("/index.html"))
-    rows = "".join(
-        f"<tr><td><a href='{html.escape(name)}/report.html'>{html.escape(name)}</a></td><td>{r['matches']}</td>"
-        f"<td>{r['breaks']}</td><td>{html.escape(kinds_text(r['break_type']))}</td></tr>"
-        for name, r in sorted(recs.items()))
+    rows = [f"<tr><td><a href='{_e(name)}/report.html'>{_e(name)}</a></td><td class='num'>{r['matches']}</td>"
+            f"<td class='num'>{r['breaks']}</td><td>{_e(kinds_text(r['break_type']))}</td></tr>"
+            for name, r in sorted(recs.items())]
     breaks = {name: r["breaks"] for name, r in recs.items()}
     by_type: dict[str, int] = {}
     for r in recs.values():
         for kind, n in r["break_type"].items():
             by_type[kind] = by_type.get(kind, 0) + n
-    amount_rows = "".join(
-        f"<tr><td>{html.escape(ledger)}</td><td>{html.escape(asset)}</td><td>{total}</td></tr>"
-        for ledger, assets in sorted(audit.get("amounts", {}).items()) for asset, total in assets.items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Audit {html.escape(audit['day'])}</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-table{{border-collapse:collapse}}</style></head><body><h1>Audit report {html.escape(audit['day'])}</h1>
+    amount_rows = [_row([ledger, asset, *((t.get("debit"), t.get("credit")) if isinstance(t, dict) else (t, t))], {2, 3})
+                   for ledger, assets in sorted(audit.get("amounts", {}).items()) for asset, t in sorted(assets.items())]
+    notable = audit.get("open_breaks", {})
+    heads = ["reconciliation", "type", "correlation", "asset", "amount at stake", "first seen", "age (days)", "break id"]
+    body = f"""<h1>Audit report {html.escape(day)}</h1>
 <p>Merkle root over everything this report states (every record, figure and file of the day): <code>{html.escape(audit['merkle_root'])}</code></p>
 {_anchor_line(audit.get("anchor"))}
 {_bars("Breaks by type", by_type)}{_bars("Breaks per reconciliation", breaks)}
 {_bars("Open breaks by age", audit.get("open_breaks_by_age", {}))}
-<table><tr><th>reconciliation</th><th>matches</th><th>breaks</th><th>break types</th></tr>{rows}</table>
-<h3>Amounts per asset per ledger (snapshots of the day)</h3>
-<table><tr><th>ledger</th><th>asset</th><th>total</th></tr>{amount_rows}</table>
-{_docs_list(data_docs)}
-</body></html>"""
+<h3>Reconciliations</h3>{_table(["reconciliation", "matches", "breaks", "break types"], rows)}
+<h3>Largest open breaks (per asset, by the amount at stake)</h3>{_table(heads, _notable_rows(notable.get("largest", [])))}
+<h3>Oldest open breaks</h3>{_table(heads, _notable_rows(notable.get("oldest", [])))}
+<h3>Amounts per asset per ledger (snapshots of the day)</h3>{_table(["ledger", "asset", "debit", "credit"], amount_rows)}
+{_docs_list(data_docs)}"""
+    return _page(f"Audit {day}", body)
 
 
 def _docs_list(docs: list[str] | None) -> str:

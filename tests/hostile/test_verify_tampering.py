@@ -204,7 +204,9 @@ def test_a_committed_file_removed_fails(report):
 
 def test_an_edited_report_page_fails(report):
     page = report / "bank_vs_chain" / "report.html"
-    page.write_text(page.read_text().replace("missing_left", "exact"))
+    original = page.read_text()
+    page.write_text(original.replace("missing left", "exact"))
+    assert page.read_text() != original
     refused(report, "bank_vs_chain/report.html", "SHA-256")
 
 
