@@ -44,7 +44,7 @@ _rule_sets = st.fixed_dictionaries({
                                                "relative": st.sampled_from(["0", "0.0005", "0.001", "0.01"])}),
     "fx": st.sampled_from([[], [{"from": "EUR", "to": "USDC", "rate": "1.0842"}],
                            [{"from": "USDC", "to": "EUR", "rate": "0.9223"}, {"from": "USD", "to": "EUR", "rate": "1"}],
-                           [{"from": "EUR", "to": "USD", "rate": "0.5"}]]),
+                           [{"from": "EUR", "to": "USD", "rate": "0.5"}, {"from": "USDC", "to": "USD", "rate": "12"}]]),
     "tolerant_matching": st.sampled_from([True, True, True, False]),
     "duplicate_key": st.sampled_from([["correlation_id", "asset", "amount", "direction"], ["amount", "asset"]]),
     "batch_members": st.sampled_from(["attributes.details[].refs.EndToEndId", None]),
