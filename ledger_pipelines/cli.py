@@ -106,6 +106,19 @@ def _read_logs(path: str) -> tuple[list, list[tuple[str, str]]]:
     return logs, bad
 
 
+def _count_line(kind: str, records: int, entries: int, rejected: int, written: int, unreadable: int) -> bool:
+    """The run's count on stderr (records read = entries + rejections); False, said as an error, when it does
+    not hold."""
+    sys.stdout.buffer.flush()
+    sys.stderr.write(json.dumps({"kind": kind, "records": records, "entries": entries, "rejections": rejected,
+                                 "entry_lines": written, "unreadable_files": unreadable}) + "\n")
+    if records != entries + rejected:
+        _emit_error("normalize", f"internal error: {records} records read but {entries} entries + {rejected} "
+                                 "rejections")
+        return False
+    return True
+
+
 def cmd_normalize(args) -> int:
     from pathlib import Path
 
@@ -179,13 +192,7 @@ def cmd_normalize(args) -> int:
                 _emit_error(f"{path}: {where}", reason)
             for r in mapped.rejections:
                 _emit_error(r.where, r.reason)
-        out.flush()
-        sys.stderr.write(json.dumps({"kind": "evm-logs", "records": records, "entries": accepted,
-                                     "rejections": rejected, "entry_lines": written,
-                                     "unreadable_files": unreadable}) + "\n")
-        if records != accepted + rejected:
-            _emit_error("normalize", f"internal error: {records} logs read but {accepted} entries + {rejected} "
-                                     f"rejections")
+        if not _count_line("evm-logs", records, accepted, rejected, written, unreadable):
             return 3
     else:
         # a record is one change event (a non-blank line); an update with its before image writes two entries
@@ -219,13 +226,7 @@ def cmd_normalize(args) -> int:
             rejected += len(mapped.rejections)
             for r in mapped.rejections:
                 _emit_error(r.where, r.reason)
-        out.flush()
-        sys.stderr.write(json.dumps({"kind": "debezium", "records": records, "entries": accepted,
-                                     "rejections": rejected, "entry_lines": written,
-                                     "unreadable_files": unreadable}) + "\n")
-        if records != accepted + rejected:
-            _emit_error("normalize", f"internal error: {records} change events read but {accepted} mapped + "
-                                     f"{rejected} rejections")
+        if not _count_line("debezium", records, accepted, rejected, written, unreadable):
             return 3
     out.flush()
     return 2 if unreadable else 0
