@@ -245,15 +245,18 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
         elif hashlib.sha256(chk.read(rel)).hexdigest() != digest:
             chk.problem(rel, "its bytes are not the ones committed to (SHA-256 differs from audit.json)")
     leaves[("audit",)] = (merkle.leaf_hash(audit_leaf(audit)), "audit.json")
-    if "index.html" in files:
-        from .reconcile.output import render_index
+    from .reconcile.output import render_index
 
-        if chk.read("index.html") != render_index(audit).encode():
-            chk.problem("index.html", "does not show what audit.json states")
+    if "index.html" not in files:  # written by the report's last step; a folder without it is no finished report
+        chk.problem("index.html", "missing (the report was not finished, or the page was removed)")
+    elif chk.read("index.html") != render_index(audit).encode():
+        chk.problem("index.html", "does not show what audit.json states")
     return audit, leaves
 
 
 PROOF_FORMAT = "ledger-pipelines.inclusion-proof/1"
+_PROOF_KEYS = {"format", "day", "merkle_root", "report_version", "anchor", "leaf", "leaf_hash", "index", "tree_size",
+               "path"}
 
 
 def _check_root(chk: _Check, audit: dict[str, Any], leaves: dict) -> list[bytes]:
@@ -392,6 +395,8 @@ def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None
         doc = strict_json(data)
         if not isinstance(doc, dict) or doc.get("format") != PROOF_FORMAT:
             raise VerificationError(f"{path}: not an inclusion proof ({PROOF_FORMAT})")
+        if set(doc) != _PROOF_KEYS:
+            raise VerificationError(f"{path}: members {sorted(set(doc) ^ _PROOF_KEYS)} missing or unknown")
         day, root, version, leaf = doc.get("day"), doc.get("merkle_root"), doc.get("report_version"), doc.get("leaf")
         index, size, hashes = doc.get("index"), doc.get("tree_size"), doc.get("path")
         if not (isinstance(day, str) and isinstance(root, str) and _HEX32.fullmatch(root) and isinstance(version, str)

@@ -477,3 +477,8 @@ def test_a_proof_checks_against_the_anchor_and_an_altered_version_does_not(ancho
     (tmp_path / "p.json").write_text(json.dumps(proof))
     code, out, _ = cli_verify_proof(tmp_path / "p.json", "--rpc", stack_config.anvil_url, env=_env())
     assert code == 1 and "on-chain anchor of 2026-11-20 version 1" in out["reason"]
+
+
+def test_a_removed_index_page_fails(report):
+    (report / "index.html").unlink()
+    refused(report, "index.html", "missing")
