@@ -143,8 +143,7 @@ def _nearest(times: list[tuple[datetime, str, CanonicalEntry]], t: datetime) -> 
 
 
 
-_COLUMNS = ("entry_id", "correlation_id", "account", "counterparty", "asset", "amount", "direction", "source_ref",
-            "booked_at", "status")
+_COLUMNS = ("entry_id", "correlation_id", "asset", "direction", "booked_at", "status")
 _SCALE = 18  # amounts with at most this many decimals (18: ERC-20 tokens) may take the SQL path
 
 
@@ -153,14 +152,14 @@ def _fits(amount: str, bound: int) -> bool:
     return (len(amount) if dot < 0 else dot) <= bound and (dot < 0 or len(amount) - dot - 1 <= _SCALE)
 
 
-def _table(entries: list[CanonicalEntry], path: str | None, bound: int):
+def _table(entries: list[CanonicalEntry], path: str | None, bound: int, fields: tuple[str, ...]):
     """The entries as an Arrow table of their text fields plus ``dec``, the amount as DECIMAL(38, 18)
     where it has at most ``bound`` integer digits (else null: the Python path), and their batches as
     (entry_id, member) rows (only entries with more than one member)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    cols = {c: pa.array([getattr(e, c) for e in entries], pa.string()) for c in _COLUMNS}
+    cols = {c: pa.array([getattr(e, c) for e in entries], pa.string()) for c in fields}
     # Arrow's cast refuses any loss of digits; DuckDB's text-to-DECIMAL(38) cast costs ~100x more
     cols["dec"] = pc.cast(pa.array([e.amount if _fits(e.amount, bound) else None for e in entries], pa.string()),
                           pa.decimal128(38, _SCALE))
@@ -367,8 +366,10 @@ class _Engine:
         """Stages 1-3 in DuckDB; what needs the Python path is handed to it from here."""
         rules = self.rules
         plan = _SqlPlan(rules)
-        lt, lb = _table(left, rules.batch_members, plan.bound)
-        rt, rb = _table(right, rules.batch_members, plan.bound)
+        # only the fields the SQL reads: building a column costs a pass over the Python objects
+        fields = tuple(dict.fromkeys(_COLUMNS + (rules.key,) + rules.duplicate_key))
+        lt, lb = _table(left, rules.batch_members, plan.bound, fields)
+        rt, rb = _table(right, rules.batch_members, plan.bound, fields)
         con = _database().cursor()  # a connection of its own: its temporary tables go with it
         try:
             for name, t in (("l_in", lt), ("r_in", rt), ("l_batch", lb), ("r_batch", rb)):
