@@ -4,8 +4,8 @@
 2. creates three ledgers (sender bank SQL journal, USDC on anvil, beneficiary bank camt.053/054) and a
    week of payments with every break type and one chain reorg (``corridor.py``);
 3. publishes everything through Kafka (the reorg happens after the first publication: orphaned legs);
-4. runs the event log, then backfills the week in one run (snapshots, checks, reconciliation, reports
-   anchored on chain) and the cross-ledger triggers, all recorded in the Dagster instance;
+4. runs the event log, then the week one run per day in day order (snapshots, checks, reconciliation,
+   reports anchored on chain) and the cross-ledger triggers, all recorded in the Dagster instance;
 5. turns on the sensors and the nightly schedule and starts the Dagster UI.
 
 Re-running is safe: a finished demo whose chain is still there is reused as it is (only the UI starts);
@@ -35,8 +35,13 @@ DAGSTER_YAML = """\
 #         env: DAGSTER_PG_URL
 concurrency:
   pools:
-    # ledger_event_log runs in pool ledger_event_log_ingest: one ingest at a time
+    # ledger_event_log runs in pool ledger_event_log_ingest: one ingest at a time; reconciliation and
+    # audit_report in pool ledger_day_report: one day at a time, the days of a backfill in day order
+    # (a day carries the breaks left open by the days before it)
     default_limit: 1
+    # a run waits in the queue (first in, first out) until its pools are free, instead of starting
+    # and waiting for a slot step by step in no particular order
+    granularity: run
   runs:
     max_concurrent_runs: 4
 telemetry:
@@ -50,7 +55,21 @@ def prepare_dagster_home(cfg: StackConfig) -> Path:
     conf = home / "dagster.yaml"
     if not conf.exists():
         conf.write_text(DAGSTER_YAML)
+    set_pool_limits(home)
     return home
+
+
+def set_pool_limits(home: Path) -> None:
+    """The pools' limits, set before any run: the run queue applies ``default_limit`` to a pool only from
+    the iteration after the one that first saw it, so the first runs of a backfill could start together."""
+    from dagster import DagsterInstance
+
+    from .assets.audit import DAY_REPORT_POOL
+    from .assets.event_log import EVENT_LOG_POOL
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        for pool in (DAY_REPORT_POOL, EVENT_LOG_POOL):
+            instance.event_log_storage.set_concurrency_slots(pool, 1)
 
 
 def start_dagster_ui(cfg: StackConfig, port: int, log_path: Path) -> subprocess.Popen:
@@ -367,7 +386,7 @@ def build(args, demo: Path, progress: Progress) -> dict:
 
 
 def process(demo: Path, manifest: dict, progress: Progress) -> dict:
-    """Event log, a single-run backfill of the week, the triggers: all as runs of the Dagster instance."""
+    """Event log, the week one run per day, the triggers: all as runs of the Dagster instance."""
     from dagster import DagsterInstance
 
     from .definitions import defs
@@ -388,17 +407,23 @@ def process(demo: Path, manifest: dict, progress: Progress) -> dict:
     if not r.success:
         raise SystemExit("the event-log run failed; see the Dagster UI")
     days = manifest["days"]
-    progress.step(f"backfill {days[0]} .. {days[-1]} in one run: snapshots, checks, reconciliation, reports, anchors")
-    r = defs.get_job_def("nightly_audit_job").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=quiet,
-        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[-1]})
-    if not r.success:
-        raise SystemExit("the backfill run failed; see the Dagster UI")
+    progress.step(f"the week {days[0]} .. {days[-1]}, one run per day: snapshots, checks, reconciliation, "
+                  "reports, anchors")
+    # in day order, one after the other: a day carries the breaks the days before it left open
+    job = defs.get_job_def("nightly_audit_job")
+    failed = []
+    for day in days:
+        r = job.execute_in_process(instance=instance, raise_on_error=False, run_config=quiet, partition_key=day)
+        progress.note(f"{day}: run {r.run_id[:8]} {'succeeded' if r.success else 'FAILED'}")
+        if not r.success:
+            failed.append(day)
+    if failed:
+        raise SystemExit(f"the runs of {', '.join(failed)} failed; see the Dagster UI")
     progress.step("cross-ledger triggers: large payments recorded on chain through LedgerBridge")
     r = defs.get_job_def("bridge_job").execute_in_process(instance=instance, run_config=quiet)
     if not r.success:
         raise SystemExit("the bridge run failed; see the Dagster UI")
-    return {"runs": 3}
+    return {"runs": 2 + len(days)}
 
 
 def run_demo(args) -> int:
@@ -464,7 +489,7 @@ def run_demo(args) -> int:
 Dagster UI: http://{cfg.host}:{args.port}   (log: {log_path})
   Assets (Lineage): sender_bank_snapshot, eth_usdc_snapshot, beneficiary_bank_snapshot -> reconciliation
       -> audit_report; ledger_event_log from Kafka. Open audit_report, partition {last}: summary, anchor tx.
-  Runs: the event-log run, the one-run backfill of the week, the bridge run.
+  Runs: the event-log run, one nightly_audit_job run per day of the week, the bridge run.
   Automation: kafka_offsets_sensor, bridge_sensor, ... and nightly_audit_schedule are on.
 Reports: {reports}/<day>/index.html
 Verify a report and its anchor:

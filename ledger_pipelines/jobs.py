@@ -29,8 +29,9 @@ NIGHTLY_AUDIT_JOB = "nightly_audit_job"
 
 nightly_audit_job = define_asset_job(
     NIGHTLY_AUDIT_JOB, selection=AssetSelection.groups("snapshots", "audit"),
-    description="Snapshots of every ledger, then reconciliation and the audit report, for one day; a "
-    "failed blocking check of a snapshot stops the reconciliation and the report of that day.",
+    description="Snapshots of every ledger, then reconciliation and the audit report, for one day (a "
+    "backfill: one run per day, reconciling in day order); a failed blocking check of a snapshot stops "
+    "the reconciliation and the report of that day only.",
 )
 
 BRIDGE_JOB = "bridge_job"

@@ -1,4 +1,4 @@
-"""Daily snapshot assets, a week backfilled in one run, the statement inbox and the source sensors."""
+"""Daily snapshot assets, a week one run per day, the statement inbox and the source sensors."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.services
 WEEK = [date(2026, 11, 17) + timedelta(days=i) for i in range(7)]
 
 
-def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch, kafka):
+def test_a_week_of_snapshots_one_run_per_day(tmp_path, monkeypatch, kafka):
     from dagster import AssetCheckSeverity
 
     from ledger_pipelines.config import ledger_by_name, load_config
@@ -39,17 +39,18 @@ def test_a_week_of_snapshots_backfilled_in_one_run(tmp_path, monkeypatch, kafka)
     Publisher(kafka, wh).publish(core_lc)  # the bridge delivers the week: control totals agree
     EventLogIngestor(kafka, wh).run()
     asset = defs.resolve_assets_def("core_banking_snapshot")
+    assert asset.backfill_policy.max_partitions_per_run == 1  # a backfill launches one run per day
     instance = DagsterInstance.ephemeral()
-    result = materialize(
-        [asset], instance=instance,
-        tags={"dagster/asset_partition_range_start": str(WEEK[0]), "dagster/asset_partition_range_end": str(WEEK[-1])},
-    )
-    assert result.success
-    mats = result.asset_materializations_for_node("core_banking_snapshot")
-    assert {m.partition for m in mats} == {str(d) for d in WEEK}  # one run, seven partitions
-    assert mats[0].metadata["rows"].value == 2 * sum(range(1, 8))
-    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
-        "expectations": True, "trial_balance": True, "control_totals": True}
+    for i, day in enumerate(WEEK):
+        result = materialize([asset], instance=instance, partition_key=str(day))
+        assert result.success
+        (mat,) = result.asset_materializations_for_node("core_banking_snapshot")
+        # the day's own materialization, with that day's figures
+        assert mat.partition == str(day) and mat.metadata["day"].value == str(day)
+        assert mat.metadata["rows"].value == 2 * (i + 1)
+        assert mat.metadata["counts"].value["read"] == 2 * (i + 1)
+        assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+            "expectations": True, "trial_balance": True, "control_totals": True}
     per_day = dict(wh.rows("SELECT snapshot_date, count(*) FROM ledger_snapshots GROUP BY snapshot_date"))
     assert per_day == {str(d): 2 * (i + 1) for i, d in enumerate(WEEK)}
     # re-running one partition replaces only that day

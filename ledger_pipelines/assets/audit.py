@@ -25,6 +25,13 @@ def reports_dir() -> Path:
     return Path(os.environ.get("LEDGER_REPORTS_DIR") or StackConfig.from_env().root / "reports")
 
 
+# Reconciliation carries the breaks still open from the days before (open_breaks), so the days of a
+# backfill must reconcile one after the other, in day order: the runs that reconcile or anchor share
+# this pool (limit 1, run granularity: a run waits in the queue, first in first out, until the pool is
+# free). Anchoring from one signer also needs one transaction at a time.
+DAY_REPORT_POOL = "ledger_day_report"
+
+
 def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partitions: DailyPartitionsDefinition):
     pair_configs = pairs_from({"reconciliations": pairs})
 
@@ -32,28 +39,27 @@ def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partition
         name="reconciliation",
         group_name="audit",
         partitions_def=partitions,
-        backfill_policy=BackfillPolicy.single_run(),
+        backfill_policy=BackfillPolicy.multi_run(1),
+        pool=DAY_REPORT_POOL,
         deps=[AssetKey("ledger_event_log"), *(AssetKey(f"{lc.name}_snapshot") for lc in ledgers)],
         kinds={"duckdb"},
         description="Each ledger's snapshot against the event log (did the bridge deliver everything, "
         "unchanged?), then every configured ledger pair by its rules; results replace the day.",
     )
     def reconciliation(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
-        out = {}
+        day = context.partition_key
         with warehouse.session() as wh:
-            for key in context.partition_keys:
-                out[key] = run_day(wh, ledgers, pair_configs, date.fromisoformat(key), reports_dir())
-        last = out[max(out)]
-        breaks = {name: r["breaks"] for name, r in last["reconciliations"].items()}
-        md = "| reconciliation | matches | breaks | break types |\n|---|---|---|---|\n" + "\n".join(
-            f"| {name} | {r['matches']} | {r['breaks']} | {r['break_type']} |"
-            for name, r in sorted(last["reconciliations"].items()))
+            audit = run_day(wh, ledgers, pair_configs, date.fromisoformat(day), reports_dir())
+        recs = audit["reconciliations"]
+        md = f"**{day}** — Merkle root `{audit['merkle_root']}`\n\n" + (
+            "| reconciliation | matches | breaks | break types |\n|---|---|---|---|\n" + "\n".join(
+                f"| {name} | {r['matches']} | {r['breaks']} | {r['break_type']} |" for name, r in sorted(recs.items())))
         return MaterializeResult(metadata={
-            "days": MetadataValue.int(len(out)),
-            "breaks": MetadataValue.json(breaks),
-            "merkle_root": MetadataValue.text(last["merkle_root"]),
+            "day": MetadataValue.text(day),
+            "breaks": MetadataValue.json({name: r["breaks"] for name, r in recs.items()}),
+            "merkle_root": MetadataValue.text(audit["merkle_root"]),
             "summary": MetadataValue.md(md),
-            "reports": MetadataValue.path(str(reports_dir() / max(out))),
+            "reports": MetadataValue.path(str(reports_dir() / day)),
         })
 
     return [reconciliation]
@@ -64,7 +70,8 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
         name="audit_report",
         group_name="audit",
         partitions_def=partitions,
-        backfill_policy=BackfillPolicy.single_run(),
+        backfill_policy=BackfillPolicy.multi_run(1),
+        pool=DAY_REPORT_POOL,
         deps=[AssetKey("reconciliation")],
         kinds={"html"},
         description="The day's audit report: index.html (self-contained) over every reconciliation's report "
@@ -74,23 +81,21 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
         from ..anchor import enabled
         from ..audit import finish_report
 
-        last = None
-        for key in context.partition_keys:
-            folder = reports_dir() / key
-            audit = finish_report(folder, anchor=enabled())
-            if audit.get("anchor"):
-                context.log.info(f"{key}: root {audit['merkle_root'][:16]}… anchored in tx "
-                                 f"{audit['anchor']['tx_hash']} (version {audit['anchor']['version']})")
-            last = (key, audit, folder)
-        key, audit, folder = last
+        day = context.partition_key
+        folder = reports_dir() / day
+        audit = finish_report(folder, anchor=enabled())
         anchor = audit.get("anchor")
+        if anchor:
+            context.log.info(f"{day}: root {audit['merkle_root'][:16]}… anchored in tx {anchor['tx_hash']} "
+                             f"(version {anchor['version']})")
         recs = audit["reconciliations"]
-        md = (f"**{key}** — Merkle root `{audit['merkle_root']}`"
+        md = (f"**{day}** — Merkle root `{audit['merkle_root']}`"
               + (f", anchored in tx `{anchor['tx_hash']}` (v{anchor['version']})" if anchor else ", not anchored")
               + "\n\n") + "\n".join(
             f"- **{name}**: {r['matches']} matches, {r['breaks']} breaks {r['break_type'] or ''}"
             for name, r in sorted(recs.items()))
         return MaterializeResult(metadata={
+            "day": MetadataValue.text(day),
             "summary": MetadataValue.md(md),
             "matches": MetadataValue.int(sum(r["matches"] for r in recs.values())),
             "breaks": MetadataValue.int(sum(r["breaks"] for r in recs.values())),

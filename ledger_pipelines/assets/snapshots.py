@@ -48,67 +48,57 @@ def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition
         name=name,
         group_name="snapshots",
         partitions_def=partitions,
-        backfill_policy=BackfillPolicy.single_run(),
+        # one run per day: a range run records one materialization and one check result for all
+        # of its days, so one bad day would fail (and block) every day of the range
+        backfill_policy=BackfillPolicy.multi_run(1),
         kinds={lc.kind if lc.kind != "iso20022" else "xml", "sql"},
         tags={"ledger": lc.name, "ledger_kind": lc.kind},
         description=f"Daily snapshot of ledger {lc.name} ({lc.kind}) read from its source of truth; "
-        f"a run replaces exactly its day(s) in ledger_snapshots.",
+        f"a run replaces exactly its day in ledger_snapshots.",
     )
     def _snapshot(context: AssetExecutionContext, warehouse: WarehouseResource,
                   expectations: ExpectationsResource) -> MaterializeResult:
-        days = {}
-        validator = expectations.validator()
+        day = context.partition_key
         with warehouse.session() as wh:
-            for key in context.partition_keys:  # one run can cover a whole backfill range
-                stats = snapshot_day(lc, date.fromisoformat(key), wh, validator)
-                days[key] = stats
-                # Data Docs next to the day's report: <reports>/<day>/data_docs/<ledger>/
-                docs = write_data_docs(stats["checks"], reports_dir() / key / "data_docs" / lc.name,
-                                       f"{lc.name} {key}: expectation results")
-                stats["data_docs"] = str(docs) if docs else None
-                context.log.info(f"{lc.name} {key}: {stats['counts']['read']} records read = {stats['rows']} rows "
-                                 f"+ {stats['rejected']} rejected, totals {stats['totals']}, "
-                                 f"published {stats['published']}")
-        rows = sum(s["rows"] for s in days.values())
-        last = days[max(days)] if days else {}
-        md = "| day | rows | totals |\n|---|---|---|\n" + "\n".join(
-            f"| {d} | {s['rows']} | " + ", ".join(f"{a}: D {t['debit']} / C {t['credit']}" for a, t in s["totals"].items())
-            + " |" for d, s in sorted(days.items()))
-        check_results = [_check_result(spec.name, days) for spec in checks]
-        return MaterializeResult(check_results=check_results, metadata={
-            "published": MetadataValue.bool(all(s["published"] for s in days.values())),
-            "control_totals": MetadataValue.json(
-                {d: s["checks"][CONTROL_TOTALS_CHECK].failures[:1] for d, s in days.items()
-                 if s["checks"][CONTROL_TOTALS_CHECK].failures}),
-            "rows": MetadataValue.int(rows),
-            "days": MetadataValue.int(len(days)),
-            "totals": MetadataValue.json(last.get("totals", {})),
-            "statuses": MetadataValue.json(last.get("statuses", {})),
-            "first_position": MetadataValue.json(last.get("first_position")),
-            "last_position": MetadataValue.json(last.get("last_position")),
-            "rejected": MetadataValue.int(sum(s["rejected"] for s in days.values())),
-            # records read = rows + rejected, checked for every day by snapshot_day
-            "records_read": MetadataValue.int(sum(s["counts"]["read"] for s in days.values())),
-            "counts": MetadataValue.json({d: s["counts"] for d, s in sorted(days.items())}),
+            stats = snapshot_day(lc, date.fromisoformat(day), wh, expectations.validator())
+        # Data Docs next to the day's report: <reports>/<day>/data_docs/<ledger>/
+        docs = write_data_docs(stats["checks"], reports_dir() / day / "data_docs" / lc.name,
+                               f"{lc.name} {day}: expectation results")
+        context.log.info(f"{lc.name} {day}: {stats['counts']['read']} records read = {stats['rows']} rows "
+                         f"+ {stats['rejected']} rejected, totals {stats['totals']}, published {stats['published']}")
+        totals = ", ".join(f"{a}: D {t['debit']} / C {t['credit']}" for a, t in stats["totals"].items()) or "-"
+        md = (f"**{day}** — {stats['rows']} rows, {stats['rejected']} rejected, "
+              f"{'published' if stats['published'] else 'not published'}\n\ntotals: {totals}")
+        ct = stats["checks"][CONTROL_TOTALS_CHECK].failures
+        return MaterializeResult(check_results=[_check_result(spec.name, day, stats) for spec in checks], metadata={
+            "day": MetadataValue.text(day),
+            "published": MetadataValue.bool(stats["published"]),
+            "control_totals": MetadataValue.json(ct[:1]),
+            "rows": MetadataValue.int(stats["rows"]),
+            "totals": MetadataValue.json(stats["totals"]),
+            "statuses": MetadataValue.json(stats.get("statuses", {})),
+            "first_position": MetadataValue.json(stats.get("first_position")),
+            "last_position": MetadataValue.json(stats.get("last_position")),
+            "rejected": MetadataValue.int(stats["rejected"]),
+            # records read = rows + rejected, checked by snapshot_day
+            "records_read": MetadataValue.int(stats["counts"]["read"]),
+            "counts": MetadataValue.json(stats["counts"]),
             "summary": MetadataValue.md(md),
-            **({"data_docs": MetadataValue.path(last["data_docs"])} if last.get("data_docs") else {}),
+            **({"data_docs": MetadataValue.path(str(docs))} if docs else {}),
         })
 
     return _snapshot
 
 
-def _check_result(check: str, days: dict) -> AssetCheckResult:
-    """One result over the run's days: failing critical expectations block, warnings only warn."""
-    failures = {d: s["checks"][check].failures for d, s in days.items() if s["checks"][check].failures}
-    warnings = {d: s["checks"][check].warnings for d, s in days.items() if s["checks"][check].warnings}
-    passed = not failures and not warnings
-    md = {"days_checked": MetadataValue.int(len(days)),
-          "days_failed": MetadataValue.json(sorted(failures)),
-          "failures": MetadataValue.json({d: f[:5] for d, f in sorted(failures.items())}),
-          "warnings": MetadataValue.json({d: w[:5] for d, w in sorted(warnings.items())})}
-    first = next(iter(failures.values()), None) or next(iter(warnings.values()), None)
+def _check_result(check: str, day: str, stats: dict) -> AssetCheckResult:
+    """The day's result: failing critical expectations block, warnings only warn."""
+    failures, warnings = stats["checks"][check].failures, stats["checks"][check].warnings
+    md = {"day": MetadataValue.text(day),
+          "failures": MetadataValue.json(failures[:5]),
+          "warnings": MetadataValue.json(warnings[:5])}
+    first = failures or warnings
     if first:
         ids = next((v for k, v in first[0].items() if k.endswith("_ids")), [])
         md["offending_ids"] = MetadataValue.text(", ".join(map(str, ids[:20])) or "-")
-    return AssetCheckResult(check_name=check, passed=passed,
+    return AssetCheckResult(check_name=check, passed=not failures and not warnings,
                             severity=AssetCheckSeverity.ERROR if failures else AssetCheckSeverity.WARN, metadata=md)
