@@ -58,13 +58,18 @@ def read_entries(path: str | Path, side: str) -> list[CanonicalEntry]:
                 raise InputError(f"{where}, line {n}", f"longer than {MAX_LINE_BYTES} bytes (with its line end)")
             if not line.strip():
                 continue
-            e = _decode(line, f"{where}, line {n}")
-            first = line_of.setdefault(e.entry_id, n)
-            if first != n:
-                raise InputError(where, f"entry_id {e.entry_id!r} on line {first} and again on line {n} "
-                                        "(each entry must appear once)")
-            entries.append(e)
+            _add_once(entries, line_of, _decode(line, f"{where}, line {n}"), n, "line", where)
     return entries
+
+
+def _add_once(entries: list[CanonicalEntry], first_of: dict[str, int], e: CanonicalEntry, n: int, unit: str,
+              where: str) -> None:
+    """Appends ``e`` (at line/row ``n``) unless its entry_id was seen: then the file is invalid, naming both."""
+    first = first_of.setdefault(e.entry_id, n)
+    if first != n:
+        raise InputError(where, f"entry_id {e.entry_id!r} on {unit} {first} and again on {unit} {n} "
+                                "(each entry must appear once)")
+    entries.append(e)
 
 
 def _decode(line: bytes, where: str) -> CanonicalEntry:
@@ -127,12 +132,7 @@ def _read_table(path: str | Path, where: str) -> list[CanonicalEntry]:
                     line = msgspec.json.encode({k: _cell(k, v) for k, v in row.items()})
                 except (TypeError, msgspec.EncodeError) as exc:
                     raise InputError(f"{where}, row {n}", f"a value is not JSON-like ({str(exc)[:200]})") from None
-                e = _decode(line, f"{where}, row {n}")
-                first = row_of.setdefault(e.entry_id, n)
-                if first != n:
-                    raise InputError(where, f"entry_id {e.entry_id!r} on row {first} and again on row {n} "
-                                            "(each entry must appear once)")
-                entries.append(e)
+                _add_once(entries, row_of, _decode(line, f"{where}, row {n}"), n, "row", where)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(where, f"not a readable table ({str(exc)[:_REASON_CHARS]})") from None
     return entries
