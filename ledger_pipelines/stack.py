@@ -206,8 +206,10 @@ class Service:
         # here (no zombie left behind for as long as this process lives)
         _reap(pid)
         self.pidfile.unlink(missing_ok=True)
-        # a launcher (npm's anvil wrapper) may exit before the server it started lets go of the port
-        while time.monotonic() < deadline and any(_port_open(self.cfg.host, p) for p in self.ports()):
+        # a launcher (npm's anvil wrapper) may exit before the server it started lets go of the port;
+        # its own wait, so that a slow SIGTERM that ended in SIGKILL still waits for the ports
+        released = time.monotonic() + 15.0
+        while time.monotonic() < released and any(_port_open(self.cfg.host, p) for p in self.ports()):
             time.sleep(0.2)
         return True
 

@@ -57,7 +57,13 @@ def chain(anvil_service, stack_config):
 
 @pytest.fixture
 def kafka(kafka_service, stack_config) -> KafkaSettings:
-    """Kafka settings with a topic prefix of this test's own."""
+    """Kafka settings with a topic prefix of this test's own. A session broker found down is started
+    again (so one crash fails one test, not every test after it) and this test fails with the tail of
+    the broker's log, which says why it went down."""
+    if not kafka_service.running():
+        tail = kafka_service.tail(60)
+        kafka_service.start(timeout=180)
+        pytest.fail(f"the session's Kafka broker was down before this test (started again); its log:\n{tail}")
     return KafkaSettings(
         bootstrap_servers=stack_config.kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:10]}.", partitions=4
     )

@@ -232,16 +232,44 @@ def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url):
     wh.dispose()
 
 
-def test_broker_restart_between_runs(kafka, kafka_service, tmp_path):
+@pytest.fixture
+def own_kafka(kafka_service, stack_config, tmp_path):
+    """A broker of this test's own (own folder, own ports, the installed jars): stopping it can never
+    take the session's broker, and every test after this one, down with it."""
+    import dataclasses
+    import socket
+
+    from ledger_pipelines.settings import KafkaSettings
+    from ledger_pipelines.stack import Kafka
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    root = tmp_path / "stack"
+    cfg = dataclasses.replace(stack_config, root=root, kafka_port=free_port(), kafka_controller_port=free_port())
+    svc = Kafka(cfg)
+    svc.libdir.parent.mkdir(parents=True)
+    svc.libdir.symlink_to(kafka_service.libdir)
+    svc.start(timeout=180)
+    try:
+        yield svc, KafkaSettings(bootstrap_servers=cfg.kafka_bootstrap, topic_prefix="restart.", partitions=4)
+    finally:
+        svc.stop()
+
+
+def test_broker_restart_between_runs(own_kafka, tmp_path):
+    svc, kafka = own_kafka
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
     _publish(kafka, 5000)
     assert EventLogIngestor(kafka, wh).run().counts.inserted == 5000
-    broker_pid = kafka_service.pid()
-    kafka_service.stop()
-    assert not kafka_service.running()
-    # stopped and reaped: no zombie child left to this process (when it started the broker)
+    broker_pid = svc.pid()
+    svc.stop()
+    assert not svc.running()
+    # stopped and reaped: no zombie child left to this process (which started the broker)
     assert broker_pid not in {c.pid for c in psutil.Process().children()}
-    kafka_service.start(timeout=120)
+    svc.start(timeout=180)
     _publish(kafka, 3000, start=5000)
     result = EventLogIngestor(kafka, wh).run()
     assert result.counts.inserted == 3000 and result.counts.duplicates == 0
