@@ -399,8 +399,10 @@ class Postgres(Service):
                     "shared_buffers = 256MB\nsynchronous_commit = on\nfsync = on\n"
                     "max_wal_size = 2GB\nlog_min_messages = warning\n"
                 )
-        # postgres (not pg_ctl) so that the pid file holds the server's own pid
-        return self._spawn([self._bin("postgres"), "-D", str(data)], user=user)
+        # postgres (not pg_ctl) so that the pid file holds the server's own pid; host and port on the
+        # command line, so that the configured port is the one served, not the one of the first start
+        return self._spawn([self._bin("postgres"), "-D", str(data), "-p", str(self.cfg.pg_port),
+                            "-h", self.cfg.host], user=user)
 
     def ready(self) -> bool:
         if not _port_open(self.cfg.host, self.cfg.pg_port):
