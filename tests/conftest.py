@@ -19,7 +19,37 @@ from ledger_pipelines.stack import Anvil, Kafka, Postgres, StackConfig
 from ledger_pipelines.warehouse import Warehouse
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-REALDATA = Path(os.environ.get("LEDGER_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
+# third-party test files committed with the repository (provenance and licences: tests/data/PROVENANCE.md)
+REALDATA = Path(__file__).resolve().parent / "data"
+# the full collection beside the clone, for the files whose licence keeps them out of the repository
+SHARED_REALDATA = Path(os.environ.get("LEDGER_REALDATA", Path(__file__).resolve().parents[2] / "shared" / "realdata"))
+OCA_STATEMENT = "iso20022/oca_test-camt053.xml"
+NOT_COMMITTED = {
+    OCA_STATEMENT: "the AGPL-3.0 OCA statement is not committed; put ../shared/realdata beside the clone to run this test",
+}
+
+
+def shared_file(name: str) -> Path | None:
+    """``SHARED_REALDATA / name`` (a file of ``NOT_COMMITTED``), or None when it is not there."""
+    path = SHARED_REALDATA / name
+    return path if path.is_file() else None
+
+
+def shared_bytes(name: str) -> bytes:
+    """The file's bytes, or b"" when it is absent (tests that read them carry :func:`needs_shared`)."""
+    path = shared_file(name)
+    return path.read_bytes() if path else b""
+
+
+def needs_shared(name: str) -> pytest.MarkDecorator:
+    """Skip, saying why, when the non-committed file ``name`` is not in ``SHARED_REALDATA``."""
+    return pytest.mark.skipif(shared_file(name) is None, reason=NOT_COMMITTED[name])
+
+
+def shared_param(name: str, id: str | None = None):
+    """``SHARED_REALDATA / name`` as a test parameter that skips (with the reason) when the file is absent."""
+    path = SHARED_REALDATA / name
+    return pytest.param(path, marks=needs_shared(name), id=id or path.name)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Debezium change events (shared/realdata/cdc) and Connect Decimal decoding."""
+"""Debezium change events (tests/data/cdc) and Connect Decimal decoding."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ISO 20022 connector against every real file in shared/realdata/iso20022, and hostile input."""
+"""ISO 20022 connector against every real file in tests/data/iso20022 (and the OCA statement of
+../shared/realdata when it is there), and hostile input."""
 
 from __future__ import annotations
 
@@ -10,18 +11,29 @@ from decimal import Decimal
 
 import pytest
 
-from conftest import REALDATA
+from conftest import OCA_STATEMENT, REALDATA, needs_shared, shared_bytes, shared_file, shared_param
 from ledger_pipelines.connectors.iso20022 import CamtError, camt_to_entries
 
 ISO = REALDATA / "iso20022"
-CAMT_FILES = sorted(p for p in ISO.glob("*.xml") if "camt" in p.name)
+CAMT_FILES = sorted(p for p in ISO.glob("*.xml") if "camt" in p.name)  # committed
+CAMT_PARAMS = [*(pytest.param(p, id=p.name[:40]) for p in CAMT_FILES), shared_param(OCA_STATEMENT, id="oca_test-camt053")]
+needs_oca = needs_shared(OCA_STATEMENT)
+OCA_SHA256 = "8b4959d587ee701be0315eff082c77848a313ea44596fefbcc359858d6143630"  # tests/data/PROVENANCE.md
 
 
 def test_the_real_files_are_there():
-    assert len(CAMT_FILES) == 11 and len(list(ISO.glob("*.xml"))) == 13
+    assert len(CAMT_FILES) == 10 and len(list(ISO.glob("*.xml"))) == 12
+    assert not (ISO / "oca_test-camt053.xml").exists()  # AGPL-3.0: never committed
 
 
-@pytest.mark.parametrize("path", CAMT_FILES, ids=lambda p: p.name[:40])
+@needs_oca
+def test_the_shared_oca_statement_is_the_provenance_copy():
+    import hashlib
+
+    assert hashlib.sha256(shared_bytes(OCA_STATEMENT)).hexdigest() == OCA_SHA256, shared_file(OCA_STATEMENT)
+
+
+@pytest.mark.parametrize("path", CAMT_PARAMS)
 def test_every_entry_of_every_camt_file_is_accounted_for(path):
     data = path.read_bytes()
     entries, errors, statements = camt_to_entries(data)
@@ -37,6 +49,8 @@ def test_every_entry_of_every_camt_file_is_accounted_for(path):
 
 
 def _by_file(name):
+    if name == "oca_test-camt053.xml":
+        return camt_to_entries(shared_bytes(OCA_STATEMENT))
     return camt_to_entries((ISO / name).read_bytes())
 
 
@@ -44,12 +58,17 @@ def test_balance_checks_match_what_the_banks_sent():
     results = {p.name: [s.balance_check() for s in camt_to_entries(p.read_bytes())[2]] for p in CAMT_FILES}
     assert results["fffs_FI_camt_053_sample.xml"][0]["balanced"] is True
     assert results["fffs_FI_camt_053_sample.xml"][0]["closing"] == "23644.83"
-    assert results["oca_test-camt053.xml"][0]["balanced"] is False
     pf = results["postfinance_camt.053_P_CH2909000000250094239_1110092698_0_2020112503071366.xml"][0]
     assert pf["balanced"] is False and pf["difference"] == "-1537.00"  # the next-day 1537.00 entry
     assert results["genkgo_camt054.v8.xml"][0]["checked"] is False  # camt.054 carries no balances
 
 
+@needs_oca
+def test_balance_check_of_the_oca_statement_fails_as_the_bank_sent_it():
+    assert [s.balance_check()["balanced"] for s in _by_file("oca_test-camt053.xml")[2]] == [False]
+
+
+@needs_oca
 def test_reversal_batch_and_references_oca():
     entries, _, _ = _by_file("oca_test-camt053.xml")
     assert [(e.direction, e.amount, e.status) for e in entries] == [
@@ -106,11 +125,11 @@ def test_pain001_payment_initiations_become_pending_debits():
     assert sum(Decimal(e.amount) for e in entries) == Decimal("38.00")  # CtrlSum
 
 
-GOOD = (ISO / "oca_test-camt053.xml").read_bytes()
+GOOD = shared_bytes(OCA_STATEMENT)
 
 
 @pytest.mark.parametrize("doc, reason", [
-    (GOOD[: len(GOOD) // 2], "not well-formed"),
+    pytest.param(GOOD[: len(GOOD) // 2], "not well-formed", marks=needs_oca, id="oca-cut-in-half"),
     (b'<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]><Document>&x;</Document>', "unsafe"),
     (b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
      b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">]><Document>&c;</Document>', "unsafe"),
@@ -122,6 +141,7 @@ def test_unreadable_documents_are_refused_with_the_reason(doc, reason):
         camt_to_entries(doc)
 
 
+@needs_oca
 @pytest.mark.parametrize("bad", ["-754.25", "NaN", "1e400", "7,54", "abc"])
 def test_a_bad_amount_names_the_entry_and_the_rest_is_kept(bad):
     doc = GOOD.replace(b'<Amt Ccy="EUR">754.25</Amt>', f'<Amt Ccy="EUR">{bad}</Amt>'.encode(), 1)
@@ -132,7 +152,7 @@ def test_a_bad_amount_names_the_entry_and_the_rest_is_kept(bad):
 
 def test_every_xml_file_in_realdata_parses():
     counts = {p.name: len(camt_to_entries(p.read_bytes())[0]) for p in ISO.glob("*.xml")}
-    assert sum(counts.values()) == 43 and all(counts.values())
+    assert sum(counts.values()) == 40 and all(counts.values())  # 43 with the OCA statement's 3 entries
 
 
 def _same(a, b):
@@ -166,7 +186,8 @@ def test_a_large_statement_parsed_over_two_processes_equals_the_one_process_pars
     assert camt_to_entries(doc)[0][-1].position["entry_index"] == 3000
 
 
-@pytest.mark.parametrize("path", sorted((REALDATA / "iso20022").rglob("*.xml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*(pytest.param(p, id=p.name) for p in sorted(ISO.rglob("*.xml"))),
+                                  shared_param(OCA_STATEMENT)])
 def test_real_files_parse_the_same_over_two_processes_or_fall_back(path):
     from ledger_pipelines.connectors.iso20022 import CamtError, _camt_chunk, parallel_camt_to_entries
 

@@ -1,5 +1,6 @@
-"""Structured mutations of the real camt files: no exception but CamtError leaves the reader, and in
-a readable document every Ntry (counted here with lxml, independently) is an entry or a rejection."""
+"""Structured mutations of the real camt files (tests/data, and the OCA statement when it is there): no
+exception but CamtError leaves the reader, and in a readable document every Ntry (counted here with
+lxml, independently) is an entry or a rejection."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from conftest import REALDATA
+from conftest import OCA_STATEMENT, REALDATA, shared_file
 from ledger_pipelines.connectors.iso20022 import CamtError, camt_to_entries
 
 FILES = {p.name: p.read_bytes() for p in sorted((REALDATA / "iso20022").glob("*.xml")) if "camt" in p.name}
+if (_oca := shared_file(OCA_STATEMENT)) is not None:
+    FILES[_oca.name] = _oca.read_bytes()
 TREES = {name: etree.fromstring(data) for name, data in FILES.items()}
 TARGETS = {"Amt", "TtlAmt", "TtlChrgsAndTaxAmt", "Dt", "DtTm", "CreDtTm", "Ccy", "CdtDbtInd", "Id", "IBAN",
            "ElctrncSeqNb", "LglSeqNb", "PgNb", "MsgId", "AcctSvcrRef", "NtryRef", "NbOfTxs", "RvslInd", "Cd",

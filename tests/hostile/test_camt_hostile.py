@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from conftest import REALDATA
+from conftest import OCA_STATEMENT, REALDATA, needs_shared, shared_bytes, shared_param
 from ledger_pipelines.connectors import iso20022
 from ledger_pipelines.connectors.iso20022 import CamtError, camt_to_entries
 
 ISO = REALDATA / "iso20022"
-OCA = (ISO / "oca_test-camt053.xml").read_bytes()  # camt.053.001.02, 3 entries, Stmt Id 1234Test/1
+OCA = shared_bytes(OCA_STATEMENT)  # camt.053.001.02, 3 entries, Stmt Id 1234Test/1 (b"" when absent)
+needs_oca = needs_shared(OCA_STATEMENT)
 V08 = "urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"
 V02 = "urn:iso:std:iso:20022:tech:xsd:camt.053.001.02"
 
@@ -140,7 +141,8 @@ def test_separators_inside_values_cannot_forge_another_statements_id():
     assert entries[0].source_ref == "A%23e1#1" and entries[-1].source_ref == "B#1#x%231"
 
 
-@pytest.mark.parametrize("path", sorted(p for p in ISO.glob("*.xml") if "camt" in p.name), ids=lambda p: p.name[:40])
+@pytest.mark.parametrize("path", [*(pytest.param(p, id=p.name[:40]) for p in sorted(ISO.glob("*.xml")) if "camt" in p.name),
+                                  shared_param(OCA_STATEMENT, id="oca_test-camt053")])
 def test_real_files_ids_follow_the_documented_rule(path):
     """Read back independently: Id, then e/l/p/m numbers the statement carries, then position and
     AcctSvcrRef (else NtryRef)."""
@@ -167,6 +169,7 @@ def test_real_files_ids_follow_the_documented_rule(path):
 _FIRST_BOOKING = b"<BookgDt>\n                    <Dt>2014-01-05</Dt>\n                </BookgDt>"
 
 
+@needs_oca
 @pytest.mark.parametrize("booking", [
     "<DtTm>9999-12-31T23:59:59-01:00</DtTm>", "<DtTm>0001-01-01T00:00:00+01:00</DtTm>",
     "<DtTm>0000-01-01T00:00:00Z</DtTm>", "<DtTm>10000-01-01T00:00:00Z</DtTm>", "<DtTm>2026-02-30T10:00:00Z</DtTm>",
@@ -345,6 +348,7 @@ def test_the_command_line_reports_bad_records_and_keeps_the_rest(tmp_path):
         "entry 1", "entry 3", "Ntry at line 1"}
 
 
+@needs_oca
 @pytest.mark.parametrize("content", [
     OCA[: len(OCA) // 2],
     b'<!DOCTYPE Document SYSTEM "file:///etc/passwd">' + OCA,
@@ -362,18 +366,28 @@ def test_the_command_line_refuses_an_unreadable_file_with_one_line(tmp_path, con
     assert problem["source"] == str(bad) and "\n" not in problem["source"]
 
 
-def test_a_file_over_the_size_limit_is_refused_without_being_read_whole(tmp_path, monkeypatch):
-    import tracemalloc
-
+def _sparse_gib(tmp_path) -> Path:
     big = tmp_path / "big.xml"
     with open(big, "wb") as f:  # sparse: 1 GiB on disk costs nothing, reading it whole would cost 1 GiB
         f.truncate(1 << 30)
+    return big
+
+
+def test_a_file_over_the_size_limit_is_refused_without_being_read_whole(tmp_path):
+    import tracemalloc
+
+    big = _sparse_gib(tmp_path)
     tracemalloc.start()
     with pytest.raises(CamtError, match="larger than"):
         iso20022.read_document(big)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2 * iso20022.MAX_DOCUMENT_BYTES  # the limit plus a byte, never the file
+
+
+@needs_oca
+def test_the_command_line_refuses_a_file_over_the_size_limit_and_reads_the_next(tmp_path):
+    big = _sparse_gib(tmp_path)
     good = tmp_path / "good.xml"
     good.write_bytes(OCA)
     code, entries, problems = _normalize(big, good)
