@@ -9,7 +9,7 @@ from typing import Any
 
 from .config import LedgerConfig
 from .model import CanonicalEntry
-from .publish import inbox_files, source_url
+from .publish import source_url
 from .validation import record_counts
 from .warehouse import Warehouse
 from .warehouse.state import replace_snapshot
@@ -36,25 +36,13 @@ def read_day(lc: LedgerConfig, day: date, warehouse: Warehouse) -> tuple[list[Ca
 
 
 def read_statements_day(lc: LedgerConfig, day: date):
-    """The day's statement entries from the inbox, bad records, and the balance equation of every
-    statement that booked entries on the day (opening + credits - debits = closing)."""
-    from .connectors.iso20022 import CamtError, camt_to_entries, read_document
+    """The day's statement entries, its bad records, and the balance equation of every statement that
+    booked entries on the day (opening + credits - debits = closing), read from the inbox's index:
+    each file is parsed once per content, and each of its records belongs to one day (see
+    :mod:`ledger_pipelines.statement_inbox`)."""
+    from .statement_inbox import StatementInbox
 
-    entries, errors, balances = [], [], []
-    key = day.isoformat()
-    for path in inbox_files(lc):
-        try:
-            found, errs, statements = camt_to_entries(read_document(path), lc.name)
-        except CamtError as exc:
-            errors.append((f"file:{path.name}", str(exc)))
-            continue
-        todays = [e for e in found if e.booked_date == key]
-        entries += todays
-        errors += [(f"file:{path.name}: {e.source}", e.reason) for e in errs]
-        if todays:
-            ids = {e.position.get("statement_id") for e in todays}
-            balances += [dict(st.balance_check(), file=path.name) for st in statements if st.statement_id in ids]
-    return entries, errors, balances
+    return StatementInbox(lc).read_day(day)
 
 
 def event_log_day(wh: Warehouse, ledger: str, day: date) -> list[CanonicalEntry]:
