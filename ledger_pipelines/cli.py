@@ -18,9 +18,211 @@ def _kafka(args):
 
 
 def cmd_stack(args) -> int:
+    if args.action == "env":
+        return cmd_stack_env(args)
+    if args.show_secrets:
+        _emit_error("stack", "--show-secrets is an option of `stack env` only")
+        return 2
     from .stack import main as stack_main
 
     return stack_main([args.action, *args.services])
+
+
+STACK_HELP = """\
+start / stop / status of the local Kafka, PostgreSQL and anvil.
+
+`env` prints every variable a command or the Dagster UI needs to talk to the running local stack
+and, when one was built (LEDGER_DEMO_DIR, default <stack>/demo), the demo, whose values then win as
+they are the ones the demo runs with: the stack's folder and ports, the Kafka bootstrap servers and
+topic prefix, the warehouse URL, the ledger configuration and each configured ledger's connection
+variable, the reports folder, DAGSTER_HOME, the RPC URLs of anchoring and of the bridge. The lines
+are `export NAME=value` (values shell-quoted) for
+
+    eval "$(ledger-pipelines stack env)"
+
+and comments (#) for what is not exported: a ledger whose variable is not set, the contract
+addresses the project's deployment record holds, the local PostgreSQL.
+
+Secrets are not printed by default. A value holding a password is a comment with the password
+masked (***), not an export; a URL of the local PostgreSQL is exported with $(cat
+<stack>/postgres.secret) (or ${LEDGER_PG_PASSWORD}) in place of its password, so that the shell
+reads the password when it evaluates the line. --show-secrets prints every value in full: the
+secrets then reach your terminal and its scrollback.
+"""
+
+
+def _stack_env_lines(show_secrets: bool) -> list[str]:
+    """The lines of `stack env` (see STACK_HELP)."""
+    import os
+    import re
+    import shlex
+    from pathlib import Path
+
+    from .config import MissingConnection, config_path, load_config
+    from .settings import default_warehouse_url, redact_url
+    from .stack import Postgres, StackConfig, _port_open
+
+    cfg = StackConfig.from_env()
+    env = os.environ
+    lines: list[str] = []
+    exported: set[str] = set()
+    secret_file = cfg.root / "postgres.secret"
+    if env.get("LEDGER_PG_PASSWORD"):
+        local_password, password_expr = env["LEDGER_PG_PASSWORD"], '"${LEDGER_PG_PASSWORD}"'
+    elif secret_file.is_file():
+        local_password = secret_file.read_text().strip()
+        password_expr = f'"$(cat {shlex.quote(str(secret_file))})"'
+    else:
+        local_password = password_expr = None
+
+    def local_pg(value: str) -> str | None:
+        """The shell text of ``value`` with the local PostgreSQL password read at evaluation, or None when
+        ``value`` is not a URL of the local PostgreSQL with its password."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            url = make_url(value)
+        except Exception:
+            return None
+        if (local_password is None or url.password != local_password or url.username != cfg.pg_user
+                or url.host != cfg.host or (url.port or 5432) != cfg.pg_port
+                or not re.fullmatch(r"[A-Za-z0-9._~-]+", local_password) or redact_url(value).count("***") != 1):
+            return None
+        head, tail = url.set(password="PASSWORD").render_as_string(hide_password=False).split(":PASSWORD@", 1)
+        return f"{shlex.quote(head + ':')}{password_expr}{shlex.quote('@' + tail)}"
+
+    def export(name: str, value: str) -> None:
+        if name in exported:
+            return
+        exported.add(name)
+        if show_secrets or redact_url(value) == value:
+            lines.append(f"export {name}={shlex.quote(value)}")
+        elif (shell := local_pg(value)) is not None:
+            lines.append(f"export {name}={shell}")
+        else:
+            lines.append(f"# {name}={shlex.quote(redact_url(value))}  (holds a password: not exported; "
+                         "`ledger-pipelines stack env --show-secrets` prints it)")
+
+    demo_dir = Path(env.get("LEDGER_DEMO_DIR") or cfg.root / "demo")
+    demo: dict[str, str] = {}
+    manifest_path = demo_dir / "manifest.json"
+    lines.append(f"# ledger-pipelines stack env: the local stack in {cfg.root}")
+    if manifest_path.is_file():
+        from .demo import demo_env
+
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            demo = demo_env(demo_dir, manifest["prefix"])
+            lines.append(f"# and the demo in {demo_dir} ({manifest['days'][0]} .. {manifest['days'][-1]}"
+                         f"{'' if manifest.get('complete') else ', not finished'})")
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            lines.append(f"# {manifest_path} is not a demo manifest ({type(exc).__name__}: {exc}): the stack's values")
+
+    def setting(name: str, default: str) -> str:
+        return demo.get(name) or env.get(name) or default
+
+    lines.append("# the stack")
+    export("LEDGER_STACK_DIR", str(cfg.root))
+    export("LEDGER_STACK_HOST", cfg.host)
+    for name, port in (("LEDGER_KAFKA_PORT", cfg.kafka_port),
+                       ("LEDGER_KAFKA_CONTROLLER_PORT", cfg.kafka_controller_port),
+                       ("LEDGER_PG_PORT", cfg.pg_port), ("LEDGER_ANVIL_PORT", cfg.anvil_port)):
+        export(name, str(port))
+    if demo:
+        export("LEDGER_DEMO_DIR", str(demo_dir))
+    lines.append("# Kafka, the warehouse, the configuration, the reports, Dagster")
+    export("LEDGER_KAFKA_BOOTSTRAP", setting("LEDGER_KAFKA_BOOTSTRAP", cfg.kafka_bootstrap))
+    export("LEDGER_TOPIC_PREFIX", setting("LEDGER_TOPIC_PREFIX", "ledger."))
+    export("LEDGER_WAREHOUSE_URL", demo.get("LEDGER_WAREHOUSE_URL") or default_warehouse_url())
+    config = setting("LEDGER_CONFIG", str(Path(config_path()).absolute()))
+    export("LEDGER_CONFIG", config)
+    export("LEDGER_REPORTS_DIR", setting("LEDGER_REPORTS_DIR", str(cfg.root / "reports")))
+    export("DAGSTER_HOME", setting("DAGSTER_HOME", str(cfg.root / "dagster_home")))
+
+    lines.append(f"# the ledgers of {config}")
+    for lc in load_config(config):
+        var = lc.connection_env or lc.rpc_env
+        if lc.kind == "evm":
+            if var:
+                export(var, setting(var, cfg.anvil_url))
+            else:
+                lines.append(f"# ledger {lc.name} (evm): no rpc_env configured, reads the local anvil {cfg.anvil_url}")
+        elif lc.kind == "iso20022":
+            lines.append(f"# ledger {lc.name} (iso20022): statements are read from the inbox {lc.inbox_path()}")
+        elif lc.kind == "cdc" and lc.options.get("debezium_topic"):
+            lines.append(f"# ledger {lc.name} (cdc): Debezium topic {lc.options['debezium_topic']} on the Kafka above")
+        elif lc.kind == "cdc" and not var:
+            lines.append(f"# ledger {lc.name} (cdc): no source connection, its snapshots are what its topic delivered "
+                         "(options.debezium_topic or connection_env name a source)")
+        elif var and demo.get(var):
+            export(var, demo[var])
+        else:
+            try:
+                export(var, lc.require_connection_url())
+            except MissingConnection as exc:
+                lines.append(f"# {exc}")
+
+    lines.append("# the chain: anchoring of the day reports, the bridge")
+    anchor_rpc = setting("LEDGER_ANCHOR_RPC_URL", cfg.anvil_url)
+    bridge_rpc = setting("LEDGER_BRIDGE_RPC_URL", cfg.anvil_url)
+    export("LEDGER_ANCHOR_RPC_URL", anchor_rpc)
+    export("LEDGER_BRIDGE_RPC_URL", bridge_rpc)
+    for contract, var, rpc in (("AuditAnchor", "LEDGER_ANCHOR_CONTRACT", anchor_rpc),
+                               ("LedgerBridge", "LEDGER_BRIDGE_CONTRACT", bridge_rpc)):
+        if env.get(var):
+            export(var, env[var])
+        else:
+            lines.append(f"# {var} is not set: {_deployed_contract(cfg, rpc, contract)}")
+    for var in ("LEDGER_ANCHOR_KEY", "LEDGER_BRIDGE_KEY"):
+        if not env.get(var):
+            lines.append(f"# {var} is not set: on the local anvil (chain id 31337) its first dev key signs")
+        elif show_secrets:
+            export(var, env[var])
+        else:
+            lines.append(f"# {var} is set (a signing key: not printed; --show-secrets prints it)")
+
+    pg = Postgres(cfg)
+    if pg.pid() is not None and _port_open(cfg.host, cfg.pg_port):
+        base = f"postgresql+psycopg://{cfg.pg_user}:PASSWORD@{cfg.host}:{cfg.pg_port}/{cfg.pg_database}"
+        if show_secrets and local_password is not None:
+            shown = shlex.quote(base.replace("PASSWORD", local_password))
+        elif password_expr is not None:
+            head, tail = base.split("PASSWORD")
+            shown = f"{shlex.quote(head)}{password_expr}{shlex.quote(tail)}"
+        else:
+            shown = shlex.quote(base.replace("PASSWORD", "***")) + "  (no password known: set LEDGER_PG_PASSWORD)"
+        lines.append(f"# the local PostgreSQL runs on {cfg.host}:{cfg.pg_port}; to keep the warehouse or a ledger "
+                     "there, e.g.:")
+        lines.append(f"#   export LEDGER_WAREHOUSE_URL={shown}")
+    return lines
+
+
+def _deployed_contract(cfg, rpc: str, contract: str) -> str:
+    """What the project's deployment record holds for ``contract`` on the chain at ``rpc``, as a sentence."""
+    registry = cfg.root / "deployments.json"
+    if not registry.is_file():
+        return f"no deployment record ({registry}): {contract} is deployed on first use"
+    try:
+        from web3 import HTTPProvider, Web3
+
+        from .chain import chain_key
+
+        w3 = Web3(HTTPProvider(rpc, request_kwargs={"timeout": 5}))
+        key = chain_key(w3)
+        address = json.loads(registry.read_text()).get(key, {}).get(contract)
+        if address and w3.eth.get_code(address) not in (b"", None):
+            return f"{contract} is at {address} on chain {key.split(':')[0]} (the deployment record {registry})"
+    except Exception as exc:  # the node down, or the record unreadable: said, not fatal
+        return f"{contract} unknown ({type(exc).__name__} asking {rpc} or reading {registry})"
+    return f"{contract} is not deployed on the chain at {rpc}: deployed on first use"
+
+
+def cmd_stack_env(args) -> int:
+    if args.services:
+        _emit_error("stack", "`stack env` takes no service names")
+        return 2
+    print("\n".join(_stack_env_lines(args.show_secrets)))
+    return 0
 
 
 def cmd_topics(args) -> int:
@@ -355,9 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("stack", help="start / stop / status of the local Kafka, PostgreSQL and anvil")
+    s = sub.add_parser("stack", help="start / stop / status of the local Kafka, PostgreSQL and anvil; env: the "
+                       "variables to talk to it (eval \"$(ledger-pipelines stack env)\")", description=STACK_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("action", choices=["start", "stop", "status", "env"])
     s.add_argument("services", nargs="*")
+    s.add_argument("--show-secrets", action="store_true",
+                   help="stack env: print passwords and signing keys in full (default: masked, not exported)")
     s.set_defaults(func=cmd_stack)
 
     s = sub.add_parser("topics", help="create the entry topics of LEDGERS, the DLQ and the actions topic")
@@ -457,6 +663,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from .config import ConfigError
+
+        if not isinstance(exc, ConfigError):
+            raise
+        _emit_error("config", str(exc))  # one line, no traceback: the message names what to fix
+        return 2
 
 
 if __name__ == "__main__":

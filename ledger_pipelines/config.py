@@ -1,8 +1,10 @@
 """Ledger configuration (YAML): which ledgers exist, their kind, connection and mapping.
 
 Connections are named by environment variable (``connection_env``, ``rpc_env``); the values are read
-only when a connector opens them. The path comes from ``--config`` or ``LEDGER_CONFIG`` (default:
-``config/ledgers.example.yaml`` in the repository).
+only when a connector opens them. A SQL ledger's variable is required: unset or empty, the first use of
+the ledger raises :class:`MissingConnection` naming the ledger and the variable (never a value). The
+path comes from ``--config`` or ``LEDGER_CONFIG`` (default: ``config/ledgers.example.yaml`` in the
+repository).
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ class ConfigError(ValueError):
     pass
 
 
+class MissingConnection(ConfigError):
+    """A ledger's connection variable is not configured, unset or empty; the message names the ledger and
+    the variable and says what it should hold."""
+
+
 @dataclass(frozen=True)
 class LedgerConfig:
     name: str
@@ -48,8 +55,26 @@ class LedgerConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def connection_url(self) -> str | None:
+        """The value of the ledger's connection variable (``connection_env``, else ``rpc_env``); None when
+        none is configured or it is unset or empty."""
         env = self.connection_env or self.rpc_env
-        return os.environ.get(env) if env else None
+        value = os.environ.get(env) if env else None
+        return value if value and value.strip() else None
+
+    def require_connection_url(self) -> str:
+        """The SQL connection URL in ``connection_env``. There is no default: a ledger read from another
+        database than its own would look empty, not broken. Not configured, unset or empty is a
+        :class:`MissingConnection` that names the ledger and the variable."""
+        hint = f"its connection URL, e.g. sqlite:///path/{self.name}.db or postgresql+psycopg://user@host/db"
+        if not self.connection_env:
+            raise MissingConnection(
+                f"ledger {self.name}: no connection_env configured (the name of the environment variable that "
+                f"holds its connection URL, e.g. connection_env: LEDGER_{self.name.upper()}_URL)")
+        value = os.environ.get(self.connection_env)
+        if value is not None and value.strip():
+            return value
+        state = "is not set" if value is None else "is empty"
+        raise MissingConnection(f"ledger {self.name}: {self.connection_env} {state} ({hint})")
 
     def inbox_path(self) -> Path:
         p = Path(os.path.expandvars(self.inbox or f".stack/inbox/{self.name}"))

@@ -42,13 +42,12 @@ class PublishResult:
 
 
 def source_url(lc: LedgerConfig) -> str:
-    """The ledger's connection URL from its environment variable, else a local default."""
-    url = lc.connection_url()
-    if url:
-        return url
+    """The ledger's connection URL from its environment variable. A SQL ledger's is required
+    (:class:`~ledger_pipelines.config.MissingConnection` names the variable); an EVM ledger's defaults
+    to the local anvil."""
     if lc.kind == "evm":
-        return StackConfig.from_env().anvil_url
-    return f"sqlite:///{StackConfig.from_env().root / (lc.name + '.db')}"
+        return lc.connection_url() or StackConfig.from_env().anvil_url
+    return lc.require_connection_url()
 
 
 class Publisher:
@@ -80,6 +79,8 @@ class Publisher:
         return _acknowledged(ledger, "entries", len(entries), self.producer.publish(entries))
 
     def publish(self, lc: LedgerConfig) -> PublishResult:
+        if lc.kind == "sql" or (lc.kind == "cdc" and not lc.options.get("debezium_topic")):
+            source_url(lc)  # a missing connection variable is said before Kafka or the warehouse is touched
         ensure_topics(self.kafka, [lc.name])
         self.warehouse.create_schema()
         if lc.kind == "cdc" and lc.options.get("debezium_topic"):

@@ -1,0 +1,231 @@
+"""Connecting a ledger without reading the code: a missing connection variable is an error naming it,
+and ``ledger-pipelines stack env`` prints the variables that reach the local stack and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ledger_pipelines.config import MissingConnection, load_config
+from ledger_pipelines.stack import REPO_ROOT
+
+CLI = str(Path(sys.executable).parent / "ledger-pipelines")
+PORTS = {name: os.environ.get(name, default) for name, default in (
+    ("LEDGER_KAFKA_PORT", "19092"), ("LEDGER_KAFKA_CONTROLLER_PORT", "19093"), ("LEDGER_PG_PORT", "55432"),
+    ("LEDGER_ANVIL_PORT", "8545"))}
+SECRET = "Sup3r-S3cret-pw"
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without any ledger-pipelines or Dagster setting, the stack's ports, a
+    stack folder of this test's own (no demo, no deployment record, no PostgreSQL pid file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LEDGER_", "DAGSTER_", "PG"))}
+    env.update(PORTS, LEDGER_STACK_DIR=str(tmp_path / "stack"), LEDGER_DEMO_DIR=str(tmp_path / "no-demo"))
+    env.update(extra)
+    return env
+
+
+def _config(tmp_path: Path, ledgers: list[dict]) -> Path:
+    path = tmp_path / "ledgers.yaml"
+    path.write_text(yaml.safe_dump({"ledgers": ledgers}))
+    return path
+
+
+ERP = {"name": "erp", "kind": "sql", "connection_env": "LEDGER_ERP_URL", "mapping": {}}
+
+
+# --- a missing connection variable -------------------------------------------------------------------
+
+@pytest.mark.parametrize("ledger, value, says", [
+    (ERP, None, "ledger erp: LEDGER_ERP_URL is not set (its connection URL, e.g. sqlite:///path/erp.db or "
+                "postgresql+psycopg://user@host/db)"),
+    (ERP, "", "ledger erp: LEDGER_ERP_URL is empty (its connection URL"),
+    (ERP, "  ", "ledger erp: LEDGER_ERP_URL is empty (its connection URL"),
+    ({"name": "erp", "kind": "sql", "mapping": {}}, None,
+     "ledger erp: no connection_env configured (the name of the environment variable that holds its connection "
+     "URL, e.g. connection_env: LEDGER_ERP_URL)"),
+], ids=["unset", "empty", "blank", "no-connection_env"])
+def test_publish_with_a_missing_connection_variable_is_one_line_naming_it(tmp_path, ledger, value, says):
+    config = _config(tmp_path, [ledger, {"name": "other", "kind": "sql", "connection_env": "LEDGER_OTHER_URL"}])
+    env = _env(tmp_path, LEDGER_WAREHOUSE_URL=f"postgresql+psycopg://ledger:{SECRET}@127.0.0.1:9/w",
+               LEDGER_OTHER_URL=f"postgresql+psycopg://bob:{SECRET}@127.0.0.1:9/other")
+    if value is not None:
+        env["LEDGER_ERP_URL"] = value
+    done = subprocess.run([CLI, "publish", "erp", "--config", str(config)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    doc = json.loads(lines[0])
+    assert doc["source"] == "config" and doc["error"].startswith(says), doc
+    assert SECRET not in done.stderr
+    # nothing was read or created in place of the ledger's own database
+    assert not (tmp_path / "stack" / "erp.db").exists()
+
+
+def test_the_sql_rows_sensor_names_the_missing_variable(tmp_path, monkeypatch):
+    from dagster import DagsterInstance, build_sensor_context
+
+    from ledger_pipelines.resources import KafkaResource, WarehouseResource
+    from ledger_pipelines.sensors.sql_rows_sensor import sql_rows_sensor
+
+    for k, v in _env(tmp_path, LEDGER_CONFIG=str(_config(tmp_path, [ERP])),
+                     LEDGER_WAREHOUSE_URL=f"sqlite:///{tmp_path / 'w.db'}").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("LEDGER_ERP_URL", raising=False)
+    context = build_sensor_context(instance=DagsterInstance.ephemeral(),
+                                   resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()})
+    with pytest.raises(Exception, match="erp: MissingConnection: ledger erp: LEDGER_ERP_URL is not set"):
+        sql_rows_sensor(context)
+    assert not (tmp_path / "stack" / "erp.db").exists()
+
+
+def test_a_snapshot_of_a_ledger_without_its_variable_names_it(tmp_path, monkeypatch):
+    from ledger_pipelines.snapshots import read_day
+
+    monkeypatch.setenv("LEDGER_STACK_DIR", str(tmp_path / "stack"))
+    monkeypatch.setenv("LEDGER_ERP_URL", "")
+    (lc,) = load_config(_config(tmp_path, [ERP]))
+    with pytest.raises(MissingConnection, match="ledger erp: LEDGER_ERP_URL is empty"):
+        read_day(lc, date(2026, 11, 24), None)
+    assert not (tmp_path / "stack" / "erp.db").exists()
+
+
+# --- stack env ---------------------------------------------------------------------------------------
+
+def _evaluated(env: dict[str, str], *args: str, environ: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """(what `stack env ARGS` printed, the environment of a shell that evaluated it), the command run with
+    ``env`` and the shell started with ``environ`` (default ``env``)."""
+    printed = subprocess.run([CLI, "stack", "env", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    shell = subprocess.run(["bash", "-c", 'eval "$1" && env -0', "bash", printed.stdout],
+                           env=environ if environ is not None else env, capture_output=True, timeout=60)
+    assert shell.returncode == 0, shell.stderr
+    return printed.stdout, dict(item.split("=", 1) for item in shell.stdout.decode().split("\0") if item)
+
+
+def _fake_demo(demo: Path, prefix: str) -> list[date]:
+    """A demo folder as `ledger-pipelines demo` leaves it: its configuration and manifest."""
+    from ledger_pipelines.demo import demo_config
+
+    days = [date(2026, 11, 23), date(2026, 11, 24)]
+    demo.mkdir(parents=True)
+    conf = demo_config(demo, "0x" + "11" * 20, "0x" + "22" * 20, days)
+    (demo / "corridor.yaml").write_text(yaml.safe_dump(conf, sort_keys=False))
+    (demo / "manifest.json").write_text(json.dumps({"prefix": prefix, "days": [d.isoformat() for d in days],
+                                                    "complete": True}))
+    return days
+
+
+def test_stack_env_evaluated_gives_the_values_the_demo_uses(tmp_path, monkeypatch):
+    from ledger_pipelines.demo import demo_env
+
+    demo = tmp_path / "my demo's $HOME `dir`"  # spaces, a quote, a dollar and backquotes: the quoting is tested
+    prefix = "demo1764547200."
+    _fake_demo(demo, prefix)
+    # values of the shell that the demo overrides when it runs
+    env = _env(tmp_path, LEDGER_DEMO_DIR=str(demo), LEDGER_TOPIC_PREFIX="mine.",
+               LEDGER_WAREHOUSE_URL=f"sqlite:///{tmp_path / 'mine.db'}", LEDGER_SENDER_BANK_URL="sqlite:///x.db")
+    printed, got = _evaluated(env)
+    anvil = f"http://127.0.0.1:{PORTS['LEDGER_ANVIL_PORT']}"
+    expected = {
+        "LEDGER_CONFIG": str(demo / "corridor.yaml"),
+        "LEDGER_WAREHOUSE_URL": f"sqlite:///{demo / 'warehouse.db'}",
+        "LEDGER_SENDER_BANK_URL": f"sqlite:///{demo / 'sender_bank.db'}",
+        "LEDGER_EVM_RPC_URL": anvil,
+        "LEDGER_REPORTS_DIR": str(demo / "reports"),
+        "LEDGER_TOPIC_PREFIX": prefix,
+        "DAGSTER_HOME": str(demo / "dagster_home"),
+        "LEDGER_KAFKA_BOOTSTRAP": f"127.0.0.1:{PORTS['LEDGER_KAFKA_PORT']}",
+        "LEDGER_ANCHOR_RPC_URL": anvil,
+        "LEDGER_BRIDGE_RPC_URL": anvil,
+        "LEDGER_STACK_DIR": str((tmp_path / "stack").resolve()),
+        "LEDGER_DEMO_DIR": str(demo),
+        **PORTS,
+    }
+    assert {k: got.get(k) for k in expected} == expected
+    # exactly what the demo sets for itself (demo_env, with this environment)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert {k: got.get(k) for k in demo_env(demo, prefix)} == demo_env(demo, prefix)
+    # every connection variable of the demo's ledgers
+    for lc in load_config(demo / "corridor.yaml"):
+        var = lc.connection_env or lc.rpc_env
+        assert var is None or got.get(var), (lc.name, var, printed)
+
+    # what the code reads in a shell that evaluated it
+    shell_env = {**got, "PYTHONPATH": str(REPO_ROOT)}
+    seen = subprocess.run([sys.executable, "-c", (
+        "import json; from ledger_pipelines.config import load_config; "
+        "from ledger_pipelines.publish import source_url; "
+        "from ledger_pipelines.settings import KafkaSettings, default_warehouse_url; k = KafkaSettings.from_env(); "
+        "print(json.dumps({'kafka': k.bootstrap_servers, 'prefix': k.topic_prefix, "
+        "'warehouse': default_warehouse_url(), "
+        "'ledgers': {lc.name: source_url(lc) for lc in load_config() if lc.kind in ('sql', 'evm')}}))")],
+        env=shell_env, capture_output=True, text=True, timeout=120)
+    assert seen.returncode == 0, seen.stderr
+    assert json.loads(seen.stdout) == {
+        "kafka": expected["LEDGER_KAFKA_BOOTSTRAP"], "prefix": prefix, "warehouse": expected["LEDGER_WAREHOUSE_URL"],
+        "ledgers": {"sender_bank": expected["LEDGER_SENDER_BANK_URL"], "eth_usdc": anvil}}
+
+
+def test_stack_env_without_a_demo_names_a_ledger_variable_that_is_not_set(tmp_path):
+    config = _config(tmp_path, [ERP, {"name": "chain", "kind": "evm", "rpc_env": "LEDGER_CHAIN_RPC_URL"}])
+    env = _env(tmp_path, LEDGER_CONFIG=str(config))
+    printed, got = _evaluated(env)
+    assert "# ledger erp: LEDGER_ERP_URL is not set (its connection URL" in printed
+    assert "LEDGER_ERP_URL" not in got
+    assert got["LEDGER_CHAIN_RPC_URL"] == f"http://127.0.0.1:{PORTS['LEDGER_ANVIL_PORT']}"  # what publish reads
+    assert got["LEDGER_CONFIG"] == str(config)
+    assert got["LEDGER_WAREHOUSE_URL"] == f"sqlite:///{(tmp_path / 'stack').resolve() / 'warehouse.db'}"
+    assert got["LEDGER_TOPIC_PREFIX"] == "ledger."
+
+
+def test_stack_env_masks_secrets_unless_asked(tmp_path):
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    local_pw = "lOcal-Pw_0123456789"
+    (stack / "postgres.secret").write_text(local_pw + "\n")
+    pg = PORTS["LEDGER_PG_PORT"]
+    secrets = {
+        "LEDGER_ERP_URL": f"postgresql+psycopg://bob:{SECRET}@db.example:5432/erp",
+        "LEDGER_OTHER_URL": f"postgresql://bob@db.example/other?sslmode=require&password={SECRET}2",
+        "LEDGER_ANCHOR_KEY": "0x" + "ab" * 32,
+    }
+    config = _config(tmp_path, [ERP, {"name": "other", "kind": "sql", "connection_env": "LEDGER_OTHER_URL"}])
+    local = f"postgresql+psycopg://ledger:{local_pw}@127.0.0.1:{pg}/ledger"
+    env = _env(tmp_path, LEDGER_CONFIG=str(config), LEDGER_WAREHOUSE_URL=local, **secrets)
+    # evaluated where none of them is set yet: a masked value must not become the variable's value
+    bare = {k: v for k, v in env.items() if k not in secrets and k != "LEDGER_WAREHOUSE_URL"}
+
+    printed, got = _evaluated(env, environ=bare)
+    for secret in (SECRET, local_pw, secrets["LEDGER_ANCHOR_KEY"][2:]):
+        assert secret not in printed
+    for var in ("LEDGER_ERP_URL", "LEDGER_OTHER_URL", "LEDGER_ANCHOR_KEY"):
+        (line,) = [line for line in printed.splitlines() if var in line and "not set" not in line]
+        assert line.startswith(f"# {var}") and "--show-secrets" in line, line
+        assert var not in got
+    assert "postgresql+psycopg://bob:***@db.example:5432/erp" in printed
+    # the local PostgreSQL's URL is exported with the shell reading the password from the secret file
+    assert got["LEDGER_WAREHOUSE_URL"] == local
+
+    printed, got = _evaluated(env, "--show-secrets", environ=bare)
+    assert SECRET in printed
+    assert {k: got.get(k) for k in secrets} == secrets
+    assert got["LEDGER_WAREHOUSE_URL"] == local
+
+
+def test_stack_env_refuses_what_it_does_not_take(tmp_path):
+    env = _env(tmp_path)
+    for argv, says in ((["stack", "env", "kafka"], "takes no service names"),
+                       (["stack", "status", "--show-secrets"], "--show-secrets is an option of `stack env` only")):
+        done = subprocess.run([CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and says in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
