@@ -126,12 +126,21 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie child still answers kill(0); treat it as dead
+    # a zombie child still answers kill(0): dead. But the leader thread of a process whose other
+    # threads still run (a JVM shutting down after its main thread returned) also shows "Z": the
+    # process is alive, holds its ports and files, until its last thread has exited
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.split(")")[-1].split()[0] != "Z"
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
         return True
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue  # a thread that just exited
+        if state != "Z":
+            return True
+    return False
 
 
 class Service:
@@ -201,7 +210,9 @@ class Service:
             _reap(pid)
         if _pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
+            killed = time.monotonic() + 10.0
+            while time.monotonic() < killed and _pid_alive(pid):
+                time.sleep(0.1)
         # the loop ends as soon as the process is a zombie: when this process started it, reap it
         # here (no zombie left behind for as long as this process lives)
         _reap(pid)
@@ -243,6 +254,8 @@ class Service:
 
 
 def _reap(pid: int) -> None:
+    """Collect the exit status of a child of this process (no zombie left behind); a process that is not
+    this process's child is someone else's to reap."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:

@@ -17,3 +17,33 @@ def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch):
     assert cluster_id == "AAAAAAAAAAAAAAAAAAAAAA" and len(cluster_id) == 22
     monkeypatch.undo()
     assert all(not stack.kafka_cluster_id().startswith("-") for _ in range(2000))
+
+
+_LEADER_EXITS_FIRST = """
+import ctypes, sys, threading, time
+threading.Thread(target=time.sleep, args=(float(sys.argv[1]),)).start()
+print("ready", flush=True)
+ctypes.CDLL(None).pthread_exit(None)  # the leader thread ends; the process lives on in the other one
+"""
+
+
+def test_a_process_whose_leader_thread_exited_is_alive_until_its_last_thread_ends():
+    """A JVM shutting down shows its leader thread as a zombie while its other threads still hold the
+    ports: that process is alive, and only a process whose every thread has exited is dead."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    proc = subprocess.Popen([sys.executable, "-c", _LEADER_EXITS_FIRST, "3"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{proc.pid}/stat").read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the leader thread did not exit"
+        time.sleep(0.02)
+    assert stack._pid_alive(proc.pid)  # leader is "Z", the sleeping thread runs
+    deadline = time.monotonic() + 10
+    while stack._pid_alive(proc.pid):
+        assert time.monotonic() < deadline, "the process did not end"
+        time.sleep(0.05)
+    assert proc.wait(timeout=5) == 0  # a zombie now, reaped here
