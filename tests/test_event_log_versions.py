@@ -213,8 +213,13 @@ def test_two_writers_deadlocked_on_each_others_entries(pg_url):
         w.close()
     try:
         assert not errors, errors
-        counts = sorted((r.inserted, r.duplicates, r.retries) for r in result.values())
-        assert counts == [(0, 2, 1), (2, 0, 0)]
+        counts = sorted((r.inserted, r.duplicates) for r in result.values())
+        assert counts == [(0, 2), (2, 0)]
+        retries = {(r.inserted, r.retries) for r in result.values()}
+        winner, victim = (dict(retries)[n] for n in (2, 0))
+        # the victim retries once, or twice when its first retry's lookup ran before the winner
+        # committed (its insert then waits for that commit and meets the stored entry)
+        assert winner == 0 and 1 <= victim <= 2, result
         assert wh.rows("SELECT entry_id, count(*) FROM ledger_event_log GROUP BY entry_id ORDER BY 1") == [
             (x.entry_id, 1), (y.entry_id, 1)]
         assert wh.stored_offsets(CONSUMER) == {(TOPIC, 20): 2, (TOPIC, 21): 2}
