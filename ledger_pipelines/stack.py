@@ -484,14 +484,10 @@ def main(argv: list[str]) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="ledger-pipelines stack", description="Manage the local stack.")
-    p.add_argument("action", choices=["start", "stop", "status", "env"])
+    p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("services", nargs="*", help=f"subset of {sorted(SERVICES)} (default: all)")
     args = p.parse_args(argv)
     cfg = StackConfig.from_env()
-    if args.action == "env":
-        print(f"export LEDGER_KAFKA_BOOTSTRAP={cfg.kafka_bootstrap}")
-        print(f"export LEDGER_EVM_RPC_URL={cfg.anvil_url}")
-        return 0
     try:
         for svc in services(cfg, args.services or None):
             if args.action == "start":

@@ -104,7 +104,7 @@ def test_source_sensors_request_publish_runs(tmp_path, monkeypatch, kafka, stack
                                            resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()}))
 
     assert isinstance(tick(statement_inbox_sensor), SkipReason)
-    shutil.copy(REALDATA / "iso20022" / "oca_test-camt053.xml", inbox / "s.xml")
+    shutil.copy(REALDATA / "iso20022" / "fffs_FI_camt_053_sample.xml", inbox / "s.xml")
     (req,) = tick(statement_inbox_sensor)
     assert req.run_config["ops"]["publish_ledger"]["config"]["ledger"] == "bank_statements"
     ledger = SqlLedger(core, ColumnMapping(), "core_banking")
