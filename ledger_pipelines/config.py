@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import safe_yaml
 from .connectors.evm import TokenConfig
 from .connectors.mapping import ColumnMapping
 from .model import NAME_PATTERN
@@ -121,9 +122,16 @@ def config_path(path: str | Path | None = None) -> Path:
 def _document(path: str | Path | None) -> dict[str, Any]:
     p = config_path(path)
     try:
-        return yaml.safe_load(p.read_text()) or {}
+        doc = safe_yaml.load(p.read_text())
     except OSError as exc:
         raise ConfigError(f"cannot read ledger configuration {p}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"ledger configuration {p}: not valid YAML: {safe_yaml.describe(exc)}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"ledger configuration {p}: expected a mapping at the top, got {type(doc).__name__}")
+    return doc
 
 
 def partitions_start(path: str | Path | None = None) -> str:

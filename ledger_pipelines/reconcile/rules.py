@@ -32,6 +32,8 @@ from typing import Any
 
 import yaml
 
+from .. import safe_yaml
+
 _FIELDS = ("entry_id", "correlation_id", "account", "counterparty", "asset", "amount", "direction", "source_ref")
 _ENTRY_FIELDS = _FIELDS + ("ledger", "ledger_kind", "booked_at", "value_date", "status", "position", "attributes")
 _DIRECTIONS = ("opposite", "same", "any")
@@ -249,30 +251,6 @@ _SCHEMA: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
 }
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice in one mapping (YAML would keep the last silently)."""
-
-
-def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
-    loader.flatten_mapping(node)
-    out: dict = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            seen = key in out
-        except TypeError:
-            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar",
-                                                    key_node.start_mark) from None
-        if seen:
-            raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:80]!r} is given twice",
-                                                    key_node.start_mark)
-        out[key] = loader.construct_object(value_node, deep=True)
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
-
-
 def load_rules(path: str | Path | None) -> Rules:
     if path is None:
         return Rules()
@@ -284,17 +262,11 @@ def load_rules(path: str | Path | None) -> Rules:
     if len(data) > MAX_RULES_BYTES:
         raise RulesError(f"rules {path}: larger than {MAX_RULES_BYTES} bytes")
     try:
-        doc = yaml.load(data.decode("utf-8"), Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        doc = safe_yaml.load(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise RulesError(f"rules {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise RulesError(f"rules {path}: not valid YAML: {exc.problem}{where}") from None
     except yaml.YAMLError as exc:
-        raise RulesError(f"rules {path}: not valid YAML: {exc}") from None
-    except RecursionError:
-        raise RulesError(f"rules {path}: nested too deeply") from None
+        raise RulesError(f"rules {path}: not valid YAML: {safe_yaml.describe(exc)}") from None
     try:
         return Rules.from_dict(doc)
     except RulesError as exc:

@@ -122,7 +122,8 @@ def test_the_audit_bridge_rules_stay_valid_beyond_the_user_window():
     ("amount_tolerance: {relative: 0.001}\n", "rules.amount_tolerance.relative: write decimals as quoted"),
     ("key: [unclosed\n", "not valid YAML"),
     ("a: &a [1]\nb: !!python/object/apply:os.system [true]\n", "not valid YAML"),
-    ("[" * 100_000, "nested too deeply"),
+    ("[" * 100_000, "nested deeper than 64 levels at line 1, column 65"),
+    ("a:\n" + "".join(f"{'  ' * i}- b:\n" for i in range(1, 80)), "nested deeper than 64 levels"),
     ("- key\n", "rules: expected a mapping"),
 ])
 def test_rules_files_are_refused_with_a_reason(tmp_path, text, reason):
@@ -190,3 +191,37 @@ def test_any_document_gives_rules_or_a_rules_error(doc):
     assert 0 <= r.time_window_seconds <= 31 * 86400
     assert r.tolerance_absolute >= 0 and 0 <= r.tolerance_relative < 1
     assert all(f.rate > 0 for f in r.fx) and isinstance(r.tolerant_matching, bool)
+
+
+def test_deep_nesting_is_refused_at_once_whatever_the_recursion_limit(tmp_path):
+    """web3 (py_ecc) raises the recursion limit to 100,000 at import: the refusal must not depend on
+    the limit, nor recurse as deep as the document."""
+    import sys
+    import time
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        path = tmp_path / "rules.yaml"
+        path.write_text("[" * 100_000)
+        t0 = time.monotonic()
+        with pytest.raises(RulesError, match="nested deeper than 64 levels"):
+            load_rules(path)
+        assert time.monotonic() - t0 < 5
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_the_ledger_configuration_is_read_with_the_same_guards(tmp_path):
+    from ledger_pipelines.config import ConfigError, load_config
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("ledgers: " + "[" * 10_000)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("ledgers: []\nledgers: []\n")
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- ledgers\n")
+    for path, reason in ((deep, "nested deeper than 64 levels"), (twice, "'ledgers' is given twice at line 2"),
+                         (listed, "expected a mapping at the top")):
+        with pytest.raises(ConfigError, match=reason):
+            load_config(path)

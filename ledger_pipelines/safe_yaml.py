@@ -1,0 +1,65 @@
+"""Safe YAML for configuration and rules files: no tags beyond YAML's own (SafeLoader), a key given
+twice in one mapping is an error (YAML keeps the last silently), and nesting is bounded.
+
+The bound matters because PyYAML composes and constructs nodes recursively and web3's py_ecc raises
+the interpreter's recursion limit to 100,000 at import: in a process that imported web3 (every
+Dagster code location of this project), ``[`` repeated 100,000 times recursed 100,000 frames deep,
+took minutes and can overflow the C stack. A configuration file has no reason to nest deeper than a
+handful of levels.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+MAX_DEPTH = 64
+
+
+class _Loader(yaml.SafeLoader):
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
+    loader.flatten_mapping(node)
+    out: dict = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = key in out
+        except TypeError:
+            raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a scalar",
+                                                    key_node.start_mark) from None
+        if seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {str(key)[:80]!r} is given twice",
+                                                    key_node.start_mark)
+        out[key] = loader.construct_object(value_node, deep=True)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load(text: str):
+    """The document in ``text``; raises ``yaml.YAMLError`` (with a mark where YAML gives one)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def describe(exc: yaml.YAMLError) -> str:
+    """``exc`` as one line: the problem and where it is."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"{exc.problem}{where}"
+    return str(exc)
