@@ -28,7 +28,6 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 
 from .kafka.producers import DLQ_PAYLOAD_LIMIT, DeadLetterProducer
 from .kafka.topics import end_offsets, ledger_of_topic
-from .gcpause import gc_paused
 from .model import EntryError, decode_wire
 from .settings import KafkaSettings
 from .validation import record_counts
@@ -296,8 +295,7 @@ def consume_partitions(
     on_batch: Callable[[BatchCounts, int], None],
 ) -> None:
     """Ingest each partition of ``todo`` from its stored offset up to its target (start, target)."""
-    with gc_paused():
-        _consume(kafka, warehouse, todo, options, on_batch)
+    _consume(kafka, warehouse, todo, options, on_batch)
 
 
 def _consume(kafka, warehouse, todo, options, on_batch) -> None:

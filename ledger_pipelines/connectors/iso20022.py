@@ -17,9 +17,7 @@ numbers cannot be told apart: the later one's entries are rejected.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -31,7 +29,6 @@ from lxml.etree import _Element as Element
 import msgspec
 from lxml import etree
 
-from ..gcpause import gc_paused
 from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
 
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -433,11 +430,10 @@ def _namespace(el: Element) -> str | None:
     return tag[1:tag.index("}")] if tag[:1] == "{" else None
 
 
-def _parse_camt_root(root: Element, ns: str | None, data: bytes, digest: str | None = None,
-                     index_offset: int = 0) -> tuple[list[Statement], list[RecordError]]:
+def _parse_camt_root(root: Element, ns: str | None, data: bytes) -> tuple[list[Statement], list[RecordError]]:
     token = _NS.set(ns or "")
     try:
-        return _parse_statements(root, ns, data, digest, index_offset)
+        return _parse_statements(root, ns, data)
     finally:
         _NS.reset(token)
 
@@ -450,8 +446,7 @@ def _escape(text: str) -> str:
 _STRAY = " Ntry at line "  # in the source of an Ntry outside any statement read
 
 
-def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | None = None,
-                      index_offset: int = 0) -> tuple[list[Statement], list[RecordError]]:
+def _parse_statements(root: Element, ns: str | None, data: bytes) -> tuple[list[Statement], list[RecordError]]:
     """The document's statements, and the rejections of the Ntry elements found outside them."""
     body = _body(root)
     kind = _CONTAINERS.get(_local(body.tag))
@@ -467,7 +462,7 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
     n_ntry = sum(1 for _ in root.iter("{*}Ntry"))
     if n_ntry > MAX_ENTRIES:
         raise CamtError(f"document of {n_ntry} Ntry elements exceeds the limit of {MAX_ENTRIES}")
-    digest = digest or hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()
     msg_id = _text(body, "GrpHdr/MsgId")
     msg_page = _text(body, "GrpHdr/MsgPgntn/PgNb")
     ntry_tag = _qualified(ns or "", "Ntry")[0]
@@ -516,7 +511,7 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
                     ))
                 except EntryError as exc:
                     st.errors.append(RecordError(st.where("balance"), str(exc)))
-        index = index_offset
+        index = 0
         for child in stmt:
             tag = child.tag
             if tag != ntry_tag and (type(tag) is not str or _local(tag) != "Ntry"):
@@ -536,7 +531,7 @@ def _parse_statements(root: Element, ns: str | None, data: bytes, digest: str | 
             except (EntryError, ValueError) as exc:
                 reason = str(exc) if str(exc).startswith(where) else f"{where}: {exc}"
                 st.errors.append(RecordError(where, reason))
-        n_read += index - index_offset
+        n_read += index
     # an Ntry anywhere else (another namespace's statement, nested in another element) is no entry
     # of any statement read: rejected with its line, never dropped
     strays: list[RecordError] = []
@@ -660,68 +655,8 @@ def read_document(path) -> bytes:
 def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[CanonicalEntry], list[RecordError],
                                                                              list[Statement]]:
     """Parse and map a whole document (camt.052/053/054, or pain.001): (entries, bad records, statements)."""
-    with gc_paused():
-        return _camt_to_entries(data, ledger)
-
-
-def _camt_to_entries(data: bytes, ledger: str):
-    if len(data) > MAX_DOCUMENT_BYTES:  # before anything is split, copied or handed over
+    if len(data) > MAX_DOCUMENT_BYTES:
         raise CamtError(f"document of {len(data)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte limit")
-    if len(data) >= PARALLEL_MIN_BYTES and _camt_workers() > 1:
-        out = parallel_camt_to_entries(data, ledger)
-        if out is not None:
-            return out
-    return _camt_chunk(data, ledger)
-
-
-# -- large statements over two processes ------------------------------------------------------------
-# A statement of tens of thousands of entries is CPU-bound (~30 µs an entry with details, most of it
-# lxml handing Python its elements). It is cut in two at an <Ntry> boundary: both halves keep the
-# document's header (group header, statement id, account, balances) and footer, this process parses
-# one, a worker process the other, with the entries' positions (index in the statement) and the
-# document digest of the whole. Anything unexpected (several statements, mixed prefixes, a count that
-# does not add up) falls back to the one-process parse, which remains the reference.
-PARALLEL_MIN_BYTES = 4 * 1024 * 1024
-# this process's share of the entries' bytes; measured: the worker's start and handover take about
-# as long as this process's decoding of the worker's entries, so halves balance
-PARENT_SHARE_PERCENT = 50
-_HANDOVER_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-_NTRY_OPEN = re.compile(rb"<((?:[A-Za-z_][\w.\-]*:)?)Ntry[\s>]")
-_POOL = None
-
-
-def _camt_workers() -> int:
-    import os
-
-    try:
-        return max(1, min(int(os.environ.get("LEDGER_CAMT_WORKERS", "2")), os.cpu_count() or 1))
-    except ValueError:
-        return 1
-
-
-def _pool():
-    global _POOL
-    if _POOL is None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        import atexit
-
-        # spawn: the caller may be a threaded process (Dagster, Kafka clients), where fork is unsafe
-        _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        atexit.register(_POOL.shutdown, wait=True, cancel_futures=True)  # before the interpreter tears down
-    return _POOL
-
-
-@dataclass(frozen=True)
-class _Moved:
-    """What the balance equation needs of an entry parsed in the worker."""
-    amount: str
-    currency: str
-    credit: bool
-
-
-def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offset: int = 0):
     entries, errors = [], []
     root, ns = _safe_root(data, MAX_DOCUMENT_BYTES)
     if _local(_body(root).tag) == "CstmrCdtTrfInitn":
@@ -731,7 +666,7 @@ def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offse
         finally:
             _NS.reset(token)
         return entries, errors, []
-    statements, strays = _parse_camt_root(root, ns, data, digest, index_offset)
+    statements, strays = _parse_camt_root(root, ns, data)
     for st in statements:
         errors.extend(st.errors)
         for e in st.entries:
@@ -740,143 +675,3 @@ def _camt_chunk(data: bytes, ledger: str, digest: str | None = None, index_offse
             except EntryError as exc:
                 errors.append(RecordError(st.where(f"entry {e.index}"), str(exc)))
     return entries, errors + strays, statements
-
-
-def _handover(data: bytes, suffix: str) -> str:
-    """``data`` in a new file in memory-backed /dev/shm (where there is one); its path. Large payloads
-    between this process and the worker go this way: through the pool's pipe, 20 MB took 0.17 s."""
-    fd, path = tempfile.mkstemp(prefix="ledger-camt-", suffix=suffix, dir=_HANDOVER_DIR)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
-
-
-def _take(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    finally:
-        os.unlink(path)
-
-
-def _chunk_worker(chunk_path: str, ledger: str, digest: str, index_offset: int):
-    """In the worker process: the entries of one half, encoded, and what the parent needs besides."""
-    import msgspec
-
-    chunk = _take(chunk_path)
-    with gc_paused():
-        entries, errors, statements = _camt_chunk(chunk, ledger, digest, index_offset)
-        if len(statements) != 1:
-            return None
-        st = statements[0]
-        parse_errors = [e for e in st.errors if " entry " in e.source]  # the statement's own ones: parent
-        own = {id(e) for e in st.errors}  # by identity: a scan of the list per error is quadratic
-        mapping_errors = [e for e in errors if id(e) not in own]
-        # one MessagePack document (the parent decodes it in one call; the entries were validated here)
-        blob = msgspec.msgpack.encode(entries)
-        out = (_handover(blob, ".msgpack"), [(e.source, e.reason) for e in parse_errors],
-               [(e.source, e.reason) for e in mapping_errors], [(e.amount, e.currency, e.credit) for e in st.entries],
-               len(st.entries) + len(parse_errors))
-        # freed while the collector is still paused: re-enabled over a heap of live entries, its first
-        # pass would walk them all before the result could leave (measured: a tenth of a second)
-        del entries, errors, statements, st, blob, parse_errors, mapping_errors
-    return out
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass  # removed already (by whichever side read it)
-
-
-def _discard_handover(future) -> None:
-    """The worker's file of a half this process gave up on (the worker may still be writing it)."""
-    def drop(f):
-        try:
-            half = f.result()
-        except Exception:
-            return
-        if half is not None:
-            _remove_quietly(half[0])
-
-    if future is not None:
-        future.add_done_callback(drop)
-
-
-def parallel_camt_to_entries(data: bytes, ledger: str, min_entries: int = 2000):
-    """The two-process parse of one large statement; None when the document does not qualify."""
-    import logging
-
-    import msgspec
-
-    from ..model import CanonicalEntry
-
-    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
-        return None  # re-encoded by the one-process path
-    # The cut is found with one regex search and bytes.find/count (C speed; a regex match object per
-    # entry cost a tenth of the parse). Entries are counted by their closing tag under the prefix of
-    # the first <Ntry>; entries under another prefix are not counted but are parsed, so the counts
-    # checked below then disagree and the one-process path takes over. The document's limits and
-    # shape are checked before the worker gets its half (a declaration the byte search misses, in
-    # another encoding, is refused by both halves' parse: both carry the prolog).
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        return None  # refused: the one-process path says why
-    found = _NTRY_OPEN.search(data)
-    if found is None:
-        return None
-    prefix = found.group(1)
-    close = b"</" + prefix + b"Ntry>"
-    last_end = data.rfind(close)
-    if last_end < 0:
-        return None
-    last_end += len(close)
-    first = found.start()
-    total = data.count(close)
-    if not min_entries <= total <= MAX_ENTRIES:
-        return None  # a few large entries, or over the limit: the one-process path decides
-    # the cut: the first entry that starts past this process's share of the bytes
-    target = first + (last_end - first) * PARENT_SHARE_PERCENT // 100
-    cut = _NTRY_OPEN.search(data, target, last_end)
-    if cut is None or cut.group(1) != prefix:
-        return None
-    mid = cut.start()
-    k = data.count(close, first, mid)
-    if k < min_entries // 2:
-        return None
-    containers = re.findall(rb"<" + re.escape(prefix) + rb"(?:Stmt|Ntfctn|Rpt)[\s>]", data)
-    if len(containers) != 1 or last_end - len(close) < data.rfind(b"<" + prefix + b"Ntry"):
-        return None  # not one statement: the one-process path
-    header, footer = data[:first], data[last_end:]
-    digest = hashlib.sha256(data).hexdigest()
-    future = chunk_path = None
-    try:
-        chunk_path = _handover(header + data[mid:last_end] + footer, ".xml")
-        future = _pool().submit(_chunk_worker, chunk_path, ledger, digest, k)
-        with gc_paused():
-            entries, errors, statements = _camt_chunk(header + data[first:mid] + footer, ledger, digest, 0)
-        half = future.result(timeout=600)
-    except Exception as exc:  # a worker that died, a half that does not parse: the one-process path decides
-        logging.getLogger(__name__).warning("parallel camt parse not used (%s); parsing in one process", exc)
-        _discard_handover(future)
-        if chunk_path:  # the worker removes it once read; a worker that never got to it did not
-            _remove_quietly(chunk_path)
-        return None
-    if half is None:
-        return None
-    path, parse_b, mapping_b, moved, n_b = half
-    encoded = _take(path)
-    # an Ntry outside the statement sits in both halves' header or footer: the one-process path
-    # rejects it once
-    if len(statements) != 1 or any(_STRAY in e.source for e in errors) or any(_STRAY in s for s, _ in mapping_b):
-        return None
-    st = statements[0]
-    n_a = len(st.entries) + sum(1 for e in st.errors if " entry " in e.source)
-    if n_a != k or n_b != total - k:
-        return None
-    with gc_paused():
-        entries += msgspec.msgpack.decode(encoded, type=list[CanonicalEntry])
-    st.entries.extend(_Moved(a, c, cr) for a, c, cr in moved)
-    parse_errors = [RecordError(src, reason) for src, reason in parse_b]
-    st.errors.extend(parse_errors)
-    return entries, errors + parse_errors + [RecordError(src, reason) for src, reason in mapping_b], statements

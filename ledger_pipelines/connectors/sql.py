@@ -18,7 +18,6 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from ..gcpause import gc_paused
 from ..model import CanonicalEntry, EntryError
 from .mapping import ColumnMapping, row_mapper, row_to_entry
 
@@ -150,16 +149,15 @@ class SqlLedger:
                 cur.execute("SET TIME ZONE 'UTC'")
             cur.execute(f"SELECT {select} FROM {m.qualified_table} WHERE {col} >= {mark} AND {col} < {mark} "
                         f"ORDER BY {self._id}", (lo, hi))
-            with gc_paused():  # hundreds of thousands of acyclic entries: the cyclic GC would rescan them
-                while True:
-                    rows = cur.fetchmany(20_000)
-                    if not rows:
-                        break
-                    for row in rows:
-                        try:
-                            entries.append(to_entry(row))
-                        except EntryError as exc:
-                            errors.append((f"sql:{self.ledger}:{row[0]}", str(exc)))
+            while True:
+                rows = cur.fetchmany(20_000)
+                if not rows:
+                    break
+                for row in rows:
+                    try:
+                        entries.append(to_entry(row))
+                    except EntryError as exc:
+                        errors.append((f"sql:{self.ledger}:{row[0]}", str(exc)))
             cur.close()
             if pg:
                 raw.rollback()

@@ -265,19 +265,24 @@ def test_remittance_cost_grows_linearly():
     assert min(ratios) <= 5, ratios
 
 
-def test_limits_are_checked_before_the_document_is_split_or_handed_over(monkeypatch):
-    handed = []
-    monkeypatch.setattr(iso20022, "_handover", lambda data, suffix: handed.append(suffix) or 1 / 0)
+def test_limits_are_checked_before_the_document_is_parsed(monkeypatch):
+    parsed = []
+    monkeypatch.setattr(iso20022, "_safe_root", lambda *a: parsed.append(1) or 1 / 0)
     big = _doc(_stmt(entries=[_ntry()] * 40_000))
-    assert len(big) > iso20022.PARALLEL_MIN_BYTES
     monkeypatch.setattr(iso20022, "MAX_DOCUMENT_BYTES", len(big) - 1)
     with pytest.raises(CamtError, match="exceeds the .*-byte limit"):
         camt_to_entries(big)
-    monkeypatch.setattr(iso20022, "MAX_DOCUMENT_BYTES", len(big))
+    assert parsed == []
+
+
+def test_the_entry_limit_is_checked_before_any_entry_is_read(monkeypatch):
+    read = []
+    monkeypatch.setattr(iso20022, "_entry", lambda *a: read.append(1) or 1 / 0)
+    big = _doc(_stmt(entries=[_ntry()] * 40_000))
     monkeypatch.setattr(iso20022, "MAX_ENTRIES", 39_999)
     with pytest.raises(CamtError, match="40000 Ntry elements exceeds the limit of 39999"):
         camt_to_entries(big)
-    assert handed == []
+    assert read == []
 
 
 def test_the_entry_limit_counts_self_closed_and_prefixed_ntry_too(monkeypatch):
