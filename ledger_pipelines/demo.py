@@ -281,6 +281,33 @@ def demo_env(demo: Path, prefix: str) -> dict[str, str]:
             "LEDGER_TOPIC_PREFIX": prefix, "LEDGER_EVM_RPC_URL": cfg.anvil_url, "DAGSTER_HOME": str(demo / "dagster_home")}
 
 
+def publish_details(details: dict) -> str:
+    """A publish run's cursor in words: ``; read up to id 1,234 (2 gaps held open)``."""
+    parts = []
+    if "high" in details:
+        gaps = details.get("gaps", 0)
+        parts.append(f"read up to id {details['high']:,}" + (f" ({gaps:,} gaps held open)" if gaps else ""))
+    if "head" in details:
+        parts.append(f"final through block {details['final_through']:,} of {details['head']:,}"
+                     + (f", {details['orphaned']:,} orphaned by a reorg" if details.get("orphaned") else ""))
+    return f"; {', '.join(parts)}" if parts else ""
+
+
+def balance_table(checks: list[dict]) -> list[str]:
+    """Statement balance checks (opening + movement = closing) as a short table, one row a statement."""
+    rows = [("statement", "ccy", "opening", "movement", "closing", "")]
+    for c in checks:
+        if not c.get("checked"):
+            rows.append((c["statement_id"], "", "", "", "", f"not checked: {c['reason']}"))
+            continue
+        verdict = "balanced" if c["balanced"] else f"OFF BY {c['difference']}"
+        rows.append((c["statement_id"], c["currency"], c["opening"], c["movement"], c["closing"], verdict))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    right = (False, False, True, True, True)
+    return ["  ".join((v.rjust(w) if r else v.ljust(w)) for v, w, r in zip(row[:5], widths, right)) + "  " + row[5]
+            for row in rows]
+
+
 def build(args, demo: Path, progress: Progress) -> dict:
     """Generate, publish and process the corridor week; returns the manifest."""
     import json
@@ -376,7 +403,12 @@ def build(args, demo: Path, progress: Progress) -> dict:
     progress.step("publishing every ledger to Kafka (the reorg's orphaned legs included)")
     for lc in ledgers:
         r = publisher.publish(lc)
-        progress.note(f"{lc.name}: {r.published:,} entries published, {r.rejected} dead-lettered {r.details or ''}")
+        progress.note(f"{lc.name}: {r.published:,} entries published, {r.rejected:,} dead-lettered"
+                      f"{publish_details(r.details)}")
+        checks = r.details.get("balance_checks") or []
+        if checks:
+            for line in balance_table(checks):
+                progress.note(f"  {line}")
     wh.dispose()
     manifest = {"prefix": prefix, "days": [d.isoformat() for d in days], "genesis": genesis,
                 "chain": f"{rpc.call('eth_chainId', [])}:{rpc.call('eth_getBlockByNumber', ['0x0', False])['hash']}",

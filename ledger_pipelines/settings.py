@@ -6,12 +6,14 @@ rendered with :func:`redact_url` wherever they could reach a log or Dagster meta
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
 
 from .stack import StackConfig
 
+KAFKA_CLIENT_LOGGER = "ledger_pipelines.kafka.client"
 TOPIC_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.\Z")
 
 
@@ -51,7 +53,9 @@ class KafkaSettings:
         )
 
     def client_config(self) -> dict:
-        conf = {"bootstrap.servers": self.bootstrap_servers}
+        # librdkafka's own log lines (connection retries, "Connect to ... failed") go to a Python logger
+        # instead of straight to stderr: the CLI writes them to its log file, Dagster to the run's logs
+        conf = {"bootstrap.servers": self.bootstrap_servers, "logger": logging.getLogger(KAFKA_CLIENT_LOGGER)}
         if self.security_protocol:
             conf["security.protocol"] = self.security_protocol
         if self.sasl_mechanism:

@@ -229,3 +229,40 @@ def test_stack_env_refuses_what_it_does_not_take(tmp_path):
                        (["stack", "status", "--show-secrets"], "--show-secrets is an option of `stack env` only")):
         done = subprocess.run([CLI, *argv], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and says in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+_CHATTER = """
+import logging, sys
+from ledger_pipelines import cli
+from ledger_pipelines.kafka.topics import admin
+from ledger_pipelines.settings import KafkaSettings
+logging.basicConfig(level=logging.INFO)
+if sys.argv[1] == "quiet":
+    cli._libraries_to_log_file()
+client = admin(KafkaSettings(bootstrap_servers=sys.argv[2]))
+try:
+    client.list_topics(timeout=2)
+except Exception as exc:
+    print("refused:", type(exc).__name__)
+client.poll(1)  # serves the client's queued log lines
+"""
+
+
+def test_librdkafka_chatter_goes_to_the_log_file_not_the_terminal(tmp_path):
+    """'Connect to ... failed' lines of an unreachable broker: in the log file, not on stderr; -v (no
+    redirection) keeps them on the terminal."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket is closed
+    log = tmp_path / "cli.log"
+    env = {**os.environ, "LEDGER_LOG_FILE": str(log)}
+    quiet = subprocess.run([sys.executable, "-c", _CHATTER, "quiet", closed], capture_output=True, text=True,
+                           env=env, cwd=REPO_ROOT, timeout=60)
+    assert "refused: KafkaException" in quiet.stdout, quiet
+    assert "Connect to" not in quiet.stderr and "%3|" not in quiet.stderr, quiet.stderr
+    assert "Connect to" in log.read_text()
+    loud = subprocess.run([sys.executable, "-c", _CHATTER, "verbose", closed], capture_output=True, text=True,
+                          env=env, cwd=REPO_ROOT, timeout=60)
+    assert "Connect to" in loud.stderr, loud.stderr

@@ -15,6 +15,7 @@ from dagster import (
 
 from ..audit import pairs_from, run_day
 from ..config import LedgerConfig
+from ..reconcile.output import kinds_text
 from ..resources import WarehouseResource
 from ..stack import StackConfig
 
@@ -53,7 +54,8 @@ def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partition
         recs = audit["reconciliations"]
         md = f"**{day}** — Merkle root `{audit['merkle_root']}`\n\n" + (
             "| reconciliation | matches | breaks | break types |\n|---|---|---|---|\n" + "\n".join(
-                f"| {name} | {r['matches']} | {r['breaks']} | {r['break_type']} |" for name, r in sorted(recs.items())))
+                f"| {name} | {r['matches']} | {r['breaks']} | {kinds_text(r['break_type'])} |"
+                for name, r in sorted(recs.items())))
         return MaterializeResult(metadata={
             "day": MetadataValue.text(day),
             "breaks": MetadataValue.json({name: r["breaks"] for name, r in recs.items()}),
@@ -92,7 +94,7 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
         md = (f"**{day}** — Merkle root `{audit['merkle_root']}`"
               + (f", anchored in tx `{anchor['tx_hash']}` (v{anchor['version']})" if anchor else ", not anchored")
               + "\n\n") + "\n".join(
-            f"- **{name}**: {r['matches']} matches, {r['breaks']} breaks {r['break_type'] or ''}"
+            f"- **{name}**: {r['matches']} matches, {r['breaks']} breaks ({kinds_text(r['break_type'])})"
             for name, r in sorted(recs.items()))
         return MaterializeResult(metadata={
             "day": MetadataValue.text(day),
