@@ -134,18 +134,43 @@ def _document(path: str | Path | None) -> dict[str, Any]:
     return doc
 
 
-def partitions_start(path: str | Path | None = None) -> str:
-    """First day of the daily partitions (``partitions_start`` in the file, default 2026-11-01)."""
-    return str(_document(path).get("partitions_start", "2026-11-01"))
+@dataclass(frozen=True)
+class ProjectConfig:
+    """The whole configuration file, read and checked once: the ledgers, the reconciliation pairs, the
+    first partition day and the nightly audit's time. Built once where the process starts (the Dagster
+    definitions, a CLI command) and passed to what needs it."""
+
+    path: Path
+    ledgers: list[LedgerConfig]
+    pairs: list[dict[str, Any]]
+    partitions_start: str
+    audit_schedule: dict[str, int]
+    document: dict[str, Any] = field(repr=False, compare=False)
+
+
+def load_project(path: str | Path | None = None) -> ProjectConfig:
+    p = config_path(path)
+    doc = _document(p)
+    ledgers = [_ledger(d) for d in doc.get("ledgers", []) or []]
+    names = [lc.name for lc in ledgers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{p}: duplicate ledger names {names}")
+    pairs = doc.get("reconciliations", []) or []
+    for pair in pairs:
+        for side in ("left", "right"):
+            if pair.get(side) not in names:
+                raise ConfigError(f"reconciliation {pair.get('name')!r}: {side} ledger {pair.get(side)!r} "
+                                  "is not configured")
+    schedule = doc.get("audit_schedule") or {}
+    return ProjectConfig(path=p, ledgers=ledgers, pairs=pairs,
+                         partitions_start=str(doc.get("partitions_start", "2026-11-01")),
+                         audit_schedule={"hour": int(schedule.get("hour", 2)), "minute": int(schedule.get("minute", 30))},
+                         document=doc)
 
 
 def load_config(path: str | Path | None = None) -> list[LedgerConfig]:
-    doc = _document(path)
-    ledgers = [_ledger(d) for d in doc.get("ledgers", [])]
-    names = [lc.name for lc in ledgers]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: duplicate ledger names {names}")
-    return ledgers
+    """The configured ledgers (the whole file is read and checked)."""
+    return load_project(path).ledgers
 
 
 def ledger_by_name(ledgers: list[LedgerConfig], name: str) -> LedgerConfig:
@@ -155,18 +180,8 @@ def ledger_by_name(ledgers: list[LedgerConfig], name: str) -> LedgerConfig:
     raise ConfigError(f"no ledger {name!r} configured (known: {[lc.name for lc in ledgers]})")
 
 
+
+
 def reconciliation_pairs(path: str | Path | None = None) -> list[dict[str, Any]]:
     """``reconciliations:`` of the configuration: ledger pairs and their rules."""
-    pairs = _document(path).get("reconciliations", []) or []
-    names = {lc.name for lc in load_config(path)}
-    for p in pairs:
-        for side in ("left", "right"):
-            if p.get(side) not in names:
-                raise ConfigError(f"reconciliation {p.get('name')!r}: {side} ledger {p.get(side)!r} is not configured")
-    return pairs
-
-
-def audit_schedule(path: str | Path | None = None) -> dict[str, Any]:
-    """``audit_schedule:`` (hour, minute; UTC like the partitions), default 02:30."""
-    s = _document(path).get("audit_schedule") or {}
-    return {"hour": int(s.get("hour", 2)), "minute": int(s.get("minute", 30))}
+    return load_project(path).pairs

@@ -75,7 +75,7 @@ def test_the_sql_rows_sensor_names_the_missing_variable(tmp_path, monkeypatch):
     from dagster import DagsterInstance, build_sensor_context
 
     from ledger_pipelines.resources import KafkaResource, WarehouseResource
-    from ledger_pipelines.sensors.sql_rows_sensor import sql_rows_sensor
+    from ledger_pipelines.sensors.source_sensors import build_source_sensors
 
     for k, v in _env(tmp_path, LEDGER_CONFIG=str(_config(tmp_path, [ERP])),
                      LEDGER_WAREHOUSE_URL=f"sqlite:///{tmp_path / 'w.db'}").items():
@@ -83,6 +83,7 @@ def test_the_sql_rows_sensor_names_the_missing_variable(tmp_path, monkeypatch):
     monkeypatch.delenv("LEDGER_ERP_URL", raising=False)
     context = build_sensor_context(instance=DagsterInstance.ephemeral(),
                                    resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()})
+    sql_rows_sensor = build_source_sensors(load_config())["sql_rows_sensor"]
     with pytest.raises(Exception, match="erp: MissingConnection: ledger erp: LEDGER_ERP_URL is not set"):
         sql_rows_sensor(context)
     assert not (tmp_path / "stack" / "erp.db").exists()
@@ -266,3 +267,37 @@ def test_librdkafka_chatter_goes_to_the_log_file_not_the_terminal(tmp_path):
     loud = subprocess.run([sys.executable, "-c", _CHATTER, "verbose", closed], capture_output=True, text=True,
                           env=env, cwd=REPO_ROOT, timeout=60)
     assert "Connect to" in loud.stderr, loud.stderr
+
+
+_COUNT_READS = """
+from ledger_pipelines import config
+reads = []
+real = config._document
+config._document = lambda path: reads.append(str(path)) or real(path)
+from ledger_pipelines.definitions import defs
+assert defs.resolve_job_def("nightly_audit_job") is not None
+print(len(reads))
+"""
+
+
+def test_the_dagster_definitions_read_the_configuration_once():
+    out = subprocess.run([sys.executable, "-c", _COUNT_READS], capture_output=True, text=True, cwd=REPO_ROOT,
+                         timeout=180, env={k: v for k, v in os.environ.items() if k != "LEDGER_CONFIG"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1"
+
+
+def test_a_source_sensor_tick_does_not_read_the_configuration_again(tmp_path, monkeypatch):
+    """The sensors are built over the ledgers the definitions were built from; a tick never re-reads
+    the file (a configuration edited under a running code location would disagree with its assets)."""
+    from dagster import DagsterInstance, SkipReason, build_sensor_context
+
+    from ledger_pipelines.resources import KafkaResource, WarehouseResource
+    from ledger_pipelines.sensors.source_sensors import build_source_sensors
+
+    sensor = build_source_sensors(load_config(_config(tmp_path, [])))["sql_rows_sensor"]
+    monkeypatch.setenv("LEDGER_CONFIG", str(tmp_path / "gone.yaml"))
+    monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
+    context = build_sensor_context(instance=DagsterInstance.ephemeral(),
+                                   resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()})
+    assert isinstance(sensor(context), SkipReason)

@@ -10,11 +10,13 @@ from sqlalchemy import text
 from ledger_pipelines.connectors.mapping import ColumnMapping
 from ledger_pipelines.connectors.sql import SqlLedger
 from ledger_pipelines.resources import KafkaResource, WarehouseResource
-from ledger_pipelines.sensors.evm_blocks_sensor import evm_blocks_sensor
-from ledger_pipelines.sensors.sql_rows_sensor import sql_rows_sensor
+from ledger_pipelines.config import load_config
+from ledger_pipelines.sensors.source_sensors import build_source_sensors
 
 
-def _tick(sensor, instance):
+def _tick(name, instance):
+    """One tick of the named source sensor, built over the configuration the test set (LEDGER_CONFIG)."""
+    sensor = build_source_sensors(load_config())[name]
     return sensor(build_sensor_context(instance=instance,
                                        resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()}))
 
@@ -54,15 +56,15 @@ def test_a_late_row_filling_a_gap_on_a_quiet_ledger_is_published(ledger_env):
             run_config=req.run_config, instance=instance).success
         return req.run_key
 
-    (first,) = _tick(sql_rows_sensor, instance)
+    (first,) = _tick("sql_rows_sensor", instance)
     keys = {run(first)}
-    assert isinstance(_tick(sql_rows_sensor, instance), SkipReason)  # the gap is open, nothing new to read
+    assert isinstance(_tick("sql_rows_sensor", instance), SkipReason)  # the gap is open, nothing new to read
     with ledger_env.engine.begin() as c:
         _line(c, 2)  # the late commit: the top id and the gap set are as before
-    (late,) = _tick(sql_rows_sensor, instance)
+    (late,) = _tick("sql_rows_sensor", instance)
     assert late.run_key not in keys  # a key already used would never run again
     run(late)
-    assert isinstance(_tick(sql_rows_sensor, instance), SkipReason)
+    assert isinstance(_tick("sql_rows_sensor", instance), SkipReason)
     from ledger_pipelines.warehouse import Warehouse
     from ledger_pipelines.warehouse.state import get_cursor
 
@@ -75,7 +77,7 @@ def test_a_late_row_filling_a_gap_on_a_quiet_ledger_is_published(ledger_env):
 def test_a_source_that_cannot_be_read_fails_the_tick_with_the_reason(ledger_env, monkeypatch, tmp_path):
     monkeypatch.setenv("LEDGER_CORE_BANKING_URL", f"sqlite:///{tmp_path / 'nowhere' / 'core.db'}")
     with pytest.raises(Exception, match="core_banking: OperationalError"):
-        _tick(sql_rows_sensor, DagsterInstance.ephemeral())
+        _tick("sql_rows_sensor", DagsterInstance.ephemeral())
 
 
 def test_an_unreachable_chain_fails_the_tick_with_the_reason(tmp_path, monkeypatch):
@@ -86,4 +88,4 @@ def test_an_unreachable_chain_fails_the_tick_with_the_reason(tmp_path, monkeypat
     monkeypatch.setenv("LEDGER_EVM_RPC_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
     with pytest.raises(Exception, match="eth_usdc: "):
-        _tick(evm_blocks_sensor, DagsterInstance.ephemeral())
+        _tick("evm_blocks_sensor", DagsterInstance.ephemeral())

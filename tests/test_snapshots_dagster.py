@@ -96,8 +96,11 @@ def test_source_sensors_request_publish_runs(tmp_path, monkeypatch, kafka, stack
     monkeypatch.setenv("LEDGER_CONFIG", str(config))
     monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)
     monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
-    from ledger_pipelines.sensors.sql_rows_sensor import sql_rows_sensor
-    from ledger_pipelines.sensors.statement_inbox_sensor import statement_inbox_sensor
+    from ledger_pipelines.config import load_config
+    from ledger_pipelines.sensors.source_sensors import build_source_sensors
+
+    sensors = build_source_sensors(load_config())
+    sql_rows_sensor, statement_inbox_sensor = sensors["sql_rows_sensor"], sensors["statement_inbox_sensor"]
 
     def tick(sensor):
         return sensor(build_sensor_context(instance=DagsterInstance.ephemeral(),

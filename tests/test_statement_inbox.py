@@ -210,7 +210,8 @@ def test_the_sensor_indexes_new_files_so_the_days_do_not_parse(tmp_path, inbox, 
     from dagster import DagsterInstance, build_sensor_context
 
     from ledger_pipelines.resources import KafkaResource, WarehouseResource
-    from ledger_pipelines.sensors.statement_inbox_sensor import statement_inbox_sensor
+    from ledger_pipelines.config import load_config
+    from ledger_pipelines.sensors.source_sensors import build_source_sensors
 
     config = tmp_path / "ledgers.yaml"
     config.write_text(yaml.safe_dump({"ledgers": [{"name": "bank_statements", "kind": "iso20022",
@@ -224,6 +225,7 @@ def test_the_sensor_indexes_new_files_so_the_days_do_not_parse(tmp_path, inbox, 
 
     def tick():
         resources = {"warehouse": WarehouseResource(), "kafka": KafkaResource()}
+        statement_inbox_sensor = build_source_sensors(load_config())["statement_inbox_sensor"]
         return statement_inbox_sensor(build_sensor_context(instance=DagsterInstance.ephemeral(), resources=resources))
 
     (request,) = tick()

@@ -1,0 +1,157 @@
+"""The source sensors: one per ledger kind that can change on its own (SQL journal, chain, statement
+inbox), all from one factory. Each tick looks at every configured ledger of its kind and requests a
+``publish_job`` run for each that has something new, keyed by what changed (a repeated run key is
+never run again, so the key must change whenever there is something new to read).
+
+A ledger that cannot be read (misconfigured, node down) is an error, not "nothing new": alone such
+errors fail the tick (the UI shows the reason); next to run requests for other ledgers they are logged
+as errors, so one broken source does not hold the others back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+
+from dagster import DefaultSensorStatus, RunRequest, SensorDefinition, SensorEvaluationContext, SkipReason, sensor
+
+from ..config import LedgerConfig
+from ..jobs import publish_job
+from ..resources import WarehouseResource
+from ..warehouse import Warehouse
+
+# a statement tick stops starting new files after this long (the evaluation itself times out at 60 s);
+# the files left are indexed at the next tick, or by the first day's snapshot that reads them
+INDEX_BUDGET_SECONDS = 20.0
+
+
+class SourceErrors:
+    """What a tick could not read, by ledger."""
+
+    def __init__(self, context) -> None:
+        self.context = context
+        self.problems: list[str] = []
+
+    def add(self, ledger: str, exc: Exception) -> None:
+        self.problems.append(f"{ledger}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+
+    def result(self, requests: list[RunRequest], nothing: SkipReason):
+        if self.problems and not requests:
+            raise RuntimeError("source not readable: " + "; ".join(self.problems))
+        for p in self.problems:
+            self.context.log.error(f"source not readable: {p}")
+        return requests or nothing
+
+
+def publish_request(ledger: str, what: str) -> RunRequest:
+    key = hashlib.sha256(f"{ledger}|{what}".encode()).hexdigest()[:24]
+    return RunRequest(run_key=f"publish-{ledger}-{key}",
+                      run_config={"ops": {"publish_ledger": {"config": {"ledger": ledger}}}},
+                      tags={"ledger": ledger})
+
+
+class Tick:
+    """What one evaluation hands each ledger's check: the warehouse, the log, the error list, its start."""
+
+    def __init__(self, context: SensorEvaluationContext, wh: Warehouse, errors: SourceErrors) -> None:
+        self.context, self.wh, self.errors, self.started = context, wh, errors, time.monotonic()
+
+
+def sql_rows(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
+    """New journal lines above the watermark, or late arrivals in remembered gaps."""
+    from ..connectors.sql import SqlLedger
+    from ..publish import source_url
+    from ..warehouse.state import get_cursor
+
+    cursor = get_cursor(tick.wh, lc.name) or {"high": None, "gaps": {}}
+    ledger = SqlLedger(source_url(lc), lc.mapping, lc.name)
+    try:
+        top, filled = ledger.top_and_filled(cursor.get("gaps") or {})
+    finally:
+        ledger.dispose()
+    # keyed by what there is to read: a late row filling a gap on a quiet ledger changes ``filled``
+    # (the top id and the gap set alone stay the same)
+    if top is not None and (cursor["high"] is None or top > cursor["high"] or filled):
+        return publish_request(lc.name, f"{top}|{filled}")
+    return None
+
+
+def evm_blocks(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
+    """New blocks on the chain since the last pass (pending, final, reorgs)."""
+    from ..connectors.evm_reader import EvmReader
+    from ..publish import source_url
+    from ..warehouse.state import get_cursor
+
+    head = EvmReader(lc, source_url(lc)).head()
+    if head != (get_cursor(tick.wh, lc.name) or {}).get("head"):
+        return publish_request(lc.name, str(head))
+    return None
+
+
+def statement_files(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
+    """Statement files whose content was not published yet; each new content is also indexed by booking
+    date (:mod:`ledger_pipelines.statement_inbox`), so the days' snapshots read their part without
+    parsing the inbox again. A file that cannot be indexed never holds its publication back."""
+    from ..statement_inbox import StatementInbox
+    from ..warehouse.state import file_processed
+
+    inbox = StatementInbox(lc)
+    listed_at = time.time()
+    listing = inbox.listing()
+    new = [sha for _, sha in listing if not file_processed(tick.wh, lc.name, sha)]
+    request = publish_request(lc.name, ",".join(sorted(new))) if new else None
+    budget = max(0.0, INDEX_BUDGET_SECONDS - (time.monotonic() - tick.started))
+    try:
+        indexed = inbox.index_new(listing, budget_seconds=budget)
+    except Exception as exc:  # the day's snapshot indexes the file itself and fails there, named
+        tick.errors.add(lc.name, exc)
+        return request
+    if indexed:
+        tick.context.log.info(f"{lc.name}: indexed {len(indexed)} statement file(s): {', '.join(indexed[:20])}")
+    inbox.prune({sha for _, sha in listing}, older_than=listed_at)
+    return request
+
+
+Check = Callable[[LedgerConfig, Tick], "RunRequest | None"]
+
+# sensor name, ledger kind, what its tick checks, what it says when nothing changed, description
+SOURCES: tuple[tuple[str, str, Check, str, str], ...] = (
+    ("sql_rows_sensor", "sql", sql_rows, "no new rows",
+     "Publishes a SQL ledger when rows above its watermark exist or a remembered gap was filled."),
+    ("evm_blocks_sensor", "evm", evm_blocks, "no new blocks",
+     "Publishes an EVM ledger when its chain has new blocks since the last pass."),
+    ("statement_inbox_sensor", "iso20022", statement_files, "no new statement files",
+     "Publishes ISO 20022 statement files dropped into a ledger's inbox (once per content hash) and indexes "
+     "each new content by booking date for the daily snapshots."),
+)
+
+
+def source_sensor(name: str, ledgers: Sequence[LedgerConfig], check: Check, nothing: str,
+                  description: str) -> SensorDefinition:
+    """A sensor that runs ``check`` for each of ``ledgers`` at every tick."""
+    ledgers = tuple(ledgers)
+
+    @sensor(name=name, job=publish_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING,
+            description=description)
+    def _source(context: SensorEvaluationContext, warehouse: WarehouseResource):
+        requests, errors = [], SourceErrors(context)
+        with warehouse.session() as wh:
+            tick = Tick(context, wh, errors)
+            for lc in ledgers:
+                try:
+                    request = check(lc, tick)
+                except Exception as exc:  # unreadable or misconfigured: the tick says so, and tries again
+                    errors.add(lc.name, exc)
+                    continue
+                if request is not None:
+                    requests.append(request)
+        return errors.result(requests, SkipReason(nothing))
+
+    return _source
+
+
+def build_source_sensors(ledgers: Sequence[LedgerConfig]) -> dict[str, SensorDefinition]:
+    """The three source sensors over the configured ledgers, by name."""
+    return {name: source_sensor(name, [lc for lc in ledgers if lc.kind == kind], check, nothing, description)
+            for name, kind, check, nothing, description in SOURCES}
