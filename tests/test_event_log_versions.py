@@ -1,22 +1,17 @@
 """The event-log writer's version rules on SQLite and PostgreSQL: speculative inserts of new
 entries, the lookup after a batch that met stored ones, first/later version flags, two writers
-storing one entry at once, and the upgrade of a warehouse written before first versions existed."""
+and storing one entry at once."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, UniqueConstraint, inspect
 
 from ledger_pipelines.generate import synthetic_entries
 from ledger_pipelines.ingest import _row_of
 from ledger_pipelines.model import encode_entry, make_entry, to_dict
 from ledger_pipelines.warehouse import EventBatch, Warehouse
-from ledger_pipelines.warehouse.schema import EVENT_COLUMNS, event_log, metadata
-from ledger_pipelines.warehouse.writer import legacy_content_hash
-
-_HASH = EVENT_COLUMNS.index("content_hash")
 
 pytestmark = pytest.mark.services
 TOPIC = "ledger.core_banking.entries"
@@ -30,13 +25,11 @@ class Partition:
         self.part, self.next = part, 0
         wh.init_offsets(CONSUMER, [(TOPIC, part)])
 
-    def batch(self, entries, legacy_hash: bool = False) -> EventBatch:
+    def batch(self, entries) -> EventBatch:
         b = EventBatch()
         for e in entries:
             raw = encode_entry(e)
             row = _row_of(raw, e.entry_id.encode(), TOPIC, self.part, self.next, None, e.ledger, 1 << 20)
-            if legacy_hash:  # as versions before XXH3 stored it
-                row = (*row[:_HASH], legacy_content_hash(raw), *row[_HASH + 1:])
             b.rows.append(row)
             b.raw.append(raw)
             self.next += 1
@@ -223,63 +216,5 @@ def test_two_writers_deadlocked_on_each_others_entries(pg_url):
         assert wh.rows("SELECT entry_id, count(*) FROM ledger_event_log GROUP BY entry_id ORDER BY 1") == [
             (x.entry_id, 1), (y.entry_id, 1)]
         assert wh.stored_offsets(CONSUMER) == {(TOPIC, 20): 2, (TOPIC, 21): 2}
-    finally:
-        wh.dispose()
-
-
-def _old_event_log(md: MetaData) -> Table:
-    """The event log as versions before first_version wrote it: one unique (entry_id, content_hash)
-    (a BLAKE2b-64 hash then)."""
-    cols = [Column(c.name, c.type, nullable=c.nullable) for c in event_log.columns if c.name != "first_version"]
-    return Table("ledger_event_log", md, *cols,
-                 UniqueConstraint("entry_id", "content_hash", name="uq_ledger_event_log_version"))
-
-
-def test_a_warehouse_of_the_previous_schema_is_upgraded_in_place(warehouse_url):
-    entries = list(synthetic_entries("core_banking", 3))
-    wh = Warehouse(warehouse_url)
-    try:
-        metadata.create_all(wh.engine, tables=[t for t in metadata.sorted_tables if t is not event_log])
-        old = _old_event_log(MetaData())
-        old.create(wh.engine)
-        p = Partition(wh)
-        stored = [entries[0], _with(entries[0], status="reversed"), entries[1]]
-        with wh.engine.begin() as conn:
-            conn.execute(old.insert(), [dict(zip([c.name for c in old.columns], r))
-                                        for r in p.batch(stored, legacy_hash=True).rows])
-        with wh.engine.begin() as conn:  # the offsets of what is stored
-            conn.exec_driver_sql(f"UPDATE ledger_offsets SET next_offset = 3 WHERE consumer = '{CONSUMER}'")
-
-        wh.create_schema()
-        assert _versions(wh) == [
-            (entries[0].entry_id, "booked", entries[0].amount, True),
-            (entries[0].entry_id, "reversed", entries[0].amount, False),
-            (entries[1].entry_id, "booked", entries[1].amount, True),
-        ]
-        indexes = {i["name"] for i in inspect(wh.engine).get_indexes("ledger_event_log")}
-        assert {"uq_ledger_event_log_entry", "uq_ledger_event_log_later_version"} <= indexes
-        # the old unique constraint is gone (SQLite: the table was rebuilt without its autoindex)
-        assert inspect(wh.engine).get_unique_constraints("ledger_event_log") == []
-        if wh.dialect == "sqlite":
-            assert wh.rows("SELECT name FROM sqlite_master WHERE name LIKE 'sqlite_autoindex_ledger_event_log%'") == []
-        wh.create_schema()  # again: nothing to do
-        assert len(_versions(wh)) == 3
-
-        # the upgraded log takes the same rules: both stored versions are duplicates (matched on the
-        # hash they were stored with), a new status is a later version, a new entry a first one,
-        # another amount a conflict
-        writer = wh.writer(CONSUMER)
-        try:
-            c = writer.write(p.batch([entries[0], _with(entries[0], status="reversed"),
-                                      _with(entries[1], status="final"), entries[2],
-                                      _with(entries[1], amount="2.00")]))
-        finally:
-            writer.close()
-        assert (c.inserted, c.duplicates, c.conflicts) == (2, 2, 1)
-        assert _versions(wh)[3:] == [
-            (entries[1].entry_id, "final", entries[1].amount, False),
-            (entries[2].entry_id, "booked", entries[2].amount, True),
-        ]
-        _one_first_version_each(wh)
     finally:
         wh.dispose()

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import datetime, timezone
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 
 from ..settings import default_warehouse_url, redact_url
-from .migrations import upgrade_postgresql, upgrade_sqlite
 from .schema import metadata
-from .writer import BatchCounts, ConcurrentIngestError, EventBatch, make_writer
+from .writer import BatchCounts, ConcurrentIngestError, EventBatch, make_writer, utc_now
 
 __all__ = [
     "BatchCounts",
@@ -37,10 +35,6 @@ def validate_identifier(name: str, what: str = "identifier") -> str:
     if not isinstance(name, str) or not _IDENTIFIER.match(name):
         raise ValueError(f"{what} {name!r} is not a plain SQL identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63)")
     return name
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Warehouse:
@@ -67,8 +61,9 @@ class Warehouse:
         return redact_url(self.url)
 
     def create_schema(self) -> None:
-        """Create missing tables and upgrade those an earlier version wrote (migrations.py); safe
-        when several processes do it at once."""
+        """Create missing tables; safe when several processes do it at once. (No version of the schema
+        was released before this one, so there is nothing to upgrade; a change to a released schema
+        comes with its migration, docs/development.md.)"""
         import time
 
         from sqlalchemy.exc import DBAPIError
@@ -79,10 +74,6 @@ class Warehouse:
                     if self.dialect == "postgresql":
                         conn.execute(text("SELECT pg_advisory_xact_lock(7262001)"))
                     metadata.create_all(conn)
-                    if self.dialect == "postgresql":
-                        upgrade_postgresql(conn)
-                if self.dialect == "sqlite":
-                    upgrade_sqlite(self.engine)
                 return
             except DBAPIError as exc:
                 # another process created a table between check and create, or (SQLite) wrote

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from hashlib import blake2b
+from datetime import datetime, timezone
 from operator import itemgetter
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -52,10 +52,8 @@ def content_hash(value: bytes) -> str:
     return xxh3_64_hexdigest(value)
 
 
-def legacy_content_hash(value: bytes) -> str:
-    """What warehouses written before XXH3 stored: BLAKE2b-64. A re-publication of a version stored
-    then is matched on it (only entries with stored versions pay for it)."""
-    return blake2b(value, digest_size=8).hexdigest()
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ConcurrentIngestError(RuntimeError):
@@ -179,11 +177,10 @@ class _Writer:
         if not known:
             return known
         compare = set()
-        for row, raw in zip(batch.rows, batch.raw):
+        for row in batch.rows:
             eid = row[_ENTRY_ID]
             entry = known.get(eid)
-            if entry is not None and eid not in compare and row[_HASH] not in entry[0] \
-                    and legacy_content_hash(raw) not in entry[0]:
+            if entry is not None and eid not in compare and row[_HASH] not in entry[0]:
                 compare.add(eid)
         if compare:
             for rec in self._stored_versions(cur, sorted(compare)):
@@ -200,8 +197,6 @@ class _Writer:
 
     def write(self, batch: EventBatch) -> BatchCounts:
         """One transaction: move the offsets, keep new versions, record conflicts and rejects."""
-        from . import utc_now
-
         counts = BatchCounts(rejected=len(batch.rejects))
         now = utc_now()
         cur = self.conn.cursor()
@@ -276,7 +271,7 @@ class _Writer:
             if type(seen) is tuple:
                 seen = known[eid] = [{seen[_HASH]}, _econ(seen), False]
             h = row[_HASH]
-            if h in seen[0] or (seen[2] and legacy_content_hash(raw) in seen[0]):
+            if h in seen[0]:
                 plan.duplicates += 1
                 continue
             diff = _differing(seen[1], _econ(row))
