@@ -470,7 +470,7 @@ def cmd_bridge(args) -> int:
 
     rules = rules_from_config(args.config)
     if not rules:
-        print(json.dumps({"error": "no triggers: configured (see README, Cross-ledger triggers)"}))
+        print(json.dumps({"error": "no triggers: configured (see docs/configuration.md, Cross-ledger triggers)"}))
         return 2
     kafka = _kafka(args)
     ledgers = load_config(args.config)
