@@ -2,7 +2,10 @@
 
 Configuration (environment): ``LEDGER_ANCHOR_RPC_URL`` (default: the local anvil),
 ``LEDGER_ANCHOR_KEY`` (hex private key; on a local anvil, chain id 31337, anvil's first dev key
-is used when unset), ``LEDGER_ANCHOR_CONTRACT`` (default: deployed once per chain and remembered),
+is used when unset), ``LEDGER_ANCHOR_CONTRACT`` (required, EIP-55 checksummed, code at the address;
+only on a local development chain, see :mod:`ledger_pipelines.chain`, it defaults to a contract the
+project deploys once per chain and remembers), ``LEDGER_ANCHOR_FROM_BLOCK`` (the block the contract's
+events are read from, default: its deployment block, recorded or found by binary search),
 ``LEDGER_ANCHOR=off`` turns anchoring off (reports then say they are not anchored, and
 ``verify --rpc`` fails on them).
 
@@ -17,7 +20,7 @@ import os
 import re
 from typing import Any
 
-from .chain import ChainError, Signer, contract, contract_address
+from .chain import LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs, deployment_block
 from .commitment import report_version
 from .stack import StackConfig
 
@@ -65,11 +68,14 @@ def _record(w3, address: str, receipt, ev) -> dict[str, Any]:
             "report_version": ev["args"]["reportVersion"]}
 
 
-def find_anchor_tx(w3, address: str, partition: str, version: int) -> dict[str, Any] | None:
+def find_anchor_tx(w3, address: str, partition: str, version: int,
+                   page: int = LOG_PAGE_BLOCKS) -> dict[str, Any] | None:
+    """The anchor record of ``version`` of ``partition``, from its ``Anchored`` event (read from the contract's
+    deployment block to the head, ``page`` blocks a call at most), or None."""
     c = contract(w3, "AuditAnchor", address)
     key = w3.keccak(text=partition)
-    for lg in w3.eth.get_logs({"address": address, "fromBlock": 0, "toBlock": "latest",
-                               "topics": [None, "0x" + key.hex().removeprefix("0x")]}):
+    for lg in contract_logs(w3, address, [None, "0x" + key.hex().removeprefix("0x")],
+                            deployment_block(w3, "AuditAnchor", address), page=page):
         ev = c.events.Anchored().process_log(lg)
         if ev["args"]["partition"] == partition and ev["args"]["version"] == version:
             return _record(w3, address, w3.eth.get_transaction_receipt(lg["transactionHash"]), ev)

@@ -1,22 +1,46 @@
-"""Writing to an EVM chain: a signer whose key comes from the environment, and contract deployments.
+"""Writing to an EVM chain: a signer whose key comes from the environment, and the project's contracts.
 
 - The private key is read from an environment variable when a signer is made and kept out of every
   ``repr``, log line and Dagster metadata (only the derived address is shown).
-- Deployments of the project's contracts are remembered per chain in ``<stack>/deployments.json``,
-  keyed by chain id *and* genesis block hash, so a restarted anvil (new genesis) gets fresh contracts
-  instead of pointing at addresses that hold no code. ``LEDGER_<NAME>_CONTRACT`` overrides.
+- Where the contracts are (:func:`contract_address`). On a **local development chain** the project
+  deploys ``AuditAnchor`` and ``LedgerBridge`` itself when they are not there yet, and remembers them in
+  ``<stack>/deployments.json``, keyed by chain id *and* genesis block hash (a restarted anvil, new genesis,
+  gets fresh contracts), with the block each was deployed in. A chain is a local development chain when
+  **both** hold (:func:`is_local_dev_chain`): its chain id is 31337 (anvil, Hardhat) or 1337 (Ganache,
+  geth ``--dev``), **and** the RPC endpoint's host is a loopback address, written as ``localhost`` or an
+  IP literal in 127.0.0.0/8 or ``::1`` (the host name is not resolved: DNS never makes a chain local).
+  ``LEDGER_AUTO_DEPLOY=off`` turns automatic deployment off on every chain. Deploying takes a file lock
+  beside the record, so two workers of one machine deploy once.
+- On every other chain the addresses come from the configuration, ``LEDGER_ANCHOR_CONTRACT`` and
+  ``LEDGER_BRIDGE_CONTRACT``, and nothing starts without them. A configured address (on any chain) must
+  be a 0x-prefixed 20-byte hex address in its EIP-55 checksummed form, with contract code at that address
+  on the chain.
+- Reading a contract's events (:func:`contract_logs`) starts at its deployment block, not at block 0:
+  ``LEDGER_ANCHOR_FROM_BLOCK`` / ``LEDGER_BRIDGE_FROM_BLOCK`` when set, else the block the deployment
+  record holds, else the first block with code at the address, found by binary search on ``eth_getCode``
+  at block numbers (O(log n) calls; a node that keeps no past state cannot answer it: set the variable).
+  ``eth_getLogs`` is then paged up to the head with the EVM connector's adaptive paging
+  (:func:`~ledger_pipelines.connectors.evm_reader.fetch_paged`).
+- Which send failures are permanent (:func:`permanent_failure`): a revert (with its reason) and an invalid
+  argument (the ABI refuses a value, the node refuses the parameters). Anything else, among them
+  connection refused, timeouts, HTTP 5xx, a node restarting, a nonce taken by another sender and
+  insufficient funds for gas, is transient: nothing is wrong with the call itself, so it is tried again.
 """
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import json
 import os
 import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 from .contracts import artifact, web3_for
 from .stack import StackConfig
@@ -24,8 +48,13 @@ from .stack import StackConfig
 # anvil's first dev account: a publicly known key, used only when the chain is a local anvil (31337)
 # and no key is configured. Never accepted for any other chain id.
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
-CONTRACT_ENV = {"AuditAnchor": "LEDGER_ANCHOR_CONTRACT", "LedgerBridge": "LEDGER_BRIDGE_CONTRACT"}
+_ENV_PREFIX = {"AuditAnchor": "LEDGER_ANCHOR", "LedgerBridge": "LEDGER_BRIDGE"}
+CONTRACT_ENV = {name: f"{prefix}_CONTRACT" for name, prefix in _ENV_PREFIX.items()}
+FROM_BLOCK_ENV = {name: f"{prefix}_FROM_BLOCK" for name, prefix in _ENV_PREFIX.items()}
+LOCAL_CHAIN_IDS = (31337, 1337)
+LOG_PAGE_BLOCKS = 10_000  # the first eth_getLogs range; halved while the node refuses it
 _KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}\Z")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
 
 
 class ChainError(RuntimeError):
@@ -97,12 +126,16 @@ class Signer:
         return receipt
 
     def deploy(self, name: str, *args) -> str:
+        return self.deploy_receipt(name, *args)["contractAddress"]
+
+    def deploy_receipt(self, name: str, *args) -> Any:
+        """Deploy ``name``; the receipt (``contractAddress``, ``blockNumber``)."""
         abi, bytecode = artifact(name)
         call = self.w3.eth.contract(abi=abi, bytecode=bytecode).constructor(*args)
         receipt = self.wait(self.send(call))
         if receipt["status"] != 1:
             raise ChainError(f"deploying {name} failed in tx {receipt['transactionHash'].hex()}")
-        return receipt["contractAddress"]
+        return receipt
 
 
 def _registry() -> Path:
@@ -113,27 +146,214 @@ def chain_key(w3) -> str:
     return f"{w3.eth.chain_id}:{w3.eth.get_block(0)['hash'].hex()}"
 
 
-def contract_address(signer: Signer, name: str, deploy: bool = True) -> str:
-    """The address of contract ``name`` on the signer's chain: env override, remembered, or deployed now."""
+def endpoint(w3) -> str:
+    """The RPC URL a web3 instance talks to ("" when its provider has none)."""
+    return str(getattr(w3.provider, "endpoint_uri", "") or "")
+
+
+def is_local_dev_chain(chain_id: int, url: str) -> bool:
+    """Chain id 31337 or 1337 *and* an RPC endpoint whose host is ``localhost`` or a loopback IP literal."""
+    if chain_id not in LOCAL_CHAIN_IDS:
+        return False
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost: not resolved
+        return False
+
+
+def auto_deploy(chain_id: int, url: str) -> bool:
+    """Whether the project may deploy its contracts on this chain: a local development chain, and
+    ``LEDGER_AUTO_DEPLOY`` is not ``off``."""
+    off = os.environ.get("LEDGER_AUTO_DEPLOY", "on").strip().lower() in ("off", "0", "false", "no")
+    return not off and is_local_dev_chain(chain_id, url)
+
+
+def configured_address(w3, name: str) -> str | None:
+    """The address of ``name`` from its variable (``LEDGER_ANCHOR_CONTRACT``, ``LEDGER_BRIDGE_CONTRACT``),
+    checked: EIP-55 checksummed hex, and contract code there on this chain. None when the variable is unset."""
     env = CONTRACT_ENV[name]
-    if os.environ.get(env):
-        return signer.w3.to_checksum_address(os.environ[env])
-    path = _registry()
-    key = chain_key(signer.w3)
-    doc = json.loads(path.read_text()) if path.exists() else {}
-    address = doc.get(key, {}).get(name)
-    if address and signer.w3.eth.get_code(address) not in (b"", None):
-        return address
-    if not deploy:
-        raise ChainError(f"{name} is not deployed on chain {key}; set {env}")
-    address = signer.deploy(name)
-    doc = json.loads(path.read_text()) if path.exists() else {}
-    doc.setdefault(key, {})[name] = address
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return None
+    if not _ADDRESS.fullmatch(value):
+        raise ChainError(f"{env}={value!r} is not a 0x-prefixed 20-byte hex address")
+    if not w3.is_checksum_address(value):
+        raise ChainError(f"{env}={value} is not in its EIP-55 checksummed form (mixed case, as the chain's tools "
+                         "print it): a mistyped address cannot be told from a right one without it")
+    if w3.eth.get_code(value) in (b"", None):
+        raise ChainError(f"{env}={value}: no contract code at that address on chain {w3.eth.chain_id} "
+                         f"({endpoint(w3)})")
+    return value
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock (flock) on ``<path>.lock``: between processes of this machine and threads alike."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.{time.monotonic_ns()}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-    tmp.replace(path)
+    with open(path.with_name(path.name + ".lock"), "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read_registry(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def contract_address(signer: Signer, name: str, deploy: bool = True) -> str:
+    """The address of contract ``name`` on the signer's chain: from the configuration; else, on a local
+    development chain only, the one remembered for the chain, or deployed now (``deploy``) and remembered
+    with its deployment block. Elsewhere an unset variable is an error naming it."""
+    w3 = signer.w3
+    configured = configured_address(w3, name)
+    if configured:
+        return configured
+    env = CONTRACT_ENV[name]
+    chain_id, url = w3.eth.chain_id, endpoint(w3)
+    if not auto_deploy(chain_id, url):
+        raise ChainError(f"{env} is not set: the address of {name} on chain {chain_id} ({url}) must come from the "
+                         f"configuration (contracts are deployed automatically only on a local development chain: "
+                         f"chain id {' or '.join(map(str, LOCAL_CHAIN_IDS))} with its RPC endpoint on a loopback "
+                         f"address, and LEDGER_AUTO_DEPLOY not off)")
+    path = _registry()
+    key = chain_key(w3)
+    with _locked(path):
+        doc = _read_registry(path)
+        address = doc.get(key, {}).get(name)
+        if address and w3.eth.get_code(address) not in (b"", None):
+            return address
+        if not deploy:
+            raise ChainError(f"{name} is not deployed on chain {key}; set {env}")
+        receipt = signer.deploy_receipt(name)
+        address = receipt["contractAddress"]
+        entry = doc.setdefault(key, {})
+        entry[name] = address
+        entry.setdefault("blocks", {})[name] = receipt["blockNumber"]
+        tmp = path.with_suffix(f".{os.getpid()}.{time.monotonic_ns()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+        tmp.replace(path)
     return address
+
+
+# (chain key, address) -> deployment block found in this process
+_DEPLOY_BLOCKS: dict[tuple[str, str], int] = {}
+
+
+def _has_code(w3, address: str, block: int) -> bool:
+    return w3.eth.get_code(address, block_identifier=block) not in (b"", None)
+
+
+def _is_deployment_block(w3, address: str, block: int) -> bool:
+    """Code at ``address`` in ``block`` and none in the block before (False when the node cannot say)."""
+    try:
+        return _has_code(w3, address, block) and (block == 0 or not _has_code(w3, address, block - 1))
+    except Exception:
+        return False
+
+
+def deployment_block(w3, name: str, address: str) -> int:
+    """The block to read ``name``'s events from: ``LEDGER_<ANCHOR|BRIDGE>_FROM_BLOCK``, else the deployment
+    record's block, else the first block with code at ``address`` (binary search on ``eth_getCode``)."""
+    env = FROM_BLOCK_ENV[name]
+    value = os.environ.get(env, "").strip()
+    if value:
+        if not value.isdigit():
+            raise ChainError(f"{env}={value!r} is not a block number (a non-negative integer)")
+        return int(value)
+    address = w3.to_checksum_address(address)
+    key = chain_key(w3)
+    known = _DEPLOY_BLOCKS.get((key, address))
+    if known is None:
+        try:
+            entry = _read_registry(_registry()).get(key, {})
+        except (OSError, ValueError):
+            entry = {}
+        if isinstance(entry, dict) and str(entry.get(name, "")).lower() == address.lower():
+            recorded = (entry.get("blocks") or {}).get(name)
+            known = recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None
+    if known is not None and _is_deployment_block(w3, address, known):  # still true (a reverted chain moves it)
+        return known
+    found = _search_deployment_block(w3, name, address, env)
+    _DEPLOY_BLOCKS[(key, address)] = found
+    return found
+
+
+def _search_deployment_block(w3, name: str, address: str, env: str) -> int:
+    try:
+        hi = w3.eth.block_number
+        if not _has_code(w3, address, hi):
+            raise ChainError(f"no contract code at {address} ({name}) on chain {w3.eth.chain_id}")
+        lo = 0
+        while lo < hi:  # invariant: code at hi; none before lo
+            mid = (lo + hi) // 2
+            if _has_code(w3, address, mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+    except ChainError:
+        raise
+    except Exception as exc:
+        raise ChainError(f"the deployment block of {name} at {address} cannot be found (eth_getCode at past blocks: "
+                         f"{type(exc).__name__}: {exc}); set {env}") from None
+
+
+def contract_logs(w3, address: str, topics: list, from_block: int, page: int = LOG_PAGE_BLOCKS,
+                  retries: int = 5) -> list:
+    """``eth_getLogs`` of ``address`` with ``topics`` from ``from_block`` to the current head, in pages of at
+    most ``page`` blocks, halved while the node refuses a range (the EVM connector's paging)."""
+    from .connectors.evm_reader import fetch_paged
+
+    head = w3.eth.block_number
+
+    def fetch(lo: int, hi: int) -> list:
+        return list(w3.eth.get_logs({"address": address, "fromBlock": lo, "toBlock": hi, "topics": topics}))
+
+    return fetch_paged(fetch, from_block, head, page, retries=retries)
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` without the parts of ``url`` that may hold a secret (user info, path, query: where hosted nodes
+    take their API keys), for error messages that end up in logs and the action log."""
+    parts = urlsplit(url)
+    secrets = [x for x in (parts.password, parts.username, parts.path.strip("/"), parts.query) if x and len(x) >= 4]
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def permanent_failure(exc: BaseException) -> str | None:
+    """Why a call can never succeed by being sent again (a revert, with its reason; an invalid argument), or
+    None: the failure is transient (connection refused, timeout, HTTP 5xx, node restarting, nonce taken,
+    insufficient funds for gas, anything else) and the call is tried again later."""
+    from eth_abi.exceptions import EncodingError
+    from web3.exceptions import (ABIFunctionNotFound, ContractLogicError, MismatchedABI, Web3RPCError,
+                                 Web3TypeError, Web3ValidationError)
+
+    if isinstance(exc, ContractLogicError):
+        message = str(exc.message or exc)
+        return message if "revert" in message.lower() else f"reverted: {message}"
+    if isinstance(exc, (Web3ValidationError, MismatchedABI, ABIFunctionNotFound, EncodingError, Web3TypeError)):
+        return f"invalid argument: {exc}"
+    if isinstance(exc, Web3RPCError):
+        err = (exc.rpc_response or {}).get("error") if isinstance(exc.rpc_response, dict) else None
+        code = err.get("code") if isinstance(err, dict) else None
+        message = str(err.get("message", "")) if isinstance(err, dict) else str(exc)
+        if "revert" in message.lower():
+            return message
+        if code == -32602:
+            return f"invalid argument: {message}"
+    return None
 
 
 def contract(signer_or_w3, name: str, address: str):

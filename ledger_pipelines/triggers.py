@@ -21,7 +21,9 @@ Rules (``triggers:`` in the ledger configuration)::
                                            # compensate: act at once; an orphaned version is compensated
 
 Action types: ``bridge_record`` (on chain through ``LedgerBridge``; RPC ``LEDGER_BRIDGE_RPC_URL``, key
-``LEDGER_BRIDGE_KEY``, contract ``LEDGER_BRIDGE_CONTRACT`` or deployed once per chain), ``sql_post`` (a
+``LEDGER_BRIDGE_KEY``, contract ``LEDGER_BRIDGE_CONTRACT``, required except on a local development chain,
+where it is deployed once per chain (see :mod:`ledger_pipelines.chain`); its events are read from
+``LEDGER_BRIDGE_FROM_BLOCK``, default the contract's deployment block), ``sql_post`` (a
 balanced two-line journal entry in a configured SQL ledger: ``ledger``, ``debit_account``,
 ``credit_account``), ``publish`` (the entry to another topic: ``topic``).
 
@@ -31,9 +33,14 @@ there: the bridge contract's ``PaymentRecorded`` event for the reference names t
 posting is a row of ``bridge_postings`` (primary key = action id) written in the same transaction as
 its journal lines. So a crash between acting and logging is recovered by looking, never by acting
 twice. Kafka offsets are committed only after a batch's actions are logged (at-least-once delivery,
-idempotent effect). Transient errors are retried with backoff; permanent ones (a reverted call, a
-duplicate reference from another entry, a bad rule) are logged as failed and sent to the DLQ with the
-reason. Requests and outcomes are produced to ``ledger.bridge.actions`` (key: action id).
+idempotent effect). Transient errors are retried with backoff for a few seconds; one that outlasts
+that (connection refused, a timeout, HTTP 5xx, a node restarting, a nonce taken by another sender,
+insufficient funds for gas, a target database down) leaves the action ``pending`` in the action log
+with the reason, and its source record uncommitted, so a later run acts on it (asking the target
+first, as after a crash). Only permanent causes (a call reverted, with the contract's reason; an
+argument the ABI refuses; a duplicate reference from another entry; an amount beyond 255 decimals; a
+bad rule) are logged as ``failed`` and sent to the DLQ with the reason. Requests and outcomes
+(``pending`` included) are produced to ``ledger.bridge.actions`` (key: action id).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -253,54 +261,140 @@ class ActionLog:
 
 
 # -- executors -------------------------------------------------------------------------------------
-def _retry(fn: Callable[[], Any], what: str, attempts: int = 6) -> tuple[Any, int]:
-    """Run ``fn``; transient errors are retried with exponential backoff. Returns (result, attempts)."""
+# An executor's ``run`` gives one outcome per action: (action, status, detail, attempts), status ``applied``,
+# ``failed`` (a permanent cause, ``detail["reason"]``) or ``pending`` (a transient cause outlasted the in-run
+# retries, ``detail["reason"]``: the action is tried again on a later run).
+RETRY_ATTEMPTS = 6
+
+
+def _retry(fn: Callable[[], Any], what: str, attempts: int = RETRY_ATTEMPTS,
+           permanent: Callable[[BaseException], str | None] | None = None,
+           give_up: tuple[type[BaseException], ...] = (),
+           clean: Callable[[str], str] = str) -> tuple[Any, int]:
+    """Run ``fn``; transient errors are retried with exponential backoff. Returns (result, attempts).
+
+    ``permanent(exc)`` names a cause retrying cannot cure: raised at once as :class:`PermanentError` with that
+    reason. Exceptions of ``give_up`` are raised at once as they are; ``clean`` takes secrets out of the
+    message that is logged."""
     for n in range(1, attempts + 1):
         try:
             return fn(), n
         except PermanentError:
             raise
+        except give_up:
+            raise
         except Exception as exc:  # connection refused, timeouts, node hiccups
+            reason = permanent(exc) if permanent else None
+            if reason:
+                raise PermanentError(clean(reason)) from exc
             if n == attempts:
                 raise
             delay = min(5.0, 0.1 * 2 ** (n - 1))
-            log.warning("%s: %s; retrying in %.1fs (%d/%d)", what, exc, delay, n, attempts)
+            log.warning("%s: %s; retrying in %.1fs (%d/%d)", what, clean(str(exc)), delay, n, attempts)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 class BridgeRecorder:
-    """``bridge_record``: LedgerBridge.record, several transactions in flight per batch."""
+    """``bridge_record``: LedgerBridge.record, several transactions in flight per batch.
 
-    def __init__(self):
-        from .chain import Signer, contract, contract_address
+    ``failed``: the reference is recorded on chain for another entry, the amount has more than 255 decimals,
+    the call reverted (the reason the contract gives) or has an invalid argument. ``pending``: anything else
+    that outlasts the in-run retries (connection refused, timeouts, HTTP 5xx, a node restarting, a nonce taken
+    by another sender, insufficient funds for gas); on a later run the chain is asked first, so a transaction
+    that did go through is found there and never sent twice. After a connection failure outlasts the retries,
+    the actions of the next ``OUTAGE_PAUSE`` seconds are pending at once instead of each waiting out the
+    retries against a node that is down."""
+
+    OUTAGE_PAUSE = 10.0
+    GAS = 300_000
+
+    def __init__(self, log_page: int | None = None):
+        from .chain import LOG_PAGE_BLOCKS, Signer, contract, contract_address, deployment_block
         from .stack import StackConfig
 
-        url = os.environ.get("LEDGER_BRIDGE_RPC_URL") or StackConfig.from_env().anvil_url
-        self.signer = Signer.from_env(url, "LEDGER_BRIDGE_KEY")
+        self.url = os.environ.get("LEDGER_BRIDGE_RPC_URL") or StackConfig.from_env().anvil_url
+        self.signer = Signer.from_env(self.url, "LEDGER_BRIDGE_KEY")
         self.address = contract_address(self.signer, "LedgerBridge")
         self.contract = contract(self.signer, "LedgerBridge", self.address)
+        self.from_block = deployment_block(self.signer.w3, "LedgerBridge", self.address)
+        self.log_page = log_page or LOG_PAGE_BLOCKS
+        self._down: tuple[float, str] | None = None  # (until, why) after a connection failure outlasted retries
+
+    def _clean(self, text_: str) -> str:
+        from .chain import redact
+
+        return redact(text_, self.url)
 
     def _recorded_by(self, reference: str) -> str | None:
         """The source entry id the reference was recorded for, or None when it is not recorded."""
+        from .chain import FROM_BLOCK_ENV, ChainError, contract_logs
+
         w3 = self.signer.w3
         key = w3.keccak(text=reference)
         if not self.contract.functions.recorded(key).call():
             return None
-        logs = w3.eth.get_logs({"address": self.address, "fromBlock": 0, "toBlock": "latest",
-                                "topics": [None, "0x" + key.hex().removeprefix("0x")]})
-        for lg in logs:
+        for lg in contract_logs(w3, self.address, [None, "0x" + key.hex().removeprefix("0x")], self.from_block,
+                                page=self.log_page, retries=0):  # _retry retries the whole look-up
             ev = self.contract.events.PaymentRecorded().process_log(lg)
             return ev["args"]["sourceEntryId"]
-        return "<unknown>"
+        raise ChainError(f"reference {reference!r} is recorded on {self.address}, but no PaymentRecorded event of it "
+                         f"was found from block {self.from_block} (is {FROM_BLOCK_ENV['LedgerBridge']} later than "
+                         "the contract's deployment?)")
+
+    def _try(self, fn: Callable[[], Any], what: str, give_up: tuple[type[BaseException], ...] = ()) -> tuple[Any, int]:
+        from .chain import permanent_failure
+
+        try:
+            return _retry(fn, what, permanent=permanent_failure, give_up=give_up, clean=self._clean)
+        except PermanentError:
+            raise
+        except OSError as exc:  # requests' connection errors, timeouts and HTTP errors are OSErrors
+            self._down = (time.monotonic() + self.OUTAGE_PAUSE, f"{type(exc).__name__}: {self._clean(str(exc))}")
+            raise
+
+    def _pending(self, a: Action, why: str, exc: BaseException | None, tries: int,
+                 **detail: Any) -> tuple[Action, str, dict[str, Any], int]:
+        cause = f"{why}: {type(exc).__name__}: {self._clean(str(exc))}" if exc is not None else why
+        log.warning("%s: %s; pending, retried on a later run", a.action_id, cause)
+        return a, "pending", {**detail, "reason": cause}, tries
+
+    def _revert_reason(self, call, receipt) -> str:
+        """What the contract says when the call is replayed on the state after its block."""
+        from .chain import permanent_failure
+
+        try:
+            call.call({"from": self.signer.address, "gas": self.GAS}, block_identifier=receipt["blockNumber"])
+        except Exception as exc:
+            reason = permanent_failure(exc)
+            if reason:
+                return self._clean(reason)
+        if receipt.get("gasUsed", 0) >= self.GAS:
+            return f"out of gas ({self.GAS})"
+        return "no reason given"
 
     def run(self, actions: list[Action]) -> list[tuple[Action, str, dict[str, Any], int]]:
+        from web3.exceptions import TimeExhausted
+
         from .model import amount_scale
 
-        out, pending = [], []
+        out, sent = [], []
         for a in actions:
             ref = a.reference()
-            owner, tries = _retry(lambda: self._recorded_by(ref), f"{a.action_id}: check")
+            if self._down and time.monotonic() < self._down[0]:
+                out.append(self._pending(a, f"not tried, the node failed just before ({self._down[1]})", None, 0,
+                                         reference=ref))
+                continue
+            try:
+                owner, tries = self._try(lambda: self._recorded_by(ref), f"{a.action_id}: check")
+            except PermanentError as exc:
+                out.append((a, "failed", {"reason": f"checking reference {ref!r} on chain: {exc}", "reference": ref},
+                            1))
+                continue
+            except Exception as exc:
+                out.append(self._pending(a, f"checking reference {ref!r} on chain", exc, RETRY_ATTEMPTS,
+                                         reference=ref))
+                continue
             if owner == a.entry.entry_id:
                 out.append((a, "applied", {"found_on_target": True, "reference": ref}, tries))
                 continue
@@ -312,22 +406,43 @@ class BridgeRecorder:
             if scale > 255:
                 out.append((a, "failed", {"reason": f"amount {a.entry.amount} has more than 255 decimals"}, tries))
                 continue
-            call = self.contract.functions.record(ref, a.entry.asset, value, scale, a.entry.entry_id)
             try:
-                tx, t2 = _retry(lambda: self.signer.send(call, gas=300_000), f"{a.action_id}: send")
-            except Exception as exc:
-                out.append((a, "failed", {"reason": f"send failed: {exc}", "reference": ref}, tries))
+                call = self.contract.functions.record(ref, a.entry.asset, value, scale, a.entry.entry_id)
+            except Exception as exc:  # built locally: only an argument the ABI refuses fails here
+                out.append((a, "failed", {"reason": f"LedgerBridge.record: invalid argument: {exc}", "reference": ref},
+                            tries))
                 continue
-            pending.append((a, ref, tx, tries + t2))
-        for a, ref, tx, tries in pending:
-            receipt, t3 = _retry(lambda: self.signer.wait(tx), f"{a.action_id}: receipt")
-            detail = {"reference": ref, "tx_hash": tx, "block_number": receipt["blockNumber"], "contract": self.address}
+            try:
+                tx, t2 = self._try(lambda: self.signer.send(call, gas=self.GAS), f"{a.action_id}: send")
+            except PermanentError as exc:
+                out.append((a, "failed", {"reason": f"LedgerBridge.record {exc}", "reference": ref}, tries + 1))
+                continue
+            except Exception as exc:
+                out.append(self._pending(a, "sending LedgerBridge.record", exc, tries + RETRY_ATTEMPTS, reference=ref))
+                continue
+            sent.append((a, ref, call, tx, tries + t2))
+        for a, ref, call, tx, tries in sent:
+            base = {"reference": ref, "tx_hash": tx, "contract": self.address}
+            try:
+                receipt, t3 = self._try(lambda: self.signer.wait(tx), f"{a.action_id}: receipt", give_up=(TimeExhausted,))
+            except Exception as exc:  # sent, outcome unknown: the next run asks the chain before sending again
+                out.append(self._pending(a, f"waiting for the receipt of {tx}", exc, tries + 1, **base))
+                continue
+            detail = {**base, "block_number": receipt["blockNumber"]}
             if receipt["status"] == 1:
                 out.append((a, "applied", detail, tries + t3))
-            elif self._recorded_by(ref) == a.entry.entry_id:  # raced with an earlier attempt of ours
+                continue
+            try:
+                owner, _ = self._try(lambda: self._recorded_by(ref), f"{a.action_id}: check")
+            except Exception as exc:
+                out.append(self._pending(a, f"tx {tx} reverted; checking reference {ref!r} on chain", exc,
+                                         tries + t3, **detail))
+                continue
+            if owner == a.entry.entry_id:  # raced with an earlier attempt of ours
                 out.append((a, "applied", {**detail, "found_on_target": True}, tries + t3))
             else:
-                out.append((a, "failed", {**detail, "reason": "LedgerBridge.record reverted"}, tries + t3))
+                out.append((a, "failed", {**detail, "reason": f"LedgerBridge.record reverted in tx {tx}: "
+                                                              f"{self._revert_reason(call, receipt)}"}, tries + t3))
         return out
 
 
@@ -361,6 +476,10 @@ class SqlPoster:
                 out.append((a, "applied", result, tries))
             except PermanentError as exc:
                 out.append((a, "failed", {"reason": str(exc)}, 1))
+            except Exception as exc:  # the target database is unreachable: tried again on a later run
+                reason = f"posting into {self.lc.name}: {type(exc).__name__}: {exc}"
+                log.warning("%s: %s; pending, retried on a later run", a.action_id, reason)
+                out.append((a, "pending", {"reason": reason}, RETRY_ATTEMPTS))
         return out
 
     def _post(self, a: Action) -> dict[str, Any]:
@@ -422,6 +541,7 @@ class BatchResult:
     applied: int = 0
     found_on_target: int = 0
     failed: int = 0
+    pending: int = 0  # outcomes left pending by a transient failure (tried again on a later run)
     held: int = 0
     skipped: int = 0
 
@@ -460,7 +580,14 @@ class TriggerEngine:
         return self._executors[key]
 
     def process(self, entries: list[CanonicalEntry]) -> BatchResult:
+        return self.process_entries(entries)[0]
+
+    def process_entries(self, entries: list[CanonicalEntry]) -> tuple[BatchResult, set[str]]:
+        """Acts on a batch; returns its counts and the entry ids with an action left pending (their source
+        records must be read again on a later run). Applies are acted on before compensations, so an entry's
+        apply and its orphaned version in one batch are done in that order."""
         res = BatchResult(seen=len(entries))
+        pending: set[str] = set()
         wanted: list[Action] = []
         for e in entries:
             for rule in self.rules:
@@ -474,16 +601,27 @@ class TriggerEngine:
         unique: dict[str, Action] = {}
         for a in wanted:
             unique.setdefault(a.action_id, a)
-        status = self.log.status(list(unique))
-        applies = {aid for aid, s in status.items() if s == "applied"}
+        for kind in ("apply", "compensate"):
+            todo = self._todo([a for a in unique.values() if a.kind == kind], res, pending)
+            self._act(todo, res, pending)
+        self.announce()
+        return res, pending
+
+    def _todo(self, actions: list[Action], res: BatchResult, pending: set[str]) -> list[Action]:
+        status = self.log.status([a.action_id for a in actions])
         todo = []
-        for aid, a in unique.items():
-            if status.get(aid) in TERMINAL:
+        for a in actions:
+            if status.get(a.action_id) in TERMINAL:
                 res.skipped += 1
                 continue
             if a.kind == "compensate":
                 apply_id = Action.of(a.rule, "apply", a.entry).action_id
-                if apply_id not in applies and self.log.status([apply_id]).get(apply_id) != "applied":
+                applied = self.log.status([apply_id]).get(apply_id)
+                if applied == "pending":  # not known yet whether it was done: decided once it is
+                    res.pending += 1
+                    pending.add(a.entry.entry_id)
+                    continue
+                if applied != "applied":
                     res.skipped += 1  # nothing was done for it: nothing to compensate
                     continue
                 if a.rule.on_orphaned == "hold":  # final entry orphaned by a reorg deeper than the confirmations
@@ -493,6 +631,9 @@ class TriggerEngine:
                     res.failed += 1
                     continue
             todo.append(a)
+        return todo
+
+    def _act(self, todo: list[Action], res: BatchResult, pending: set[str]) -> None:
         by_exec: dict[int, tuple[Any, list[Action]]] = {}
         for a in todo:
             ex = self.executor(a.rule)
@@ -510,13 +651,14 @@ class TriggerEngine:
                 if st == "failed":
                     res.failed += 1
                     self._dead_letter(a, detail.get("reason", "failed"))
+                elif st == "pending":
+                    res.pending += 1
+                    pending.add(a.entry.entry_id)
                 elif detail.get("found_on_target"):
                     res.found_on_target += 1
                 else:
                     res.applied += 1
             self.log.record(rows)
-        self.announce()
-        return res
 
     def _outcome(self, a: Action, status: str, detail: dict[str, Any], tries: int) -> dict[str, Any]:
         return {"action_id": a.action_id, "rule": a.rule.name, "kind": a.kind, "source_ledger": a.entry.ledger,
@@ -556,11 +698,29 @@ class TriggerEngine:
 
 
 # -- the consumer ----------------------------------------------------------------------------------
+def _progress_sink() -> Callable[[str], None]:
+    """Where a run's progress lines go: the Dagster run log when Dagster runs the bridge (``bridge_job``), else
+    this module's logger (``ledger-pipelines bridge``)."""
+    if "dagster" in sys.modules:
+        from dagster import get_dagster_logger
+
+        return get_dagster_logger("ledger_pipelines.triggers").info
+    return log.info
+
+
 class TriggerConsumer:
-    """Consumes the source ledgers' topics (consumer group, offsets committed after each logged batch)."""
+    """Consumes the source ledgers' topics (consumer group, offsets committed after each logged batch).
+
+    A source record with an action left pending is not committed past: in each of its partitions the
+    committed offset stays at the first such record until its actions are done, so a later run (a restarted
+    bridge, the next ``bridge_job``) reads it again; records after it that are done are skipped by the action
+    log. A running bridge (``until_caught_up`` off) reads them again itself every ``retry_every`` seconds.
+    Progress (entries, actions applied, pending, failed) is logged at INFO every ``progress_every`` seconds
+    while anything happens, and once at the end of :meth:`run`."""
 
     def __init__(self, engine: TriggerEngine, group: str = "ledger-pipelines-bridge", batch: int = 500,
-                 instance: str | None = "0"):
+                 instance: str | None = "0", progress: Callable[[str], None] | None = None,
+                 progress_every: float = 10.0, retry_every: float = 30.0):
         from confluent_kafka import Consumer
 
         from .kafka.topics import entries_topic
@@ -576,38 +736,90 @@ class TriggerConsumer:
             # instead of waiting for the dead member's session to expire
             conf["group.instance.id"] = f"{group}.{instance}"
         self.consumer = Consumer(conf)
-        self.consumer.subscribe(self.topics)
+        # (topic, partition) -> offset of its first record with a pending action: never committed past
+        self.held: dict[tuple[str, int], int] = {}
+        self.consumer.subscribe(self.topics, on_assign=self._rebalanced, on_revoke=self._rebalanced)
         self.batch = batch
         self.total = BatchResult()
         self.rejected = 0
+        self.progress = progress or _progress_sink()
+        self.progress_every = progress_every
+        self.retry_every = retry_every
+        self._last_progress = time.monotonic()
+        self._reported: dict[str, int] | None = None
+
+    def _rebalanced(self, consumer, partitions) -> None:
+        # a partition (re)assigned is read from its committed offset, which is at most its hold
+        for tp in partitions:
+            self.held.pop((tp.topic, tp.partition), None)
 
     def step(self, timeout: float = 0.2) -> int:
+        from confluent_kafka import TopicPartition
+
         msgs = self.consumer.consume(num_messages=self.batch, timeout=timeout)
         if not msgs:
             return 0
-        entries = []
+        entries, where = [], []
+        ends: dict[tuple[str, int], int] = {}
         for m in msgs:
             if m.error():
                 raise RuntimeError(f"Kafka: {m.error()}")
+            tp = (m.topic(), m.partition())
+            ends[tp] = max(ends.get(tp, 0), m.offset() + 1)
             if m.value() is None:
                 continue
             try:
                 entries.append(decode_entry(m.value()))
+                where.append((tp, m.offset()))
             except EntryError as exc:
                 # the event log's ingestion dead-letters it with the same reason; the bridge only skips it
                 self.rejected += 1
                 log.warning("%s[%d]@%d: not a canonical entry (%s); skipped", m.topic(), m.partition(), m.offset(),
                             exc)
-        res = self.engine.process(entries)
+        res, pending = self.engine.process_entries(entries)
+        for e, (tp, offset) in zip(entries, where):
+            if e.entry_id in pending and offset < self.held.get(tp, offset + 1):
+                self.held[tp] = offset
         self.total.add(res)
-        self.consumer.commit(asynchronous=False)
-        if res.applied or res.failed or res.found_on_target:
-            log.info("bridge: %d entries, %d applied, %d found already applied, %d failed, %d held",
-                     res.seen, res.applied, res.found_on_target, res.failed, res.held)
+        self.consumer.commit(offsets=[TopicPartition(t, p, min(end, self.held.get((t, p), end)))
+                                      for (t, p), end in sorted(ends.items())], asynchronous=False)
+        if res.applied or res.failed or res.found_on_target or res.pending:
+            log.info("bridge: %d entries, %d applied, %d found already applied, %d pending, %d failed, %d held",
+                     res.seen, res.applied, res.found_on_target, res.pending, res.failed, res.held)
         return len(msgs)
 
+    def retry_held(self) -> int:
+        """Seeks each partition holding a pending action back to it (its records are read again); returns how
+        many partitions were."""
+        from confluent_kafka import TopicPartition
+
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        held, self.held = self.held, {}
+        n = 0
+        for (t, p), offset in sorted(held.items()):
+            if (t, p) in assigned:
+                self.consumer.seek(TopicPartition(t, p, offset))
+                n += 1
+        return n
+
+    def report(self, final: bool = False) -> None:
+        """One INFO line of the run so far (at most every ``progress_every`` seconds, and only when something
+        changed; ``final``: always)."""
+        now = time.monotonic()
+        counts = dict(self.total.__dict__)
+        if not final and (now - self._last_progress < self.progress_every or counts == self._reported):
+            return
+        self._last_progress, self._reported = now, counts
+        t = self.total
+        actions = t.applied + t.found_on_target + t.pending + t.failed
+        self.progress(f"bridge{' run done' if final else ''}: {t.seen} entries read, {actions} actions: "
+                      f"{t.applied} applied, {t.found_on_target} found already applied, {t.pending} pending "
+                      f"(tried again on a later run), {t.failed} failed; {t.held} entries held (not final yet), "
+                      f"{t.skipped} actions done before")
+
     def caught_up(self) -> bool:
-        """Every assigned partition's position is at its read-committed end offset."""
+        """Every assigned partition's position is at its read-committed end offset (a partition not read from
+        yet, which has no position: its committed offset is)."""
         from .kafka.topics import end_offsets
 
         assignment = self.consumer.assignment()
@@ -617,17 +829,28 @@ class TriggerConsumer:
         for tp in assignment:
             counts[tp.topic] = max(counts.get(tp.topic, 0), tp.partition + 1)
         ends = end_offsets(self.engine.kafka, counts)
+        committed: dict[tuple[str, int], int] | None = None
         for tp in self.consumer.position(assignment):
             end = ends.get((tp.topic, tp.partition), 0)
-            if end > 0 and (tp.offset < 0 or tp.offset < end):
+            offset = tp.offset
+            if end > 0 and offset < 0:
+                if committed is None:
+                    committed = {(c.topic, c.partition): c.offset
+                                 for c in self.consumer.committed(assignment, timeout=15)}
+                offset = committed.get((tp.topic, tp.partition), -1)
+            if end > 0 and (offset < 0 or offset < end):
                 return False
         return True
 
     def run(self, until_caught_up: bool = False, stop: Callable[[], bool] = lambda: False,
             assign_timeout: float = 60.0) -> BatchResult:
-        started = time.monotonic()
+        started = retried = time.monotonic()
         while not stop():
             n = self.step()
+            self.report()
+            if not until_caught_up and self.held and time.monotonic() - retried >= self.retry_every:
+                self.retry_held()
+                retried = time.monotonic()
             if n or not until_caught_up:
                 continue
             if self.caught_up():
@@ -635,6 +858,7 @@ class TriggerConsumer:
             if not self.consumer.assignment() and time.monotonic() - started > assign_timeout:
                 raise RuntimeError(f"no partition of {self.topics} assigned within {assign_timeout:.0f} s "
                                    "(another member of the consumer group holds them?)")
+        self.report(final=True)
         return self.total
 
     def close(self) -> None:

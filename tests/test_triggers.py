@@ -89,8 +89,25 @@ def test_rules_filter_and_decide():
             load_rules({"triggers": [bad]}, lcs)
 
 
-def _bridge(env, *extra, **popen):
-    return subprocess.Popen([sys.executable, "-m", "ledger_pipelines.cli", "bridge", *extra], env=env,
+# the bridge command, crashed from outside: the first time outcomes are about to be logged (after acting on the
+# targets, before the action log or the offsets are written), the process exits hard
+_CRASH_AFTER_ACT = """
+import os, sys
+from ledger_pipelines import triggers
+from ledger_pipelines.cli import main
+
+def record(self, outcomes):
+    if outcomes:
+        os._exit(137)
+
+triggers.ActionLog.record = record
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _bridge(env, *extra, crash_after_act=False, **popen):
+    cmd = ["-c", _CRASH_AFTER_ACT] if crash_after_act else ["-m", "ledger_pipelines.cli"]
+    return subprocess.Popen([sys.executable, *cmd, "bridge", *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -144,7 +161,7 @@ def test_bridge_consumer_applies_every_action_exactly_once_across_crashes(tmp_pa
         del os.environ["LEDGER_CORE_BANKING_URL"]
 
     # 1. a crash right after acting on the first batch, before anything is logged or committed
-    crashed = _bridge({**env, "LEDGER_BRIDGE_CRASH_AFTER_ACT": "1"})
+    crashed = _bridge(env, crash_after_act=True)
     assert crashed.wait(120) == 137, crashed.stderr.read()[-2000:]
     on_chain_after_crash = len(chain.eth.get_logs({"address": bridge.address, "fromBlock": 0}))
     assert on_chain_after_crash > 0 and _actions(wh_url) == []  # acted on chain, logged nothing
@@ -233,6 +250,10 @@ def test_bridge_sensor_launches_bridge_job_that_applies_the_triggers(tmp_path, k
     assert request.run_key.startswith("offsets-")
     result = bridge_job.execute_in_process(instance=instance, resources=resources)
     assert result.success
+    # the run's progress is in the Dagster run log: entries, actions, and how each ended
+    logged = [e.user_message for e in instance.all_logs(result.run_id)]
+    assert any(m.startswith("bridge run done: 10 entries read, 10 actions: 10 applied, 0 found already applied, "
+                            "0 pending (tried again on a later run), 0 failed") for m in logged), logged
     assert len(chain.eth.get_logs({"address": bridge.address, "fromBlock": 0})) == 5
     with create_engine(mirror).connect() as c:
         assert c.execute(text("SELECT count(*) FROM bridge_postings")).scalar() == 5
@@ -330,3 +351,139 @@ def test_transient_errors_are_retried_with_backoff_permanent_ones_are_not(monkey
     with pytest.raises(triggers.PermanentError):
         triggers._retry(permanent, "a3")
     assert calls["n"] == 1
+
+
+def _bridge_only_config(tmp_path: Path) -> Path:
+    doc = {"ledgers": [{"name": "core_banking", "kind": "sql", "connection_env": "LEDGER_CORE_BANKING_URL"}],
+           "triggers": [{"name": "payments_on_chain", "source": "core_banking",
+                         "filter": {"direction": "debit", "account": ["GL-D"], "has_correlation": True},
+                         "action": {"type": "bridge_record", "reference": "correlation_id"}}]}
+    path = tmp_path / "ledgers.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _committed(kafka, group: str, topic: str) -> int:
+    """The sum of the group's committed offsets over the topic's partitions."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    try:
+        return sum(max(tp.offset, 0) for tp in c.committed([TopicPartition(topic, p) for p in range(4)], timeout=15))
+    finally:
+        c.close()
+
+
+@pytest.mark.services
+def test_a_node_outage_longer_than_the_retries_leaves_actions_pending_and_a_later_run_applies_them_once(
+        tmp_path, kafka, chain, monkeypatch, stack_config):
+    """The node goes away while the bridge sends: the first send reaches the chain but its answer is lost, then
+    every call is refused, for longer than the in-run retries. Nothing is failed or dead-lettered, the records
+    stay uncommitted; the next run (node back) records every payment exactly once."""
+    import requests
+    from web3 import HTTPProvider
+
+    from ledger_pipelines.config import ledger_by_name
+    from ledger_pipelines.contracts import deploy
+    from ledger_pipelines.kafka.topics import ensure_topics, entries_topic
+    from ledger_pipelines.publish import Publisher
+    from ledger_pipelines.triggers import TriggerConsumer, TriggerEngine, rules_from_config
+    from ledger_pipelines.warehouse import Warehouse
+
+    core = f"sqlite:///{tmp_path / 'core.db'}"
+    post_journal(core, [x for n in range(3) for x in balanced(f"T{n}", f"{DAY}T10:0{n}:00Z", ref=f"E2E-O{n}")])
+    bridge = deploy(chain, "LedgerBridge")
+    cfg = _bridge_only_config(tmp_path)
+    for k, v in {"LEDGER_CONFIG": str(cfg), "LEDGER_CORE_BANKING_URL": core, "LEDGER_BRIDGE_CONTRACT": bridge.address,
+                 "LEDGER_BRIDGE_RPC_URL": stack_config.anvil_url}.items():
+        monkeypatch.setenv(k, v)
+    ensure_topics(kafka, ["core_banking"])
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    wh.create_schema()
+    ledgers = load_config(cfg)
+    assert Publisher(kafka, wh).publish(ledger_by_name(ledgers, "core_banking")).published == 6
+    topic, group = entries_topic(kafka, "core_banking"), f"t-outage-{kafka.topic_prefix}"
+
+    node = {"armed": False, "down": False, "lost": 0, "refused": 0}
+    real = HTTPProvider.make_request
+
+    def make_request(self, method, params):  # the node as the bridge sees it
+        if node["armed"] and method == "eth_sendRawTransaction" and not node["down"]:
+            node["down"], node["lost"] = True, 1
+            real(self, method, params)  # the first send reaches the chain ...
+            raise requests.exceptions.ReadTimeout("read timed out")  # ... its answer does not, and the node goes
+        if node["down"]:
+            node["refused"] += 1
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused (node restarting)")
+        return real(self, method, params)
+
+    monkeypatch.setattr(HTTPProvider, "make_request", make_request)
+
+    def run():
+        engine = TriggerEngine(rules_from_config(), ledgers, wh, kafka)
+        engine.executor(engine.rules[0])  # connects while the node is up
+        return engine, TriggerConsumer(engine, group=group, instance=None)
+
+    engine, consumer = run()
+    node["armed"] = True
+    started = time.monotonic()
+    try:
+        first = consumer.run(until_caught_up=True)
+    finally:
+        consumer.close()
+    assert time.monotonic() - started > 3  # the in-run retries (0.1 + 0.2 + ... + 1.6 s) were waited out
+    assert node["lost"] == 1 and node["refused"] >= 5
+    assert (first.pending, first.failed, first.applied, first.found_on_target) == (3, 0, 0, 0)
+    rows = wh.rows("SELECT status, detail FROM bridge_actions ORDER BY source_entry_id")
+    assert [r[0] for r in rows] == ["pending"] * 3
+    assert all("Connection refused" in json.loads(d)["reason"] or "ReadTimeout" in json.loads(d)["reason"]
+               for _, d in rows), rows
+    assert _committed(kafka, group, topic) < 6  # the pending payments' records are read again by the next run
+    assert len(chain.eth.get_logs({"address": bridge.address, "fromBlock": 0})) == 1  # the send whose answer was lost
+
+    node["armed"] = node["down"] = False
+    engine, consumer = run()
+    try:
+        second = consumer.run(until_caught_up=True)
+    finally:
+        consumer.close()
+    assert (second.pending, second.failed) == (0, 0)
+    assert (second.applied, second.found_on_target) == (2, 1)  # the lost answer's payment is found on chain
+    logs = chain.eth.get_logs({"address": bridge.address, "fromBlock": 0})
+    events = [bridge.events.PaymentRecorded().process_log(lg)["args"] for lg in logs]
+    assert sorted(e["paymentReference"] for e in events) == ["E2E-O0", "E2E-O1", "E2E-O2"]  # each exactly once
+    assert wh.rows("SELECT status, count(*) FROM bridge_actions GROUP BY status") == [("applied", 3)]
+    assert _committed(kafka, group, topic) == 6
+
+    engine, consumer = run()  # nothing left to do
+    try:
+        third = consumer.run(until_caught_up=True)
+    finally:
+        consumer.close()
+    assert (third.seen, third.applied, third.pending) == (0, 0, 0)
+
+
+@pytest.mark.services
+def test_a_reverted_record_is_failed_with_the_contracts_reason(tmp_path, kafka, chain, monkeypatch, stack_config):
+    """A permanent cause: the bridge contract is owned by another account, so record() reverts 'only owner'."""
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.contracts import deploy
+    from ledger_pipelines.kafka.topics import ensure_topics
+    from ledger_pipelines.triggers import TriggerEngine
+    from ledger_pipelines.warehouse import Warehouse
+
+    bridge = deploy(chain, "LedgerBridge", sender=chain.eth.accounts[1])
+    monkeypatch.setenv("LEDGER_BRIDGE_CONTRACT", bridge.address)
+    monkeypatch.setenv("LEDGER_BRIDGE_RPC_URL", stack_config.anvil_url)
+    lcs = [_ledger({"name": "core_banking", "kind": "sql"})]
+    rules = load_rules({"triggers": [{"name": "on_chain", "source": "core_banking",
+                                      "action": {"type": "bridge_record"}}]}, lcs)
+    ensure_topics(kafka, ["core_banking"])
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    res = TriggerEngine(rules, lcs, wh, kafka).process([_entry(corr="E2E-R1")])
+    assert (res.failed, res.pending, res.applied) == (1, 0, 0)
+    ((status, detail),) = wh.rows("SELECT status, detail FROM bridge_actions")
+    reason = json.loads(detail)["reason"]
+    assert status == "failed" and reason.startswith("LedgerBridge.record reverted in tx 0x"), reason
+    assert reason.endswith("execution reverted: only owner"), reason
+    assert chain.eth.get_logs({"address": bridge.address, "fromBlock": 0}) == []

@@ -1,7 +1,10 @@
 """EVM reader (JSON-RPC through web3's HTTP provider) and incremental publisher.
 
-- ``eth_getLogs`` is paged by block range; when the node says the result is too large, the range
-  is too wide, or it times out, the range is halved and retried with backoff.
+- ``eth_getLogs`` is paged by block range (:func:`fetch_paged`, also used for the project's contracts'
+  events); when the node says the result is too large, the range is too wide, or it times out, the
+  range is halved (down to one block, however many halvings that takes) and the smaller span is kept
+  for the pages after it; other failures are retried with backoff, and the last one is raised: no
+  range is ever skipped.
 - Finality: an entry in a block at least ``confirmations`` deep is ``final``; shallower ones are
   published as ``pending`` and published again as ``final`` once deep enough.
 - Reorgs: the hash of every block that gave entries (and of each pass's last final block) is kept
@@ -16,7 +19,7 @@ import json
 import logging
 import time
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
 from sqlalchemy import text
@@ -35,6 +38,45 @@ _TOO_MUCH = ("too many", "limit", "range", "exceed", "timeout", "timed out", "re
 
 class RpcError(RuntimeError):
     pass
+
+
+def _too_much(exc: BaseException) -> bool:
+    """The node refused a range as too large (or timed out on it); a refused connection is not that."""
+    import requests
+
+    if isinstance(exc, (ConnectionError, requests.exceptions.ConnectionError)):  # "Max retries exceeded": no range
+        return False
+    message = str(exc).lower()
+    return any(w in message for w in _TOO_MUCH)
+
+
+def fetch_paged(fetch: Callable[[int, int], list], start: int, end: int, span: int, retries: int = 5,
+                sleep: Callable[[float], None] | None = None) -> list:
+    """``fetch(lo, hi)`` over [start, end] in ranges of at most ``span`` blocks, in order. A range the node
+    refuses as too large is halved and tried again (the halved span is kept for the ranges after it);
+    another failure is retried ``retries`` times with exponential backoff, then raised."""
+    out: list = []
+    span = max(1, span)
+    lo = start
+    while lo <= end:
+        hi = min(end, lo + span - 1)
+        failures = 0
+        while True:
+            try:
+                got = fetch(lo, hi)
+                break
+            except Exception as exc:  # RpcError from the node, or a transport error
+                if hi > lo and _too_much(exc):
+                    span = max(1, (hi - lo + 1) // 2)  # too much at once: halve and retry
+                    hi = lo + span - 1
+                    continue
+                if failures >= retries:
+                    raise
+                (sleep or time.sleep)(min(8.0, 0.25 * 2 ** failures))
+                failures += 1
+        out.extend(got)
+        lo = hi + 1
+    return out
 
 
 def default_decoders(lc: "LedgerConfig") -> dict[str, LogDecoder]:
@@ -79,30 +121,14 @@ class EvmReader:
         """Logs of our topics (and tokens) in [start, end], paging and shrinking on provider limits."""
         topics = [[*((TRANSFER_TOPIC, MEMO_TOPIC) if self.transfers else ()), *self.decoders]]
         addresses = [t.address for t in self.lc.tokens] + list(self.lc.options.get("bridge_contracts", []))
-        out: list[dict] = []
-        span = max(1, self.lc.max_block_range)
-        lo = start
-        while lo <= end:
-            hi = min(end, lo + span - 1)
+
+        def fetch(lo: int, hi: int) -> list[dict]:
             flt: dict[str, Any] = {"fromBlock": hex(lo), "toBlock": hex(hi), "topics": topics}
             if addresses:
                 flt["address"] = addresses
-            for attempt in range(self.retries + 1):
-                try:
-                    out.extend(self.rpc("eth_getLogs", [flt]))
-                    break
-                except Exception as exc:  # RpcError from the node, or a transport timeout
-                    message = str(exc).lower()
-                    if hi > lo and any(w in message for w in _TOO_MUCH):
-                        span = max(1, (hi - lo + 1) // 2)  # too much at once: halve and retry
-                        hi = lo + span - 1
-                        flt["toBlock"] = hex(hi)
-                        continue
-                    if attempt == self.retries:
-                        raise
-                    time.sleep(min(8.0, 0.25 * 2 ** attempt))
-            lo = hi + 1
-        return out
+            return self.rpc("eth_getLogs", [flt])
+
+        return fetch_paged(fetch, start, end, self.lc.max_block_range, retries=self.retries)
 
     # -- mapping --------------------------------------------------------------------------
     def entries(self, logs: list[dict], head: int) -> tuple[list[CanonicalEntry], list[tuple[str, str, bytes]]]:
