@@ -476,8 +476,7 @@ def cmd_bridge(args) -> int:
     ledgers = load_config(args.config)
     ensure_topics(kafka, sorted({r.source for r in rules}))
     wh = Warehouse(None)
-    crash = os.environ.get("LEDGER_BRIDGE_CRASH_AFTER_ACT")  # fault injection for the crash tests
-    engine = TriggerEngine(rules, ledgers, wh, kafka, crash_after_act=int(crash) if crash else None)
+    engine = TriggerEngine(rules, ledgers, wh, kafka)
     consumer = TriggerConsumer(engine, group=args.group, instance=args.instance)
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))

@@ -551,8 +551,7 @@ class BatchResult:
 
 
 class TriggerEngine:
-    def __init__(self, rules: list[TriggerRule], ledgers: list[LedgerConfig], wh: Warehouse, kafka,
-                 crash_after_act: int | None = None):
+    def __init__(self, rules: list[TriggerRule], ledgers: list[LedgerConfig], wh: Warehouse, kafka):
         from .kafka.producers import DeadLetterProducer, MessageProducer
         from .kafka.topics import ensure_topics
 
@@ -565,8 +564,6 @@ class TriggerEngine:
         self.producer = MessageProducer(kafka, client_id="ledger-pipelines.bridge", **{"linger.ms": 2})
         self.dlq = DeadLetterProducer(kafka, "bridge")
         self._executors: dict[str, Any] = {}
-        # fault injection for the crash tests: exit hard after acting, before the action log is written
-        self.crash_after_act = crash_after_act
 
     def executor(self, rule: TriggerRule):
         key = rule.kind + ":" + rule.action.get("ledger", "")
@@ -641,10 +638,6 @@ class TriggerEngine:
         for ex, actions in by_exec.values():
             self._announce_requested(actions)
             outcomes = ex.run(actions)
-            if self.crash_after_act is not None:
-                self.crash_after_act -= len(outcomes)
-                if self.crash_after_act <= 0:
-                    os._exit(137)  # acted, not logged: recovery must find the effects on the target
             rows = []
             for a, st, detail, tries in outcomes:
                 rows.append(self._outcome(a, st, detail, tries))

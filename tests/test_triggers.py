@@ -487,3 +487,31 @@ def test_a_reverted_record_is_failed_with_the_contracts_reason(tmp_path, kafka, 
     assert status == "failed" and reason.startswith("LedgerBridge.record reverted in tx 0x"), reason
     assert reason.endswith("execution reverted: only owner"), reason
     assert chain.eth.get_logs({"address": bridge.address, "fromBlock": 0}) == []
+
+
+def test_bridge_sensor_asks_again_for_offsets_a_run_left_pending(monkeypatch):
+    """Actions left pending (node down) hold the consumer's offsets back, so the lag the sensor sees stays
+    the same: its run key changes every RETRY_PENDING_SECONDS so that they are retried without new entries,
+    and stays the same within that time (no run per tick)."""
+    from types import SimpleNamespace
+
+    from dagster import DagsterInstance, build_sensor_context
+
+    from ledger_pipelines import triggers
+    from ledger_pipelines.resources import KafkaResource
+    from ledger_pipelines.sensors import bridge_sensor as module
+
+    monkeypatch.setattr(triggers, "rules_from_config", lambda *a: [SimpleNamespace(source="eth_usdc")])
+    monkeypatch.setattr(module, "bridge_lag", lambda settings, sources: {("ledger.eth_usdc.entries", 0): 7})
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(module.time, "time", lambda: now[0])
+    instance = DagsterInstance.ephemeral()
+
+    def key():
+        return module.bridge_sensor(build_sensor_context(instance=instance, resources={"kafka": KafkaResource()})).run_key
+
+    first = key()
+    now[0] += 60
+    assert key() == first
+    now[0] += module.RETRY_PENDING_SECONDS
+    assert key() != first

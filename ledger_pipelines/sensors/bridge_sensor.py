@@ -1,12 +1,17 @@
 """``bridge_sensor``: launches ``bridge_job`` when a trigger source topic has entries the bridge's consumer
 group has not committed yet (offsets only; the run consumes up to the ends it finds)."""
 
+import time
+
 from dagster import RunRequest, RunsFilter, SensorEvaluationContext, SkipReason, sensor
 
 from ..jobs import BRIDGE_JOB, bridge_job
 from ..ops import BRIDGE_GROUP
 from ..resources import KafkaResource
 from .kafka_offsets_sensor import _WAITING, offsets_run_key
+
+
+RETRY_PENDING_SECONDS = 300
 
 
 def bridge_lag(settings, sources: list[str]) -> dict[tuple[str, int], int]:
@@ -41,4 +46,7 @@ def bridge_sensor(context: SensorEvaluationContext, kafka: KafkaResource):
         return SkipReason("the bridge is caught up")
     if context.instance.get_runs(filters=RunsFilter(job_name=BRIDGE_JOB, statuses=_WAITING), limit=1):
         return SkipReason("a bridge_job run is still in progress")
-    return RunRequest(run_key=offsets_run_key(behind))
+    # keyed by the offsets behind and the 5-minute slot: actions a run left pending (node down) hold the
+    # offsets back, and the same offsets come again; a repeated run key is never run again, so the slot
+    # lets them be retried every five minutes without new entries
+    return RunRequest(run_key=f"{offsets_run_key(behind)}-{int(time.time() // RETRY_PENDING_SECONDS)}")
