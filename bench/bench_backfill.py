@@ -156,15 +156,19 @@ def wait_backfill(url: str, backfill_id: str, timeout: float) -> dict:
     raise RuntimeError(f"backfill {backfill_id} not done in {timeout:.0f} s")
 
 
+# the demo module of either checkout (the baseline revision kept it at the package's top level)
+DEMO_MODULE = ("try:\n    from ledger_pipelines.local import demo\n"
+               "except ImportError:\n    from ledger_pipelines import demo")
+
+
 def run_variant(name: str, code: Path, seeded: Path, work: Path, env: dict, timeout: float) -> dict:
     home = work / name
     home.mkdir()
     shutil.copy(seeded, home / "warehouse.db")
-    yaml_text = subprocess.run([sys.executable, "-c", "from ledger_pipelines.demo import DAGSTER_YAML; "
-                                "print(DAGSTER_YAML, end='')"], cwd=code, env={**env, "PYTHONPATH": str(code)},
-                               capture_output=True, text=True, check=True).stdout
+    yaml_text = subprocess.run([sys.executable, "-c", f"{DEMO_MODULE}\nprint(demo.DAGSTER_YAML, end='')"],
+                               cwd=code, env={**env, "PYTHONPATH": str(code)}, capture_output=True, text=True, check=True).stdout
     (home / "dagster.yaml").write_text(yaml_text)
-    subprocess.run([sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom ledger_pipelines import demo\n"
+    subprocess.run([sys.executable, "-c", f"import sys\nfrom pathlib import Path\n{DEMO_MODULE}\n"
                     "if hasattr(demo, 'set_pool_limits'): demo.set_pool_limits(Path(sys.argv[1]))", str(home)],
                    cwd=code, env={**env, "PYTHONPATH": str(code)}, capture_output=True, check=True)
     venv_env = {**env, "PYTHONPATH": str(code), "DAGSTER_HOME": str(home),
@@ -210,7 +214,7 @@ def main() -> int:
     ap.add_argument("--anchor", choices=["on", "off"], default="on")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args()
-    from ledger_pipelines.stack import StackConfig
+    from ledger_pipelines.local.stack import StackConfig
 
     cfg = StackConfig.from_env()
     rev = args.baseline_rev or baseline_rev()

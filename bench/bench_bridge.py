@@ -37,7 +37,7 @@ from ledger_pipelines.connectors.mapping import ColumnMapping  # noqa: E402
 from ledger_pipelines.connectors.sql import SqlLedger  # noqa: E402
 from ledger_pipelines.kafka import ensure_topics  # noqa: E402
 from ledger_pipelines.settings import KafkaSettings  # noqa: E402
-from ledger_pipelines.stack import StackConfig, services  # noqa: E402
+from ledger_pipelines.local.stack import StackConfig, services  # noqa: E402
 
 
 def insert(engine, refs: list[str]) -> float:

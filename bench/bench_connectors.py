@@ -117,7 +117,7 @@ def bench_sql(rows: int) -> dict:
 
     from ledger_pipelines.connectors.mapping import ColumnMapping
     from ledger_pipelines.connectors.sql import SqlLedger
-    from ledger_pipelines.stack import Postgres, StackConfig
+    from ledger_pipelines.local.stack import Postgres, StackConfig
 
     cfg = StackConfig.from_env()
     Postgres(cfg).start()

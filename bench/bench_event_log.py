@@ -38,7 +38,7 @@ from ledger_pipelines.ingest import EventLogIngestor, IngestOptions, _consumer
 from ledger_pipelines.kafka import EntryProducer, end_offsets, ensure_topics
 from ledger_pipelines.model import decode_entry, encode_entry
 from ledger_pipelines.settings import KafkaSettings
-from ledger_pipelines.stack import Kafka, Postgres, StackConfig
+from ledger_pipelines.local.stack import Kafka, Postgres, StackConfig
 from ledger_pipelines.warehouse import Warehouse
 
 

@@ -195,7 +195,7 @@ def correspondent_payments(day: date, n: int, seed: int = 11) -> list[dict]:
     """Payments of the sender bank's customers through the correspondent bank: EUR debited, USD credited
     at 1.08 on the beneficiary's correspondent account; every 400th credited with 15.00 of fees deducted,
     every 1,000th not credited (yet)."""
-    from ledger_pipelines.corridor import usdc
+    from ledger_pipelines.local.corridor import usdc
 
     rng = random.Random(seed * 1000 + day.toordinal())
     start = datetime(day.year, day.month, day.day, 0, 5, tzinfo=timezone.utc)
@@ -240,7 +240,7 @@ def correspondent_statements(day: date, pays: list[dict]) -> dict[str, bytes]:
     """The day's credits on the correspondent account as consecutive statements of at most
     ``ENTRIES_PER_STATEMENT`` entries (one file each, ``ElctrncSeqNb`` 1, 2, ...), each opening where the
     one before closed."""
-    from ledger_pipelines.corridor import _bal
+    from ledger_pipelines.local.corridor import _bal
 
     credited = [p for p in pays if p["credited"]]
     balance, files = Decimal("5000000.00"), {}
@@ -259,7 +259,7 @@ def correspondent_statements(day: date, pays: list[dict]) -> dict[str, bytes]:
 
 def journal_lines(day: date, pays: list[dict], postings: int, seed: int = 13):
     """The journal lines of the correspondent payments and of ``postings`` other transactions (two lines each)."""
-    from ledger_pipelines.corridor import CUSTOMERS
+    from ledger_pipelines.local.corridor import CUSTOMERS
 
     for p in pays:
         posted = p["at"].strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -281,7 +281,7 @@ def journal_lines(day: date, pays: list[dict], postings: int, seed: int = 13):
 def bench_config(conf: dict) -> dict:
     """The demo's configuration with the correspondent route: the chain pairs on the corridor's accounts,
     and every customer debit against the beneficiary's credits."""
-    from ledger_pipelines.corridor import BENEFICIARY_IBAN, CUSTOMERS, SETTLEMENT
+    from ledger_pipelines.local.corridor import BENEFICIARY_IBAN, CUSTOMERS, SETTLEMENT
 
     recs = {r["name"]: r for r in conf["reconciliations"]}
     recs["bank_vs_chain"]["left_filter"] = {"account": [SETTLEMENT], "direction": "credit"}
@@ -299,8 +299,8 @@ def setup(work: Path, scale: float) -> dict:
     import yaml
     from sqlalchemy import text
 
-    from ledger_pipelines import demo
-    from ledger_pipelines.stack import StackConfig, services
+    from ledger_pipelines.local import demo
+    from ledger_pipelines.local.stack import StackConfig, services
 
     timings: dict[str, float] = {}
     t = time.monotonic()
@@ -702,8 +702,8 @@ def main() -> int:
     logging.getLogger().setLevel(logging.WARNING)
     for noisy in ("great_expectations", "alembic", "dagster"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from ledger_pipelines import demo
-    from ledger_pipelines.stack import StackConfig
+    from ledger_pipelines.local import demo
+    from ledger_pipelines.local.stack import StackConfig
 
     cfg = StackConfig.from_env()
     work = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="bench-nightly-", dir=cfg.root))

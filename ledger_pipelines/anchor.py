@@ -22,7 +22,7 @@ from typing import Any
 
 from .chain import LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs, deployment_block
 from .commitment import report_version
-from .stack import StackConfig
+from .settings import StackConfig
 
 
 def anchor_url() -> str:

@@ -43,7 +43,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 from .contracts import artifact, web3_for
-from .stack import StackConfig
+from .settings import StackConfig
 
 # anvil's first dev account: a publicly known key, used only when the chain is a local anvil (31337)
 # and no key is configured. Never accepted for any other chain id.

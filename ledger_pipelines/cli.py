@@ -25,7 +25,7 @@ def cmd_stack(args) -> int:
     if args.show_secrets:
         _emit_error("stack", "--show-secrets is an option of `stack env` only")
         return 2
-    from .stack import main as stack_main
+    from .local.stack import main as stack_main
 
     return stack_main([args.action, *args.services])
 
@@ -62,7 +62,7 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
 
     from .config import MissingConnection, config_path, load_config
     from .settings import default_warehouse_url, redact_url
-    from .stack import Postgres, StackConfig, _port_open
+    from .local.stack import Postgres, StackConfig, _port_open
 
     cfg = StackConfig.from_env()
     env = os.environ
@@ -110,7 +110,7 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
     manifest_path = demo_dir / "manifest.json"
     lines.append(f"# ledger-pipelines stack env: the local stack in {cfg.root}")
     if manifest_path.is_file():
-        from .demo import demo_env
+        from .local.demo import demo_env
 
         try:
             manifest = json.loads(manifest_path.read_text())
@@ -548,7 +548,7 @@ def cmd_prove(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .local.demo import run_demo
 
     return run_demo(args)
 
@@ -661,7 +661,7 @@ def _libraries_to_log_file() -> None:
     ``LEDGER_LOG_FILE`` (default ``.stack/logs/ledger-pipelines.log``), not to the terminal; ``-v``
     keeps everything on the terminal."""
     from .settings import KAFKA_CLIENT_LOGGER
-    from .stack import StackConfig
+    from .settings import StackConfig
 
     path = Path(os.environ.get("LEDGER_LOG_FILE") or StackConfig.from_env().root / "logs" / "ledger-pipelines.log")
     try:

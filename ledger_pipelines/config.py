@@ -21,7 +21,7 @@ from . import safe_yaml
 from .connectors.evm import TokenConfig
 from .connectors.mapping import ColumnMapping
 from .model import NAME_PATTERN
-from .stack import REPO_ROOT
+from .settings import REPO_ROOT
 
 KINDS = ("sql", "evm", "iso20022", "cdc")
 DEFAULT_CONFIG = REPO_ROOT / "config" / "ledgers.example.yaml"

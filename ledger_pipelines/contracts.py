@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from .stack import REPO_ROOT
+from .settings import REPO_ROOT
 
 BUILD = REPO_ROOT / "contracts" / "build"
 

@@ -9,36 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import LedgerConfig
 from .kafka import DeadLetterProducer, EntryProducer, ensure_topics
-from .settings import KafkaSettings
-from .stack import StackConfig
-from .validation import CountMismatch, record_counts
+from .settings import KafkaSettings, StackConfig
+from .validation import CountMismatch, PublishResult, record_counts
 from .warehouse import Warehouse
 from .warehouse.state import file_processed, get_cursor, mark_file_processed, set_cursor
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PublishResult:
-    """``read`` records from the source became ``published`` entries (acknowledged by Kafka) and
-    ``rejected`` rejections (acknowledged by the DLQ); ``counts`` is that identity, checked."""
-
-    ledger: str
-    published: int = 0
-    rejected: int = 0
-    read: int = 0
-    files: list[str] = field(default_factory=list)
-    details: dict = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def check(self, **other: int) -> dict[str, int]:
-        self.counts = record_counts(f"publish {self.ledger}", self.read, self.published, self.rejected, **other)
-        return self.counts
 
 
 def source_url(lc: LedgerConfig) -> str:

@@ -6,19 +6,94 @@ rendered with :func:`redact_url` wherever they could reach a log or Dagster meta
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from .stack import StackConfig
 
+# the repository: the example configuration, the expectation suites, the compiled contracts
+REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_CLIENT_LOGGER = "ledger_pipelines.kafka.client"
 TOPIC_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.\Z")
 
 
 class SettingsError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    root: Path
+    host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_heap: str = "768m"
+    pg_port: int = 55432
+    pg_user: str = "ledger"
+    pg_database: str = "ledger"
+    anvil_port: int = 8545
+    anvil_chain_id: int = 31337
+
+    @classmethod
+    def from_env(cls) -> "StackConfig":
+        env = os.environ
+        return cls(
+            root=Path(env.get("LEDGER_STACK_DIR", REPO_ROOT / ".stack")).resolve(),
+            host=env.get("LEDGER_STACK_HOST", "127.0.0.1"),
+            kafka_port=int(env.get("LEDGER_KAFKA_PORT", 19092)),
+            kafka_controller_port=int(env.get("LEDGER_KAFKA_CONTROLLER_PORT", 19093)),
+            kafka_heap=env.get("LEDGER_KAFKA_HEAP", "768m"),
+            pg_port=int(env.get("LEDGER_PG_PORT", 55432)),
+            anvil_port=int(env.get("LEDGER_ANVIL_PORT", 8545)),
+        )
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def anvil_url(self) -> str:
+        return f"http://{self.host}:{self.anvil_port}"
+
+    def pg_password(self) -> str:
+        """The local PostgreSQL password: from the environment, else a random one kept on disk."""
+        if os.environ.get("LEDGER_PG_PASSWORD"):
+            return os.environ["LEDGER_PG_PASSWORD"]
+        secret = self.root / "postgres.secret"
+        if not secret.exists():
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            draft = secret.with_name(f"{secret.name}.{os.getpid()}.tmp")
+            write_secret(draft, base64.urlsafe_b64encode(os.urandom(18)).decode())
+            try:
+                os.link(draft, secret)  # atomic and never replaces: a concurrent first start keeps one password
+            except FileExistsError:
+                pass
+            finally:
+                draft.unlink()
+        return secret.read_text().strip()
+
+    def pg_admin_params(self) -> dict:
+        """psycopg.connect() arguments for the maintenance database (creating and dropping databases)."""
+        return dict(host=self.host, port=self.pg_port, user=self.pg_user, password=self.pg_password(),
+                    dbname="postgres", autocommit=True)
+
+    def pg_url(self, driver: str = "postgresql+psycopg") -> str:
+        return (
+            f"{driver}://{self.pg_user}:{self.pg_password()}@{self.host}:{self.pg_port}/{self.pg_database}"
+        )
+
+
+def write_secret(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:
+    """A new file readable by its owner only from its first byte (never chmod-ed after writing,
+    which leaves a window where it is world-readable); an existing file is an error."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        f.write(text)
 
 
 @dataclass(frozen=True)

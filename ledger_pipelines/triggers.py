@@ -311,7 +311,7 @@ class BridgeRecorder:
 
     def __init__(self, log_page: int | None = None):
         from .chain import LOG_PAGE_BLOCKS, Signer, contract, contract_address, deployment_block
-        from .stack import StackConfig
+        from .settings import StackConfig
 
         self.url = os.environ.get("LEDGER_BRIDGE_RPC_URL") or StackConfig.from_env().anvil_url
         self.signer = Signer.from_env(self.url, "LEDGER_BRIDGE_KEY")

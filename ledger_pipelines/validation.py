@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .stack import REPO_ROOT
+from .settings import REPO_ROOT
 
 SUITES = REPO_ROOT / "expectations"
 
@@ -148,3 +148,21 @@ def text_frame(data: dict[str, list]):
     import pyarrow as pa
 
     return pd.DataFrame({c: pd.arrays.ArrowStringArray(pa.array(v, type=pa.string())) for c, v in data.items()})
+
+
+@dataclass
+class PublishResult:
+    """``read`` records from the source became ``published`` entries (acknowledged by Kafka) and
+    ``rejected`` rejections (acknowledged by the DLQ); ``counts`` is that identity, checked."""
+
+    ledger: str
+    published: int = 0
+    rejected: int = 0
+    read: int = 0
+    files: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def check(self, **other: int) -> dict[str, int]:
+        self.counts = record_counts(f"publish {self.ledger}", self.read, self.published, self.rejected, **other)
+        return self.counts

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from ledger_pipelines.settings import KafkaSettings
-from ledger_pipelines.stack import Anvil, Kafka, Postgres, StackConfig
+from ledger_pipelines.local.stack import Anvil, Kafka, Postgres, StackConfig
 from ledger_pipelines.warehouse import Warehouse
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

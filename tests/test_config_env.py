@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from ledger_pipelines.config import MissingConnection, load_config
-from ledger_pipelines.stack import REPO_ROOT
+from ledger_pipelines.local.stack import REPO_ROOT
 
 CLI = str(Path(sys.executable).parent / "ledger-pipelines")
 PORTS = {name: os.environ.get(name, default) for name, default in (
@@ -115,7 +115,7 @@ def _evaluated(env: dict[str, str], *args: str, environ: dict[str, str] | None =
 
 def _fake_demo(demo: Path, prefix: str) -> list[date]:
     """A demo folder as `ledger-pipelines demo` leaves it: its configuration and manifest."""
-    from ledger_pipelines.demo import demo_config
+    from ledger_pipelines.local.demo import demo_config
 
     days = [date(2026, 11, 23), date(2026, 11, 24)]
     demo.mkdir(parents=True)
@@ -127,7 +127,7 @@ def _fake_demo(demo: Path, prefix: str) -> list[date]:
 
 
 def test_stack_env_evaluated_gives_the_values_the_demo_uses(tmp_path, monkeypatch):
-    from ledger_pipelines.demo import demo_env
+    from ledger_pipelines.local.demo import demo_env
 
     demo = tmp_path / "my demo's $HOME `dir`"  # spaces, a quote, a dollar and backquotes: the quoting is tested
     prefix = "demo1764547200."

@@ -17,7 +17,7 @@ import pytest
 from conftest import post_journal
 from test_ui import CHROMIUM, _shot, browser, dagster_dev  # noqa: F401 (browser: a fixture)
 
-from ledger_pipelines.demo import DAGSTER_YAML, set_pool_limits, stop_group
+from ledger_pipelines.local.demo import DAGSTER_YAML, set_pool_limits, stop_group
 
 pytestmark = [pytest.mark.ui, pytest.mark.services]
 

@@ -139,7 +139,7 @@ def test_the_ui_shows_the_corridor_and_the_anchored_report(demo, artifacts):
     from playwright.sync_api import sync_playwright
     from test_ui import CHROMIUM, CHROMIUM_ARGS, _shot, dagster_dev
 
-    from ledger_pipelines.demo import demo_env, stop_group
+    from ledger_pipelines.local.demo import demo_env, stop_group
 
     folder, manifest, env, _ = demo
     denv = {**env, **demo_env(folder, manifest["prefix"])}
@@ -187,7 +187,7 @@ def test_the_ui_shows_the_corridor_and_the_anchored_report(demo, artifacts):
 
 
 def test_the_demo_turned_on_the_sensors_and_the_nightly_schedule(demo):
-    from ledger_pipelines.demo import demo_env
+    from ledger_pipelines.local.demo import demo_env
 
     folder, manifest, env, _ = demo
     denv = {**env, **demo_env(folder, manifest["prefix"])}

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ledger_pipelines.stack import REPO_ROOT
+from ledger_pipelines.local.stack import REPO_ROOT
 
 pytestmark = pytest.mark.services
 
@@ -36,7 +36,7 @@ def own_anvil():
     port = _free_port()
     proc = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--port", str(port), "--chain-id", "31337",
                              "--silent", "--timestamp", str(genesis)])
-    from ledger_pipelines.demo import Rpc
+    from ledger_pipelines.local.demo import Rpc
 
     rpc = Rpc(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 30
@@ -56,8 +56,8 @@ def own_anvil():
 
 def test_a_day_of_50000_payments_is_mined_slot_by_slot(own_anvil):
     from ledger_pipelines.chain import Signer, contract
-    from ledger_pipelines.corridor import chain_transfers, generate
-    from ledger_pipelines.demo import Progress, _mine_week, treasury_funds
+    from ledger_pipelines.local.corridor import chain_transfers, generate
+    from ledger_pipelines.local.demo import Progress, _mine_week, treasury_funds
 
     rpc, day, genesis = own_anvil
     signer = Signer.from_env(rpc.url, "LEDGER_TEST_UNSET_KEY")  # anvil's dev key

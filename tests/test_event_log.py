@@ -240,7 +240,7 @@ def own_kafka(kafka_service, stack_config, tmp_path):
     import socket
 
     from ledger_pipelines.settings import KafkaSettings
-    from ledger_pipelines.stack import Kafka
+    from ledger_pipelines.local.stack import Kafka
 
     def free_port() -> int:
         with socket.socket() as s:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from ledger_pipelines import stack
+from ledger_pipelines.local import stack
 
 
 def test_kafka_cluster_ids_never_start_with_a_dash(monkeypatch):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger_pipelines.demo import stop_group
+from ledger_pipelines.local.demo import stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -67,7 +67,7 @@ def dagster_ui(tmp_path_factory, kafka_service, stack_config):
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian chromium is not installed: run scripts/setup.sh")
     home = tmp_path_factory.mktemp("dagster_home")
-    from ledger_pipelines.demo import DAGSTER_YAML, set_pool_limits
+    from ledger_pipelines.local.demo import DAGSTER_YAML, set_pool_limits
 
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
     set_pool_limits(home)

@@ -76,7 +76,7 @@ def test_statement_balance_equation_is_a_blocking_check(validator, tmp_path):
     from datetime import date
 
     from ledger_pipelines.config import LedgerConfig
-    from ledger_pipelines.corridor import generate, statements
+    from ledger_pipelines.local.corridor import generate, statements
     from ledger_pipelines.snapshots import snapshot_day
 
     day = date(2026, 11, 17)

@@ -17,7 +17,7 @@ from ..audit import pairs_from, run_day
 from ..config import LedgerConfig
 from ..reconcile.output import kinds_text
 from ..resources import WarehouseResource
-from ..stack import StackConfig
+from ..settings import StackConfig
 
 
 def reports_dir() -> Path:

@@ -30,7 +30,8 @@ from .evm import (MEMO_TOPIC, PAYMENT_RECORDED_TOPIC, TRANSFER_TOPIC, LogContext
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig
-    from ..publish import Publisher, PublishResult
+    from ..publish import Publisher
+    from ..validation import PublishResult
 
 log = logging.getLogger(__name__)
 _TOO_MUCH = ("too many", "limit", "range", "exceed", "timeout", "timed out", "response size", "query returned more")
@@ -190,7 +191,7 @@ class EvmPublisher:
                             "ORDER BY block_number DESC", l=self.lc.name)
 
     def publish(self) -> "PublishResult":
-        from ..publish import PublishResult
+        from ..validation import PublishResult
         from ..warehouse.state import get_cursor, set_cursor
 
         result = PublishResult(self.lc.name)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger_pipelines import stack
+from ledger_pipelines.local import stack
 from ledger_pipelines.resources import WarehouseResource
 from ledger_pipelines.settings import KafkaSettings, redact_url
 from ledger_pipelines.warehouse import Warehouse
@@ -76,7 +76,7 @@ def look(event, args):
         busy[0] = False
 sys.addaudithook(look)
 os.umask(0)
-from ledger_pipelines import stack
+from ledger_pipelines.local import stack
 cfg = stack.StackConfig.from_env()
 out = {"password": cfg.pg_password()}
 if len(sys.argv) > 2:

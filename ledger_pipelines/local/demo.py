@@ -64,8 +64,8 @@ def set_pool_limits(home: Path) -> None:
     the iteration after the one that first saw it, so the first runs of a backfill could start together."""
     from dagster import DagsterInstance
 
-    from .assets.audit import DAY_REPORT_POOL
-    from .assets.event_log import EVENT_LOG_POOL
+    from ..assets.audit import DAY_REPORT_POOL
+    from ..assets.event_log import EVENT_LOG_POOL
 
     with DagsterInstance.from_config(str(home)) as instance:
         for pool in (DAY_REPORT_POOL, EVENT_LOG_POOL):
@@ -315,7 +315,7 @@ def build(args, demo: Path, progress: Progress) -> dict:
 
     import yaml
 
-    from .chain import Signer, contract, contract_address
+    from ..chain import Signer, contract, contract_address
     from .corridor import generate, journal_rows, statements
 
     cfg = StackConfig.from_env()
@@ -361,13 +361,13 @@ def build(args, demo: Path, progress: Progress) -> dict:
 
     from sqlalchemy import text
 
-    from .config import ledger_by_name, load_config
-    from .connectors.mapping import ColumnMapping
-    from .connectors.sql import SqlLedger
-    from .kafka import ensure_topics
-    from .publish import Publisher
-    from .settings import KafkaSettings
-    from .warehouse import Warehouse
+    from ..config import ledger_by_name, load_config
+    from ..connectors.mapping import ColumnMapping
+    from ..connectors.sql import SqlLedger
+    from ..kafka import ensure_topics
+    from ..publish import Publisher
+    from ..settings import KafkaSettings
+    from ..warehouse import Warehouse
 
     journal = SqlLedger(os.environ["LEDGER_SENDER_BANK_URL"], ColumnMapping(), "sender_bank")
     journal.create_journal()
@@ -421,10 +421,10 @@ def process(demo: Path, manifest: dict, progress: Progress) -> dict:
     """Event log, the week one run per day, the triggers: all as runs of the Dagster instance."""
     from dagster import DagsterInstance
 
-    from .definitions import defs
-    from .kafka.topics import end_offsets
-    from .settings import KafkaSettings
-    from .sensors.kafka_offsets_sensor import event_log_run_config
+    from ..definitions import defs
+    from ..kafka.topics import end_offsets
+    from ..settings import KafkaSettings
+    from ..sensors.kafka_offsets_sensor import event_log_run_config
 
     import logging
 
