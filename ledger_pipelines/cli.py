@@ -93,10 +93,17 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
         head, tail = url.set(password="PASSWORD").render_as_string(hide_password=False).split(":PASSWORD@", 1)
         return f"{shlex.quote(head + ':')}{password_expr}{shlex.quote('@' + tail)}"
 
-    def export(name: str, value: str) -> None:
+    def export(name: str, value: str, rpc: bool = False) -> None:
         if name in exported:
             return
         exported.add(name)
+        if rpc and not show_secrets:
+            from .chain import redact
+
+            if redact(value, value) != value:  # a hosted node's API key in its path, query or user info
+                lines.append(f"# {name}={shlex.quote(redact(value, value))}  (may hold an API key: not exported; "
+                             "`ledger-pipelines stack env --show-secrets` prints it)")
+                return
         if show_secrets or redact_url(value) == value:
             lines.append(f"export {name}={shlex.quote(value)}")
         elif (shell := local_pg(value)) is not None:
@@ -146,7 +153,7 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
         var = lc.connection_env or lc.rpc_env
         if lc.kind == "evm":
             if var:
-                export(var, setting(var, cfg.anvil_url))
+                export(var, setting(var, cfg.anvil_url), rpc=True)
             else:
                 lines.append(f"# ledger {lc.name} (evm): no rpc_env configured, reads the local anvil {cfg.anvil_url}")
         elif lc.kind == "iso20022":
@@ -167,8 +174,8 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
     lines.append("# the chain: anchoring of the day reports, the bridge")
     anchor_rpc = setting("LEDGER_ANCHOR_RPC_URL", cfg.anvil_url)
     bridge_rpc = setting("LEDGER_BRIDGE_RPC_URL", cfg.anvil_url)
-    export("LEDGER_ANCHOR_RPC_URL", anchor_rpc)
-    export("LEDGER_BRIDGE_RPC_URL", bridge_rpc)
+    export("LEDGER_ANCHOR_RPC_URL", anchor_rpc, rpc=True)
+    export("LEDGER_BRIDGE_RPC_URL", bridge_rpc, rpc=True)
     for contract, var, rpc in (("AuditAnchor", "LEDGER_ANCHOR_CONTRACT", anchor_rpc),
                                ("LedgerBridge", "LEDGER_BRIDGE_CONTRACT", bridge_rpc)):
         if env.get(var):
@@ -201,9 +208,11 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
 
 def _deployed_contract(cfg, rpc: str, contract: str) -> str:
     """What the project's deployment record holds for ``contract`` on the chain at ``rpc``, as a sentence."""
+    from .chain import redact
     registry = cfg.root / "deployments.json"
     if not registry.is_file():
-        return f"no deployment record ({registry}): {contract} is deployed on first use"
+        return (f"no deployment record ({registry}): {contract} is deployed on first use on a local development "
+                "chain; on any other chain set the variable")
     try:
         from web3 import HTTPProvider, Web3
 
@@ -215,16 +224,26 @@ def _deployed_contract(cfg, rpc: str, contract: str) -> str:
         if address and w3.eth.get_code(address) not in (b"", None):
             return f"{contract} is at {address} on chain {key.split(':')[0]} (the deployment record {registry})"
     except Exception as exc:  # the node down, or the record unreadable: said, not fatal
-        return f"{contract} unknown ({type(exc).__name__} asking {rpc} or reading {registry})"
-    return f"{contract} is not deployed on the chain at {rpc}: deployed on first use"
+        return f"{contract} unknown ({type(exc).__name__} asking {redact(rpc, rpc)} or reading {registry})"
+    return (f"{contract} is not deployed on the chain at {redact(rpc, rpc)}: deployed on first use on a local "
+            "development chain; on any other chain set the variable")
 
 
 def cmd_stack_env(args) -> int:
     if args.services:
         _emit_error("stack", "`stack env` takes no service names")
         return 2
-    print("\n".join(_stack_env_lines(args.show_secrets)))
+    print("\n".join(_shell_safe(line) for line in _stack_env_lines(args.show_secrets)))
     return 0
+
+
+def _shell_safe(line: str) -> str:
+    """One line of ``stack env`` output that stays one line under ``eval``: a comment quoting a value from
+    the configuration (an inbox path, a topic) must not end at a newline in it and run the rest; control
+    characters are shown escaped. Export lines are shell-quoted already (a newline inside quotes is data)."""
+    if not line.startswith("#"):
+        return line
+    return "".join(ch if ch >= " " and ch != "\x7f" else ascii(ch)[1:-1] for ch in line)
 
 
 def cmd_topics(args) -> int:

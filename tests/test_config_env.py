@@ -301,3 +301,20 @@ def test_a_source_sensor_tick_does_not_read_the_configuration_again(tmp_path, mo
     context = build_sensor_context(instance=DagsterInstance.ephemeral(),
                                    resources={"warehouse": WarehouseResource(), "kafka": KafkaResource()})
     assert isinstance(sensor(context), SkipReason)
+
+
+def test_stack_env_stays_one_command_a_line_under_eval(tmp_path):
+    """A configuration value quoted in a comment (an inbox path with a newline) cannot end the comment and
+    run the rest under eval; a hosted node's URL with an API key in its path is not exported."""
+    marker = tmp_path / "PWNED"
+    config = _config(tmp_path, [{"name": "statements", "kind": "iso20022", "inbox": f"/x\ntouch {marker} #"},
+                                {"name": "chain", "kind": "evm", "rpc_env": "LEDGER_T_CHAIN_RPC"}])
+    env = _env(tmp_path, LEDGER_CONFIG=str(config), LEDGER_T_CHAIN_RPC="https://mainnet.example/v3/abcdef0123456789")
+    out = subprocess.run([CLI, "stack", "env"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "abcdef0123456789" not in out.stdout
+    assert "# LEDGER_T_CHAIN_RPC=" in out.stdout
+    shell = subprocess.run(["bash", "-c", f'eval "$({CLI} stack env)" && env'], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert shell.returncode == 0, shell.stderr
+    assert not marker.exists()
