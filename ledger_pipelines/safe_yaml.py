@@ -1,5 +1,6 @@
 """Safe YAML for configuration and rules files: no tags beyond YAML's own (SafeLoader), a key given
-twice in one mapping is an error (YAML keeps the last silently), and nesting is bounded.
+twice in one mapping is an error (YAML keeps the last silently), nesting is bounded and aliases are
+refused.
 
 The bound matters because PyYAML composes and constructs nodes recursively and web3's py_ecc raises
 the interpreter's recursion limit to 100,000 at import: in a process that imported web3 (every
@@ -21,6 +22,11 @@ class _Loader(yaml.SafeLoader):
         self._depth = 0
 
     def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            # an alias repeats a subtree without its bytes: a few hundred anchors nest a document
+            # ten thousand levels deep past the depth bound, or blow it up in size ("billion laughs")
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted",
+                                              self.peek_event().start_mark)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:

@@ -24,6 +24,36 @@ class SettingsError(ValueError):
     pass
 
 
+def _loopback(host: str) -> str:
+    """The local services bind to this address: an IPv4 loopback literal only (127.0.0.0/8). ``0.0.0.0``
+    would expose Kafka (PLAINTEXT), anvil and PostgreSQL on every interface, and a comma or newline would
+    add listeners or properties to the services' configuration files."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise SettingsError(f"LEDGER_STACK_HOST={host!r} is not an IP address (the local services bind to a "
+                            "loopback address, e.g. 127.0.0.1)") from None
+    if ip.version != 4 or not ip.is_loopback:
+        raise SettingsError(f"LEDGER_STACK_HOST={host!r} is not a loopback address: the local services bind to "
+                            "127.0.0.0/8 only")
+    return str(ip)
+
+
+def _port(env, name: str, default: int) -> int:
+    raw = env.get(name, str(default))
+    if not re.fullmatch(r"[0-9]{1,5}", raw) or not 1 <= int(raw) <= 65535:
+        raise SettingsError(f"{name}={raw!r} is not a port number (1-65535)")
+    return int(raw)
+
+
+def _heap(raw: str) -> str:
+    if not re.fullmatch(r"[0-9]{1,6}[mMgG]", raw):
+        raise SettingsError(f"LEDGER_KAFKA_HEAP={raw!r} is not a heap size such as 768m or 2g")
+    return raw
+
+
 @dataclass(frozen=True)
 class StackConfig:
     root: Path
@@ -42,12 +72,12 @@ class StackConfig:
         env = os.environ
         return cls(
             root=Path(env.get("LEDGER_STACK_DIR", REPO_ROOT / ".stack")).resolve(),
-            host=env.get("LEDGER_STACK_HOST", "127.0.0.1"),
-            kafka_port=int(env.get("LEDGER_KAFKA_PORT", 19092)),
-            kafka_controller_port=int(env.get("LEDGER_KAFKA_CONTROLLER_PORT", 19093)),
-            kafka_heap=env.get("LEDGER_KAFKA_HEAP", "768m"),
-            pg_port=int(env.get("LEDGER_PG_PORT", 55432)),
-            anvil_port=int(env.get("LEDGER_ANVIL_PORT", 8545)),
+            host=_loopback(env.get("LEDGER_STACK_HOST", "127.0.0.1")),
+            kafka_port=_port(env, "LEDGER_KAFKA_PORT", 19092),
+            kafka_controller_port=_port(env, "LEDGER_KAFKA_CONTROLLER_PORT", 19093),
+            kafka_heap=_heap(env.get("LEDGER_KAFKA_HEAP", "768m")),
+            pg_port=_port(env, "LEDGER_PG_PORT", 55432),
+            anvil_port=_port(env, "LEDGER_ANVIL_PORT", 8545),
         )
 
     @property

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from ledger_pipelines.local import stack
 
 
@@ -47,3 +49,27 @@ def test_a_process_whose_leader_thread_exited_is_alive_until_its_last_thread_end
         assert time.monotonic() < deadline, "the process did not end"
         time.sleep(0.05)
     assert proc.wait(timeout=5) == 0  # a zombie now, reaped here
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("LEDGER_STACK_HOST", "0.0.0.0", "not a loopback address"),
+    ("LEDGER_STACK_HOST", "10.0.0.5", "not a loopback address"),
+    ("LEDGER_STACK_HOST", "::1", "not a loopback address"),
+    ("LEDGER_STACK_HOST", "127.0.0.1,0.0.0.0", "not an IP address"),
+    ("LEDGER_STACK_HOST", "127.0.0.1\nauto.create.topics.enable=true", "not an IP address"),
+    ("LEDGER_KAFKA_PORT", "19092\nlisteners=PLAINTEXT://0.0.0.0:9", "not a port number"),
+    ("LEDGER_PG_PORT", "70000", "not a port number"),
+    ("LEDGER_KAFKA_HEAP", "768m -Dx=y", "not a heap size"),
+])
+def test_the_stack_settings_refuse_what_would_expose_or_rewrite_a_service(monkeypatch, name, value, reason):
+    from ledger_pipelines.settings import SettingsError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=reason):
+        stack.StackConfig.from_env()
+
+
+def test_loopback_hosts_are_accepted(monkeypatch):
+    for host in ("127.0.0.1", "127.0.0.2"):
+        monkeypatch.setenv("LEDGER_STACK_HOST", host)
+        assert stack.StackConfig.from_env().host == host

@@ -225,3 +225,15 @@ def test_the_ledger_configuration_is_read_with_the_same_guards(tmp_path):
                          (listed, "expected a mapping at the top")):
         with pytest.raises(ConfigError, match=reason):
             load_config(path)
+
+
+def test_aliases_are_refused_so_nesting_cannot_pass_the_bound_through_them(tmp_path):
+    """Anchors each nesting 60 levels around the alias of the one before would load a document thousands of
+    levels deep while every single node sits under the depth bound."""
+    lines = ["a0: &a0 1"]
+    for i in range(1, 40):
+        lines.append(f"a{i}: &a{i} " + "[" * 60 + f"*a{i - 1}" + "]" * 60)
+    path = tmp_path / "rules.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RulesError, match=r"aliases \(\*name\) are not accepted at line 2"):
+        load_rules(path)
