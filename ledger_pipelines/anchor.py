@@ -1,8 +1,8 @@
 """Anchoring a day's audit report on an EVM chain (``AuditAnchor``) and checking the anchor.
 
 Configuration (environment): ``LEDGER_ANCHOR_RPC_URL`` (default: the local anvil),
-``LEDGER_ANCHOR_KEY`` (hex private key; on a local anvil, chain id 31337, anvil's first dev key
-is used when unset), ``LEDGER_ANCHOR_CONTRACT`` (required, EIP-55 checksummed, code at the address;
+``LEDGER_ANCHOR_KEY`` (hex private key; on a local anvil, chain id 31337 on a loopback RPC host, anvil's
+first dev key is used when unset), ``LEDGER_ANCHOR_CONTRACT`` (required, EIP-55 checksummed, code at the address;
 only on a local development chain, see :mod:`ledger_pipelines.chain`, it defaults to a contract the
 project deploys once per chain and remembers), ``LEDGER_ANCHOR_FROM_BLOCK`` (the block the contract's
 events are read from, default: its deployment block, recorded or found by binary search),
@@ -20,7 +20,8 @@ import os
 import re
 from typing import Any
 
-from .chain import LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs, deployment_block
+from .chain import (LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs, deployment_block,
+                    redact)
 from .commitment import report_version
 from .settings import StackConfig
 
@@ -138,7 +139,7 @@ def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], ur
         chain_id = w3.eth.chain_id
         trusted, source = trusted_contract(w3, expected_contract)
         if anchor["chain_id"] != chain_id:
-            raise ChainError(f"anchored on chain {anchor['chain_id']}, but {url} is chain {chain_id}")
+            raise ChainError(f"anchored on chain {anchor['chain_id']}, but {redact(url, url)} is chain {chain_id}")
         if anchor["contract"].lower() != trusted.lower():
             raise ChainError(f"the report says it was anchored through {anchor['contract']}, but the anchor contract "
                              f"is {trusted} (from {source}): expected contract {trusted}")
@@ -174,7 +175,7 @@ def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], ur
     except ChainError:
         raise
     except Exception as exc:  # the node's answers: connection refused, malformed replies, reverted calls
-        raise ChainError(f"the chain at {url} could not be asked: {type(exc).__name__}: {exc}") from None
+        raise ChainError(redact(f"the chain at {url} could not be asked: {type(exc).__name__}: {exc}", url)) from None
     return {"contract": trusted, "contract_source": source, "chain_id": chain_id, "version": v,
             "latest_version": latest, "tx_hash": anchor["tx_hash"], "block_number": receipt["blockNumber"],
             "anchored_at": _utc(anchored_at), "partition": day}

@@ -8,7 +8,10 @@
   gets fresh contracts), with the block each was deployed in. A chain is a local development chain when
   **both** hold (:func:`is_local_dev_chain`): its chain id is 31337 (anvil, Hardhat) or 1337 (Ganache,
   geth ``--dev``), **and** the RPC endpoint's host is a loopback address, written as ``localhost`` or an
-  IP literal in 127.0.0.0/8 or ``::1`` (the host name is not resolved: DNS never makes a chain local).
+  IP literal in 127.0.0.0/8 or ``::1`` (the host name is not resolved: DNS never makes a chain local), in
+  a plain URL: one with a backslash or user info, or whose host ``urllib3`` (which the HTTP client
+  connects with) and ``urlsplit`` read differently, is never local. anvil's public dev key is the default
+  signing key only on a local development chain of chain id 31337.
   ``LEDGER_AUTO_DEPLOY=off`` turns automatic deployment off on every chain. Deploying takes a file lock
   beside the record, so two workers of one machine deploy once.
 - On every other chain the addresses come from the configuration, ``LEDGER_ANCHOR_CONTRACT`` and
@@ -21,6 +24,8 @@
   at block numbers (O(log n) calls; a node that keeps no past state cannot answer it: set the variable).
   ``eth_getLogs`` is then paged up to the head with the EVM connector's adaptive paging
   (:func:`~ledger_pipelines.connectors.evm_reader.fetch_paged`).
+- An RPC URL in an error message is redacted (:func:`redact`: user info, path and query, where hosted
+  nodes take their API keys, are masked).
 - Which send failures are permanent (:func:`permanent_failure`): a revert (with its reason) and an invalid
   argument (the ABI refuses a value, the node refuses the parameters). Anything else, among them
   connection refused, timeouts, HTTP 5xx, a node restarting, a nonce taken by another sender and
@@ -45,8 +50,8 @@ from urllib.parse import urlsplit
 from .contracts import artifact, web3_for
 from .settings import StackConfig
 
-# anvil's first dev account: a publicly known key, used only when the chain is a local anvil (31337)
-# and no key is configured. Never accepted for any other chain id.
+# anvil's first dev account: a publicly known key, used only when the chain is a local anvil (chain id 31337
+# on a loopback RPC endpoint, :func:`is_local_dev_chain`) and no key is configured. Never used elsewhere.
 ANVIL_DEV_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 _ENV_PREFIX = {"AuditAnchor": "LEDGER_ANCHOR", "LedgerBridge": "LEDGER_BRIDGE"}
 CONTRACT_ENV = {name: f"{prefix}_CONTRACT" for name, prefix in _ENV_PREFIX.items()}
@@ -89,8 +94,10 @@ class Signer:
         chain_id = w3.eth.chain_id
         key = os.environ.get(key_env)
         if not key:
-            if chain_id != 31337:
-                raise ChainError(f"{key_env} is not set (the signing key for chain {chain_id})")
+            if chain_id != 31337 or not is_local_dev_chain(chain_id, url):
+                raise ChainError(f"{key_env} is not set (the signing key for chain {chain_id} at "
+                                 f"{redact(url, url)}; anvil's public dev key is used only on a local anvil: "
+                                 "chain id 31337 with its RPC endpoint on a loopback address)")
             key = ANVIL_DEV_KEY
         if not _KEY.match(key):
             raise ChainError(f"{key_env} is not a 32-byte hex private key")
@@ -151,14 +158,34 @@ def endpoint(w3) -> str:
     return str(getattr(w3.provider, "endpoint_uri", "") or "")
 
 
+def _plain_host(url: str) -> str | None:
+    """The host of ``url`` as the HTTP client (urllib3) connects to it, lower case, or None when the URL is
+    not plain: it holds a backslash or user info, cannot be parsed, or ``urllib3.util.parse_url`` and
+    ``urllib.parse.urlsplit`` disagree on its host (``http://evil.example\\@127.0.0.1/`` is evil.example to
+    urllib3 and 127.0.0.1 to urlsplit)."""
+    from urllib3.util import parse_url
+
+    if not url or "\\" in url:
+        return None
+    try:
+        parsed, split = parse_url(url), urlsplit(url)
+        other = split.hostname
+    except ValueError:  # urllib3's LocationParseError is a ValueError
+        return None
+    if parsed.auth or split.username is not None or split.password is not None or "@" in split.netloc:
+        return None
+    host = (parsed.host or "").lower().removeprefix("[").removesuffix("]")
+    if not host or host != (other or "").lower():
+        return None
+    return host
+
+
 def is_local_dev_chain(chain_id: int, url: str) -> bool:
-    """Chain id 31337 or 1337 *and* an RPC endpoint whose host is ``localhost`` or a loopback IP literal."""
+    """Chain id 31337 or 1337 *and* an RPC endpoint whose host is ``localhost`` or a loopback IP literal, in a
+    plain URL (no backslash, no user info, one host whichever parser reads it: see :func:`_plain_host`)."""
     if chain_id not in LOCAL_CHAIN_IDS:
         return False
-    try:
-        host = urlsplit(url).hostname
-    except ValueError:
-        return False
+    host = _plain_host(url)
     if not host:
         return False
     if host.lower() == "localhost":
@@ -189,8 +216,9 @@ def configured_address(w3, name: str) -> str | None:
         raise ChainError(f"{env}={value} is not in its EIP-55 checksummed form (mixed case, as the chain's tools "
                          "print it): a mistyped address cannot be told from a right one without it")
     if w3.eth.get_code(value) in (b"", None):
+        url = endpoint(w3)
         raise ChainError(f"{env}={value}: no contract code at that address on chain {w3.eth.chain_id} "
-                         f"({endpoint(w3)})")
+                         f"({redact(url, url)})")
     return value
 
 
@@ -221,10 +249,10 @@ def contract_address(signer: Signer, name: str, deploy: bool = True) -> str:
     env = CONTRACT_ENV[name]
     chain_id, url = w3.eth.chain_id, endpoint(w3)
     if not auto_deploy(chain_id, url):
-        raise ChainError(f"{env} is not set: the address of {name} on chain {chain_id} ({url}) must come from the "
-                         f"configuration (contracts are deployed automatically only on a local development chain: "
-                         f"chain id {' or '.join(map(str, LOCAL_CHAIN_IDS))} with its RPC endpoint on a loopback "
-                         f"address, and LEDGER_AUTO_DEPLOY not off)")
+        raise ChainError(f"{env} is not set: the address of {name} on chain {chain_id} ({redact(url, url)}) must "
+                         f"come from the configuration (contracts are deployed automatically only on a local "
+                         f"development chain: chain id {' or '.join(map(str, LOCAL_CHAIN_IDS))} with its RPC endpoint "
+                         f"on a loopback address, and LEDGER_AUTO_DEPLOY not off)")
     path = _registry()
     key = chain_key(w3)
     with _locked(path):

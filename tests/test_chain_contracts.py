@@ -70,9 +70,56 @@ def _mine(w3, blocks: int) -> None:
     (31337, "http://0.0.0.0:8545", False),
     (31337, "", False),
     (31337, "not a url", False),
+    (31337, "http://evil.example\\@127.0.0.1:8545/", False),  # requests/urllib3 connect to evil.example
+    (31337, "http://127.0.0.1\\@evil.example:8545/", False),
+    (31337, "http://user:pw@127.0.0.1:8545/", False),          # user info: refused, whatever the host
+    (31337, "http://evil.example@localhost:8545/", False),
+    (31337, "http://127.0.0.1%2f@evil.example/", False),       # urllib3 and urlsplit: another host each
 ])
 def test_a_local_development_chain_is_a_dev_chain_id_on_a_loopback_endpoint(chain_id, url, local):
     assert is_local_dev_chain(chain_id, url) is local
+
+
+class _FakeChain:
+    """A web3 stand-in: a chain id, an RPC endpoint, no contract code anywhere."""
+
+    def __init__(self, chain_id: int, url: str):
+        from eth_account import Account
+
+        self.provider = type("Provider", (), {"endpoint_uri": url})()
+        self.eth = type("Eth", (), {"chain_id": chain_id, "account": Account,
+                                    "get_code": staticmethod(lambda *a, **k: b"")})()
+
+    @staticmethod
+    def is_checksum_address(value):
+        return True
+
+
+def test_the_dev_key_is_used_only_on_a_local_anvil_not_for_any_chain_id_31337(stack_dir, monkeypatch):
+    from ledger_pipelines.chain import ANVIL_DEV_KEY, Signer
+
+    for url in ("http://10.0.0.5:8545", "https://rpc.example.com/v3/0123456789abcdef",
+                "http://evil.example\\@127.0.0.1:8545/"):
+        monkeypatch.setattr(chain_mod, "web3_for", lambda _url: _FakeChain(31337, _url))
+        with pytest.raises(ChainError, match=r"^LEDGER_ANCHOR_KEY is not set \(the signing key for chain 31337") as err:
+            Signer.from_env(url, "LEDGER_ANCHOR_KEY")
+        assert "0123456789abcdef" not in str(err.value)
+    signer = Signer.from_env("http://127.0.0.1:8545", "LEDGER_ANCHOR_KEY")
+    assert signer.key == ANVIL_DEV_KEY
+
+
+def test_rpc_url_secrets_never_reach_the_contract_errors(stack_dir, monkeypatch):
+    from ledger_pipelines.chain import contract_address
+
+    url = "https://mainnet.infura.io/v3/0123456789abcdef0123456789abcdef"
+    w3 = _FakeChain(1, url)
+    with pytest.raises(ChainError, match=r"^LEDGER_ANCHOR_CONTRACT is not set") as err:
+        contract_address(type("S", (), {"w3": w3})(), "AuditAnchor")
+    assert "0123456789abcdef" not in str(err.value) and "mainnet.infura.io" in str(err.value)
+    monkeypatch.setenv("LEDGER_ANCHOR_CONTRACT", "0x" + "ab" * 20)
+    with pytest.raises(ChainError, match="no contract code at that address on chain 1") as err:
+        contract_address(type("S", (), {"w3": w3})(), "AuditAnchor")
+    assert "0123456789abcdef" not in str(err.value) and "mainnet.infura.io" in str(err.value)
 
 
 # -- where the contracts come from -----------------------------------------------------------------
