@@ -57,7 +57,7 @@ _ENV_PREFIX = {"AuditAnchor": "LEDGER_ANCHOR", "LedgerBridge": "LEDGER_BRIDGE"}
 CONTRACT_ENV = {name: f"{prefix}_CONTRACT" for name, prefix in _ENV_PREFIX.items()}
 FROM_BLOCK_ENV = {name: f"{prefix}_FROM_BLOCK" for name, prefix in _ENV_PREFIX.items()}
 LOCAL_CHAIN_IDS = (31337, 1337)
-LOG_PAGE_BLOCKS = 10_000  # the first eth_getLogs range; halved while the node refuses it
+LOG_PAGE_BLOCKS = 10_000  # the widest eth_getLogs range; halved while the node refuses it, grown back past it
 _KEY = re.compile(r"^(0x)?[0-9a-fA-F]{64}\Z")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}\Z")
 
@@ -339,7 +339,8 @@ def _search_deployment_block(w3, name: str, address: str, env: str) -> int:
 def contract_logs(w3, address: str, topics: list, from_block: int, page: int = LOG_PAGE_BLOCKS,
                   retries: int = 5) -> list:
     """``eth_getLogs`` of ``address`` with ``topics`` from ``from_block`` to the current head, in pages of at
-    most ``page`` blocks, halved while the node refuses a range (the EVM connector's paging)."""
+    most ``page`` blocks, halved while the node refuses a range and grown back past it, waiting out rate limits
+    on the same range (the EVM connector's paging)."""
     from .connectors.evm_reader import fetch_paged
 
     head = w3.eth.block_number
@@ -352,12 +353,11 @@ def contract_logs(w3, address: str, topics: list, from_block: int, page: int = L
 
 def redact(text: str, url: str) -> str:
     """``text`` without the parts of ``url`` that may hold a secret (user info, path, query: where hosted nodes
-    take their API keys), for error messages that end up in logs and the action log."""
-    parts = urlsplit(url)
-    secrets = [x for x in (parts.password, parts.username, parts.path.strip("/"), parts.query) if x and len(x) >= 4]
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    take their API keys), for error messages that end up in logs and the action log (the EVM connector's
+    :func:`~ledger_pipelines.connectors.evm_reader.redact_url`)."""
+    from .connectors.evm_reader import redact_url
+
+    return redact_url(text, url)
 
 
 def permanent_failure(exc: BaseException) -> str | None:

@@ -163,3 +163,108 @@ def test_memo_correlates_a_transfer_and_bridge_records_decode(chain, stack_confi
     assert got == [("E2E-BIG", "ETH", f"{big // 10**18}.{big % 10**18:018d}", "core_banking:8"),
                    ("E2E-MEMO-1", "EUR", "1234.50", "core_banking:7")]
     assert all(e.account == bridge.address.lower() and e.status == "final" for e in recorded) and rejected == []
+
+
+def _reader(max_range: int, node, url: str = "http://127.0.0.1:1"):
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.connectors.evm_reader import EvmReader
+
+    reader = EvmReader(_ledger({"name": "eth", "kind": "evm", "max_block_range": max_range}), url)
+    reader.provider = node
+    return reader
+
+
+def _range(params) -> tuple[int, int]:
+    return int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16)
+
+
+def test_a_rate_limit_is_waited_out_on_the_same_range_never_taken_for_a_range_too_large(monkeypatch):
+    """A hosted node refusing for its rate (an HTTP 429, or a JSON-RPC error saying so): the same range is
+    asked again after a backoff; the page is not halved."""
+    import requests
+
+    from ledger_pipelines.connectors import evm_reader
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(evm_reader.time, "sleep", sleeps.append)
+
+    def http_429(retry_after=None):
+        response = requests.Response()
+        response.status_code = 429
+        response.reason = "Too Many Requests"
+        if retry_after is not None:
+            response.headers["Retry-After"] = retry_after
+        return requests.exceptions.HTTPError("429 Client Error: Too Many Requests for url: http://127.0.0.1:1/",
+                                             response=response)
+
+    refusals = [lambda: http_429(), lambda: http_429("3"),
+                lambda: {"error": {"code": -32005, "message": "rate limit exceeded"}},
+                lambda: {"error": {"code": 429, "message": "Too many requests, exceeded your rate-limit"}}]
+    for refusal in refusals:
+        asked, sleeps[:] = [], []
+
+        class Node:
+            def make_request(self, method, params):
+                asked.append(_range(params))
+                if len(asked) <= 2:
+                    answer = refusal()
+                    if isinstance(answer, Exception):
+                        raise answer
+                    return {"jsonrpc": "2.0", "id": 1, **answer}
+                lo, hi = _range(params)
+                return {"jsonrpc": "2.0", "id": 1, "result": [{"block": b} for b in range(lo, hi + 1)]}
+
+        reader = _reader(1000, Node())
+        assert [x["block"] for x in reader.get_logs(0, 1999)] == list(range(2000))
+        assert asked == [(0, 999), (0, 999), (0, 999), (1000, 1999)], refusal()
+        assert len(sleeps) == 2 and all(s > 0 for s in sleeps)
+    assert sleeps == [0.25, 0.5]
+    asked.clear()
+
+    class Throttled:
+        def make_request(self, method, params):
+            asked.append(_range(params))
+            raise http_429("3")
+
+    with pytest.raises(requests.exceptions.HTTPError, match="429"):
+        _reader(1000, Throttled()).get_logs(0, 1999)
+    assert asked == [(0, 999)] * 6  # retried, then raised: neither halved nor skipped
+
+
+def test_past_the_range_refused_the_page_grows_back_to_the_configured_maximum():
+    """A node that refuses more than 10 blocks a call in a dense part of the chain (blocks 0-63) only: the
+    pages after it double again up to ``max_block_range``; every block is read, in order, once."""
+    asked = []
+
+    class Node:
+        def make_request(self, method, params):
+            lo, hi = _range(params)
+            asked.append((lo, hi))
+            if lo <= 63 and hi - lo + 1 > 10:
+                return {"jsonrpc": "2.0", "id": 1, "error": {"code": -32005,
+                                                             "message": "query returned more than 10000 results"}}
+            return {"jsonrpc": "2.0", "id": 1, "result": [{"block": b} for b in range(lo, hi + 1)]}
+
+    reader = _reader(64, Node())
+    assert [x["block"] for x in reader.get_logs(0, 9_999)] == list(range(10_000))
+    read = [(lo, hi) for lo, hi in asked if not (lo <= 63 and hi - lo + 1 > 10)]
+    assert all(b[0] == a[1] + 1 for a, b in zip(read, read[1:]))  # contiguous: no block skipped or read twice
+    assert max(hi - lo + 1 for lo, hi in asked) == 64
+    assert all(hi - lo + 1 == 64 for lo, hi in read[-100:-1])  # grown back, not stuck at 8 blocks a call
+    assert len(asked) < 10_000 // 64 + 20
+
+
+def test_the_rpc_urls_key_is_taken_out_of_transport_errors():
+    import requests
+
+    url = "https://mainnet.example.com/v3/0123456789abcdef0123456789abcdef"
+
+    class Down:
+        def make_request(self, method, params):
+            raise requests.exceptions.ConnectionError(
+                "HTTPSConnectionPool(host='mainnet.example.com', port=443): Max retries exceeded with url: "
+                "/v3/0123456789abcdef0123456789abcdef")
+
+    with pytest.raises(requests.exceptions.ConnectionError) as err:
+        _reader(10, Down(), url).head()
+    assert "0123456789abcdef" not in str(err.value) and "mainnet.example.com" in str(err.value)

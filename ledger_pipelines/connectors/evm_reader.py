@@ -3,8 +3,12 @@
 - ``eth_getLogs`` is paged by block range (:func:`fetch_paged`, also used for the project's contracts'
   events); when the node says the result is too large, the range is too wide, or it times out, the
   range is halved (down to one block, however many halvings that takes) and the smaller span is kept
-  for the pages after it; other failures are retried with backoff, and the last one is raised: no
+  while the pages are inside the widest range refused; past it, each page read doubles the span again,
+  up to the configured maximum. A rate limit (HTTP 429, "rate limit", "too many requests") says
+  nothing of the range: the same range is tried again after a backoff (``Retry-After`` when the node
+  gives one, at most 30 s). Other failures are retried with backoff, and the last one is raised: no
   range is ever skipped.
+- Secrets of the RPC URL (user info, path, query) are taken out of the transport errors raised.
 - Finality: an entry in a block at least ``confirmations`` deep is ``final``; shallower ones are
   published as ``pending`` and published again as ``final`` once deep enough.
 - Reorgs: the hash of every block that gave entries (and of each pass's last final block) is kept
@@ -35,17 +39,62 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _TOO_MUCH = ("too many", "limit", "range", "exceed", "timeout", "timed out", "response size", "query returned more")
+_RATE_LIMITED = ("rate limit", "rate-limit", "ratelimit", "too many requests", "429 client error")
+RETRY_AFTER_MAX = 30.0  # seconds: the longest Retry-After of a rate-limited node that is waited out
 
 
 class RpcError(RuntimeError):
     pass
 
 
+def redact_url(text: str, url: str) -> str:
+    """``text`` without the parts of ``url`` that may hold a secret (user info, path, query: where hosted nodes
+    take their API keys)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text.replace(url, "***") if url else text
+    secrets = [x for x in (parts.password, parts.username, parts.path.strip("/"), parts.query) if x and len(x) >= 4]
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _rate_limited(exc: BaseException) -> bool:
+    """The node refused the request for its rate (HTTP 429, "rate limit", "too many requests"): nothing is
+    wrong with the range."""
+    if _status(exc) == 429:
+        return True
+    message = str(exc).lower()
+    return any(w in message for w in _RATE_LIMITED)
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """A rate-limited node's ``Retry-After`` (seconds, capped at ``RETRY_AFTER_MAX``), or None."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        value = float(str(headers.get("Retry-After", "")).strip())
+    except ValueError:
+        return None
+    return min(RETRY_AFTER_MAX, value) if value >= 0 else None
+
+
 def _too_much(exc: BaseException) -> bool:
-    """The node refused a range as too large (or timed out on it); a refused connection is not that."""
+    """The node refused a range as too large (or timed out on it); a refused connection or a rate limit is
+    not that."""
     import requests
 
     if isinstance(exc, (ConnectionError, requests.exceptions.ConnectionError)):  # "Max retries exceeded": no range
+        return False
+    if _rate_limited(exc):
         return False
     message = str(exc).lower()
     return any(w in message for w in _TOO_MUCH)
@@ -53,11 +102,16 @@ def _too_much(exc: BaseException) -> bool:
 
 def fetch_paged(fetch: Callable[[int, int], list], start: int, end: int, span: int, retries: int = 5,
                 sleep: Callable[[float], None] | None = None) -> list:
-    """``fetch(lo, hi)`` over [start, end] in ranges of at most ``span`` blocks, in order. A range the node
-    refuses as too large is halved and tried again (the halved span is kept for the ranges after it);
-    another failure is retried ``retries`` times with exponential backoff, then raised."""
+    """``fetch(lo, hi)`` over [start, end] in ranges of at most ``span`` blocks, in order.
+
+    A range the node refuses as too large is halved and tried again; the halved span is kept while the pages
+    are inside the widest range refused (that part of the chain holds too much for a wider one), and past it
+    each page read doubles the span, up to ``span``. A rate limit, or another failure, is retried on the same
+    range ``retries`` times with exponential backoff (a rate limit's ``Retry-After`` when it is longer), then
+    raised."""
     out: list = []
-    span = max(1, span)
+    widest = span = max(1, span)
+    refused_through = start - 1  # the last block of the ranges refused as too large
     lo = start
     while lo <= end:
         hi = min(end, lo + span - 1)
@@ -68,15 +122,21 @@ def fetch_paged(fetch: Callable[[int, int], list], start: int, end: int, span: i
                 break
             except Exception as exc:  # RpcError from the node, or a transport error
                 if hi > lo and _too_much(exc):
+                    refused_through = max(refused_through, hi)
                     span = max(1, (hi - lo + 1) // 2)  # too much at once: halve and retry
                     hi = lo + span - 1
                     continue
                 if failures >= retries:
                     raise
-                (sleep or time.sleep)(min(8.0, 0.25 * 2 ** failures))
+                delay = min(8.0, 0.25 * 2 ** failures)
+                if _rate_limited(exc):
+                    delay = max(delay, _retry_after(exc) or 0.0)
+                (sleep or time.sleep)(delay)
                 failures += 1
         out.extend(got)
         lo = hi + 1
+        if lo > refused_through and span < widest:
+            span = min(widest, span * 2)  # past what was refused: grow again
     return out
 
 
@@ -91,6 +151,7 @@ class EvmReader:
         from web3 import HTTPProvider
 
         self.lc = lc
+        self.url = url
         self.provider = HTTPProvider(url, request_kwargs={"timeout": 30})
         self.decoders = decoders if decoders is not None else default_decoders(lc)
         self.transfers = bool(lc.options.get("transfers", True))
@@ -100,8 +161,16 @@ class EvmReader:
 
     # -- JSON-RPC -------------------------------------------------------------------------
     def rpc(self, method: str, params: list) -> Any:
+        import requests
+
         self.calls += 1
-        resp = self.provider.make_request(method, params)
+        try:
+            resp = self.provider.make_request(method, params)
+        except requests.exceptions.RequestException as exc:  # its message may carry the URL's API key
+            message = redact_url(str(exc), self.url)
+            if message == str(exc):
+                raise
+            raise type(exc)(message, response=exc.response, request=exc.request) from None
         if "error" in resp:
             err = resp["error"]
             raise RpcError(f"{method}: {err.get('message', err) if isinstance(err, dict) else err}")
