@@ -384,6 +384,19 @@ def permanent_failure(exc: BaseException) -> str | None:
     return None
 
 
+def transient_failure(exc: BaseException) -> bool:
+    """Whether a chain call's failure is one of the transient kinds (:func:`permanent_failure`'s "anything else"
+    narrowed to what a node or its connection does): a connection, timeout or HTTP error (``OSError``, which
+    requests' errors are), web3's lost connection and receipt timeout, or a JSON-RPC error that is not a revert
+    nor an invalid argument (nonce taken, insufficient funds, node starting up). Anything else, an answer the
+    project cannot use for instance, is neither transient nor cured by waiting."""
+    from web3.exceptions import ProviderConnectionError, TimeExhausted, Web3RPCError
+
+    if permanent_failure(exc):
+        return False
+    return isinstance(exc, (OSError, ProviderConnectionError, TimeExhausted, Web3RPCError))
+
+
 def contract(signer_or_w3, name: str, address: str):
     w3 = getattr(signer_or_w3, "w3", signer_or_w3)
     return w3.eth.contract(address=w3.to_checksum_address(address), abi=artifact(name)[0])

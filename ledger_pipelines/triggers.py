@@ -35,12 +35,17 @@ its journal lines. So a crash between acting and logging is recovered by looking
 twice. Kafka offsets are committed only after a batch's actions are logged (at-least-once delivery,
 idempotent effect). Transient errors are retried with backoff for a few seconds; one that outlasts
 that (connection refused, a timeout, HTTP 5xx, a node restarting, a nonce taken by another sender,
-insufficient funds for gas, a target database down) leaves the action ``pending`` in the action log
-with the reason, and its source record uncommitted, so a later run acts on it (asking the target
-first, as after a crash). Only permanent causes (a call reverted, with the contract's reason; an
-argument the ABI refuses; a duplicate reference from another entry; an amount beyond 255 decimals; a
-bad rule) are logged as ``failed`` and sent to the DLQ with the reason. Requests and outcomes
-(``pending`` included) are produced to ``ledger.bridge.actions`` (key: action id).
+insufficient funds for gas, a target database unreachable: a connection-level error, SQLAlchemy's
+``OperationalError``/``InterfaceError``) leaves the action ``pending`` in the action log with the reason
+and the number of runs it has been pending (``detail.pending_runs``), and its source record uncommitted,
+so a later run acts on it (asking the target first, as after a crash). An action still pending after
+``MAX_PENDING_RUNS`` runs is ``failed`` with its last reason, so one action never holds its partition for
+ever. Every other cause is permanent and logged as ``failed`` and sent to the DLQ with the reason: a call
+reverted (with the contract's reason); an argument the ABI refuses; a duplicate reference from another
+entry; a reference recorded on chain whose event is not found from the bridge's first block; an amount
+beyond 255 decimals; a bad rule; a target database refusing the posting (``DataError``,
+``ProgrammingError``, an ``IntegrityError`` with no ``bridge_postings`` row of the action). Requests and
+outcomes (``pending`` included) are produced to ``ledger.bridge.actions`` (key: action id).
 """
 
 from __future__ import annotations
@@ -227,6 +232,23 @@ class ActionLog:
                     out[aid] = status
         return out
 
+    def pending_runs(self, ids: list[str]) -> dict[str, int]:
+        """For each of ``ids`` logged ``pending``: the runs it has been pending (``detail.pending_runs``)."""
+        out: dict[str, int] = {}
+        with self.wh.engine.connect() as c:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ", ".join(f":a{n}" for n in range(len(chunk)))
+                for aid, detail in c.execute(text(f"SELECT action_id, detail FROM bridge_actions WHERE status = "
+                                                  f"'pending' AND action_id IN ({marks})"),
+                                             {f"a{n}": a for n, a in enumerate(chunk)}):
+                    try:
+                        runs = json.loads(detail).get("pending_runs", 1)
+                    except (ValueError, AttributeError):
+                        runs = 1
+                    out[aid] = runs if isinstance(runs, int) and not isinstance(runs, bool) and runs > 0 else 1
+        return out
+
     def record(self, outcomes: list[dict[str, Any]]) -> None:
         if not outcomes:
             return
@@ -265,6 +287,8 @@ class ActionLog:
 # ``failed`` (a permanent cause, ``detail["reason"]``) or ``pending`` (a transient cause outlasted the in-run
 # retries, ``detail["reason"]``: the action is tried again on a later run).
 RETRY_ATTEMPTS = 6
+# runs an action may stay pending; at this many it is failed with its last reason (and dead-lettered)
+MAX_PENDING_RUNS = 100
 
 
 def _retry(fn: Callable[[], Any], what: str, attempts: int = RETRY_ATTEMPTS,
@@ -299,10 +323,13 @@ class BridgeRecorder:
     """``bridge_record``: LedgerBridge.record, several transactions in flight per batch.
 
     ``failed``: the reference is recorded on chain for another entry, the amount has more than 255 decimals,
-    the call reverted (the reason the contract gives) or has an invalid argument. ``pending``: anything else
-    that outlasts the in-run retries (connection refused, timeouts, HTTP 5xx, a node restarting, a nonce taken
-    by another sender, insufficient funds for gas); on a later run the chain is asked first, so a transaction
-    that did go through is found there and never sent twice. After a connection failure outlasts the retries,
+    the call reverted (the reason the contract gives) or has an invalid argument, the reference is recorded but
+    its event is not found from the first block read, or any failure that is not transient. ``pending``: a
+    transient failure (:func:`~ledger_pipelines.chain.transient_failure`: connection refused, timeouts, HTTP
+    errors, a node restarting, a nonce taken by another sender, insufficient funds for gas) that outlasts the
+    in-run retries, and any failure after a transaction was sent while its receipt is awaited (its outcome is
+    unknown); on a later run the chain is asked first, so a transaction that did go through is found there and
+    never sent twice. After a connection failure outlasts the retries,
     the actions of the next ``OUTAGE_PAUSE`` seconds are pending at once instead of each waiting out the
     retries against a node that is down."""
 
@@ -328,7 +355,7 @@ class BridgeRecorder:
 
     def _recorded_by(self, reference: str) -> str | None:
         """The source entry id the reference was recorded for, or None when it is not recorded."""
-        from .chain import FROM_BLOCK_ENV, ChainError, contract_logs
+        from .chain import FROM_BLOCK_ENV, contract_logs
 
         w3 = self.signer.w3
         key = w3.keccak(text=reference)
@@ -338,15 +365,23 @@ class BridgeRecorder:
                                 page=self.log_page, retries=0):  # _retry retries the whole look-up
             ev = self.contract.events.PaymentRecorded().process_log(lg)
             return ev["args"]["sourceEntryId"]
-        raise ChainError(f"reference {reference!r} is recorded on {self.address}, but no PaymentRecorded event of it "
-                         f"was found from block {self.from_block} (is {FROM_BLOCK_ENV['LedgerBridge']} later than "
-                         "the contract's deployment?)")
+        raise PermanentError(f"reference {reference!r} is recorded on {self.address}, but no PaymentRecorded event "
+                             f"of it was found from block {self.from_block} to {w3.eth.block_number} (is "
+                             f"{FROM_BLOCK_ENV['LedgerBridge']} later than the recording transaction?)")
+
+    @staticmethod
+    def _permanent(exc: BaseException) -> str | None:
+        """Why retrying cannot help: a revert or an invalid argument, or a failure of no transient kind."""
+        from .chain import permanent_failure, transient_failure
+
+        reason = permanent_failure(exc)
+        if reason or transient_failure(exc):
+            return reason
+        return f"{type(exc).__name__}: {exc}"
 
     def _try(self, fn: Callable[[], Any], what: str, give_up: tuple[type[BaseException], ...] = ()) -> tuple[Any, int]:
-        from .chain import permanent_failure
-
         try:
-            return _retry(fn, what, permanent=permanent_failure, give_up=give_up, clean=self._clean)
+            return _retry(fn, what, permanent=self._permanent, give_up=give_up, clean=self._clean)
         except PermanentError:
             raise
         except OSError as exc:  # requests' connection errors, timeouts and HTTP errors are OSErrors
@@ -434,6 +469,10 @@ class BridgeRecorder:
                 continue
             try:
                 owner, _ = self._try(lambda: self._recorded_by(ref), f"{a.action_id}: check")
+            except PermanentError as exc:
+                out.append((a, "failed", {**detail, "reason": f"tx {tx} reverted; checking reference {ref!r} on "
+                                                              f"chain: {exc}"}, tries + t3))
+                continue
             except Exception as exc:
                 out.append(self._pending(a, f"tx {tx} reverted; checking reference {ref!r} on chain", exc,
                                          tries + t3, **detail))
@@ -451,7 +490,11 @@ POSTINGS_DDL = ("CREATE TABLE IF NOT EXISTS bridge_postings (action_id VARCHAR(1
 
 
 class SqlPoster:
-    """``sql_post``: two journal lines and a ``bridge_postings`` row, in one transaction of the target."""
+    """``sql_post``: two journal lines and a ``bridge_postings`` row, in one transaction of the target.
+
+    ``pending``: a connection-level error (SQLAlchemy's ``OperationalError``, ``InterfaceError``) outlasting the
+    in-run retries. ``failed``: any other error (``DataError``, ``ProgrammingError``, ...), at once, and an
+    ``IntegrityError`` unless the action's ``bridge_postings`` row is there (then it was posted concurrently)."""
 
     def __init__(self, lc: LedgerConfig):
         from sqlalchemy import create_engine
@@ -472,7 +515,7 @@ class SqlPoster:
         out = []
         for a in actions:
             try:
-                result, tries = _retry(lambda: self._post(a), f"{a.action_id}: post")
+                result, tries = _retry(lambda: self._post(a), f"{a.action_id}: post", permanent=self._permanent)
                 out.append((a, "applied", result, tries))
             except PermanentError as exc:
                 out.append((a, "failed", {"reason": str(exc)}, 1))
@@ -481,6 +524,13 @@ class SqlPoster:
                 log.warning("%s: %s; pending, retried on a later run", a.action_id, reason)
                 out.append((a, "pending", {"reason": reason}, RETRY_ATTEMPTS))
         return out
+
+    def _permanent(self, exc: BaseException) -> str | None:
+        from sqlalchemy.exc import InterfaceError, OperationalError
+
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            return None
+        return f"posting into {self.lc.name}: {type(exc).__name__}: {_first_line(exc)}"
 
     def _post(self, a: Action) -> dict[str, Any]:
         from sqlalchemy.exc import IntegrityError
@@ -512,9 +562,18 @@ class SqlPoster:
                                "(:a, :t, :e, :p)"), {"a": a.action_id, "t": txn, "e": a.entry.entry_id,
                                                      "p": datetime.now(timezone.utc).isoformat()})
                 c.execute(text(sql), lines)
-        except IntegrityError:  # a concurrent run posted it between our check and insert
-            return {"txn_id": txn, "found_on_target": True}
+        except IntegrityError as exc:  # a concurrent run posted it between our check and insert, or a refusal
+            with self.engine.connect() as c:
+                if self._posted(c, a.action_id):
+                    return {"txn_id": txn, "found_on_target": True}
+            raise PermanentError(f"posting into {self.lc.name}: IntegrityError and no bridge_postings row of "
+                                 f"{a.action_id}: {_first_line(exc)}") from exc
         return {"txn_id": txn, "lines": 2, "debit_account": debit, "credit_account": credit}
+
+
+def _first_line(exc: BaseException) -> str:
+    """A database error's message without the statement and parameters SQLAlchemy appends."""
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 class TopicPublisher:
@@ -638,8 +697,16 @@ class TriggerEngine:
         for ex, actions in by_exec.values():
             self._announce_requested(actions)
             outcomes = ex.run(actions)
+            before = self.log.pending_runs([a.action_id for a, st, _, _ in outcomes if st == "pending"])
             rows = []
             for a, st, detail, tries in outcomes:
+                if st == "pending":
+                    runs = before.get(a.action_id, 0) + 1
+                    detail = {**detail, "pending_runs": runs}
+                    if runs >= MAX_PENDING_RUNS:  # never holds its partition for ever
+                        st = "failed"
+                        detail["reason"] = (f"still pending after {runs} runs (MAX_PENDING_RUNS); last reason: "
+                                            f"{detail.get('reason', 'none given')}")
                 rows.append(self._outcome(a, st, detail, tries))
                 if st == "failed":
                     res.failed += 1

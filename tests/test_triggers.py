@@ -515,3 +515,132 @@ def test_bridge_sensor_asks_again_for_offsets_a_run_left_pending(monkeypatch):
     assert key() == first
     now[0] += module.RETRY_PENDING_SECONDS
     assert key() != first
+
+
+# -- pending only for connection-level failures, and never for ever --------------------------------
+
+def _sql_post_action(tmp_path, monkeypatch):
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.triggers import SqlPoster
+
+    url = f"sqlite:///{tmp_path / 'mirror.db'}"
+    monkeypatch.setenv("LEDGER_MIRROR_URL", url)
+    SqlLedger(url, ColumnMapping(), "mirror").create_journal()
+    lcs = [_ledger({"name": "core_banking", "kind": "sql"}),
+           _ledger({"name": "mirror", "kind": "sql", "connection_env": "LEDGER_MIRROR_URL"})]
+    (rule,) = load_rules({"triggers": [
+        {"name": "mirror_payments", "source": "core_banking",
+         "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "GL-A", "credit_account": "GL-B"}}]},
+        lcs)
+    return SqlPoster(lcs[1]), Action.of(rule, "apply", _entry(ref="P1", corr="E2E-P1")), url
+
+
+def test_a_sql_post_the_database_refuses_is_failed_only_a_lost_connection_is_pending(tmp_path, monkeypatch):
+    from sqlalchemy.exc import DataError, InterfaceError, OperationalError, ProgrammingError
+
+    from ledger_pipelines import triggers
+
+    monkeypatch.setattr(triggers.time, "sleep", lambda s: None)
+    poster, action, _ = _sql_post_action(tmp_path, monkeypatch)
+    for exc, status in [(DataError("INSERT", {}, Exception("value too long for type character varying(8)")),
+                         "failed"),
+                        (ProgrammingError("INSERT", {}, Exception('relation "journal_lines" does not exist')),
+                         "failed"),
+                        (ValueError("an amount the driver cannot bind"), "failed"),
+                        (OperationalError("INSERT", {}, Exception("connection refused")), "pending"),
+                        (InterfaceError("INSERT", {}, Exception("connection already closed")), "pending")]:
+        calls = []
+
+        def post(a, exc=exc):
+            calls.append(a)
+            raise exc
+
+        monkeypatch.setattr(poster, "_post", post)
+        ((_, got, detail, _),) = poster.run([action])
+        assert got == status, exc
+        assert type(exc).__name__ in detail["reason"] and str(exc.orig if hasattr(exc, "orig") else exc).split()[0] \
+            in detail["reason"]
+        assert len(calls) == (1 if status == "failed" else triggers.RETRY_ATTEMPTS)  # refused: not retried
+
+
+def test_an_integrity_error_is_found_on_target_only_when_the_actions_posting_row_is_there(tmp_path, monkeypatch):
+    from sqlalchemy import create_engine, text
+
+    poster, action, url = _sql_post_action(tmp_path, monkeypatch)
+    eng = create_engine(url)
+    with eng.begin() as c:  # a target that refuses the journal lines: both lines share one transaction id
+        c.execute(text("CREATE UNIQUE INDEX ux_journal_txn ON journal_lines (txn_id)"))
+    ((_, status, detail, _),) = poster.run([action])
+    assert status == "failed" and "IntegrityError" in detail["reason"] and action.action_id in detail["reason"]
+    with eng.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM bridge_postings")).scalar() == 0
+        assert c.execute(text("SELECT count(*) FROM journal_lines")).scalar() == 0
+    eng.dispose()
+
+
+def test_an_action_pending_run_after_run_is_failed_after_max_pending_runs(tmp_path, monkeypatch):
+    from ledger_pipelines import triggers
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.triggers import ActionLog, TriggerEngine
+    from ledger_pipelines.warehouse import Warehouse
+
+    monkeypatch.setattr(triggers, "MAX_PENDING_RUNS", 4)
+    lcs = [_ledger({"name": "core_banking", "kind": "sql"})]
+    rules = load_rules({"triggers": [{"name": "payments_on_chain", "source": "core_banking",
+                                      "action": {"type": "bridge_record"}}]}, lcs)
+    runs = []
+
+    class NodeDown:
+        def run(self, actions):
+            runs.append(len(runs) + 1)
+            return [(a, "pending", {"reason": f"connection refused (run {len(runs)})"}, 6) for a in actions]
+
+    dead = []
+    engine = TriggerEngine.__new__(TriggerEngine)
+    engine.rules, engine.ledgers = rules, lcs
+    engine.log = ActionLog(Warehouse(f"sqlite:///{tmp_path / 'w.db'}"))
+    engine._executors = {"bridge_record:": NodeDown()}
+    engine.dlq = type("Dlq", (), {"send": lambda self, *a: dead.append(a), "confirm": lambda self: None})()
+    engine._announce_requested = lambda actions: None
+    engine.announce = lambda: 0
+    entry = _entry(ref="P9", corr="E2E-P9")
+    aid = Action.of(rules[0], "apply", entry).action_id
+    for n in (1, 2, 3):
+        res, pending = engine.process_entries([entry])
+        assert res.pending == 1 and pending == {entry.entry_id} and dead == []
+        (detail,) = engine.log.wh.rows("SELECT detail FROM bridge_actions WHERE action_id = :a", a=aid)[0]
+        assert json.loads(detail)["pending_runs"] == n
+    res, pending = engine.process_entries([entry])
+    assert res.failed == 1 and res.pending == 0 and pending == set()
+    assert engine.log.status([aid]) == {aid: "failed"}
+    ((_, _, reason, _),) = dead
+    assert reason == "still pending after 4 runs (MAX_PENDING_RUNS); last reason: connection refused (run 4)"
+    res, _ = engine.process_entries([entry])
+    assert res.skipped == 1 and runs == [1, 2, 3, 4]  # terminal: not tried again
+
+
+@pytest.mark.services
+def test_a_reference_recorded_but_without_its_event_in_the_range_read_is_failed_not_pending(
+        tmp_path, chain, monkeypatch, stack_config):
+    from ledger_pipelines import triggers
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.contracts import deploy
+    from ledger_pipelines.triggers import BridgeRecorder
+
+    monkeypatch.setattr(triggers.time, "sleep", lambda s: None)
+    bridge = deploy(chain, "LedgerBridge")
+    monkeypatch.setenv("LEDGER_BRIDGE_RPC_URL", stack_config.anvil_url)
+    monkeypatch.setenv("LEDGER_BRIDGE_CONTRACT", bridge.address)
+    monkeypatch.delenv("LEDGER_BRIDGE_FROM_BLOCK", raising=False)
+    first = BridgeRecorder()
+    first.signer.wait(first.signer.send(first.contract.functions.record("E2E-NOEV", "EUR", 1000, 2, "core:1")))
+    monkeypatch.setenv("LEDGER_BRIDGE_FROM_BLOCK", str(chain.eth.block_number + 1))  # after the recording
+    recorder = BridgeRecorder()
+    (rule,) = load_rules({"triggers": [{"name": "payments_on_chain", "source": "core_banking",
+                                        "action": {"type": "bridge_record"}}]},
+                         [_ledger({"name": "core_banking", "kind": "sql"})])
+    ((_, status, detail, _),) = recorder.run([Action.of(rule, "apply", _entry(corr="E2E-NOEV"))])
+    assert status == "failed"
+    assert "no PaymentRecorded event" in detail["reason"] and "LEDGER_BRIDGE_FROM_BLOCK" in detail["reason"]
