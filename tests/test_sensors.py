@@ -89,3 +89,44 @@ def test_an_unreachable_chain_fails_the_tick_with_the_reason(tmp_path, monkeypat
     monkeypatch.setenv("LEDGER_WAREHOUSE_URL", f"sqlite:///{tmp_path / 'w.db'}")
     with pytest.raises(Exception, match="eth_usdc: "):
         _tick("evm_blocks_sensor", DagsterInstance.ephemeral())
+
+
+def test_a_change_whose_run_failed_is_asked_for_again_and_a_running_publish_is_left_alone(tmp_path, monkeypatch):
+    """Same change, same slot: the same key (no run per tick). A later slot: a new key, so a change whose run
+    failed is published after all. While a publish run of the ledger is queued or running, no request."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    from dagster import DagsterRunStatus
+
+    from ledger_pipelines.jobs import PUBLISH_JOB
+    from ledger_pipelines.sensors import source_sensors
+
+    config = tmp_path / "ledgers.yaml"
+    config.write_text(yaml.safe_dump({"ledgers": [
+        {"name": "core_banking", "kind": "sql", "connection_env": "LEDGER_CORE_BANKING_URL", "mapping": {}}]}))
+    core = f"sqlite:///{tmp_path / 'core.db'}"
+    for k, v in {"LEDGER_CONFIG": str(config), "LEDGER_CORE_BANKING_URL": core,
+                 "LEDGER_WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}"}.items():
+        monkeypatch.setenv(k, v)
+    ledger = SqlLedger(core, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    with ledger.engine.begin() as c:
+        _line(c, 1)
+    ledger.dispose()
+    now = [1_800_000_000.0]
+    monkeypatch.setattr(source_sensors, "time", SimpleNamespace(time=lambda: now[0], monotonic=real_time.monotonic))
+    instance = DagsterInstance.ephemeral()
+    (first,) = _tick("sql_rows_sensor", instance)
+    now[0] += 60
+    (same,) = _tick("sql_rows_sensor", instance)
+    assert same.run_key == first.run_key
+    now[0] += source_sensors.RETRY_SECONDS
+    (later,) = _tick("sql_rows_sensor", instance)
+    assert later.run_key != first.run_key
+    from ledger_pipelines.definitions import defs
+
+    run = instance.create_run_for_job(defs.resolve_job_def(PUBLISH_JOB), run_config=later.run_config,
+                                      tags={"ledger": "core_banking"}, status=DagsterRunStatus.STARTED)
+    assert run.status == DagsterRunStatus.STARTED
+    assert isinstance(_tick("sql_rows_sensor", instance), SkipReason)

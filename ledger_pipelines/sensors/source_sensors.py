@@ -1,7 +1,9 @@
 """The source sensors: one per ledger kind that can change on its own (SQL journal, chain, statement
 inbox), all from one factory. Each tick looks at every configured ledger of its kind and requests a
-``publish_job`` run for each that has something new, keyed by what changed (a repeated run key is
-never run again, so the key must change whenever there is something new to read).
+``publish_job`` run for each that has something new, keyed by what changed and a five-minute slot (a
+repeated run key is never run again: the key must change whenever there is something new to read, and
+a change whose run failed is asked for again in the next slot). A ledger whose publish run is queued or
+running is left alone until it ends.
 
 A ledger that cannot be read (misconfigured, node down) is an error, not "nothing new": alone such
 errors fail the tick (the UI shows the reason); next to run requests for other ledgers they are logged
@@ -44,8 +46,14 @@ class SourceErrors:
         return requests or nothing
 
 
+# a change is asked for again after this long while it is still there to read (its run failed, or was
+# cancelled): a repeated run key is never run again, so the key carries the slot too
+RETRY_SECONDS = 300
+
+
 def publish_request(ledger: str, what: str) -> RunRequest:
-    key = hashlib.sha256(f"{ledger}|{what}".encode()).hexdigest()[:24]
+    slot = int(time.time() // RETRY_SECONDS)
+    key = hashlib.sha256(f"{ledger}|{what}|{slot}".encode()).hexdigest()[:24]
     return RunRequest(run_key=f"publish-{ledger}-{key}",
                       run_config={"ops": {"publish_ledger": {"config": {"ledger": ledger}}}},
                       tags={"ledger": ledger})
@@ -127,6 +135,17 @@ SOURCES: tuple[tuple[str, str, Check, str, str], ...] = (
 )
 
 
+def _publishing(context: SensorEvaluationContext, ledger: str) -> bool:
+    """A ``publish_job`` run of ``ledger`` is queued or running."""
+    from dagster import RunsFilter
+
+    from ..jobs import PUBLISH_JOB
+    from .kafka_offsets_sensor import _WAITING
+
+    return bool(context.instance.get_runs(
+        filters=RunsFilter(job_name=PUBLISH_JOB, statuses=_WAITING, tags={"ledger": ledger}), limit=1))
+
+
 def source_sensor(name: str, ledgers: Sequence[LedgerConfig], check: Check, nothing: str,
                   description: str) -> SensorDefinition:
     """A sensor that runs ``check`` for each of ``ledgers`` at every tick."""
@@ -139,6 +158,8 @@ def source_sensor(name: str, ledgers: Sequence[LedgerConfig], check: Check, noth
         with warehouse.session() as wh:
             tick = Tick(context, wh, errors)
             for lc in ledgers:
+                if _publishing(context, lc.name):
+                    continue  # its run reads everything there is when it starts; no second one meanwhile
                 try:
                     request = check(lc, tick)
                 except Exception as exc:  # unreadable or misconfigured: the tick says so, and tries again
