@@ -10,7 +10,10 @@ events are read from, default: its deployment block, recorded or found by binary
 ``verify --rpc`` fails on them).
 
 Re-running a partition that reproduces the same Merkle root reuses the existing anchor; a different
-root is anchored as a new version of the partition (the contract never overwrites a version).
+root is anchored as a new version of the partition (the contract never overwrites a version). When the
+contract holds the same root and report version but its ``Anchored`` event is not in the blocks read
+(``LEDGER_ANCHOR_FROM_BLOCK`` later than the anchoring transaction, a node lagging behind), the run stops
+with an error naming the range and the variable instead of anchoring the day again.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import os
 import re
 from typing import Any
 
-from .chain import (LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs, deployment_block,
-                    redact)
+from .chain import (FROM_BLOCK_ENV, LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs,
+                    deployment_block, redact)
 from .commitment import report_version
 from .settings import StackConfig
 
@@ -52,9 +55,15 @@ def anchor_report(partition: str, audit: dict[str, Any], signer: Signer | None =
     if existing:
         last_root, last_version, _ = c.functions.get(partition, existing).call()
         if last_root == root and last_version == version:  # a re-run reproduced the anchored report
-            found = find_anchor_tx(signer.w3, address, partition, existing)
+            w3 = signer.w3
+            first = deployment_block(w3, "AuditAnchor", address)
+            found = find_anchor_tx(w3, address, partition, existing)
             if found:
                 return found
+            raise ChainError(f"{partition} is anchored on {address} as version {existing} with this report's root "
+                             f"and report version, but no Anchored event of it was found in blocks {first} to "
+                             f"{w3.eth.block_number} (is {FROM_BLOCK_ENV['AuditAnchor']} later than the anchoring "
+                             f"transaction, or is the node behind?); not anchored again")
     receipt = signer.wait(signer.send(c.functions.anchor(partition, root, version)))
     if receipt["status"] != 1:
         raise ChainError(f"anchoring {partition} failed in tx {receipt['transactionHash'].hex()}")

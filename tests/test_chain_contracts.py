@@ -336,3 +336,23 @@ def test_secrets_of_the_rpc_url_are_taken_out_of_messages():
     for secret in ("0123456789abcdef", "s3cr3tkey", "pa55word"):
         assert secret not in cleaned
     assert "mainnet.example.com" in cleaned
+
+
+@pytest.mark.services
+def test_a_day_anchored_whose_event_is_not_in_the_range_read_is_an_error_not_a_new_version(
+        chain, stack_dir, stack_config, monkeypatch):
+    from ledger_pipelines.anchor import anchor_report
+    from ledger_pipelines.chain import contract, contract_address
+
+    signer = _signer(stack_config)
+    address = contract_address(signer, "AuditAnchor")
+    audit = {"day": "2026-11-25", "merkle_root": "cd" * 32}
+    first = anchor_report("2026-11-25", audit, signer)
+    assert anchor_report("2026-11-25", audit, signer) == first  # a re-run finds its anchor
+    later = chain.eth.block_number + 1
+    monkeypatch.setenv("LEDGER_ANCHOR_FROM_BLOCK", str(later))  # after the anchoring transaction
+    with pytest.raises(ChainError, match=rf"^2026-11-25 is anchored on {address} as version 1 .* no Anchored event "
+                                         rf"of it was found in blocks {later} to \d+ \(is LEDGER_ANCHOR_FROM_BLOCK "
+                                         r"later than the anchoring transaction"):
+        anchor_report("2026-11-25", audit, signer)
+    assert contract(signer, "AuditAnchor", address).functions.versions("2026-11-25").call() == 1  # not again
