@@ -8,16 +8,27 @@ inbox's files and reads, for each, only that day's part of its entry; a file is 
 ``statement_inbox_sensor`` when it arrives or by the first snapshot that needs it, and again only
 when its content changes (a new digest).
 
-Where the index lives: ``<inbox>/.state/statement-index/<ledger>/<code>/<sha256>/``, beside the
-files it describes, not in the warehouse. The warehouse keeps what must agree with Kafka and with
-the published days (cursors, processed files, snapshots) and its tables are the schema module's;
-the index is a cache, a function of the files' bytes alone (deleting it costs one parse per file,
-never a result), and it must be readable by every process that reads the inbox (the sensor, each
-day's run), whichever warehouse the run writes to. ``<code>`` is a digest of the parsing code
-(the camt connector, the canonical entry and this module): an index made by other code is not
-read, and is removed a day after it last changed. An entry is written in a temporary folder and renamed
-into place, so it appears whole or not at all; an inbox that cannot be written is still read
-(parsed each time, with a warning).
+Where the index lives: ``<state>/statement-index/<ledger>/<code>/<sha256>/``, in the pipeline's
+own state folder (``<state>``: ``LEDGER_STACK_DIR``, default ``.stack/``, the folder of the default
+warehouse and reports), never in the inbox. An inbox is written by whoever drops statements there
+(an SFTP drop, say); nothing in it but the statement files is read, and nothing in it is written or
+removed. The warehouse keeps what must agree with Kafka and with the published days (cursors,
+processed files, snapshots) and its tables are the schema module's; the index is a cache, a
+function of the files' bytes alone (deleting it costs one parse per file, never a result), and it
+must be readable by every process that reads the inbox (the sensor, each day's run), whichever
+warehouse the run writes to. ``<code>`` is a digest of the parsing code (the camt connector, the
+canonical entry and this module): an index made by other code is not read, and is removed a day
+after it last changed.
+
+Every folder and file below the state folder is opened without following a symbolic link: a link
+there is refused with :class:`StatementIndexError` naming it (a day that would read through it
+fails, named; ``prune`` leaves it alone), never read through or deleted through. ``prune`` removes
+only the names the index makes (64-hex content digests, 16-hex code digests, its own
+``.tmp-<16 hex>-<16 hex>`` temporary folders); anything else there is left alone. An entry is
+written in a temporary folder, each file and the folders synced, and renamed into place, so it
+appears whole or not at all; an entry found there but not readable (a missing or truncated
+``meta.json``) is replaced by the next read that parses its file. A state folder that cannot be
+written is still read (each file parsed each time, with a warning).
 
 Which day a record belongs to, so that each record of a file is counted once over all days and a
 day's ``records read = entries + rejections`` holds:
@@ -38,13 +49,18 @@ is indexed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from functools import lru_cache
@@ -56,12 +72,19 @@ import msgspec
 from .config import LedgerConfig
 from .model import CanonicalEntry
 from .publish import inbox_files
+from .settings import StackConfig
 from .validation import record_counts
 
 log = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-STATE_FOLDER = ".state"
+INDEX_FOLDER = "statement-index"  # in the state folder: <root>/statement-index/<ledger>/<code>/<sha256>/
+# the only names the index makes, and so the only ones it removes
+_DIGEST = re.compile(r"[0-9a-f]{64}\Z")  # an entry: the content's SHA-256
+_CODE = re.compile(r"[0-9a-f]{16}\Z")  # a version: the parsing code's digest
+_TEMP = re.compile(r"\.tmp-[0-9a-f]{16}-[0-9a-f]{16}\Z")  # an entry being written, or set aside
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 # an index made by other parsing code is removed once this old (a process still running the other
 # code may be reading it)
 OTHER_CODE_MAX_AGE_SECONDS = 86_400
@@ -104,14 +127,91 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-class StatementInbox:
-    """The index of one statement ledger's inbox (see the module's doc)."""
+class StatementIndexError(RuntimeError):
+    """A path of the statement index that the index did not make there (a symbolic link, or not a
+    folder where the index keeps one): refused, never followed."""
 
-    def __init__(self, lc: LedgerConfig):
+
+def state_root() -> Path:
+    """The pipeline's own state folder (``LEDGER_STACK_DIR``), where the index lives."""
+    return StackConfig.from_env().root
+
+
+def _write_file(dir_fd: int, name: str, data: bytes) -> None:
+    """A new file in the folder ``dir_fd``, its bytes on disk before this returns."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=dir_fd)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _temp_name(sha256: str) -> str:
+    return f".tmp-{sha256[:16]}-{secrets.token_hex(8)}"
+
+
+class StatementInbox:
+    """The index of one statement ledger's inbox (see the module's doc). ``root``: the state folder
+    (default :func:`state_root`)."""
+
+    def __init__(self, lc: LedgerConfig, root: Path | None = None):
+        if lc.name in ("", ".", "..") or "/" in lc.name or "\\" in lc.name or "\0" in lc.name:
+            raise ValueError(f"ledger name {lc.name!r} cannot name a folder of the statement index")
         self.lc = lc
         self.inbox = lc.inbox_path()
-        self.ledger_folder = self.inbox / STATE_FOLDER / "statement-index" / lc.name
+        self.root = Path(root) if root is not None else state_root()
+        self.ledger_folder = self.root / INDEX_FOLDER / lc.name
         self.folder = self.ledger_folder / code_version()
+
+    # -- the folders, never through a link ----------------------------------------------------------
+
+    def _refused(self, path: Path, what: str) -> StatementIndexError:
+        return StatementIndexError(f"{self.lc.name}: {path} {what}: refused (the statement index follows no link; "
+                                   "remove it, the index is rebuilt from the inbox's files)")
+
+    def _open(self, dir_fd: int, name: str, path: Path, flags: int = _DIR_FLAGS) -> int:
+        """``name`` in the folder ``dir_fd`` (``path`` names it in errors), opened without following a link."""
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+                raise
+            try:
+                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            except OSError:
+                raise exc from None
+            if stat.S_ISLNK(mode):
+                raise self._refused(path, "is a symbolic link") from None
+            if flags & os.O_DIRECTORY and not stat.S_ISDIR(mode):
+                raise self._refused(path, "is not a folder") from None
+            raise
+
+    @contextmanager
+    def _folder(self, *names: str, create: bool = False, code: bool = True) -> Iterator[int]:
+        """A descriptor of ``<root>/statement-index/<ledger>[/<code>]/<names...>``: each folder below
+        the state root opened without following a link (made when ``create``)."""
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name in (INDEX_FOLDER, self.lc.name, *((self.folder.name,) if code else ()), *names):
+                path = path / name
+                if create:
+                    try:
+                        os.mkdir(name, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                child = self._open(fd, name, path)
+                os.close(fd)
+                fd = child
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _read(self, dir_fd: int, name: str, path: Path) -> bytes:
+        with os.fdopen(self._open(dir_fd, name, path, _FILE_FLAGS), "rb") as f:
+            return f.read()
 
     # -- listing and lookup ------------------------------------------------------------------------
 
@@ -125,20 +225,42 @@ class StatementInbox:
                 continue
         return out
 
+    def _lookup(self, sha256: str) -> tuple[IndexedFile | None, bool]:
+        """The stored entry of this content or None (not indexed, or not readable as this code's),
+        and whether a folder of this content exists (one not readable is replaced when indexed)."""
+        if not _DIGEST.match(sha256):
+            raise ValueError(f"{self.lc.name}: {sha256!r} is not a SHA-256 digest")
+        try:
+            with self._folder(sha256) as entry:
+                raw = self._read(entry, "meta.json", self.folder / sha256 / "meta.json")
+        except OSError:
+            return None, self._exists(sha256)
+        try:
+            meta = json.loads(raw)
+        except ValueError:
+            return None, True
+        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or meta.get("sha256") != sha256 \
+                or meta.get("ledger") != self.lc.name or not isinstance(meta.get("days"), dict):
+            return None, True
+        return IndexedFile(sha256, meta), True
+
+    def _exists(self, sha256: str) -> bool:
+        try:
+            with self._folder() as code:
+                os.stat(sha256, dir_fd=code, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
     def lookup(self, sha256: str) -> IndexedFile | None:
         """The stored entry of this content, or None (not indexed, or not readable as this code's)."""
-        try:
-            meta = json.loads((self.folder / sha256 / "meta.json").read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or meta.get("sha256") != sha256 \
-                or meta.get("ledger") != self.lc.name:
-            return None
-        return IndexedFile(sha256, meta)
+        return self._lookup(sha256)[0]
 
     def get(self, path: Path, sha256: str) -> IndexedFile:
-        """The file's entry, indexing it (one parse) when its content has none."""
-        return self.lookup(sha256) or self.index(path, sha256)
+        """The file's entry, indexing it (one parse) when its content has none; an entry that is
+        there but not readable is replaced."""
+        indexed, exists = self._lookup(sha256)
+        return indexed or self.index(path, sha256, replace=exists)
 
     def part(self, indexed: IndexedFile, day: str, path: Path) -> _DayPart:
         """One day of a file (empty for a day it has nothing on); an entry whose part is missing or
@@ -148,9 +270,11 @@ class StatementInbox:
             return _DayPart([], [])
         if day in indexed.parts:
             return indexed.parts[day]
+        name = f"{date.fromisoformat(day).isoformat()}.msgpack"
         try:
-            part = msgspec.msgpack.decode((self.folder / indexed.sha256 / "days" / f"{day}.msgpack").read_bytes(),
-                                          type=_DayPart)
+            with self._folder(indexed.sha256, "days") as days:
+                raw = self._read(days, name, self.folder / indexed.sha256 / "days" / name)
+            part = msgspec.msgpack.decode(raw, type=_DayPart)
             if (len(part.entries), len(part.rejections)) == (counts["entries"], counts["rejections"]):
                 return part
             log.warning("%s: index of %s, day %s, does not hold its counts: indexed again", self.lc.name,
@@ -219,38 +343,89 @@ class StatementInbox:
         return indexed
 
     def _write(self, indexed: IndexedFile, replace: bool) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{indexed.sha256[:16]}-", dir=self.folder))
-        try:
-            (tmp / "days").mkdir()
-            for day, part in indexed.parts.items():
-                (tmp / "days" / f"{day}.msgpack").write_bytes(msgspec.msgpack.encode(part))
-            (tmp / "meta.json").write_text(json.dumps(indexed.meta, sort_keys=True, indent=1) + "\n")
-            final = self.folder / indexed.sha256
-            if replace and final.exists():
-                shutil.rmtree(final, ignore_errors=True)
+        """The entry written whole in a temporary folder (each file and folder synced), then renamed
+        into place; ``replace``: an entry there already is set aside first."""
+        sha = indexed.sha256
+        with self._folder(create=True) as code:
+            tmp, aside = _temp_name(sha), None
+            os.mkdir(tmp, dir_fd=code)
             try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                # another process indexed the same content meanwhile: the same bytes, the same entry
+                entry = self._open(code, tmp, self.folder / tmp)
+                try:
+                    os.mkdir("days", dir_fd=entry)
+                    days = self._open(entry, "days", self.folder / tmp / "days")
+                    try:
+                        for day, part in indexed.parts.items():
+                            _write_file(days, f"{day}.msgpack", msgspec.msgpack.encode(part))
+                        os.fsync(days)
+                    finally:
+                        os.close(days)
+                    meta = json.dumps(indexed.meta, sort_keys=True, indent=1) + "\n"
+                    _write_file(entry, "meta.json", meta.encode())
+                    os.fsync(entry)
+                finally:
+                    os.close(entry)
+                if replace:
+                    aside = self._set_aside(code, sha)
+                try:
+                    os.rename(tmp, sha, src_dir_fd=code, dst_dir_fd=code)
+                except OSError:
+                    try:
+                        there = os.stat(sha, dir_fd=code, follow_symlinks=False).st_mode
+                    except OSError:
+                        there = 0
+                    if not stat.S_ISDIR(there):
+                        raise
+                    # another process indexed the same content meanwhile: the same bytes, the same entry
+                else:
+                    tmp = None
+                os.fsync(code)
+            finally:
+                for name in (tmp, aside):
+                    if name is not None:
+                        self._remove(code, name)
+
+    def _set_aside(self, code: int, sha: str) -> str | None:
+        """Rename the entry of ``sha`` to a temporary name (removed by the caller); None when there is none."""
+        try:
+            mode = os.stat(sha, dir_fd=code, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(mode):
+            raise self._refused(self.folder / sha, "is a symbolic link")
+        aside = _temp_name(sha)
+        try:
+            os.rename(sha, aside, src_dir_fd=code, dst_dir_fd=code)
+        except FileNotFoundError:  # removed meanwhile
+            return None
+        return aside
+
+    def _remove(self, dir_fd: int, name: str) -> bool:
+        """Remove a folder (or file) the index made; a symbolic link is left alone. Whether it was removed."""
+        try:
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                log.warning("%s: %s in the statement index is a symbolic link: left alone", self.lc.name, name)
+                return False
+            if stat.S_ISDIR(mode):
+                shutil.rmtree(name, dir_fd=dir_fd, ignore_errors=True)  # never follows a link inside
             else:
-                tmp = None
-        finally:
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
+                os.unlink(name, dir_fd=dir_fd)
+        except OSError:
+            return False
+        return True
 
     def index_new(self, listing: list[tuple[Path, str]], budget_seconds: float | None = None) -> list[str]:
-        """Index the listed files that have no entry yet (those left when ``budget_seconds`` has
-        passed wait for the next call, or the first day that needs them); their names."""
+        """Index the listed files that have no readable entry yet (those left when ``budget_seconds``
+        has passed wait for the next call, or the first day that needs them); their names."""
         started, done = time.monotonic(), []
         for path, sha in listing:
             if budget_seconds is not None and time.monotonic() - started > budget_seconds:
                 break
-            if self.lookup(sha) is None:
+            indexed, exists = self._lookup(sha)
+            if indexed is None:
                 try:
-                    self.index(path, sha)
+                    self.index(path, sha, replace=exists)
                 except FileNotFoundError:
                     continue
                 done.append(path.name)
@@ -258,29 +433,39 @@ class StatementInbox:
 
     def prune(self, keep: set[str], older_than: float) -> int:
         """Remove entries of contents no longer in the inbox (``keep``: the digests listed) made before
-        ``older_than`` (a Unix time: entries made since may be of files listed after), and indexes of
-        other code once a day old; how many were removed."""
+        ``older_than`` (a Unix time: entries made since may be of files listed after), temporary
+        folders an hour older, and indexes of other code once a day old; how many were removed.
+        Only names the index makes are removed (content digests, its temporary names, code digests),
+        and no link is followed: anything else is left alone."""
         removed = 0
         try:
-            versions = list(self.ledger_folder.iterdir())
+            with self._folder(code=False) as ledger:
+                for version in sorted(os.listdir(ledger)):
+                    if not _CODE.match(version):
+                        continue
+                    try:
+                        st = os.stat(version, dir_fd=ledger, follow_symlinks=False)
+                        if not stat.S_ISDIR(st.st_mode):
+                            log.warning("%s: %s is not a folder of the statement index: left alone", self.lc.name,
+                                        self.ledger_folder / version)
+                            continue
+                        if version != self.folder.name:
+                            if st.st_mtime < older_than - OTHER_CODE_MAX_AGE_SECONDS and self._remove(ledger, version):
+                                removed += 1
+                            continue
+                        with self._folder() as code:
+                            for entry in sorted(os.listdir(code)):
+                                mtime = os.stat(entry, dir_fd=code, follow_symlinks=False).st_mtime
+                                stale = _TEMP.match(entry) is not None and mtime < older_than - 3600
+                                gone = _DIGEST.match(entry) is not None and entry not in keep and mtime < older_than
+                                if (stale or gone) and self._remove(code, entry):
+                                    removed += 1
+                    except OSError:
+                        continue
+        except StatementIndexError as exc:
+            log.warning("%s: statement index not pruned: %s", self.lc.name, exc)
         except OSError:
-            return 0
-        for version in versions:
-            try:
-                if version.name != self.folder.name:
-                    if version.stat().st_mtime < older_than - OTHER_CODE_MAX_AGE_SECONDS:
-                        shutil.rmtree(version, ignore_errors=True)
-                        removed += 1
-                    continue
-                for entry in version.iterdir():
-                    stale = entry.name.startswith(".tmp-") and entry.stat().st_mtime < older_than - 3600
-                    gone = not entry.name.startswith(".") and entry.name not in keep \
-                        and entry.stat().st_mtime < older_than
-                    if stale or gone:
-                        shutil.rmtree(entry, ignore_errors=True)
-                        removed += 1
-            except OSError:
-                continue
+            pass
         return removed
 
     # -- a day -------------------------------------------------------------------------------------

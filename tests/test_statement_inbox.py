@@ -4,20 +4,24 @@ file was received), the index kept on disk across processes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 import yaml
 
 import ledger_pipelines.connectors.iso20022 as iso20022
 from ledger_pipelines.config import LedgerConfig
 from ledger_pipelines.snapshots import read_statements_day, snapshot_day
-from ledger_pipelines.statement_inbox import StatementInbox
+from ledger_pipelines.statement_inbox import StatementIndexError, StatementInbox, code_version
 from ledger_pipelines.warehouse import Warehouse
 
 D1, D2, D3 = date(2026, 11, 17), date(2026, 11, 18), date(2026, 11, 19)
@@ -53,6 +57,14 @@ def three_days() -> bytes:
                         ntry("B1", str(D2)), ntry("BAD", str(D2), amount="-5.00"),
                         ntry("C1", str(D3)), ntry("C2", f"{D2}T23:30:00-02:00", booked_as="DtTm"),
                         ntry("C3", str(D3))])
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path, monkeypatch) -> Path:
+    """The pipeline's state folder (``LEDGER_STACK_DIR``), where the index lives: one per test."""
+    folder = tmp_path / "state"
+    monkeypatch.setenv("LEDGER_STACK_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture
@@ -242,3 +254,200 @@ def test_the_sensor_indexes_new_files_so_the_days_do_not_parse(tmp_path, inbox, 
     assert len([p for p in index.folder.iterdir() if not p.name.startswith(".")]) == 1
     tick()
     assert [p for p in index.folder.iterdir() if not p.name.startswith(".")] == []
+
+
+# -- the index is the pipeline's own: nothing in the inbox is trusted ----------------------------------
+
+LONG_AGO = time.time() - 30 * 86_400
+
+
+def planted_index(inbox: Path) -> Path:
+    """Where an index inside the inbox would sit: ``<inbox>/.state/statement-index/<ledger>/``."""
+    return inbox / ".state" / "statement-index" / "bank_statements"
+
+
+def victim_folder(tmp_path: Path) -> Path:
+    """A folder outside the state folder with old subfolders: a foreign name and a content digest's."""
+    victim = tmp_path / "victim"
+    for name in ("payroll", "ab" * 32):
+        (victim / name).mkdir(parents=True)
+        (victim / name / "data.txt").write_text("keep me\n")
+        os.utime(victim / name, (LONG_AGO, LONG_AGO))
+    return victim
+
+
+def test_the_index_lives_in_the_state_folder_and_a_link_planted_in_the_inbox_is_never_followed(
+        lc, inbox, state, tmp_path):
+    victim = victim_folder(tmp_path)
+    planted_index(inbox).mkdir(parents=True)
+    (planted_index(inbox) / code_version()).symlink_to(victim, target_is_directory=True)
+    (inbox / "week.xml").write_bytes(three_days())
+    index = StatementInbox(lc)
+    listing = index.listing()
+    assert index.index_new(listing) == ["week.xml"]
+    assert refs(index.read_day(D1)[0]) == ["A1", "A2"]
+    index.prune({sha for _, sha in listing}, older_than=time.time() + 7200)
+    assert sorted(p.name for p in victim.iterdir()) == sorted(["payroll", "ab" * 32])
+    assert all((victim / name / "data.txt").read_text() == "keep me\n" for name in ("payroll", "ab" * 32))
+    # the entry is under the state folder; nothing was written into the inbox
+    assert index.folder == state.resolve() / "statement-index" / "bank_statements" / code_version()
+    assert [p.name for p in index.folder.iterdir()] == [file_sha(inbox / "week.xml")]
+    assert sorted(str(p.relative_to(inbox)) for p in inbox.rglob("*")) == sorted(
+        [".state", ".state/statement-index", ".state/statement-index/bank_statements",
+         f".state/statement-index/bank_statements/{code_version()}", "week.xml"])
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def forged_entry(folder: Path, sha: str, day: date, entries: list) -> None:
+    """An index entry claiming that the content ``sha`` holds ``entries`` on ``day``."""
+    (folder / sha / "days").mkdir(parents=True)
+    (folder / sha / "days" / f"{day}.msgpack").write_bytes(
+        msgspec.msgpack.encode({"entries": entries, "rejections": []}))
+    (folder / sha / "meta.json").write_text(json.dumps({
+        "format": 1, "ledger": "bank_statements", "sha256": sha, "records": len(entries), "entries": len(entries),
+        "rejections": 0, "received_day": None, "received_from": None, "balances": [],
+        "days": {str(day): {"entries": len(entries), "rejections": 0}}}))
+
+
+def test_a_meta_and_day_file_planted_in_the_inbox_do_not_change_what_a_day_reads(lc, inbox, wh, parses):
+    (inbox / "week.xml").write_bytes(three_days())
+    sha = file_sha(inbox / "week.xml")
+    forged, _, _ = iso20022.camt_to_entries(camt("S-666", [ntry("EVIL", str(D1), amount="999999.00")]),
+                                            "bank_statements")
+    forged_entry(planted_index(inbox) / code_version(), sha, D1, forged)
+    parses.clear()
+    assert refs(read_statements_day(lc, D1)[0]) == ["A1", "A2"]
+    assert len(parses) == 1  # the file itself was parsed, the planted entry not read
+    stats = snapshot_day(lc, D1, wh)
+    assert stats["rows"] == 2 and stats["counts"] == {"read": 2, "entries": 2, "rejected": 0}
+
+
+@pytest.mark.parametrize("where", ["code folder", "entry folder", "meta.json", "day file"])
+def test_a_link_inside_the_state_folder_is_refused_with_an_error_naming_it(lc, inbox, tmp_path, where):
+    """The index follows no link below the state folder: a read through one fails, naming the path."""
+    (inbox / "week.xml").write_bytes(three_days())
+    sha = file_sha(inbox / "week.xml")
+    index = StatementInbox(lc)
+    index.index(inbox / "week.xml", sha)
+    forged, _, _ = iso20022.camt_to_entries(camt("S-666", [ntry("EVIL", str(D1))]), "bank_statements")
+    elsewhere = tmp_path / "elsewhere"
+    forged_entry(elsewhere, sha, D1, forged)
+    link, target = {
+        "code folder": (index.folder, elsewhere),
+        "entry folder": (index.folder / sha, elsewhere / sha),
+        "meta.json": (index.folder / sha / "meta.json", elsewhere / sha / "meta.json"),
+        "day file": (index.folder / sha / "days" / f"{D1}.msgpack", elsewhere / sha / "days" / f"{D1}.msgpack"),
+    }[where]
+    if where == "day file":  # the entry's own meta, so that only the day file is read through the link
+        meta = json.loads((index.folder / sha / "meta.json").read_text())
+        meta["days"][str(D1)] = {"entries": len(forged), "rejections": 0}
+        (index.folder / sha / "meta.json").write_text(json.dumps(meta))
+    if link.is_dir():
+        shutil.rmtree(link)
+    else:
+        link.unlink()
+    link.symlink_to(target)
+    with pytest.raises(StatementIndexError, match="is a symbolic link") as refused:
+        StatementInbox(lc).read_day(D1)
+    assert str(link) in str(refused.value) and "bank_statements" in str(refused.value)
+    assert (elsewhere / sha / "meta.json").is_file()  # nothing removed through the link
+    assert link.is_symlink()
+
+
+def test_prune_never_follows_a_link_in_the_state_folder(lc, inbox, tmp_path):
+    victim = victim_folder(tmp_path)
+    index = StatementInbox(lc)
+    index.folder.parent.mkdir(parents=True)
+    index.folder.symlink_to(victim, target_is_directory=True)
+    other_code = index.ledger_folder / ("0" * 16)
+    other_code.symlink_to(victim, target_is_directory=True)
+    os.utime(other_code, (LONG_AGO, LONG_AGO), follow_symlinks=False)
+    assert index.prune(set(), older_than=time.time() + 7200) == 0
+    assert sorted(p.name for p in victim.iterdir()) == sorted(["payroll", "ab" * 32])
+    assert index.folder.is_symlink() and other_code.is_symlink()
+
+
+def test_prune_removes_only_the_names_the_index_makes(lc, inbox):
+    (inbox / "week.xml").write_bytes(three_days())
+    index = StatementInbox(lc)
+    listing = index.listing()
+    index.index_new(listing)
+    (kept,) = [sha for _, sha in listing]
+    gone = "cd" * 32
+    made = {gone: "dir", f".tmp-{'e' * 16}-{'f' * 16}": "dir", "0" * 16: "version"}
+    foreign = {"notes": "dir", "deadbeef": "dir", "README": "file", ".tmp-foo": "dir", gone.upper(): "dir",
+               f"{gone}.bak": "dir", "backup": "version", "0" * 15: "version", "x" * 16: "version"}
+    for name, kind in {**made, **foreign}.items():
+        path = (index.ledger_folder if kind == "version" else index.folder) / name
+        if kind == "file":
+            path.write_text("an operator's note\n")
+        else:
+            (path / "inside").mkdir(parents=True)
+        os.utime(path, (LONG_AGO, LONG_AGO))
+    assert index.prune({kept}, older_than=time.time()) == len(made)
+    assert sorted(p.name for p in index.folder.iterdir()) == sorted(
+        [kept, *(n for n, k in foreign.items() if k != "version")])
+    assert sorted(p.name for p in index.ledger_folder.iterdir()) == sorted(
+        [code_version(), *(n for n, k in foreign.items() if k == "version")])
+    assert (index.folder / "README").read_text() == "an operator's note\n"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "missing"])
+def test_a_broken_meta_json_is_repaired_by_the_next_read(lc, inbox, parses, damage):
+    (inbox / "week.xml").write_bytes(three_days())
+    first = read_statements_day(lc, D1)
+    assert len(parses) == 1
+    meta = StatementInbox(lc).folder / file_sha(inbox / "week.xml") / "meta.json"
+    whole = meta.read_bytes()
+    if damage == "missing":
+        meta.unlink()
+    else:
+        meta.write_bytes(whole[:len(whole) // 2] if damage == "truncated" else b"")
+    assert read_statements_day(lc, D1) == first
+    assert len(parses) == 2  # parsed again, once
+    assert json.loads(meta.read_text()) == json.loads(whole)  # the entry was replaced on disk
+    assert read_statements_day(lc, D1) == first and read_statements_day(lc, D2)[0]
+    assert len(parses) == 2
+
+
+def test_the_sensor_repairs_a_broken_entry_too(lc, inbox, parses):
+    (inbox / "week.xml").write_bytes(three_days())
+    index = StatementInbox(lc)
+    listing = index.listing()
+    assert index.index_new(listing) == ["week.xml"]
+    (index.folder / listing[0][1] / "meta.json").write_bytes(b"{")
+    assert index.index_new(listing) == ["week.xml"]
+    assert index.index_new(listing) == []
+    assert len(parses) == 2
+
+
+def test_an_entry_is_on_disk_before_it_is_renamed_into_place(lc, inbox, monkeypatch):
+    """Each file, the days folder and the entry folder are synced before the rename that publishes
+    the entry, and the folder holding it after."""
+    (inbox / "week.xml").write_bytes(three_days())
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(src, dst, *args, **kwargs):
+        events.append(("rename", str(dst)))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    index = StatementInbox(lc)
+    sha = file_sha(inbox / "week.xml")
+    index.index(inbox / "week.xml", sha)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    monkeypatch.setattr(os, "rename", real_rename)
+    (at,) = [i for i, (what, name) in enumerate(events) if what == "rename" and name.endswith(sha)]
+    before = {Path(name).relative_to(index.folder).parts[1:] for what, name in events[:at] if what == "fsync"}
+    days = {("days", p.name) for p in (index.folder / sha / "days").iterdir()}
+    assert days and before == {("meta.json",), ("days",), ()} | days
+    assert ("fsync", str(index.folder)) in events[at + 1:]
