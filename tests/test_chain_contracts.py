@@ -356,3 +356,28 @@ def test_a_day_anchored_whose_event_is_not_in_the_range_read_is_an_error_not_a_n
                                          r"later than the anchoring transaction"):
         anchor_report("2026-11-25", audit, signer)
     assert contract(signer, "AuditAnchor", address).functions.versions("2026-11-25").call() == 1  # not again
+
+
+def test_a_local_chain_without_past_states_is_read_from_genesis_and_a_remote_one_is_an_error(monkeypatch):
+    """anvil after evm_revert answers BlockOutOfRangeError for past blocks: on a local development chain the
+    deployment-block search falls back to genesis (its history is short); elsewhere it says to set the block."""
+    from types import SimpleNamespace
+
+    from ledger_pipelines import chain
+
+    monkeypatch.delenv("LEDGER_ANCHOR_FROM_BLOCK", raising=False)
+
+    def fake(url: str, chain_id: int):
+        def get_code(address, block_identifier):
+            if block_identifier < 37:
+                raise ValueError("BlockOutOfRangeError: block height is 37 but requested was 18")
+            return b"\x60\x80"
+        eth = SimpleNamespace(block_number=37, chain_id=chain_id, get_code=get_code)
+        return SimpleNamespace(eth=eth, provider=SimpleNamespace(endpoint_uri=url))
+
+    address = "0x" + "ab" * 20
+    assert chain._search_deployment_block(fake("http://127.0.0.1:8545", 31337), "AuditAnchor", address,
+                                          "LEDGER_ANCHOR_FROM_BLOCK") == 0
+    with pytest.raises(chain.ChainError, match="set LEDGER_ANCHOR_FROM_BLOCK"):
+        chain._search_deployment_block(fake("https://node.example/rpc", 1), "AuditAnchor", address,
+                                       "LEDGER_ANCHOR_FROM_BLOCK")
