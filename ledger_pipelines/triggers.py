@@ -221,32 +221,27 @@ class ActionLog:
             for ddl in ACTIONS_DDL:
                 c.execute(text(ddl))
 
-    def status(self, ids: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _by_ids(self, select: str, ids: list[str]):
+        """Rows of ``select ... AND action_id IN (...)`` for ``ids``, 500 ids a statement."""
         with self.wh.engine.connect() as c:
             for i in range(0, len(ids), 500):
                 chunk = ids[i:i + 500]
                 marks = ", ".join(f":a{n}" for n in range(len(chunk)))
-                for aid, status in c.execute(text(f"SELECT action_id, status FROM bridge_actions WHERE action_id IN "
-                                                  f"({marks})"), {f"a{n}": a for n, a in enumerate(chunk)}):
-                    out[aid] = status
-        return out
+                yield from c.execute(text(f"{select} AND action_id IN ({marks})"),
+                                     {f"a{n}": a for n, a in enumerate(chunk)}).all()
+
+    def status(self, ids: list[str]) -> dict[str, str]:
+        return dict(self._by_ids("SELECT action_id, status FROM bridge_actions WHERE 1 = 1", ids))
 
     def pending_runs(self, ids: list[str]) -> dict[str, int]:
         """For each of ``ids`` logged ``pending``: the runs it has been pending (``detail.pending_runs``)."""
         out: dict[str, int] = {}
-        with self.wh.engine.connect() as c:
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
-                marks = ", ".join(f":a{n}" for n in range(len(chunk)))
-                for aid, detail in c.execute(text(f"SELECT action_id, detail FROM bridge_actions WHERE status = "
-                                                  f"'pending' AND action_id IN ({marks})"),
-                                             {f"a{n}": a for n, a in enumerate(chunk)}):
-                    try:
-                        runs = json.loads(detail).get("pending_runs", 1)
-                    except (ValueError, AttributeError):
-                        runs = 1
-                    out[aid] = runs if isinstance(runs, int) and not isinstance(runs, bool) and runs > 0 else 1
+        for aid, detail in self._by_ids("SELECT action_id, detail FROM bridge_actions WHERE status = 'pending'", ids):
+            try:
+                runs = json.loads(detail).get("pending_runs", 1)
+            except (ValueError, AttributeError):
+                runs = 1
+            out[aid] = runs if isinstance(runs, int) and not isinstance(runs, bool) and runs > 0 else 1
         return out
 
     def record(self, outcomes: list[dict[str, Any]]) -> None:
