@@ -130,3 +130,38 @@ def test_rolled_back_ids_stop_being_looked_for_after_the_timeout(pg_url):
     later = ledger.read_new(read.cursor, now=datetime.now(timezone.utc) + timedelta(seconds=1))
     assert later.cursor["gaps"] == {} and later.entries == []
     ledger.dispose()
+
+
+def test_day_read_of_text_times_equals_the_row_by_row_mapping(tmp_path):
+    """SQLite keeps times as text, in any of the forms the mapping reads: the day read (the compiled
+    mapper) gives exactly the entries and errors of the row-by-row mapping, each row's own."""
+    from ledger_pipelines.connectors.mapping import row_to_entry
+    from ledger_pipelines.model import EntryError
+
+    url = f"sqlite:///{tmp_path / 'core.db'}"
+    ledger = SqlLedger(url, ColumnMapping(), "core_banking")
+    ledger.create_journal()
+    times = ["2026-11-24T09:00:00Z", "2026-11-24T09:00:00.120Z", "2026-11-24 09:00:01", "2026-11-24T09:00:02+00:00",
+             "2026-11-24T23:30:00-00:30", "2026-11-24T10:00:00+02:00", "2026-11-24T09:00:00.000001Z",
+             "2026-11-24T25:00:00Z", "2026-11-24Tnoon", "2026-11-24T09:00:00Z"]
+    rows = [{"t": f"T{i}", "p": p, "a": f"Kontō-{i}", "c": "EUR", "m": f"{i}.50", "s": "DC"[i % 2], "r": f"E2E-{i}"}
+            for i, p in enumerate(times)]
+    with ledger.engine.begin() as c:
+        c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, counterparty, currency, amount, side, "
+                       "payment_ref) VALUES (:t, :p, :a, NULL, :c, :m, :s, :r)"), rows)
+    try:
+        entries, errors = ledger.read_day(DAY)
+        want_entries, want_errors = [], []
+        with ledger.engine.connect() as c:
+            for r in c.execute(text(f"{ledger._select} WHERE posted_at >= '2026-11-24' AND posted_at < '2026-11-25' "
+                                    "ORDER BY id")):
+                try:
+                    want_entries.append(row_to_entry(dict(r._mapping), ledger.mapping, "core_banking"))
+                except EntryError as exc:
+                    want_errors.append((f"sql:core_banking:{r.id}", str(exc)))
+        assert entries == want_entries and errors == want_errors
+        assert [e.booked_at for e in entries[:3]] == ["2026-11-24T09:00:00Z", "2026-11-24T09:00:00.12Z",
+                                                      "2026-11-24T09:00:01Z"]
+        assert len(errors) == 2 and "25:00:00" in errors[0][1] and "noon" in errors[1][1]
+    finally:
+        ledger.dispose()

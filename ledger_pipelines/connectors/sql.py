@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from ..model import CanonicalEntry, EntryError
-from .mapping import ColumnMapping, row_mapper, row_to_entry
+from .mapping import ColumnMapping, row_mapper, row_to_entry, utc_timestamp
 
 DEFAULT_GAP_TIMEOUT = timedelta(minutes=10)
 MAX_GAPS = 100_000
@@ -141,6 +141,8 @@ class SqlLedger:
         # PostgreSQL sends amounts and times as text (in a UTC session): no Decimal or datetime per row
         select = ", ".join(f'"{c}"::text' if pg and c in (m.amount, m.posted_at) else f'"{c}"' for c in cols)
         to_entry = row_mapper(m, self.ledger, cols)
+        if not pg and m.posted_at:
+            to_entry = _text_times(to_entry, cols.index(m.posted_at), self.ledger)
         entries, errors = [], []
         raw = self.engine.raw_connection()
         try:
@@ -185,3 +187,34 @@ class SqlLedger:
     def _all(self) -> Iterator:
         with self.engine.connect() as c:
             yield from c.execute(text(f"{self._select} ORDER BY {self._id}"))
+
+
+def _text_times(to_entry, i_ts: int, ledger: str):
+    """``to_entry`` for rows whose time is text (SQLite): each distinct text is read once by the
+    mapping's rules (:func:`utc_timestamp`) and handed to the mapper in PostgreSQL's UTC text form,
+    which it takes without a second parse; text those rules refuse reaches the mapper as it is, to be
+    refused with the row's id."""
+    pg_form: dict[str, str | None] = {}
+
+    def convert(row: tuple) -> CanonicalEntry:
+        ts = row[i_ts]
+        if type(ts) is str:
+            known = pg_form.get(ts, False)
+            if known is False:
+                known = pg_form[ts] = _pg_text(ts, ledger)
+                if len(pg_form) > 200_000:  # a day of distinct seconds, twice over
+                    pg_form.clear()
+            if known is not None:
+                row = (*row[:i_ts], known, *row[i_ts + 1:])
+        return to_entry(row)
+
+    return convert
+
+
+def _pg_text(ts: str, ledger: str) -> str | None:
+    try:
+        canonical = utc_timestamp(ts, f"{ledger} row")
+    except EntryError:
+        return None
+    # 2026-11-30T00:10:00.5Z -> 2026-11-30 00:10:00.5+00
+    return f"{canonical[:10]} {canonical[11:-1]}+00"
