@@ -46,28 +46,61 @@ def read_statements_day(lc: LedgerConfig, day: date):
 
 
 def event_log_day(wh: Warehouse, ledger: str, day: date) -> list[CanonicalEntry]:
-    import msgspec
+    """The latest version (the last by partition and offset) of every entry of ``ledger`` the event
+    log holds for ``day``, ordered by entry_id."""
+    from .warehouse.state import ENTRY_COLUMNS, entry_select, stored_entry
 
-    from .connectors.mapping import utc_text
-    from .model import decode_entry
+    return [stored_entry(ledger, r) for r in _latest_versions(wh, ledger, day, entry_select(wh, ENTRY_COLUMNS))]
 
-    rows = wh.rows(
-        "SELECT entry_id, ledger_kind, source_ref, correlation_id, account, counterparty, asset, amount, direction, "
-        "booked_at, value_date, status, position, attributes, kafka_partition, kafka_offset FROM ledger_event_log "
-        "WHERE ledger = :l AND booked_date = :d ORDER BY entry_id, kafka_partition, kafka_offset",
-        l=ledger, d=day.isoformat() if wh.dialect == "sqlite" else day,
-    )
-    latest: dict[str, tuple] = {r[0]: r for r in rows}  # the last version of each entry wins
-    out = []
-    for r in latest.values():
-        booked = r[9] if isinstance(r[9], str) else utc_text(r[9])  # PostgreSQL: a datetime in the session's zone
-        doc = {"schema_version": 1, "entry_id": r[0], "ledger": ledger, "ledger_kind": r[1], "source_ref": r[2],
-               "correlation_id": r[3], "account": r[4], "counterparty": r[5], "asset": r[6], "amount": str(r[7]),
-               "direction": r[8], "booked_at": booked, "value_date": str(r[10]) if r[10] else None,
-               "status": r[11], "position": msgspec.json.decode(r[12] or "{}"),
-               "attributes": msgspec.json.decode(r[13] or "{}")}
-        out.append(decode_entry(msgspec.json.encode(doc)))
-    return out
+
+def _latest_versions(wh: Warehouse, ledger: str, day: date, select: str):
+    """The event log's rows of (ledger, day), the latest version of each entry (its first column is
+    entry_id; the versions of an entry come together, in partition and offset order)."""
+    from .warehouse.state import stored_rows
+
+    sql = (f"SELECT {select} FROM ledger_event_log WHERE ledger = ? AND booked_date = ? "
+           "ORDER BY entry_id, kafka_partition, kafka_offset")
+    last = None
+    for r in stored_rows(wh, sql, (ledger, day.isoformat())):
+        if last is not None and r[0] != last[0]:
+            yield last
+        last = r
+    if last is not None:
+        yield last
+
+
+def event_log_totals(wh: Warehouse, ledger: str, day: date) -> dict[tuple[str, str], Decimal]:
+    """Exact totals per (asset, direction) of what :func:`event_log_day` returns, orphaned legs left
+    out, read without building the entries."""
+    from .warehouse.state import entry_select
+
+    amounts: dict[tuple[str, str], list[str]] = {}
+    for _eid, asset, direction, amount, status in _latest_versions(
+            wh, ledger, day, entry_select(wh, ("entry_id", "asset", "direction", "amount", "status"))):
+        if status != "orphaned":
+            key = (asset, direction)
+            group = amounts.get(key)
+            if group is None:
+                group = amounts[key] = []
+            group.append(amount)
+    return _summed(amounts)
+
+
+def entry_totals(entries: list[CanonicalEntry]) -> dict[tuple[str, str], Decimal]:
+    """Exact totals per (asset, direction), orphaned chain legs left out."""
+    amounts: dict[tuple[str, str], list[str]] = {}
+    for e in entries:
+        if e.status != "orphaned":
+            key = (e.asset, e.direction)
+            group = amounts.get(key)
+            if group is None:
+                group = amounts[key] = []
+            group.append(e.amount)
+    return _summed(amounts)
+
+
+def _summed(amounts: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str], Decimal]:
+    return {k: sum(map(Decimal, v), Decimal(0)) for k, v in amounts.items()}
 
 
 def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=None) -> dict[str, Any]:
@@ -76,7 +109,7 @@ def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=No
     Stage, check, then publish: a day that fails a critical expectation leaves the previously
     published snapshot of that day untouched.
     """
-    from .warehouse.state import snapshot_row, snapshot_stats
+    from .warehouse.state import entry_stats
 
     balances: list[dict[str, Any]] = []
     if lc.kind == "iso20022":
@@ -85,11 +118,10 @@ def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=No
         entries, errors = read_day(lc, day, warehouse)
     checks: dict[str, Any] = {}
     if validator is not None:
-        from .validation import snapshot_frame
+        from .validation import entries_frame
 
-        rows = [snapshot_row(lc.name, day.isoformat(), e) for e in entries]
-        assets = list(lc.assets) or sorted({r["asset"] for r in rows})
-        checks["expectations"] = validator.run("ledger_snapshot", snapshot_frame(rows),
+        assets = list(lc.assets) or sorted({e.asset for e in entries})
+        checks["expectations"] = validator.run("ledger_snapshot", entries_frame(entries),
                                                {"days": [day.isoformat()], "assets": assets})
         if lc.kind == "sql":
             checks["trial_balance"] = validator.run("control_totals", _trial_balance_frame(entries))
@@ -99,14 +131,14 @@ def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=No
                 result = replace(result, success=True, warnings=result.warnings + result.failures, failures=[])
             checks["statement_balance"] = result
         checks["control_totals"] = validator.run(
-            "control_totals", _control_totals_frame(entries, event_log_day(warehouse, lc.name, day)))
+            "control_totals", _control_totals_frame(entry_totals(entries), event_log_totals(warehouse, lc.name, day)))
     # the day is published when its own data is sound; whether the bridge delivered it all is the
     # control totals' question, which blocks reconciliation and report but not the snapshot
     passed = all(c.success for name, c in checks.items() if name != "control_totals")
     if passed:
         stats = replace_snapshot(warehouse, lc.name, day.isoformat(), entries)
     else:
-        stats = snapshot_stats([snapshot_row(lc.name, day.isoformat(), e) for e in entries])
+        stats = entry_stats(entries)
     stats.update(published=passed, checks=checks, rejected=len(errors), balances=balances,
                  errors=[{"source": s, "error": r} for s, r, *_ in errors[:50]])
     # records read for the day (as the reader split them) against the rows the snapshot holds
@@ -115,19 +147,11 @@ def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=No
     return stats
 
 
-def _control_totals_frame(snapshot: list[CanonicalEntry], delivered: list[CanonicalEntry]):
-    """Snapshot against event log per asset and direction, exact; orphaned chain legs left out."""
+def _control_totals_frame(snapshot: dict[tuple[str, str], Decimal], delivered: dict[tuple[str, str], Decimal]):
+    """Snapshot against event log totals per asset and direction (see :func:`entry_totals`), exact."""
     import pandas as pd
-    from decimal import Decimal
 
-    def totals(entries):
-        out: dict[tuple[str, str], Decimal] = {}
-        for e in entries:
-            if e.status != "orphaned":
-                out[(e.asset, e.direction)] = out.get((e.asset, e.direction), Decimal(0)) + Decimal(e.amount)
-        return out
-
-    a, b = totals(snapshot), totals(delivered)
+    a, b = snapshot, delivered
     keys = sorted(set(a) | set(b))
     diffs = [b.get(k, Decimal(0)) - a.get(k, Decimal(0)) for k in keys]
     return pd.DataFrame({"entry_id": [f"{asset}:{direction}" for asset, direction in keys],

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import msgspec
 from sqlalchemy import text
 
-from ..model import CanonicalEntry
+from ..connectors.mapping import utc_text
+from ..model import STATUSES, CanonicalEntry, Direction, EntryError, LedgerKind, check_entry
 from .schema import SNAPSHOT_COLUMNS
 
 if TYPE_CHECKING:
@@ -53,40 +54,87 @@ def mark_file_processed(wh: "Warehouse", ledger: str, sha256: str, name: str, en
 
 
 def snapshot_row(ledger: str, day: str, e: CanonicalEntry) -> dict[str, Any]:
-    return {
-        "ledger": ledger, "snapshot_date": day, "entry_id": e.entry_id, "ledger_kind": e.ledger_kind,
-        "source_ref": e.source_ref, "correlation_id": e.correlation_id, "account": e.account,
-        "counterparty": e.counterparty, "asset": e.asset, "amount": e.amount, "direction": e.direction,
-        "booked_at": e.booked_at, "value_date": e.value_date, "status": e.status,
-        "position": msgspec.json.encode(e.position, order="sorted").decode(),
-        "attributes": msgspec.json.encode(e.attributes, order="sorted").decode(),
-    }
+    return dict(zip(SNAPSHOT_COLUMNS, snapshot_tuple(ledger, day, e)))
+
+
+def snapshot_tuple(ledger: str, day: str, e: CanonicalEntry) -> tuple:
+    """One ``ledger_snapshots`` row in ``SNAPSHOT_COLUMNS`` order."""
+    return (ledger, day, e.entry_id, e.ledger_kind, e.source_ref, e.correlation_id, e.account, e.counterparty,
+            e.asset, e.amount, e.direction, e.booked_at, e.value_date, e.status,
+            _encode_sorted(e.position).decode(), _encode_sorted(e.attributes).decode())
+
+
+_encode_sorted = msgspec.json.Encoder(order="sorted").encode
 
 
 def replace_snapshot(wh: "Warehouse", ledger: str, day: str, entries: Iterable[CanonicalEntry]) -> dict[str, Any]:
-    """Replace exactly the (ledger, day) partition in one transaction; returns its statistics."""
-    rows = [snapshot_row(ledger, day, e) for e in entries]
+    """Replace exactly the (ledger, day) partition in one transaction; returns its statistics.
+
+    Rows go to the DBAPI connection as tuples, made one at a time while the database takes them
+    (``executemany`` on SQLite, ``COPY`` on PostgreSQL, as the event log's writer does)."""
+    entries = entries if isinstance(entries, list) else list(entries)
+    rows = (snapshot_tuple(ledger, day, e) for e in entries)
     cols = ", ".join(SNAPSHOT_COLUMNS)
-    marks = ", ".join(f":{c}" for c in SNAPSHOT_COLUMNS)
     with wh.engine.begin() as c:
         c.execute(text("DELETE FROM ledger_snapshots WHERE ledger = :l AND snapshot_date = :d"), {"l": ledger, "d": day})
-        if rows:
-            c.execute(text(f"INSERT INTO ledger_snapshots ({cols}) VALUES ({marks})"), rows)
-    return snapshot_stats(rows)
+        cur = c.connection.dbapi_connection.cursor()
+        try:
+            if wh.dialect == "postgresql":
+                with cur.copy(f"COPY ledger_snapshots ({cols}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                cur.executemany(f"INSERT INTO ledger_snapshots ({cols}) VALUES ({', '.join('?' * len(SNAPSHOT_COLUMNS))})",
+                                rows)
+        finally:
+            cur.close()
+    return entry_stats(entries)
 
 
 def snapshot_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The statistics of snapshot rows (dicts of ``SNAPSHOT_COLUMNS``); see :func:`entry_stats`."""
+    return _stats(len(rows), ((r["asset"], r["direction"], str(r["amount"]), r["status"]) for r in rows),
+                  min(rows, key=_row_order, default=None), max(reversed(rows), key=_row_order, default=None),
+                  lambda r: json.loads(r["position"]))
+
+
+def entry_stats(entries: list[CanonicalEntry]) -> dict[str, Any]:
+    """Rows, exact debit and credit totals per asset, rows per status, and the positions of the first
+    and the last entry by (booked_at, entry_id)."""
+    return _stats(len(entries), ((e.asset, e.direction, e.amount, e.status) for e in entries),
+                  min(entries, key=_entry_order, default=None), max(reversed(entries), key=_entry_order, default=None),
+                  lambda e: msgspec.json.decode(_encode_sorted(e.position)))
+
+
+def _row_order(r: dict[str, Any]) -> tuple:
+    return r["booked_at"], r["entry_id"]
+
+
+def _entry_order(e: CanonicalEntry) -> tuple:
+    return e.booked_at, e.entry_id
+
+
+def _stats(n: int, items, first, last, position) -> dict[str, Any]:
+    # amounts gathered per (asset, direction), then summed exactly in one pass each
+    amounts: dict[tuple[str, str], list[str]] = {}
+    statuses: dict[str, int] = {}
+    for asset, direction, amount, status in items:
+        key = (asset, direction)
+        group = amounts.get(key)
+        if group is None:
+            group = amounts[key] = []
+        group.append(amount)
+        statuses[status] = statuses.get(status, 0) + 1
     totals: dict[str, dict[str, Decimal]] = {}
-    for r in rows:
-        t = totals.setdefault(r["asset"], {"debit": Decimal(0), "credit": Decimal(0)})
-        t[r["direction"]] += Decimal(str(r["amount"]))
-    ordered = sorted(rows, key=lambda r: (r["booked_at"], r["entry_id"]))
+    for (asset, direction), group in amounts.items():
+        t = totals.setdefault(asset, {"debit": Decimal(0), "credit": Decimal(0)})
+        t[direction] += sum(map(Decimal, group), Decimal(0))
     return {
-        "rows": len(rows),
+        "rows": n,
         "totals": {a: {k: str(v) for k, v in t.items()} for a, t in sorted(totals.items())},
-        "statuses": {s: sum(1 for r in rows if r["status"] == s) for s in sorted({r["status"] for r in rows})},
-        "first_position": json.loads(ordered[0]["position"]) if ordered else None,
-        "last_position": json.loads(ordered[-1]["position"]) if ordered else None,
+        "statuses": {s: statuses[s] for s in sorted(statuses)},
+        "first_position": position(first) if first is not None else None,
+        "last_position": position(last) if last is not None else None,
     }
 
 
@@ -95,3 +143,71 @@ def read_snapshot(wh: "Warehouse", ledger: str, day: str) -> list[dict[str, Any]
         res = c.execute(text(f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM ledger_snapshots "
                              "WHERE ledger = :l AND snapshot_date = :d ORDER BY entry_id"), {"l": ledger, "d": day})
         return [dict(r._mapping) for r in res]
+
+
+# the canonical entry's columns as both tables store them, in the order stored_entry reads them
+ENTRY_COLUMNS = ("entry_id", "ledger_kind", "source_ref", "correlation_id", "account", "counterparty", "asset",
+                 "amount", "direction", "booked_at", "value_date", "status", "position", "attributes")
+
+
+def entry_select(wh: "Warehouse", columns: Iterable[str] = ENTRY_COLUMNS) -> str:
+    """A select list of entry columns; PostgreSQL sends amounts as text (no Decimal a row, and never
+    the exponent form ``str(Decimal)`` writes for small amounts)."""
+    return ", ".join(f"{c}::text" if c == "amount" and wh.dialect == "postgresql" else c for c in columns)
+
+
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+def stored_entry(ledger: str, r: tuple) -> CanonicalEntry:
+    """A stored row (``ENTRY_COLUMNS`` order) of ``ledger`` as a canonical entry, held to the rules
+    :func:`~ledger_pipelines.model.decode_entry` holds one to; raises EntryError naming the entry."""
+    booked, value_date = r[9], r[10]
+    if type(booked) is not str:  # PostgreSQL hands back a datetime in the session's zone
+        booked = utc_text(booked)
+    try:
+        entry = CanonicalEntry(
+            schema_version=1, entry_id=r[0], ledger=ledger, ledger_kind=r[1], source_ref=r[2], correlation_id=r[3],
+            account=r[4], counterparty=r[5], asset=r[6], amount=r[7] if type(r[7]) is str else str(r[7]),
+            direction=r[8], booked_at=booked,
+            value_date=(value_date if type(value_date) is str else str(value_date)) if value_date else None,
+            status=r[11], position=_decode_object(r[12] or "{}"), attributes=_decode_object(r[13] or "{}"))
+        if entry.ledger_kind not in _KINDS or entry.direction not in _DIRECTIONS or entry.status not in _STATUSES:
+            raise EntryError(f"ledger_kind, direction, status: {entry.ledger_kind!r}, {entry.direction!r}, "
+                             f"{entry.status!r} is not a known kind, direction and status")
+        if not (0 < len(entry.account) <= 512 and 0 < len(entry.asset) <= 512 and 0 < len(entry.source_ref) <= 512
+                and len(entry.entry_id) <= 512):
+            raise EntryError("entry_id, source_ref, account, asset: must be non-empty and at most 512 characters")
+        return check_entry(entry, known_ledger=ledger)
+    except (msgspec.ValidationError, msgspec.DecodeError, EntryError, TypeError) as exc:
+        raise EntryError(f"stored entry {str(r[0])[:120]!r} of ledger {ledger}: {exc}") from None
+
+
+_KINDS = frozenset(get_args(LedgerKind))
+_DIRECTIONS = frozenset(get_args(Direction))
+_STATUSES = frozenset(STATUSES)
+
+
+def stored_rows(wh: "Warehouse", sql: str, params: tuple, chunk: int = 20_000):
+    """The rows of a query on the DBAPI connection (``?`` marks, written ``%s`` for PostgreSQL), a chunk
+    at a time: PostgreSQL through a server-side cursor, so a million rows are never one result."""
+    with wh.engine.connect() as c:
+        raw = c.connection.dbapi_connection
+        pg = wh.dialect == "postgresql"
+        cur = raw.cursor(name="ledger_stored_rows") if pg else raw.cursor()
+        try:
+            cur.execute(sql.replace("?", "%s") if pg else sql, params)
+            while True:
+                rows = cur.fetchmany(chunk)
+                if not rows:
+                    break
+                yield from rows
+        finally:
+            cur.close()
+
+
+def snapshot_entries(wh: "Warehouse", ledger: str, day: str) -> list[CanonicalEntry]:
+    """The published snapshot of (ledger, day) as canonical entries, ordered by entry_id."""
+    sql = (f"SELECT {entry_select(wh)} FROM ledger_snapshots WHERE ledger = ? AND snapshot_date = ? "
+           "ORDER BY entry_id")
+    return [stored_entry(ledger, r) for r in stored_rows(wh, sql, (ledger, day))]
