@@ -23,12 +23,11 @@ from sqlalchemy import text
 from .config import LedgerConfig
 from .connectors.mapping import utc_text
 from .model import CanonicalEntry, decode_entry
-from .commitment import (FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, record_leaf,
-                         summary_leaf)
+from .commitment import FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, summary_leaf
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
 from .snapshots import event_log_day
-from .warehouse import Warehouse
+from .warehouse import Warehouse, bulk_insert
 from .warehouse.state import read_snapshot
 
 BRIDGE_RULES = Rules(key="entry_id", direction="same", tolerant_matching=False, duplicate_key=("entry_id",),
@@ -102,16 +101,17 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     leaves = Leaves()
     results: dict[str, Any] = {}
     records: dict[str, list] = {}
+    stored: list[tuple[str, str, str, str, str]] = []  # reconciliation_results rows
 
     def written(name: str, r, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules) -> dict[str, Any]:
         (folder / name).mkdir()
-        s, match_lines, break_lines = write_records(folder / name, r, left, right, rules, key, name)
-        for kind, lines in (("match", match_lines), ("break", break_lines)):
-            for line in lines:
-                leaves.add(record_leaf(key, name, kind, line))
-        leaves.add(summary_leaf(key, name, s))
+        w = write_records(folder / name, r, left, right, rules, key, name)
+        leaves.extend(w.leaf_hashes)
+        leaves.add(summary_leaf(key, name, w.summary))
         records[name] = r.matches + r.breaks
-        return s
+        stored.extend([(key, name, m["match_id"], m["match_type"], line.decode()) for m, line in zip(r.matches, w.match_lines)])
+        stored.extend([(key, name, b["break_id"], b["break_type"], line.decode()) for b, line in zip(r.breaks, w.break_lines)])
+        return w.summary
 
     snapshots = {lc.name: snapshot_entries(wh, lc.name, key) for lc in ledgers}
     orphaned: dict[str, list[CanonicalEntry]] = {}
@@ -132,7 +132,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         _update_open(wh, p.name, key, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right}, first_seen)
         results[p.name] = {**written(p.name, r, left, right, p.rules),
                            "carried_in": len(carried_left) + len(carried_right)}
-    _store(wh, key, records)
+    _store(wh, key, stored)
     legs = payment_legs(snapshots)
     with open(folder / "payments.jsonl", "xb") as f:
         for leg in legs:
@@ -209,17 +209,20 @@ def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, A
         legs = by_corr[corr]
         # the reference leg: the first ledger in configuration order (the corridor's order)
         first = legs[next(name for name in snapshots if name in legs)][0]
+        reference = Decimal(first.amount)
         rows = []
+        drifting = False
         for ledger in sorted(legs):
             for e in legs[ledger]:
-                drift = (f"{Decimal(e.amount) - Decimal(first.amount):f}" if e.asset == first.asset else None)
+                drift = None
+                if e.asset == first.asset:
+                    d = Decimal(e.amount) - reference
+                    drift, drifting = f"{d:f}", drifting or d != 0
                 rows.append({"ledger": ledger, "entry_id": e.entry_id, "status": e.status, "asset": e.asset,
                              "amount": e.amount, "direction": e.direction, "drift": drift})
         missing = [name for name in carriers if name not in legs]
         out.append({"correlation_id": corr, "status": "complete" if not missing else "missing_leg",
-                     "missing_ledgers": missing, "legs": rows,
-                     "drifting": any(r["drift"] not in (None, "0", "0.00") and Decimal(r["drift"]) != 0
-                                     for r in rows)})
+                     "missing_ledgers": missing, "legs": rows, "drifting": drifting})
     return out
 
 
@@ -267,12 +270,11 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
         c.execute(text("DELETE FROM open_breaks WHERE name = :n AND first_seen = :d"), {"n": name, "d": day})
         c.execute(text("UPDATE open_breaks SET closed_on = NULL WHERE name = :n AND closed_on = :d"),
                   {"n": name, "d": day})
-        for side, i, entry in opened:
-            c.execute(text("INSERT INTO open_breaks (name, side, entry_id, entry, first_seen) "
-                           "VALUES (:n, :s, :i, :e, :d)"), {"n": name, "s": side, "i": i, "e": entry, "d": day})
-        for i in sorted(matched & set(first_seen)):
-            c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"),
-                      {"d": day, "n": name, "i": i})
+        bulk_insert(c, "open_breaks", ("name", "side", "entry_id", "entry", "first_seen"),
+                    [(name, side, i, entry, day) for side, i, entry in opened])
+        closed = [{"d": day, "n": name, "i": i} for i in sorted(matched & set(first_seen))]
+        if closed:
+            c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"), closed)
 
 
 def _totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
@@ -284,16 +286,12 @@ def _totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
     return {a: {k: f"{v:f}" for k, v in t.items()} for a, t in sorted(out.items())}
 
 
-def _store(wh: Warehouse, day: str, records: dict[str, list[dict[str, Any]]]) -> None:
-    """Replace the day's results in ``reconciliation_results`` in one transaction."""
+def _store(wh: Warehouse, day: str, rows: list[tuple[str, str, str, str, str]]) -> None:
+    """Replace the day's results in ``reconciliation_results`` in one transaction: (day, name, record id,
+    match or break type, the record's canonical line as its report file holds it)."""
     with wh.engine.begin() as c:
         c.execute(text("CREATE TABLE IF NOT EXISTS reconciliation_results (day TEXT NOT NULL, name TEXT NOT NULL, "
                        "record_id TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL, "
                        "PRIMARY KEY (day, name, record_id))"))
         c.execute(text("DELETE FROM reconciliation_results WHERE day = :d"), {"d": day})
-        rows = [{"d": day, "n": name, "i": rec.get("match_id") or rec["break_id"],
-                 "k": rec.get("match_type") or rec["break_type"], "r": json.dumps(rec, sort_keys=True)}
-                for name, recs in records.items() for rec in recs]
-        if rows:
-            c.execute(text("INSERT INTO reconciliation_results (day, name, record_id, kind, record) "
-                           "VALUES (:d, :n, :i, :k, :r)"), rows)
+        bulk_insert(c, "reconciliation_results", ("day", "name", "record_id", "kind", "record"), rows)

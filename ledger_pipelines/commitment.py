@@ -26,6 +26,8 @@ import hashlib
 import json
 from typing import Any, Iterable
 
+import msgspec
+
 from . import merkle
 
 FORMAT = "ledger-pipelines.day-report/2"
@@ -35,8 +37,16 @@ RECORD_FILES = {"match": "matches.jsonl", "break": "breaks.jsonl"}
 UNLISTED = ("audit.json", "index.html")  # the two files audit.json's "files" cannot list: itself, and its rendering
 
 
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
 def canonical(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()``, byte for
+    byte, for the values a report holds (objects with text keys, arrays, text, integers, booleans,
+    null; tests/test_merkle.py checks the two agree), at a tenth of its cost: a day commits to millions
+    of records. The writer never puts a float or a ``Decimal`` in a record (amounts are text), and
+    ``verify`` refuses floats before it encodes anything."""
+    return _CANONICAL.encode(obj)
 
 
 def pretty(obj: Any) -> bytes:
@@ -74,11 +84,18 @@ def report_version(audit: dict[str, Any]) -> str:
     return "sha256:" + hashlib.sha256(canonical({k: v for k, v in audit.items() if k != "anchor"})).hexdigest()
 
 
-def records_root(day: str | None, reconciliation: str | None, matches: Iterable[bytes], breaks: Iterable[bytes]) -> str:
-    """The root over one reconciliation's records alone (its summary's ``merkle_root``)."""
+def record_hashes(day: str | None, reconciliation: str | None, matches: Iterable[bytes],
+                  breaks: Iterable[bytes]) -> list[bytes]:
+    """The leaf hashes of one reconciliation's records (from their canonical lines), sorted."""
     leaves = [merkle.leaf_hash(record_leaf(day, reconciliation, "match", m)) for m in matches]
     leaves += [merkle.leaf_hash(record_leaf(day, reconciliation, "break", b)) for b in breaks]
-    return merkle.root(sorted(leaves)).hex()
+    leaves.sort()
+    return leaves
+
+
+def records_root(day: str | None, reconciliation: str | None, matches: Iterable[bytes], breaks: Iterable[bytes]) -> str:
+    """The root over one reconciliation's records alone (its summary's ``merkle_root``)."""
+    return merkle.root(record_hashes(day, reconciliation, matches, breaks)).hex()
 
 
 class Leaves:
@@ -89,6 +106,10 @@ class Leaves:
 
     def add(self, data: bytes) -> None:
         self.hashes.append(merkle.leaf_hash(data))
+
+    def extend(self, hashes: Iterable[bytes]) -> None:
+        """Leaf hashes already computed (:func:`record_hashes`)."""
+        self.hashes.extend(hashes)
 
     def root(self) -> str:
         return merkle.root(sorted(self.hashes)).hex()

@@ -99,3 +99,33 @@ def test_many_keyed_pairs_take_the_set_path_and_agree(n, seed, asset):
     got, want = reconcile(left, right, rules), oracle(left, right, rules)
     assert (got.matches, got.breaks) == (want.matches, want.breaks)
     assert {m["match_type"] for m in got.matches} <= {"exact", "tolerant"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["same", "same", "amount", "time", "status", "orphaned", "left only",
+                                           "right only"]), _near, st.sampled_from(["", "P1", None])),
+                max_size=20),
+       st.sampled_from(["same", "any"]))
+def test_the_bridge_check_of_unchanged_entries_gives_the_oracles_records(spec, direction):
+    """Rules keyed on entry_id with entry_id as duplicate key (the bridge check, where most entries are
+    delivered unchanged and are matched by comparing them whole): entries equal on both sides, changed in
+    one field, orphaned, on one side only, with uint256 amounts and empty correlation ids."""
+    import msgspec
+
+    rules = Rules.from_dict({"key": "entry_id", "duplicate_key": ["entry_id"], "direction": direction,
+                             "time_window": "31d", "tolerant_matching": False, "batch_members": None})
+    left, right = [], []
+    for i, (change, amount, corr) in enumerate(spec):
+        e = make_entry(ledger="core_banking", ledger_kind="sql", source_ref=f"r{i}", correlation_id=corr,
+                       account="A1", asset="EUR", amount=amount, direction="debit", booked_at=T0,
+                       status="orphaned" if change == "orphaned" else "booked", position={"id": i}, attributes={})
+        other = {"amount": msgspec.structs.replace(e, amount=amount + "1" if "." in amount else amount + ".5"),
+                 "time": msgspec.structs.replace(e, booked_at="2026-11-24T10:00:01Z"),
+                 "status": msgspec.structs.replace(e, status="reversed")}.get(change, e)
+        if change != "right only":
+            left.append(e)
+        if change != "left only":
+            right.append(other)
+    got, want = reconcile(left, right, rules), oracle(left, right, rules)
+    assert (got.matches, got.breaks) == (want.matches, want.breaks)
+    _placed_once(left, right, got)

@@ -71,3 +71,25 @@ def test_a_leaf_cannot_pose_as_an_inner_node():
 def test_no_node_is_duplicated_so_an_odd_tree_is_not_the_tree_with_its_last_leaf_twice():
     leaves = [merkle.leaf_hash(bytes([i])) for i in range(3)]
     assert merkle.root(leaves) != merkle.root(leaves + leaves[-1:])
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**300), max_value=2**300)
+    | st.text(st.characters(codec="utf-8"), max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(st.characters(codec="utf-8"), max_size=6),
+                                                               inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_json_values)
+def test_canonical_form_is_sorted_compact_json_byte_for_byte(value):
+    """The canonical form is the one docs/architecture.md gives third-party verifiers: Python's
+    ``json.dumps`` with sorted keys, no spaces and UTF-8 (control characters, quotes, non-BMP text,
+    U+2028 and integers beyond 2^64 included)."""
+    import json
+
+    from ledger_pipelines.commitment import canonical
+
+    doc = {"record": value, "\u2028\x1f\"": [value]}
+    assert canonical(doc) == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

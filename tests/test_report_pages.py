@@ -64,7 +64,7 @@ def report(tmp_path_factory) -> tuple[Path, list[dict], dict]:
     matches = [{"match_id": f"m{i:06d}", "match_type": "exact", "left_entry_ids": [f"LM-{i}"],
                 "right_entry_ids": [f"RM-{i}"], "correlation_id": f"M-{i}", "rule": "key"} for i in range(3000)]
     result = Reconciliation(matches=matches, breaks=[dict(b) for b in breaks], left_count=BREAKS, right_count=BREAKS)
-    s, _, _ = write_records(folder / NAME, result, [], [], Rules.from_dict({}), DAY, NAME)
+    s = write_records(folder / NAME, result, [], [], Rules.from_dict({}), DAY, NAME).summary
     audit = {"format": "test", "day": DAY, "merkle_root": "00" * 32, "records": BREAKS + len(matches),
              "reconciliations": {NAME: s}, "open_breaks_by_age": {},
              "amounts": {"sender_bank": {"EUR": {"debit": "12.50", "credit": "0.25"}}},

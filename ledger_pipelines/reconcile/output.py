@@ -15,9 +15,10 @@ import tempfile
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
-from ..commitment import canonical, pretty, records_root
+from ..commitment import canonical, pretty, record_hashes, records_root
+from .. import merkle
 from ..model import CanonicalEntry
 from .engine import Reconciliation
 from .rules import Rules
@@ -295,11 +296,16 @@ def replacing(target: Path) -> Iterator[Path]:
         raise
 
 
+class Written(NamedTuple):
+    summary: dict[str, Any]
+    match_lines: list[bytes]  # canonical JSON of each match record, in match_id order
+    break_lines: list[bytes]
+    leaf_hashes: list[bytes]  # the records' Merkle leaf hashes (commitment.record_hashes), sorted
+
+
 def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
-                  rules: Rules, day: str | None = None, name: str | None = None
-                  ) -> tuple[dict[str, Any], list[bytes], list[bytes]]:
-    """Writes a reconciliation into ``out_dir`` (a folder of its own, made by the caller);
-    returns (summary, canonical match lines, canonical break lines)."""
+                  rules: Rules, day: str | None = None, name: str | None = None) -> Written:
+    """Writes a reconciliation into ``out_dir`` (a folder of its own, made by the caller)."""
     result.matches.sort(key=lambda m: m["match_id"])  # the order verify requires (and the engine's own)
     result.breaks.sort(key=lambda b: b["break_id"])
     match_lines = [canonical(m) for m in result.matches]
@@ -308,7 +314,8 @@ def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEnt
         f.writelines(line + b"\n" for line in match_lines)
     with open(out_dir / "breaks.jsonl", "xb") as f:
         f.writelines(line + b"\n" for line in break_lines)
-    s = summary(result, left, right, rules, records_root(day, name, match_lines, break_lines))
+    hashes = record_hashes(day, name, match_lines, break_lines)
+    s = summary(result, left, right, rules, merkle.root(hashes).hex())
     with open(out_dir / "summary.json", "xb") as f:
         f.write(pretty(s))
     exports = name is not None  # a day report's reconciliation (``reconcile --out`` keeps section 4's files)
@@ -316,15 +323,14 @@ def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEnt
         f.write(render_html(s, result, name=name, day=day, exports=exports))
     if exports:
         _write_exports(out_dir, result, name, day)
-    return s, match_lines, break_lines
+    return Written(s, match_lines, break_lines, hashes)
 
 
 def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
           rules: Rules) -> dict[str, Any]:
     """``reconcile --out DIR``: the four files of ARCHITECTURE section 4, replacing DIR whole."""
     with replacing(out_dir) as fresh:
-        s, _, _ = write_records(fresh, result, left, right, rules)
-    return s
+        return write_records(fresh, result, left, right, rules).summary
 
 
 def _anchor_line(anchor: dict[str, Any] | None) -> str:
