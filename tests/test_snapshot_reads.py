@@ -152,6 +152,11 @@ def test_entry_stats_equal_the_statistics_of_snapshot_rows():
     entries.append(make_entry(**{**msgspec.to_builtins(entries[3]), "source_ref": "0003-Ωé-twin", "entry_id": None}))
     rows = [snapshot_row("chain", DAY.isoformat(), e) for e in entries]
     assert entry_stats(entries) == snapshot_stats(rows)
+    # a day read twice (every entry again, at another position): ties go as a stable sort puts them
+    again = entries + [make_entry(**{**msgspec.to_builtins(e), "position": {"again": True}}) for e in entries]
+    stats = entry_stats(again)
+    assert stats == snapshot_stats([snapshot_row("chain", DAY.isoformat(), e) for e in again])
+    assert stats["first_position"] != {"again": True} and stats["last_position"] == {"again": True}
     stats = entry_stats(entries)
     assert stats["totals"]["EUR"]["credit"] == str(sum((Decimal(e.amount) for e in entries
                                                         if e.asset == "EUR" and e.direction == "credit"), Decimal(0)))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from decimal import Decimal
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, get_args
 
 import msgspec
@@ -94,48 +96,38 @@ def replace_snapshot(wh: "Warehouse", ledger: str, day: str, entries: Iterable[C
 
 def snapshot_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The statistics of snapshot rows (dicts of ``SNAPSHOT_COLUMNS``); see :func:`entry_stats`."""
-    return _stats(len(rows), ((r["asset"], r["direction"], str(r["amount"]), r["status"]) for r in rows),
-                  min(rows, key=_row_order, default=None), max(reversed(rows), key=_row_order, default=None),
-                  lambda r: json.loads(r["position"]))
+    column = lambda name: map(itemgetter(name), rows)  # noqa: E731
+    return _stats(rows, column, lambda r: json.loads(r["position"]), str)
 
 
 def entry_stats(entries: list[CanonicalEntry]) -> dict[str, Any]:
     """Rows, exact debit and credit totals per asset, rows per status, and the positions of the first
     and the last entry by (booked_at, entry_id)."""
-    return _stats(len(entries), ((e.asset, e.direction, e.amount, e.status) for e in entries),
-                  min(entries, key=_entry_order, default=None), max(reversed(entries), key=_entry_order, default=None),
-                  lambda e: msgspec.json.decode(_encode_sorted(e.position)))
+    column = lambda name: map(attrgetter(name), entries)  # noqa: E731
+    return _stats(entries, column, lambda e: msgspec.json.decode(_encode_sorted(e.position)))
 
 
-def _row_order(r: dict[str, Any]) -> tuple:
-    return r["booked_at"], r["entry_id"]
-
-
-def _entry_order(e: CanonicalEntry) -> tuple:
-    return e.booked_at, e.entry_id
-
-
-def _stats(n: int, items, first, last, position) -> dict[str, Any]:
-    # amounts gathered per (asset, direction), then summed exactly in one pass each
-    amounts: dict[tuple[str, str], list[str]] = {}
-    statuses: dict[str, int] = {}
-    for asset, direction, amount, status in items:
-        key = (asset, direction)
-        group = amounts.get(key)
-        if group is None:
-            group = amounts[key] = []
-        group.append(amount)
-        statuses[status] = statuses.get(status, 0) + 1
+def _stats(items: list, column, position, amount_text=None) -> dict[str, Any]:
+    """``column(name)`` iterates a field of every item, in order; the loops run in C but one."""
+    n = len(items)
+    # first and last by (booked_at, entry_id); the index breaks ties as a stable sort would
+    first = min(zip(column("booked_at"), column("entry_id"), range(n)), default=None)
+    last = max(zip(column("booked_at"), column("entry_id"), range(n)), default=None)
+    amounts: dict[tuple[str, str], list] = defaultdict(list)
+    for key, amount in zip(zip(column("asset"), column("direction")), column("amount")):
+        amounts[key].append(amount)
     totals: dict[str, dict[str, Decimal]] = {}
     for (asset, direction), group in amounts.items():
         t = totals.setdefault(asset, {"debit": Decimal(0), "credit": Decimal(0)})
-        t[direction] += sum(map(Decimal, group), Decimal(0))
+        texts = map(amount_text, group) if amount_text else group
+        t[direction] += sum(map(Decimal, texts), Decimal(0))  # exact: the context holds 200 digits
+    statuses = Counter(column("status"))
     return {
         "rows": n,
         "totals": {a: {k: str(v) for k, v in t.items()} for a, t in sorted(totals.items())},
         "statuses": {s: statuses[s] for s in sorted(statuses)},
-        "first_position": position(first) if first is not None else None,
-        "last_position": position(last) if last is not None else None,
+        "first_position": position(items[first[2]]) if first is not None else None,
+        "last_position": position(items[last[2]]) if last is not None else None,
     }
 
 
