@@ -427,7 +427,8 @@ def phase_job(work: Path) -> dict:
 def _pair_sides(day: str):
     """Every configured pair's two sides as the reconciliation asset builds them (audit._run_day):
     snapshot + orphaned legs from the event log, the pair's filters, plus the breaks carried in."""
-    from ledger_pipelines.audit import _carried, pairs_from, snapshot_entries
+    from ledger_pipelines.audit import _carried, pairs_from
+    from ledger_pipelines.warehouse.state import snapshot_entries
     from ledger_pipelines.config import load_config, reconciliation_pairs
     from ledger_pipelines.snapshots import event_log_day
     from ledger_pipelines.warehouse import Warehouse

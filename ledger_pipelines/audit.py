@@ -17,18 +17,16 @@ from pathlib import Path
 from decimal import Decimal
 from typing import Any
 
-import msgspec
 from sqlalchemy import text
 
 from .config import LedgerConfig
-from .connectors.mapping import utc_text
 from .model import CanonicalEntry, decode_entry
 from .commitment import FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, summary_leaf
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
 from .snapshots import event_log_day
 from .warehouse import Warehouse, bulk_insert
-from .warehouse.state import read_snapshot
+from .warehouse.state import snapshot_entries
 
 BRIDGE_RULES = Rules(key="entry_id", direction="same", tolerant_matching=False, duplicate_key=("entry_id",),
                      time_window_seconds=36500 * 86400, batch_members=None)
@@ -67,21 +65,6 @@ def pairs_from(doc: dict[str, Any]) -> list[PairConfig]:
     return [PairConfig(p["name"], p["left"], p["right"], Rules.from_dict(p.get("rules")),
                        _filter(p["name"], p.get("left_filter")), _filter(p["name"], p.get("right_filter")))
             for p in doc.get("reconciliations", [])]
-
-
-def snapshot_entries(wh: Warehouse, ledger: str, day: str) -> list[CanonicalEntry]:
-    out = []
-    for r in read_snapshot(wh, ledger, day):
-        booked = r["booked_at"]
-        if not isinstance(booked, str):  # PostgreSQL hands back a datetime in the session's zone
-            booked = utc_text(booked)
-        doc = {k: r[k] for k in ("entry_id", "ledger_kind", "source_ref", "correlation_id", "account", "counterparty",
-                                 "asset", "direction", "status")}
-        doc.update(schema_version=1, ledger=ledger, amount=str(r["amount"]), booked_at=booked,
-                   value_date=str(r["value_date"]) if r["value_date"] else None,
-                   position=json.loads(r["position"] or "{}"), attributes=json.loads(r["attributes"] or "{}"))
-        out.append(decode_entry(msgspec.json.encode(doc)))
-    return out
 
 
 def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig], day: date,
