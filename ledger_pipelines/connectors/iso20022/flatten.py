@@ -1,37 +1,23 @@
-"""ISO 20022 bank statements: camt.053 (statement), camt.054 (debit/credit notification) and
-camt.052 (account report), message versions 001.02 to 001.13, namespace-agnostic.
-
-:func:`camt_to_entries` reads a document (safe XML: no DTD, no entities, size, depth and entry
-limits checked before any entry is read) into :class:`Statement` records and maps each statement
-entry (``Ntry``) to one canonical entry, its transaction details (``TxDtls``) listed in
-``attributes.details``. Every ``Ntry`` of the document becomes an entry or a rejection naming its
-statement and position (or its line, for one outside any statement); the others are kept.
-
-Entry ids (``source_ref``): the statement's ``Id``, then ``#e<ElctrncSeqNb>``, ``#l<LglSeqNb>``,
-``#p<statement page>`` and ``#m<message page>`` for those it carries, then ``#<position of the Ntry
-in the statement>``, then ``#<AcctSvcrRef or NtryRef>`` when there is one; ``%`` and ``#`` inside
-these values are written ``%25`` and ``%23``. Two statements of one document with the same Id and
-numbers cannot be told apart: the later one's entries are rejected.
-"""
+"""camt statements, entries and transaction details read from the parsed XML into plain records
+(:class:`Statement`, :class:`CamtEntry`, detail dicts): values checked, amounts kept as their text."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
-from lxml.etree import _Element as Element
 
 import msgspec
-from lxml import etree
+from lxml.etree import _Element as Element
 
-from ..model import CanonicalEntry, EntryError, format_amount, format_timestamp, make_entry
+from ...model import EntryError, format_timestamp
+from .safe_xml import CamtError, RecordError, _body, _local, _namespace, _short
 
-MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 # a bound on the work and memory of one document (every Ntry costs an entry or a rejection): far
 # above any real statement that fits in the byte limit (~600k entries of the smallest useful form)
 MAX_ENTRIES = 1_000_000
@@ -46,22 +32,6 @@ _VERSION = re.compile(r"camt\.(05[234])\.001\.(\d{2})")
 _REF_FIELDS = ("MsgId", "AcctSvcrRef", "PmtInfId", "InstrId", "EndToEndId", "TxId", "UETR", "MndtId", "ChqNb",
                "ClrSysRef")
 _NOT_PROVIDED = {"NOTPROVIDED", "NOT PROVIDED", ""}
-
-
-# libxml2 with every way out closed: no DTD loading, no entity substitution, no network, no huge trees
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
-                          remove_comments=True, remove_pis=True)
-
-
-class CamtError(ValueError):
-    """The document as a whole cannot be read (not XML, unsafe, not camt, too large)."""
-
-
-@dataclass(frozen=True)
-class RecordError:
-    source: str
-    reason: str
-    payload: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,10 +128,6 @@ def _findall(el: Element | None, path: str) -> list[Element]:
             return []
         el = el.find(tag)
     return [] if el is None else el.findall(last)
-
-
-def _local(tag: str) -> str:
-    return tag[tag.index("}") + 1:] if tag[:1] == "{" else tag
 
 
 def _text(el: Element | None, path: str) -> str | None:
@@ -293,13 +259,6 @@ def _on_day(d: str) -> tuple[str, str]:
     return f"{day}T00:00:00Z", day
 
 
-def _short(text: str | None, limit: int = 80) -> str | None:
-    """A value as quoted in a reason: hostile text can be megabytes, repeated on every entry."""
-    if text is None or len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
-
-
 def _account(acct: Element | None) -> str | None:
     if acct is None:
         return None
@@ -393,41 +352,6 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
         booking=booking, value_date=value_date, acct_svcr_ref=f.get("AcctSvcrRef") or None,
         ntry_ref=f.get("NtryRef") or None, attributes=attrs, details=details,
     )
-
-
-def _safe_root(data: bytes, max_bytes: int) -> tuple[Element, str | None]:
-    """Parse with every way out closed, then refuse any document type declaration.
-
-    Entities can only be declared inside a DOCTYPE, so refusing it refuses internal and external
-    entities; an undeclared entity reference is not well-formed. The parsed document is checked,
-    not the bytes: a declaration can be written in any encoding libxml2 reads (UTF-16 or UTF-32,
-    with or without a byte order mark). Parsing one is harmless (no entity is substituted, no DTD
-    loaded, entity amplification is capped); reading on would drop the entities' text silently.
-    libxml2 refuses nesting deeper than 256 elements (huge_tree off).
-    """
-    if len(data) > max_bytes:
-        raise CamtError(f"document of {len(data)} bytes exceeds the {max_bytes}-byte limit")
-    try:
-        root = etree.fromstring(data, _PARSER)
-    except etree.XMLSyntaxError as exc:
-        raise CamtError(f"not well-formed XML: {exc}") from None
-    if root is None:
-        raise CamtError("not well-formed XML: empty document")
-    info = root.getroottree().docinfo
-    if info.doctype or info.internalDTD is not None or info.externalDTD is not None:
-        raise CamtError("unsafe XML refused: a document type declaration (DOCTYPE, and with it any entity) "
-                        "is not accepted")
-    tag = root.tag
-    return root, tag[1:tag.index("}")] if tag[:1] == "{" else None
-
-
-def _body(root: Element) -> Element:
-    return root[0] if _local(root.tag) == "Document" and len(root) else root
-
-
-def _namespace(el: Element) -> str | None:
-    tag = el.tag
-    return tag[1:tag.index("}")] if tag[:1] == "{" else None
 
 
 def _parse_camt_root(root: Element, ns: str | None, data: bytes) -> tuple[list[Statement], list[RecordError]]:
@@ -548,130 +472,3 @@ def _parse_statements(root: Element, ns: str | None, data: bytes) -> tuple[list[
         strays.append(RecordError(source, f"{source}: {where}, not directly inside a <{container}> of the "
                                           f"document's namespace {_short(ns)!r}: not read as an entry"))
     return out, strays
-
-
-def _correlation(details: list[dict[str, Any]]) -> str | None:
-    if len(details) != 1:
-        return None
-    refs = details[0]["refs"]
-    for name in ("EndToEndId", "InstrId", "TxId", "UETR"):
-        if refs.get(name):
-            return refs[name]
-    return None
-
-
-def camt_entry_to_entry(st: Statement, e: CamtEntry, ledger: str = "bank_statements") -> CanonicalEntry:
-    """One canonical entry per ``Ntry``; raises EntryError naming the entry when it cannot be mapped."""
-    ref = e.acct_svcr_ref or e.ntry_ref
-    # AcctSvcrRef alone is not unique in real files: statement id, numbers and position come first
-    source_ref = f"{st.key}#{e.index}" + (f"#{_escape(ref)}" if ref else "")
-    if e.reversal:
-        status = "reversed"
-    elif e.status in ("PDNG", "INFO", "FUTR"):
-        status = "pending"
-    else:
-        status = "booked"
-    booked_at = e.booking or (f"{e.value_date}T00:00:00Z" if e.value_date else None)
-    if booked_at is None and st.created_at:
-        try:
-            booked_at = _date_time(None, st.created_at)[0]
-        except ValueError:
-            booked_at = None  # reported below with the entry named
-    if booked_at is None:
-        raise EntryError(f"{st.where(f'entry {e.index}')}: no booking date, value date or creation time")
-    counterparty = None
-    if len(e.details) == 1:
-        cp = e.details[0].get("counterparty") or {}
-        counterparty = cp.get("account") or cp.get("name")
-    attrs = dict(e.attributes)
-    attrs.update(message_type=st.message_type, statement_id=st.statement_id, details=e.details)
-    if st.version:
-        attrs["version"] = st.version
-    for name, value in (("acct_svcr_ref", e.acct_svcr_ref), ("ntry_ref", e.ntry_ref)):
-        if value:
-            attrs[name] = value
-    return make_entry(
-        ledger=ledger, ledger_kind="iso20022", source_ref=source_ref, correlation_id=_correlation(e.details),
-        account=st.account, counterparty=counterparty, asset=e.currency, amount=e.amount,
-        direction="credit" if e.credit else "debit", booked_at=booked_at, value_date=e.value_date,
-        status=status,
-        position={"statement_id": st.statement_id, **st.numbers, "entry_index": e.index,
-                  "message_id": st.message_id, "document_sha256": st.document_sha256},
-        attributes=attrs,
-    )
-
-
-def pain001_to_entries(root: Element, data: bytes, ledger: str) -> tuple[list[CanonicalEntry], list[RecordError]]:
-    """pain.001 (customer credit transfer initiation): one pending debit of the debtor's account per
-    ``CdtTrfTxInf``, correlated by its EndToEndId: the ordering leg of a payment, before any booking."""
-    body = _body(root)
-    msg_id = _text(body, "GrpHdr/MsgId") or hashlib.sha256(data).hexdigest()[:16]
-    created = _text(body, "GrpHdr/CreDtTm")
-    entries, errors = [], []
-    for p_index, pmt in enumerate(_findall(body, "PmtInf"), start=1):
-        pmt_id = _text(pmt, "PmtInfId") or str(p_index)
-        debtor = _account(_find(pmt, "DbtrAcct"))
-        exec_date = _text(pmt, "ReqdExctnDt/Dt") or _text(pmt, "ReqdExctnDt")
-        for t_index, tx in enumerate(_findall(pmt, "CdtTrfTxInf"), start=1):
-            where = f"pain.001 {msg_id} payment {pmt_id} transaction {t_index}"
-            try:
-                amt_el = _find(tx, "Amt/InstdAmt")
-                if amt_el is None:
-                    amt_el = _find(tx, "Amt/EqvtAmt/Amt")
-                amount, ccy = _amount(amt_el, where)
-                if not debtor:
-                    raise EntryError(f"{where}: no debtor account (PmtInf/DbtrAcct)")
-                when = f"{exec_date[:10]}T00:00:00Z" if exec_date else _date_time(None, created)[0]
-                if when is None:
-                    raise EntryError(f"{where}: no requested execution date or creation time")
-                e2e = _text(tx, "PmtId/EndToEndId")
-                e2e = None if e2e is None or e2e.upper() in _NOT_PROVIDED else e2e
-                entries.append(make_entry(
-                    ledger=ledger, ledger_kind="iso20022", source_ref=f"{msg_id}#{pmt_id}#{t_index}",
-                    correlation_id=e2e or _text(tx, "PmtId/InstrId"), account=debtor,
-                    counterparty=_account(_find(tx, "CdtrAcct")) or _text(tx, "Cdtr/Nm"), asset=ccy,
-                    amount=format_amount(amount), direction="debit", booked_at=when,
-                    value_date=exec_date[:10] if exec_date else None, status="pending",
-                    position={"message_id": msg_id, "payment_information_id": pmt_id, "transaction_index": t_index},
-                    attributes={"message_type": "pain.001", "instruction_id": _text(tx, "PmtId/InstrId"),
-                                "creditor": _text(tx, "Cdtr/Nm"),
-                                "remittance": _text(tx, "RmtInf/Ustrd")},
-                ))
-            except (EntryError, ValueError) as exc:
-                errors.append(RecordError(where, str(exc) if str(exc).startswith(where) else f"{where}: {exc}"))
-    return entries, errors
-
-
-def read_document(path) -> bytes:
-    """A statement file's bytes, reading no more than the size limit allows (a larger file is refused
-    before it is held in memory)."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_DOCUMENT_BYTES + 1)
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise CamtError(f"document larger than the {MAX_DOCUMENT_BYTES}-byte limit")
-    return data
-
-
-def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[CanonicalEntry], list[RecordError],
-                                                                             list[Statement]]:
-    """Parse and map a whole document (camt.052/053/054, or pain.001): (entries, bad records, statements)."""
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise CamtError(f"document of {len(data)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte limit")
-    entries, errors = [], []
-    root, ns = _safe_root(data, MAX_DOCUMENT_BYTES)
-    if _local(_body(root).tag) == "CstmrCdtTrfInitn":
-        token = _NS.set(ns or "")
-        try:
-            entries, errors = pain001_to_entries(root, data, ledger)
-        finally:
-            _NS.reset(token)
-        return entries, errors, []
-    statements, strays = _parse_camt_root(root, ns, data)
-    for st in statements:
-        errors.extend(st.errors)
-        for e in st.entries:
-            try:
-                entries.append(camt_entry_to_entry(st, e, ledger))
-            except EntryError as exc:
-                errors.append(RecordError(st.where(f"entry {e.index}"), str(exc)))
-    return entries, errors + strays, statements
