@@ -83,15 +83,18 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     key = day.isoformat()
     leaves = Leaves()
     results: dict[str, Any] = {}
-    records: dict[str, list] = {}
+    breaks: dict[str, list] = {}  # each reconciliation's break records (its matches are only written)
+    count = 0
     stored: list[tuple[str, str, str, str, str]] = []  # reconciliation_results rows
 
     def written(name: str, r, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules) -> dict[str, Any]:
+        nonlocal count
         (folder / name).mkdir()
         w = write_records(folder / name, r, left, right, rules, key, name)
         leaves.extend(w.leaf_hashes)
         leaves.add(summary_leaf(key, name, w.summary))
-        records[name] = r.matches + r.breaks
+        breaks[name] = r.breaks
+        count += len(r.matches) + len(r.breaks)
         stored.extend([(key, name, m["match_id"], m["match_type"], line.decode()) for m, line in zip(r.matches, w.match_lines)])
         stored.extend([(key, name, b["break_id"], b["break_type"], line.decode()) for b, line in zip(r.breaks, w.break_lines)])
         return w.summary
@@ -123,16 +126,16 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
             f.write(line + b"\n")
             leaves.add(payment_leaf(key, leg))
     aging: dict[str, int] = {}
-    for recs in records.values():
+    for recs in breaks.values():
         for rec in recs:
-            if rec.get("break_type") in ("missing_left", "missing_right"):
+            if rec["break_type"] in ("missing_left", "missing_right"):
                 age = rec.get("age_days", 0)
                 bucket = "0 days" if age == 0 else "1 day" if age == 1 else "2-6 days" if age < 7 else "7+ days"
                 aging[bucket] = aging.get(bucket, 0) + 1
     amounts = {lc.name: _totals(snapshots[lc.name]) for lc in ledgers}
-    audit = {"format": FORMAT, "day": key, "records": sum(len(v) for v in records.values()),
+    audit = {"format": FORMAT, "day": key, "records": count,
              "reconciliations": results, "open_breaks_by_age": aging, "amounts": amounts,
-             "open_breaks": open_breaks({n: [b for b in recs if "break_id" in b] for n, recs in records.items()}, key),
+             "open_breaks": open_breaks(breaks, key),
              "payments": {"total": len(legs), "complete": sum(p["status"] == "complete" for p in legs),
                           "missing_leg": sum(p["status"] == "missing_leg" for p in legs),
                           "drifting": sum(p["drifting"] for p in legs)},
