@@ -529,7 +529,54 @@ def phase_datacompy(work: Path) -> dict:
             "left_unique": int(cmp.df1_unq_rows.shape[0]), "right_unique": int(cmp.df2_unq_rows.shape[0])}
 
 
-PHASES = {"job": phase_job, "engine": phase_engine, "bare_join": phase_bare_join, "datacompy": phase_datacompy}
+def phase_records(work: Path) -> dict:
+    """The per-record floor of the day's report in Python, on the records the job wrote: building each
+    record as a dict (decoded from its line), encoding it canonically, its leaf hash and the day's
+    Merkle root, and storing the rows in a fresh SQLite table (what the reconciliation step does for
+    every record after the engine). No engine, no reading of entries: what any design that holds one
+    Python object per record pays at least."""
+    import sqlite3
+
+    import msgspec
+
+    from ledger_pipelines import merkle
+    from ledger_pipelines.commitment import canonical, record_leaf
+
+    day = json.loads((work / MARKER).read_text())["day"]
+    files = sorted((work / "reports" / day).glob("*/*.jsonl"))
+    raw = [(f.parent.name, "match" if f.name == "matches.jsonl" else "break", f.read_bytes().splitlines())
+           for f in files if f.name in ("matches.jsonl", "breaks.jsonl")]
+    n = sum(len(lines) for _, _, lines in raw)
+    times = {}
+    t = time.perf_counter()
+    records = [(name, kind, msgspec.json.decode(line)) for name, kind, lines in raw for line in lines]
+    times["records as dicts"] = time.perf_counter() - t
+    t = time.perf_counter()
+    lines = [(name, kind, canonical(rec)) for name, kind, rec in records]
+    times["canonical lines"] = time.perf_counter() - t
+    t = time.perf_counter()
+    hashes = sorted(merkle.leaf_hash(record_leaf(day, name, kind, line)) for name, kind, line in lines)
+    merkle.root(hashes)
+    times["leaf hashes and the root"] = time.perf_counter() - t
+    db = sqlite3.connect(work / "records-floor.db")
+    try:
+        db.execute("DROP TABLE IF EXISTS r")
+        db.execute("CREATE TABLE r (day TEXT, name TEXT, record_id TEXT, kind TEXT, record TEXT, "
+                   "PRIMARY KEY (day, name, record_id))")
+        t = time.perf_counter()
+        db.executemany("INSERT INTO r VALUES (?, ?, ?, ?, ?)",
+                       ((day, name, rec.get("match_id") or rec["break_id"], rec.get("match_type") or rec["break_type"],
+                         line.decode()) for (name, _, rec), (_, _, line) in zip(records, lines)))
+        db.commit()
+        times["stored in SQLite"] = time.perf_counter() - t
+    finally:
+        db.close()
+        (work / "records-floor.db").unlink(missing_ok=True)
+    return {"records": n, "seconds": times}
+
+
+PHASES = {"job": phase_job, "engine": phase_engine, "bare_join": phase_bare_join, "datacompy": phase_datacompy,
+          "records": phase_records}
 
 
 # -- the run's step events --------------------------------------------------------------------------------
@@ -634,6 +681,16 @@ def report(figures: dict) -> None:
               f"{met(f['datacompy_over_engine'] >= TARGET_SPEEDUP)}")
     elif figures.get("floors_error"):
         print(f"\nfloors not measured: {figures['floors_error']}")
+    rf = figures.get("record_floor")
+    if rf:
+        total = sum(rf["seconds"].values())
+        print()
+        print(f"per-record floor in Python, the job's {rf['records']:,} records (its own process, no engine, "
+              f"no entries): {total:.1f} s of the {TARGET_JOB_SECONDS} s target")
+        for what, secs in rf["seconds"].items():
+            print(f"  {what:<46} {secs:8.2f} s")
+    elif figures.get("record_floor_error"):
+        print(f"\nper-record floor not measured: {figures['record_floor_error']}")
 
 
 def job_figures(child: dict) -> dict:
@@ -778,6 +835,11 @@ def main() -> int:
                 "datacompy_over_engine": base["seconds"] / max(engine["seconds"], 1e-4)}
         except Exception as exc:
             figures["floors_error"] = str(exc)
+        recs = run_child("records", work, env)
+        if recs["returncode"] == 0:
+            figures["record_floor"] = {"records": recs["records"], "seconds": recs["seconds"]}
+        else:
+            figures["record_floor_error"] = recs.get("log_tail", "")[-1500:]
     else:
         figures["floors_error"] = "the job failed (the floors need its snapshots)"
     report(figures)
