@@ -1,0 +1,182 @@
+"""The engine: matches a batch of entries against the rules, skips actions the log holds as done, runs the rest
+on their executors (applies before compensations), logs the outcomes, dead-letters the failed, counts the
+runs an action stays pending, and announces requests and outcomes on ``ledger.bridge.actions``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import LedgerConfig, ledger_by_name
+from ..model import CanonicalEntry, encode_entry
+from ..warehouse import Warehouse
+from .action_log import TERMINAL, Action, ActionLog
+from .executors import BridgeRecorder, SqlPoster, TopicPublisher
+from .rules import TriggerRule
+
+# runs an action may stay pending; at this many it is failed with its last reason (and dead-lettered)
+MAX_PENDING_RUNS = 100
+
+
+@dataclass
+class BatchResult:
+    seen: int = 0
+    applied: int = 0
+    found_on_target: int = 0
+    failed: int = 0
+    pending: int = 0  # outcomes left pending by a transient failure (tried again on a later run)
+    held: int = 0
+    skipped: int = 0
+
+    def add(self, other: "BatchResult") -> None:
+        for k in self.__dataclass_fields__:
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+
+
+class TriggerEngine:
+    def __init__(self, rules: list[TriggerRule], ledgers: list[LedgerConfig], wh: Warehouse, kafka):
+        from ..kafka.producers import DeadLetterProducer, MessageProducer
+        from ..kafka.topics import ensure_topics
+
+        self.rules = rules
+        self.ledgers = ledgers
+        self.log = ActionLog(wh)
+        self.kafka = kafka
+        # the actions topic, the DLQ and the targets of publish rules exist before anything is produced
+        ensure_topics(kafka, [], extra=sorted({r.action["topic"] for r in rules if r.kind == "publish"}))
+        self.producer = MessageProducer(kafka, client_id="ledger-pipelines.bridge", **{"linger.ms": 2})
+        self.dlq = DeadLetterProducer(kafka, "bridge")
+        self._executors: dict[str, Any] = {}
+
+    def executor(self, rule: TriggerRule):
+        key = rule.kind + ":" + rule.action.get("ledger", "")
+        if key not in self._executors:
+            if rule.kind == "bridge_record":
+                self._executors[key] = BridgeRecorder()
+            elif rule.kind == "sql_post":
+                self._executors[key] = SqlPoster(ledger_by_name(self.ledgers, rule.action["ledger"]))
+            else:
+                self._executors[key] = TopicPublisher(self.producer)
+        return self._executors[key]
+
+    def process(self, entries: list[CanonicalEntry]) -> BatchResult:
+        return self.process_entries(entries)[0]
+
+    def process_entries(self, entries: list[CanonicalEntry]) -> tuple[BatchResult, set[str]]:
+        """Acts on a batch; returns its counts and the entry ids with an action left pending (their source
+        records must be read again on a later run). Applies are acted on before compensations, so an entry's
+        apply and its orphaned version in one batch are done in that order."""
+        res = BatchResult(seen=len(entries))
+        pending: set[str] = set()
+        wanted: list[Action] = []
+        for e in entries:
+            for rule in self.rules:
+                kind = rule.decide(e)
+                if kind is None:
+                    if e.ledger == rule.source and e.status == "pending" and rule.matches(e):
+                        res.held += 1
+                    continue
+                wanted.append(Action.of(rule, kind, e))
+        # one action per id (a batch may carry an entry's pending and final versions)
+        unique: dict[str, Action] = {}
+        for a in wanted:
+            unique.setdefault(a.action_id, a)
+        for kind in ("apply", "compensate"):
+            todo = self._todo([a for a in unique.values() if a.kind == kind], res, pending)
+            self._act(todo, res, pending)
+        self.announce()
+        return res, pending
+
+    def _todo(self, actions: list[Action], res: BatchResult, pending: set[str]) -> list[Action]:
+        status = self.log.status([a.action_id for a in actions])
+        todo = []
+        for a in actions:
+            if status.get(a.action_id) in TERMINAL:
+                res.skipped += 1
+                continue
+            if a.kind == "compensate":
+                apply_id = Action.of(a.rule, "apply", a.entry).action_id
+                applied = self.log.status([apply_id]).get(apply_id)
+                if applied == "pending":  # not known yet whether it was done: decided once it is
+                    res.pending += 1
+                    pending.add(a.entry.entry_id)
+                    continue
+                if applied != "applied":
+                    res.skipped += 1  # nothing was done for it: nothing to compensate
+                    continue
+                if a.rule.on_orphaned == "hold":  # final entry orphaned by a reorg deeper than the confirmations
+                    self._dead_letter(a, "source entry orphaned after its action was applied; rule holds, "
+                                         "compensate by hand")
+                    self.log.record([self._outcome(a, "failed", {"reason": "orphaned after apply (hold rule)"}, 1)])
+                    res.failed += 1
+                    continue
+            todo.append(a)
+        return todo
+
+    def _act(self, todo: list[Action], res: BatchResult, pending: set[str]) -> None:
+        by_exec: dict[int, tuple[Any, list[Action]]] = {}
+        for a in todo:
+            ex = self.executor(a.rule)
+            by_exec.setdefault(id(ex), (ex, []))[1].append(a)
+        for ex, actions in by_exec.values():
+            self._announce_requested(actions)
+            outcomes = ex.run(actions)
+            before = self.log.pending_runs([a.action_id for a, st, _, _ in outcomes if st == "pending"])
+            rows = []
+            for a, st, detail, tries in outcomes:
+                if st == "pending":
+                    runs = before.get(a.action_id, 0) + 1
+                    detail = {**detail, "pending_runs": runs}
+                    if runs >= MAX_PENDING_RUNS:  # never holds its partition for ever
+                        st = "failed"
+                        detail["reason"] = (f"still pending after {runs} runs (MAX_PENDING_RUNS); last reason: "
+                                            f"{detail.get('reason', 'none given')}")
+                rows.append(self._outcome(a, st, detail, tries))
+                if st == "failed":
+                    res.failed += 1
+                    self._dead_letter(a, detail.get("reason", "failed"))
+                elif st == "pending":
+                    res.pending += 1
+                    pending.add(a.entry.entry_id)
+                elif detail.get("found_on_target"):
+                    res.found_on_target += 1
+                else:
+                    res.applied += 1
+            self.log.record(rows)
+
+    def _outcome(self, a: Action, status: str, detail: dict[str, Any], tries: int) -> dict[str, Any]:
+        return {"action_id": a.action_id, "rule": a.rule.name, "kind": a.kind, "source_ledger": a.entry.ledger,
+                "source_entry_id": a.entry.entry_id, "action_type": a.rule.kind, "status": status,
+                "target_ref": detail.get("reference") or detail.get("txn_id") or detail.get("topic"),
+                "detail": detail, "attempts": tries, "source_booked_at": a.entry.booked_at}
+
+    def _dead_letter(self, a: Action, reason: str) -> None:
+        self.dlq.send(a.entry.ledger, f"trigger:{a.rule.name}:{a.entry.entry_id}", reason, encode_entry(a.entry))
+        self.dlq.confirm()
+
+    def _announce_requested(self, actions: list[Action]) -> None:
+        from ..kafka.topics import actions_topic
+
+        topic = actions_topic(self.kafka)
+        for a in actions:
+            self.producer.produce(topic, key=a.action_id.encode(), value=json.dumps(
+                {"action_id": a.action_id, "event": "requested", "rule": a.rule.name, "kind": a.kind,
+                 "action_type": a.rule.kind, "source_entry_id": a.entry.entry_id}).encode())
+
+    def announce(self) -> int:
+        """Outcomes logged but not yet on ``ledger.bridge.actions`` (also after a crash) are produced now."""
+        from ..kafka.topics import actions_topic
+
+        rows = self.log.unannounced()
+        if not rows:
+            return 0
+        topic = actions_topic(self.kafka)
+        for r in rows:
+            self.producer.produce(topic, key=r["action_id"].encode(), value=json.dumps(
+                {"event": "outcome", **{k: r[k] for k in ("action_id", "rule", "kind", "source_entry_id",
+                                                          "action_type", "status", "target_ref", "attempts")},
+                 "detail": json.loads(r["detail"])}).encode())
+        self.producer.confirm(60)
+        self.log.mark_announced([r["action_id"] for r in rows])
+        return len(rows)

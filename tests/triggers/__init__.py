@@ -1,0 +1,1 @@
+"""Tests of ``ledger_pipelines.triggers``, one file per module of the package."""

@@ -1,0 +1,120 @@
+"""The engine: a batch against the rules and the action log; each action once, compensations after applies,
+held rules wait for final entries, and an action pending run after run is failed at MAX_PENDING_RUNS."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from ledger_pipelines.triggers.action_log import Action
+from ledger_pipelines.triggers.rules import load_rules
+
+from .helpers import source_entry
+
+
+@pytest.mark.services
+def test_orphaned_source_entries_are_compensated_or_held_by_rule(tmp_path, kafka):
+    """A chain deposit mirrored to the SQL ledger at once (compensate rule) gets a reversing posting when
+    a reorg orphans it; under a hold rule nothing happens before the entry is final; the publish action
+    forwards the entry to another topic. Each once, however often the versions are seen."""
+    from confluent_kafka import Consumer
+    from sqlalchemy import create_engine, text
+
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.kafka.topics import ensure_topics
+    from ledger_pipelines.triggers.engine import TriggerEngine
+    from ledger_pipelines.warehouse import Warehouse
+
+    mirror = f"sqlite:///{tmp_path / 'mirror.db'}"
+    SqlLedger(mirror, ColumnMapping(), "mirror").create_journal()
+    os.environ["LEDGER_T_MIRROR_URL"] = mirror
+    try:
+        lcs = [_ledger({"name": "eth_usdc", "kind": "evm"}),
+               _ledger({"name": "mirror", "kind": "sql", "connection_env": "LEDGER_T_MIRROR_URL"})]
+        forward = f"{kafka.topic_prefix}alerts.entries"
+        rules = load_rules({"triggers": [
+            {"name": "mirror_now", "source": "eth_usdc", "filter": {"direction": "credit"}, "on_orphaned": "compensate",
+             "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "GL-1200-USDC",
+                        "credit_account": "GL-2300-CLIENTS"}},
+            {"name": "mirror_final", "source": "eth_usdc", "filter": {"direction": "credit", "status": ["final"]},
+             "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "GL-1201-USDC-FINAL",
+                        "credit_account": "GL-2301-CLIENTS-FINAL"}},
+            {"name": "forward", "source": "eth_usdc", "filter": {"min_amount": "100"},
+             "action": {"type": "publish", "topic": forward}},
+        ]}, lcs)
+        ensure_topics(kafka, ["eth_usdc"])
+        wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+        engine = TriggerEngine(rules, lcs, wh, kafka)
+        dep = dict(ledger="eth_usdc", account="0xabc", direction="credit", amount="250.00", ref="0xt:1", corr="D-1")
+        pending, orphaned = source_entry(status="pending", **dep), source_entry(status="orphaned", **dep)
+        other_final = source_entry(status="final", **{**dep, "ref": "0xt:2", "amount": "5.00", "corr": "D-2"})
+        big_final = source_entry(status="final", **{**dep, "ref": "0xt:3", "amount": "300.00", "corr": "D-3"})
+        first = engine.process([pending, pending])  # seen twice: acted on once
+        assert (first.applied, first.held) == (1, 4)  # mirror_now at once; mirror_final and forward hold it
+        again = engine.process([pending, other_final, big_final])
+        assert (again.skipped, again.applied) == (1, 5)  # 0xt:2: both mirrors; 0xt:3: both mirrors + forward
+        comp = engine.process([orphaned, orphaned])
+        assert comp.applied == 1  # the reversing posting of mirror_now; the held rules never acted on D-1
+        assert engine.process([orphaned]).skipped == 3  # compensated once; nothing to compensate elsewhere
+    finally:
+        del os.environ["LEDGER_T_MIRROR_URL"]
+    with create_engine(mirror).connect() as c:
+        rows = c.execute(text("SELECT account, side, amount FROM journal_lines WHERE payment_ref = 'D-1' "
+                              "ORDER BY id")).all()
+    assert [(a, s) for a, s, _ in rows] == [("GL-1200-USDC", "D"), ("GL-2300-CLIENTS", "C"),
+                                            ("GL-2300-CLIENTS", "D"), ("GL-1200-USDC", "C")]  # posted, then reversed
+    c = Consumer({"bootstrap.servers": kafka.bootstrap_servers, "group.id": "t-fwd", "auto.offset.reset": "earliest"})
+    c.subscribe([forward])
+    got, deadline = [], time.monotonic() + 20
+    while time.monotonic() < deadline and not got:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            got.append(json.loads(m.value()))
+    c.close()
+    assert [g["entry_id"] for g in got] == ["eth_usdc:0xt:3"]
+
+
+def test_an_action_pending_run_after_run_is_failed_after_max_pending_runs(tmp_path, monkeypatch):
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.triggers.action_log import ActionLog
+    from ledger_pipelines.triggers.engine import TriggerEngine
+    from ledger_pipelines.warehouse import Warehouse
+
+    monkeypatch.setattr("ledger_pipelines.triggers.engine.MAX_PENDING_RUNS", 4)
+    lcs = [_ledger({"name": "core_banking", "kind": "sql"})]
+    rules = load_rules({"triggers": [{"name": "payments_on_chain", "source": "core_banking",
+                                      "action": {"type": "bridge_record"}}]}, lcs)
+    runs = []
+
+    class NodeDown:
+        def run(self, actions):
+            runs.append(len(runs) + 1)
+            return [(a, "pending", {"reason": f"connection refused (run {len(runs)})"}, 6) for a in actions]
+
+    dead = []
+    engine = TriggerEngine.__new__(TriggerEngine)
+    engine.rules, engine.ledgers = rules, lcs
+    engine.log = ActionLog(Warehouse(f"sqlite:///{tmp_path / 'w.db'}"))
+    engine._executors = {"bridge_record:": NodeDown()}
+    engine.dlq = type("Dlq", (), {"send": lambda self, *a: dead.append(a), "confirm": lambda self: None})()
+    engine._announce_requested = lambda actions: None
+    engine.announce = lambda: 0
+    entry = source_entry(ref="P9", corr="E2E-P9")
+    aid = Action.of(rules[0], "apply", entry).action_id
+    for n in (1, 2, 3):
+        res, pending = engine.process_entries([entry])
+        assert res.pending == 1 and pending == {entry.entry_id} and dead == []
+        (detail,) = engine.log.wh.rows("SELECT detail FROM bridge_actions WHERE action_id = :a", a=aid)[0]
+        assert json.loads(detail)["pending_runs"] == n
+    res, pending = engine.process_entries([entry])
+    assert res.failed == 1 and res.pending == 0 and pending == set()
+    assert engine.log.status([aid]) == {aid: "failed"}
+    ((_, _, reason, _),) = dead
+    assert reason == "still pending after 4 runs (MAX_PENDING_RUNS); last reason: connection refused (run 4)"
+    res, _ = engine.process_entries([entry])
+    assert res.skipped == 1 and runs == [1, 2, 3, 4]  # terminal: not tried again
