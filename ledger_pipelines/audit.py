@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from .config import LedgerConfig
 from .model import CanonicalEntry, decode_entry
+from .money import EXACT, totals_by_asset
 from .commitment import FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, summary_leaf
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
@@ -132,7 +133,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
                 age = rec.get("age_days", 0)
                 bucket = "0 days" if age == 0 else "1 day" if age == 1 else "2-6 days" if age < 7 else "7+ days"
                 aging[bucket] = aging.get(bucket, 0) + 1
-    amounts = {lc.name: _totals(snapshots[lc.name]) for lc in ledgers}
+    amounts = {lc.name: totals_by_asset(snapshots[lc.name]) for lc in ledgers}
     audit = {"format": FORMAT, "day": key, "records": count,
              "reconciliations": results, "open_breaks_by_age": aging, "amounts": amounts,
              "open_breaks": open_breaks(breaks, key),
@@ -202,7 +203,7 @@ def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, A
             for e in legs[ledger]:
                 drift = None
                 if e.asset == first.asset:
-                    d = Decimal(e.amount) - reference
+                    d = EXACT.subtract(Decimal(e.amount), reference)
                     drift, drifting = f"{d:f}", drifting or d != 0
                 rows.append({"ledger": ledger, "entry_id": e.entry_id, "status": e.status, "asset": e.asset,
                              "amount": e.amount, "direction": e.direction, "drift": drift})
@@ -261,15 +262,6 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
         closed = [{"d": day, "n": name, "i": i} for i in sorted(matched & set(first_seen))]
         if closed:
             c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"), closed)
-
-
-def _totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
-    """Per asset, debits and credits apart (their sum would mean nothing)."""
-    out: dict[str, dict[str, Decimal]] = {}
-    for e in entries:
-        t = out.setdefault(e.asset, {"debit": Decimal(0), "credit": Decimal(0)})
-        t[e.direction] += Decimal(e.amount)
-    return {a: {k: f"{v:f}" for k, v in t.items()} for a, t in sorted(out.items())}
 
 
 def _store(wh: Warehouse, day: str, rows: list[tuple[str, str, str, str, str]]) -> None:

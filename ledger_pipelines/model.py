@@ -302,11 +302,6 @@ def make_entry(**fields: Any) -> CanonicalEntry:
         raise EntryError(f"{eid}: {exc}") from None
 
 
-# Arithmetic on amounts (sums, FX) runs in this context: 200 digits hold any sum of uint256 values at
-# 18 decimals times a rate; Python's default 28 digits would round them silently.
-EXACT = Context(prec=200, Emax=999999, Emin=-999999)
-
-
 def utc_from_epoch(seconds: Any, what: str = "timestamp") -> str:
     """Seconds since 1970 (an int, no bool or float) as a canonical UTC timestamp; EntryError otherwise."""
     if type(seconds) is not int or not 0 <= seconds <= MAX_EPOCH_SECONDS:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ledger_pipelines.audit import _totals
+from ledger_pipelines.money import totals_by_asset
 from ledger_pipelines.model import make_entry
 from ledger_pipelines.reconcile import Rules
 from ledger_pipelines.reconcile.engine import Reconciliation
@@ -162,7 +162,7 @@ def test_amounts_per_asset_are_per_direction():
         return make_entry(ledger="bank", ledger_kind="sql", source_ref=ref, account="A", asset=asset, amount=amount,
                           direction=direction, booked_at=datetime(2026, 11, 24, tzinfo=timezone.utc), status="booked")
 
-    got = _totals([entry("1", "10.00", "debit"), entry("2", "2.50", "credit"), entry("3", "1.25", "debit"),
+    got = totals_by_asset([entry("1", "10.00", "debit"), entry("2", "2.50", "credit"), entry("3", "1.25", "debit"),
                    entry("4", HUGE, "credit", "WEI")])
     assert got == {"EUR": {"debit": "11.25", "credit": "2.50"}, "WEI": {"debit": "0", "credit": HUGE}}
 

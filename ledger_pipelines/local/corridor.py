@@ -24,6 +24,8 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+from ..money import computes_exactly
+
 RATE = Decimal("1.08")  # USDC per EUR
 CUSTOMERS = "GL-1100-CUSTOMERS"
 SETTLEMENT = "GL-2100-USDC-SETTLEMENT"
@@ -58,14 +60,17 @@ class Week:
                               "members": members or [ref]})
 
 
+@computes_exactly
 def _cents(rng: random.Random, lo: int = 5_000, hi: int = 5_000_000) -> Decimal:
     return Decimal(rng.randrange(lo, hi)).scaleb(-2)
 
 
+@computes_exactly
 def usdc(eur: Decimal) -> Decimal:
     return (eur * RATE).quantize(Decimal("0.01"))
 
 
+@computes_exactly
 def generate(days: list[date], per_day: int, seed: int = 7) -> Week:
     week = Week(days)
     for n, day in enumerate(days):
@@ -148,6 +153,7 @@ def _bal(code: str, amount: Decimal, day: date) -> str:
             f"<CdtDbtInd>{ind}</CdtDbtInd><Dt><Dt>{day}</Dt></Dt></Bal>")
 
 
+@computes_exactly
 def statements(week: Week) -> tuple[dict[str, bytes], dict[date, Decimal]]:
     """camt.053 per day (USD account of the beneficiary bank) and one camt.054 with the first batch."""
     credits: dict[date, list[Payment]] = {d: [] for d in week.days}

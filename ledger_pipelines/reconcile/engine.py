@@ -45,7 +45,8 @@ from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
 from typing import Any
 
-from ..model import EXACT, CanonicalEntry
+from ..model import CanonicalEntry
+from ..money import EXACT
 from .rules import Rules
 
 @dataclass

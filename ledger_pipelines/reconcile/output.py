@@ -20,6 +20,7 @@ from typing import Any, Iterator, NamedTuple
 from ..commitment import canonical, pretty, record_hashes, records_root
 from .. import merkle
 from ..model import CanonicalEntry
+from ..money import EXACT, totals_by_asset
 from .engine import Reconciliation
 from .rules import Rules
 
@@ -30,14 +31,6 @@ def merkle_root(records: list[dict[str, Any]], day: str | None = None, name: str
                         [canonical(r) for r in records if "match_id" not in r])
 
 
-def totals(entries: list[CanonicalEntry]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, Decimal]] = {}
-    for e in entries:
-        t = out.setdefault(e.asset, {"debit": Decimal(0), "credit": Decimal(0)})
-        t[e.direction] += Decimal(e.amount)
-    return {a: {k: str(v) for k, v in t.items()} for a, t in sorted(out.items())}
-
-
 def summary(result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
             rules: Rules, root: str) -> dict[str, Any]:
     counts = result.counts()
@@ -45,7 +38,7 @@ def summary(result: Reconciliation, left: list[CanonicalEntry], right: list[Cano
         "input_rows": {"left": result.left_count, "right": result.right_count},
         "match_type": counts["match_type"], "break_type": counts["break_type"],
         "matches": len(result.matches), "breaks": len(result.breaks),
-        "totals": {"left": totals(left), "right": totals(right)},
+        "totals": {"left": totals_by_asset(left), "right": totals_by_asset(right)},
         "rules": rules.describe(),
         "merkle_root": root,
     }
@@ -232,8 +225,8 @@ def _write_exports(out_dir: Path, result: Reconciliation, name: str | None, day:
 def _at_stake(b: dict[str, Any]) -> Decimal:
     """The amount a break puts in question: the difference of a pair, else the amount of the side present."""
     if b.get("difference") not in (None, ""):
-        return abs(Decimal(b["difference"]))
-    return max((abs(Decimal(b[k])) for k in ("left_amount", "right_amount") if b.get(k) not in (None, "")),
+        return EXACT.abs(Decimal(b["difference"]))
+    return max((EXACT.abs(Decimal(b[k])) for k in ("left_amount", "right_amount") if b.get(k) not in (None, "")),
                default=Decimal(0))
 
 
@@ -251,7 +244,8 @@ def open_breaks(breaks: dict[str, list[dict[str, Any]]], day: str) -> dict[str, 
     for r in rows:
         by_asset.setdefault(str(r["asset"]), []).append(r)
     largest = [r for asset in sorted(by_asset) for r in
-               sorted(by_asset[asset], key=lambda r: (-Decimal(r["amount"]), r["reconciliation"], r["break_id"]))
+               sorted(by_asset[asset], key=lambda r: (EXACT.minus(Decimal(r["amount"])), r["reconciliation"],
+                                                   r["break_id"]))
                [:TOP_BREAKS]]
     oldest = sorted(rows, key=lambda r: (r["first_seen"], r["reconciliation"], r["break_id"]))[:TOP_BREAKS]
     return {"largest": largest, "oldest": oldest}

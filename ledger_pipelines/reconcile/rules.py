@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from .. import safe_yaml
+from ..money import EXACT
 
 _FIELDS = ("entry_id", "correlation_id", "account", "counterparty", "asset", "amount", "direction", "source_ref")
 _ENTRY_FIELDS = _FIELDS + ("ledger", "ledger_kind", "booked_at", "value_date", "status", "position", "attributes")
@@ -92,12 +93,12 @@ class Rules:
             if (r.source, r.target) == (source, target):
                 return r.rate
             if (r.source, r.target) == (target, source):
-                return Decimal(1) / r.rate
+                return EXACT.divide(Decimal(1), r.rate)  # 200 digits: no finite decimal in general
         return None
 
     def within_tolerance(self, expected: Decimal, actual: Decimal) -> bool:
-        diff = abs(expected - actual)
-        return diff <= self.tolerance_absolute or diff <= abs(expected) * self.tolerance_relative
+        diff = EXACT.abs(EXACT.subtract(expected, actual))
+        return diff <= self.tolerance_absolute or diff <= EXACT.multiply(EXACT.abs(expected), self.tolerance_relative)
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "time_window_seconds": self.time_window_seconds, "direction": self.direction,

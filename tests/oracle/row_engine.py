@@ -27,7 +27,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
-from ledger_pipelines.model import EXACT, CanonicalEntry
+from ledger_pipelines.model import CanonicalEntry
+from ledger_pipelines.money import EXACT
 from ledger_pipelines.reconcile.rules import Rules
 
 
