@@ -164,3 +164,40 @@ def test_the_path_cache_stays_bounded_on_made_up_tags():
     flat = iso20022._flatten(root, "", {})
     assert len(flat) == 60_000 and flat["T59999"] == "x"  # every value read, cache or not
     assert sum(len(t) for t in iso20022._PATHS.values()) <= 50_000
+
+
+def test_a_name_set_on_the_package_reaches_the_module_that_reads_it(monkeypatch):
+    from ledger_pipelines.connectors import iso20022
+    from ledger_pipelines.connectors.iso20022 import flatten, mapping, safe_xml
+
+    monkeypatch.setattr(iso20022, "MAX_DOCUMENT_BYTES", 10)
+    assert safe_xml.MAX_DOCUMENT_BYTES == mapping.MAX_DOCUMENT_BYTES == 10
+    with pytest.raises(CamtError, match="exceeds the 10-byte limit"):
+        camt_to_entries(b"<Document/>")
+    monkeypatch.undo()
+    assert safe_xml.MAX_DOCUMENT_BYTES == iso20022.MAX_DOCUMENT_BYTES == 64 * 1024 * 1024
+    assert iso20022._entry is flatten._entry and iso20022.camt_to_entries is mapping.camt_to_entries
+
+
+_PACKAGE_DOC = """<Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"><BkToCstmrStmt><GrpHdr>
+<MsgId>M</MsgId></GrpHdr><Stmt><Id>S-9</Id><ElctrncSeqNb>7</ElctrncSeqNb><Acct><Id><IBAN>CH93</IBAN></Id></Acct>{}
+</Stmt></BkToCstmrStmt></Document>"""
+
+
+def _package_ntry(ccy="EUR", code=""):
+    return (f'<Ntry><Amt Ccy="{ccy}">1.00</Amt><CdtDbtInd>CRDT</CdtDbtInd><BookgDt><Dt>2026-11-24</Dt></BookgDt>'
+            f"{code}</Ntry>")
+
+
+def test_bank_codes_currencies_and_entry_names_of_the_record_reading():
+    codes = ["<BkTxCd><Domn><Cd>PMNT</Cd><Fmly><Cd>RCDT</Cd><SubFmlyCd>ESCT</SubFmlyCd></Fmly></Domn></BkTxCd>",
+             "<BkTxCd><Domn><Cd>PMNT</Cd></Domn></BkTxCd>", "<BkTxCd><Domn><Fmly><SubFmlyCd>X</SubFmlyCd></Fmly></Domn>"
+             "</BkTxCd>", ""]
+    ntrys = [_package_ntry(code=c) for c in codes] + [_package_ntry(ccy="eur"), _package_ntry(ccy="EURO")]
+    entries, errors, _ = camt_to_entries(_PACKAGE_DOC.format("".join(ntrys)).encode())
+    assert [e.attributes.get("bank_tx_code") for e in entries] == ["PMNT-RCDT-ESCT", "PMNT", "X", None]
+    # a code already seen valid does not let a look-alike through; the name carries the statement's numbers
+    assert [(x.source, x.reason) for x in errors] == [
+        (f"camt.053 S-9 entry {i} (statement ElctrncSeqNb 7)",
+         f"camt.053 S-9 entry {i} (statement ElctrncSeqNb 7): currency {ccy!r} is not an ISO 4217 code")
+        for i, ccy in ((5, "eur"), (6, "EURO"))]

@@ -142,13 +142,16 @@ def _text(el: Element | None, path: str) -> str | None:
 _AMOUNT_TEXT = re.compile(r"[0-9]{1,18}(\.[0-9]{1,18})?")
 _COUNT = re.compile(r"[0-9]{1,18}")
 _CCY = re.compile(r"[A-Z]{3}")
+_CODES: set[str | None] = set()  # currency codes seen to match _CCY
 
 
 def _amount_of(raw: str | None, ccy: str | None, what: str) -> tuple[str, str]:
     if raw is None or raw == "":
         raise EntryError(f"{what}: missing amount")
-    if not ccy or not _CCY.fullmatch(ccy):
-        raise EntryError(f"{what}: currency {_short(ccy)!r} is not an ISO 4217 code")
+    if ccy not in _CODES:
+        if not ccy or not _CCY.fullmatch(ccy):
+            raise EntryError(f"{what}: currency {_short(ccy)!r} is not an ISO 4217 code")
+        _CODES.add(ccy)  # three capital letters: at most 17,576 of them
     if not _AMOUNT_TEXT.fullmatch(raw):
         raise EntryError(f"{what}: amount {raw[:60]!r} is not a non-negative decimal (ISO 20022 amounts are unsigned)")
     return raw, ccy
@@ -274,8 +277,9 @@ _PARTY_PATHS = {credit: (f"RltdPties/{role}/Nm", f"RltdPties/{role}/Pty/Nm", f"R
 
 def _detail(f: dict[str, str], entry_credit: bool, where: str) -> dict[str, Any]:
     refs = {}
+    get = f.get
     for name, path in _REF_PATHS:
-        v = f.get(path)
+        v = get(path)
         if v and v.upper() not in _NOT_PROVIDED:
             refs[name] = v
     d: dict[str, Any] = {"refs": refs}
@@ -287,53 +291,61 @@ def _detail(f: dict[str, str], entry_credit: bool, where: str) -> dict[str, Any]
         if path in f:
             amt, ccy = _amount_of(f[path], f.get(path + "@Ccy"), f"{where} {name}")
             d[name] = {"amount": amt, "currency": ccy}
-    rate = f.get("AmtDtls/InstdAmt/CcyXchg/XchgRate") or f.get("AmtDtls/TxAmt/CcyXchg/XchgRate")
+    rate = get("AmtDtls/InstdAmt/CcyXchg/XchgRate") or get("AmtDtls/TxAmt/CcyXchg/XchgRate")
     if rate:
         d["exchange_rate"] = rate
-    cd = f.get("CdtDbtInd")
+    cd = get("CdtDbtInd")
     credit = entry_credit if not cd else cd == "CRDT"
     d["direction"] = "credit" if credit else "debit"
     cp = {}
     name_path, party_name_path, iban_path, other_path = _PARTY_PATHS[credit]
-    name = f.get(name_path) or f.get(party_name_path)
-    acct = f.get(iban_path) or f.get(other_path)
+    name = get(name_path) or get(party_name_path)
+    acct = get(iban_path) or get(other_path)
     if name:
         cp["name"] = name
     if acct:
         cp["account"] = acct
     if cp:
         d["counterparty"] = cp
-    for key, path in (("remittance", "RmtInf/Ustrd"), ("creditor_reference", "RmtInf/Strd/CdtrRefInf/Ref"),
-                      ("return_reason", "RtrInf/Rsn/Cd")):
-        if f.get(path):
-            d[key] = f[path]
+    for key, path in _DETAIL_TEXTS:
+        v = get(path)
+        if v:
+            d[key] = v
     return d
+
+
+_DETAIL_TEXTS = (("remittance", "RmtInf/Ustrd"), ("creditor_reference", "RmtInf/Strd/CdtrRefInf/Ref"),
+                 ("return_reason", "RtrInf/Rsn/Cd"))
 
 
 def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
     subs: list = []
     f = _flatten(ntry, "", {}, subs)
-    amount, ccy = _amount_of(f.get("Amt"), f.get("Amt@Ccy"), where)
-    cd = f.get("CdtDbtInd")
+    get = f.get
+    amount, ccy = _amount_of(get("Amt"), get("Amt@Ccy"), where)
+    cd = get("CdtDbtInd")
     if cd not in ("CRDT", "DBIT"):
         raise EntryError(f"{where}: CdtDbtInd {_short(cd)!r} is neither CRDT nor DBIT")
     credit = cd == "CRDT"
-    rvsl = (f.get("RvslInd") or "false").lower() in ("true", "1")
-    status = f.get("Sts/Cd") or f.get("Sts/Prtry") or f.get("Sts") or "BOOK"
+    rvsl = (get("RvslInd") or "false").lower() in ("true", "1")
+    status = get("Sts/Cd") or get("Sts/Prtry") or get("Sts") or "BOOK"
     try:
-        booking, _ = _date_time(f.get("BookgDt/Dt"), f.get("BookgDt/DtTm"))
-        _, value_date = _date_time(f.get("ValDt/Dt"), f.get("ValDt/DtTm"))
+        booking, _ = _date_time(get("BookgDt/Dt"), get("BookgDt/DtTm"))
+        _, value_date = _date_time(get("ValDt/Dt"), get("ValDt/DtTm"))
     except ValueError as exc:
         raise EntryError(f"{where}: bad date ({exc})") from None
     attrs: dict[str, Any] = {"cdt_dbt_ind": cd, "status_code": status}
-    code = "-".join(x for x in (f.get("BkTxCd/Domn/Cd"), f.get("BkTxCd/Domn/Fmly/Cd"),
-                                f.get("BkTxCd/Domn/Fmly/SubFmlyCd")) if x)
-    if code:
-        attrs["bank_tx_code"] = code
-    if f.get("BkTxCd/Prtry/Cd"):
-        attrs["bank_tx_code_proprietary"] = f["BkTxCd/Prtry/Cd"]
-    if f.get("AddtlNtryInf"):
-        attrs["additional_info"] = f["AddtlNtryInf"]
+    domain, family, sub_family = get("BkTxCd/Domn/Cd"), get("BkTxCd/Domn/Fmly/Cd"), get("BkTxCd/Domn/Fmly/SubFmlyCd")
+    if domain and family and sub_family:
+        attrs["bank_tx_code"] = f"{domain}-{family}-{sub_family}"
+    elif domain or family or sub_family:
+        attrs["bank_tx_code"] = "-".join(x for x in (domain, family, sub_family) if x)
+    v = get("BkTxCd/Prtry/Cd")
+    if v:
+        attrs["bank_tx_code_proprietary"] = v
+    v = get("AddtlNtryInf")
+    if v:
+        attrs["additional_info"] = v
     if "NtryDtls/Btch/NbOfTxs" in f or "NtryDtls/Btch/TtlAmt" in f:
         batch: dict[str, Any] = {}
         n = f.get("NtryDtls/Btch/NbOfTxs")
@@ -349,8 +361,8 @@ def _entry(ntry: Element, index: int, where: str) -> CamtEntry:
     details = [_detail(_flatten(tx, "", {}), credit, f"{where} TxDtls {i}") for i, tx in enumerate(subs, start=1)]
     return CamtEntry(
         index=index, amount=amount, currency=ccy, credit=credit, reversal=rvsl, status=status,
-        booking=booking, value_date=value_date, acct_svcr_ref=f.get("AcctSvcrRef") or None,
-        ntry_ref=f.get("NtryRef") or None, attributes=attrs, details=details,
+        booking=booking, value_date=value_date, acct_svcr_ref=get("AcctSvcrRef") or None,
+        ntry_ref=get("NtryRef") or None, attributes=attrs, details=details,
     )
 
 
@@ -435,13 +447,14 @@ def _parse_statements(root: Element, ns: str | None, data: bytes) -> tuple[list[
                     ))
                 except EntryError as exc:
                     st.errors.append(RecordError(st.where("balance"), str(exc)))
+        head, tail = st.where("\0").split("\0")  # the statement's part of each entry's name, built once
         index = 0
         for child in stmt:
             tag = child.tag
             if tag != ntry_tag and (type(tag) is not str or _local(tag) != "Ntry"):
                 continue
             index += 1
-            where = st.where(f"entry {index}")
+            where = f"{head}entry {index}{tail}"
             if problem is None and tag != ntry_tag:
                 problem_here = (f"Ntry in namespace {_short(_namespace(child))!r}, not the document's "
                                 f"{_short(ns)!r}")
