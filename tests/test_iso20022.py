@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-import time
 from decimal import Decimal
 
 import pytest
@@ -164,19 +162,6 @@ def test_the_path_cache_stays_bounded_on_made_up_tags():
     flat = iso20022._flatten(root, "", {})
     assert len(flat) == 60_000 and flat["T59999"] == "x"  # every value read, cache or not
     assert sum(len(t) for t in iso20022._PATHS.values()) <= 50_000
-
-
-def test_a_name_set_on_the_package_reaches_the_module_that_reads_it(monkeypatch):
-    from ledger_pipelines.connectors import iso20022
-    from ledger_pipelines.connectors.iso20022 import flatten, mapping, safe_xml
-
-    monkeypatch.setattr(iso20022, "MAX_DOCUMENT_BYTES", 10)
-    assert safe_xml.MAX_DOCUMENT_BYTES == mapping.MAX_DOCUMENT_BYTES == 10
-    with pytest.raises(CamtError, match="exceeds the 10-byte limit"):
-        camt_to_entries(b"<Document/>")
-    monkeypatch.undo()
-    assert safe_xml.MAX_DOCUMENT_BYTES == iso20022.MAX_DOCUMENT_BYTES == 64 * 1024 * 1024
-    assert iso20022._entry is flatten._entry and iso20022.camt_to_entries is mapping.camt_to_entries
 
 
 _PACKAGE_DOC = """<Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.053.001.08"><BkToCstmrStmt><GrpHdr>

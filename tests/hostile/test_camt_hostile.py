@@ -16,6 +16,7 @@ from lxml import etree
 
 from conftest import OCA_STATEMENT, REALDATA, needs_shared, shared_bytes, shared_param
 from ledger_pipelines.connectors import iso20022
+from ledger_pipelines.connectors.iso20022 import flatten, safe_xml
 from ledger_pipelines.connectors.iso20022 import CamtError, camt_to_entries
 
 ISO = REALDATA / "iso20022"
@@ -267,9 +268,9 @@ def test_remittance_cost_grows_linearly():
 
 def test_limits_are_checked_before_the_document_is_parsed(monkeypatch):
     parsed = []
-    monkeypatch.setattr(iso20022, "_safe_root", lambda *a: parsed.append(1) or 1 / 0)
+    monkeypatch.setattr(safe_xml, "_safe_root", lambda *a: parsed.append(1) or 1 / 0)
     big = _doc(_stmt(entries=[_ntry()] * 40_000))
-    monkeypatch.setattr(iso20022, "MAX_DOCUMENT_BYTES", len(big) - 1)
+    monkeypatch.setattr(safe_xml, "MAX_DOCUMENT_BYTES", len(big) - 1)
     with pytest.raises(CamtError, match="exceeds the .*-byte limit"):
         camt_to_entries(big)
     assert parsed == []
@@ -277,16 +278,16 @@ def test_limits_are_checked_before_the_document_is_parsed(monkeypatch):
 
 def test_the_entry_limit_is_checked_before_any_entry_is_read(monkeypatch):
     read = []
-    monkeypatch.setattr(iso20022, "_entry", lambda *a: read.append(1) or 1 / 0)
+    monkeypatch.setattr(flatten, "_entry", lambda *a: read.append(1) or 1 / 0)
     big = _doc(_stmt(entries=[_ntry()] * 40_000))
-    monkeypatch.setattr(iso20022, "MAX_ENTRIES", 39_999)
+    monkeypatch.setattr(flatten, "MAX_ENTRIES", 39_999)
     with pytest.raises(CamtError, match="40000 Ntry elements exceeds the limit of 39999"):
         camt_to_entries(big)
     assert read == []
 
 
 def test_the_entry_limit_counts_self_closed_and_prefixed_ntry_too(monkeypatch):
-    monkeypatch.setattr(iso20022, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(flatten, "MAX_ENTRIES", 3)
     doc = _doc(_stmt(entries=[_ntry(), "<Ntry/>", f'<x:Ntry xmlns:x="{V02}"/>', "<Ntry/>"]))
     with pytest.raises(CamtError, match="4 Ntry elements"):
         camt_to_entries(doc)

@@ -16,30 +16,10 @@ numbers cannot be told apart: the later one's entries are rejected.
 
 from __future__ import annotations
 
-import sys
-from types import ModuleType
-
-from . import flatten, mapping, safe_xml
-from .flatten import (MAX_ENTRIES, MAX_STATEMENT_KEY, _PATHS, Balance, CamtEntry, Statement, _date_time, _entry,
-                      _flatten, _parse_statements)
+from .flatten import (MAX_ENTRIES, MAX_STATEMENT_KEY, _PATHS, Balance, CamtEntry, Statement,  # noqa: F401
+                      _date_time, _flatten)
 from .mapping import camt_entry_to_entry, camt_to_entries, pain001_to_entries
-from .safe_xml import MAX_DOCUMENT_BYTES, CamtError, RecordError, _safe_root, read_document
+from .safe_xml import MAX_DOCUMENT_BYTES, CamtError, RecordError, read_document
 
 __all__ = ["MAX_DOCUMENT_BYTES", "MAX_ENTRIES", "MAX_STATEMENT_KEY", "Balance", "CamtEntry", "CamtError", "RecordError",
            "Statement", "camt_entry_to_entry", "camt_to_entries", "pain001_to_entries", "read_document"]
-
-_MODULES = (safe_xml, flatten, mapping)
-
-
-class _Package(ModuleType):
-    """A name set on the package (a limit, a step replaced by a test) is set in each of its modules that
-    holds it, so the code reading it sees the new value."""
-
-    def __setattr__(self, name: str, value) -> None:
-        for module in _MODULES:
-            if name in module.__dict__:
-                setattr(module, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

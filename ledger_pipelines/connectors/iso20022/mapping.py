@@ -11,7 +11,8 @@ from lxml.etree import _Element as Element
 from ...model import CanonicalEntry, EntryError, format_amount, make_entry
 from .flatten import (_NOT_PROVIDED, _NS, CamtEntry, Statement, _account, _amount, _date_time, _escape, _find,
                       _findall, _parse_camt_root, _text)
-from .safe_xml import MAX_DOCUMENT_BYTES, CamtError, RecordError, _body, _local, _safe_root
+from . import safe_xml
+from .safe_xml import CamtError, RecordError, _body, _local
 
 def _correlation(details: list[dict[str, Any]]) -> str | None:
     if len(details) != 1:
@@ -108,10 +109,11 @@ def pain001_to_entries(root: Element, data: bytes, ledger: str) -> tuple[list[Ca
 def camt_to_entries(data: bytes, ledger: str = "bank_statements") -> tuple[list[CanonicalEntry], list[RecordError],
                                                                              list[Statement]]:
     """Parse and map a whole document (camt.052/053/054, or pain.001): (entries, bad records, statements)."""
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise CamtError(f"document of {len(data)} bytes exceeds the {MAX_DOCUMENT_BYTES}-byte limit")
+    limit = safe_xml.MAX_DOCUMENT_BYTES
+    if len(data) > limit:
+        raise CamtError(f"document of {len(data)} bytes exceeds the {limit}-byte limit")
     entries, errors = [], []
-    root, ns = _safe_root(data, MAX_DOCUMENT_BYTES)
+    root, ns = safe_xml._safe_root(data, limit)
     if _local(_body(root).tag) == "CstmrCdtTrfInitn":
         token = _NS.set(ns or "")
         try:
