@@ -16,6 +16,7 @@ import msgspec
 from lxml.etree import _Element as Element
 
 from ...model import EntryError, format_timestamp
+from ...money import EXACT, computes_exactly
 from .safe_xml import CamtError, RecordError, _body, _local, _namespace, _short
 
 # a bound on the work and memory of one document (every Ntry costs an entry or a rejection): far
@@ -44,7 +45,7 @@ class Balance:
 
     @property
     def signed(self) -> Decimal:
-        return self.amount if self.credit else -self.amount
+        return self.amount if self.credit else EXACT.minus(self.amount)
 
 
 class CamtEntry(msgspec.Struct, frozen=True, gc=False):  # never in a cycle (see model._EntryFields)
@@ -85,6 +86,7 @@ class Statement:
         text = f"{self.message_type} {_short(self.statement_id)}" + (f" {what}" if what else "")
         return text + (f" (statement {numbers})" if numbers else "")
 
+    @computes_exactly
     def balance_check(self) -> dict[str, Any]:
         """Opening + credits - debits = closing, per statement (reported, never raised)."""
         by_type = {b.type: b for b in self.balances}
