@@ -9,6 +9,7 @@ from typing import Any
 
 from .config import LedgerConfig
 from .model import CanonicalEntry
+from .money import exact
 from .publish import source_url
 from .validation import record_counts
 from .warehouse import Warehouse
@@ -100,7 +101,8 @@ def entry_totals(entries: list[CanonicalEntry]) -> dict[tuple[str, str], Decimal
 
 
 def _summed(amounts: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str], Decimal]:
-    return {k: sum(map(Decimal, v), Decimal(0)) for k, v in amounts.items()}
+    with exact():
+        return {k: sum(map(Decimal, v), Decimal(0)) for k, v in amounts.items()}
 
 
 def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=None) -> dict[str, Any]:
@@ -153,7 +155,8 @@ def _control_totals_frame(snapshot: dict[tuple[str, str], Decimal], delivered: d
 
     a, b = snapshot, delivered
     keys = sorted(set(a) | set(b))
-    diffs = [b.get(k, Decimal(0)) - a.get(k, Decimal(0)) for k in keys]
+    with exact():
+        diffs = [b.get(k, Decimal(0)) - a.get(k, Decimal(0)) for k in keys]
     return pd.DataFrame({"entry_id": [f"{asset}:{direction}" for asset, direction in keys],
                          "difference": ["0" if d == 0 else f"{d:f}" for d in diffs]}, dtype=object)
 
@@ -174,8 +177,9 @@ def _trial_balance_frame(entries: list[CanonicalEntry]):
     from decimal import Decimal
 
     sums: dict[tuple[str, str], Decimal] = {}
-    for e in entries:
-        key = (str(e.attributes.get("transaction_id") or e.source_ref), e.asset)
-        sums[key] = sums.get(key, Decimal(0)) + (Decimal(e.amount) if e.direction == "debit" else -Decimal(e.amount))
+    with exact():
+        for e in entries:
+            key = (str(e.attributes.get("transaction_id") or e.source_ref), e.asset)
+            sums[key] = sums.get(key, Decimal(0)) + (Decimal(e.amount) if e.direction == "debit" else -Decimal(e.amount))
     return pd.DataFrame({"entry_id": [f"{t}:{c}" for t, c in sums],
                          "difference": ["0" if v == 0 else f"{v:f}" for v in sums.values()]}, dtype=object)

@@ -12,6 +12,7 @@ import pytest
 
 from ledger_pipelines.connectors.mapping import utc_text
 from ledger_pipelines.ingest import _row_of
+from ledger_pipelines.money import exact, total
 from ledger_pipelines.model import EntryError, decode_entry, encode_entry, make_entry
 from ledger_pipelines.snapshots import (_control_totals_frame, entry_totals, event_log_day, event_log_totals,
                                         snapshot_day)
@@ -132,17 +133,19 @@ def test_control_totals_equal_the_totals_of_the_entries(warehouse):
     _log(warehouse, {0: entries, 1: later})
     delivered = _reference_event_log_day(warehouse, "chain", DAY)
     want: dict[tuple[str, str], Decimal] = {}
-    for e in delivered:
-        if e.status != "orphaned":
-            want[(e.asset, e.direction)] = want.get((e.asset, e.direction), Decimal(0)) + Decimal(e.amount)
+    with exact():
+        for e in delivered:
+            if e.status != "orphaned":
+                want[(e.asset, e.direction)] = want.get((e.asset, e.direction), Decimal(0)) + Decimal(e.amount)
     assert event_log_totals(warehouse, "chain", DAY) == want == entry_totals(delivered)
     assert any(v > 2**256 for v in want.values())  # exact beyond any float
     frame = _control_totals_frame(entry_totals(entries), event_log_totals(warehouse, "chain", DAY))
     # the orphaned later versions are the difference, exactly, per asset and direction
     gone = {}
-    for e in entries[1:6]:
-        if e.status != "orphaned":
-            gone[f"{e.asset}:{e.direction}"] = gone.get(f"{e.asset}:{e.direction}", Decimal(0)) - Decimal(e.amount)
+    with exact():
+        for e in entries[1:6]:
+            if e.status != "orphaned":
+                gone[f"{e.asset}:{e.direction}"] = gone.get(f"{e.asset}:{e.direction}", Decimal(0)) - Decimal(e.amount)
     assert {k: Decimal(v) for k, v in zip(frame["entry_id"], frame["difference"]) if v != "0"} == gone
 
 
@@ -158,8 +161,8 @@ def test_entry_stats_equal_the_statistics_of_snapshot_rows():
     assert stats == snapshot_stats([snapshot_row("chain", DAY.isoformat(), e) for e in again])
     assert stats["first_position"] != {"again": True} and stats["last_position"] == {"again": True}
     stats = entry_stats(entries)
-    assert stats["totals"]["EUR"]["credit"] == str(sum((Decimal(e.amount) for e in entries
-                                                        if e.asset == "EUR" and e.direction == "credit"), Decimal(0)))
+    assert stats["totals"]["EUR"]["credit"] == str(total(e.amount for e in entries
+                                                         if e.asset == "EUR" and e.direction == "credit"))
     assert list(stats["first_position"]) == sorted(stats["first_position"])  # keys sorted, as stored
     assert entry_stats([]) == snapshot_stats([]) == {"rows": 0, "totals": {}, "statuses": {},
                                                     "first_position": None, "last_position": None}
@@ -203,3 +206,24 @@ def test_snapshot_day_publishes_the_rows_and_statistics_it_read(tmp_path, monkey
         assert {k: stats[k] for k in want} == want and stats["rows"] == 60
     finally:
         wh.dispose()
+
+
+def test_totals_and_differences_are_exact_in_any_default_context(monkeypatch):
+    """uint256 amounts (78 digits) plus cents: the snapshot's totals, control totals and trial balance
+    are exact even where the process's default decimal context keeps 28 digits."""
+    import decimal
+    from fractions import Fraction
+
+    from ledger_pipelines.snapshots import _trial_balance_frame
+
+    monkeypatch.setattr(decimal.getcontext(), "prec", 28)
+    legs = [make_entry(ledger="chain", ledger_kind="evm", source_ref=str(i), account="A", asset="USDC",
+                       amount=amount, direction=direction, booked_at="2026-11-30T12:00:00Z", status="final",
+                       attributes={"transaction_id": "T1"})
+            for i, (amount, direction) in enumerate([(BIG, "debit"), ("0.01", "debit"), (BIG, "credit")])]
+    debits = Fraction(BIG) + Fraction("0.01")
+    assert Fraction(entry_stats(legs)["totals"]["USDC"]["debit"]) == debits
+    assert Fraction(entry_totals(legs)[("USDC", "debit")]) == debits
+    frame = _control_totals_frame(entry_totals(legs[:1]), entry_totals(legs))
+    assert dict(zip(frame["entry_id"], frame["difference"])) == {"USDC:credit": BIG, "USDC:debit": "0.01"}
+    assert list(_trial_balance_frame(legs)["difference"]) == ["0.01"]

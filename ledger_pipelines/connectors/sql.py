@@ -20,6 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from ..model import CanonicalEntry, EntryError
+from ..money import exact
 from .mapping import ColumnMapping, row_mapper, row_to_entry, utc_timestamp
 
 DEFAULT_GAP_TIMEOUT = timedelta(minutes=10)
@@ -175,12 +176,14 @@ class SqlLedger:
         """Transactions whose debits and credits differ, per currency (empty when the books balance)."""
         entries = self.read_day(day)[0] if day else self._entries(self._all())[0]
         sums: dict[tuple[str, str], dict[str, Decimal]] = {}
-        for e in entries:
-            key = (e.attributes.get("transaction_id") or e.source_ref, e.asset)
-            s = sums.setdefault(key, {"debit": Decimal(0), "credit": Decimal(0)})
-            s[e.direction] += Decimal(e.amount)
+        with exact():
+            for e in entries:
+                key = (e.attributes.get("transaction_id") or e.source_ref, e.asset)
+                s = sums.setdefault(key, {"debit": Decimal(0), "credit": Decimal(0)})
+                s[e.direction] += Decimal(e.amount)
+            differences = {k: s["debit"] - s["credit"] for k, s in sums.items()}
         return [{"transaction_id": t, "currency": ccy, "debits": str(s["debit"]), "credits": str(s["credit"]),
-                 "difference": str(s["debit"] - s["credit"])}
+                 "difference": str(differences[(t, ccy)])}
                 for (t, ccy), s in sorted(sums.items()) if s["debit"] != s["credit"]]
 
     def _all(self) -> Iterator:

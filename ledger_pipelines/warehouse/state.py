@@ -14,6 +14,7 @@ import msgspec
 from sqlalchemy import text
 
 from ..connectors.mapping import utc_text
+from ..money import exact
 from ..model import STATUSES, CanonicalEntry, Direction, EntryError, LedgerKind, check_entry
 from .schema import SNAPSHOT_COLUMNS
 
@@ -117,10 +118,11 @@ def _stats(items: list, column, position, amount_text=None) -> dict[str, Any]:
     for key, amount in zip(zip(column("asset"), column("direction")), column("amount")):
         amounts[key].append(amount)
     totals: dict[str, dict[str, Decimal]] = {}
-    for (asset, direction), group in amounts.items():
-        t = totals.setdefault(asset, {"debit": Decimal(0), "credit": Decimal(0)})
-        texts = map(amount_text, group) if amount_text else group
-        t[direction] += sum(map(Decimal, texts), Decimal(0))  # exact: the context holds 200 digits
+    with exact():
+        for (asset, direction), group in amounts.items():
+            t = totals.setdefault(asset, {"debit": Decimal(0), "credit": Decimal(0)})
+            texts = map(amount_text, group) if amount_text else group
+            t[direction] += sum(map(Decimal, texts), Decimal(0))
     statuses = Counter(column("status"))
     return {
         "rows": n,
