@@ -430,7 +430,7 @@ def _pair_sides(day: str):
     from ledger_pipelines.audit import _carried, pairs_from
     from ledger_pipelines.warehouse.state import snapshot_entries
     from ledger_pipelines.config import load_config, reconciliation_pairs
-    from ledger_pipelines.snapshots import event_log_day
+    from ledger_pipelines.warehouse.state import event_log_day
     from ledger_pipelines.warehouse import Warehouse
 
     ledgers = load_config()

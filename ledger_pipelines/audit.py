@@ -25,7 +25,7 @@ from .money import EXACT, totals_by_asset
 from .commitment import FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, summary_leaf
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
-from .snapshots import event_log_day
+from .warehouse.state import event_log_day
 from .warehouse import Warehouse, bulk_insert
 from .warehouse.state import snapshot_entries
 

@@ -8,72 +8,18 @@ from decimal import Decimal
 from typing import Any
 
 from .config import LedgerConfig
+from .connectors.kinds import STATEMENT_BALANCE, TRIAL_BALANCE, connector_for
 from .model import CanonicalEntry
 from .money import exact
-from .publish import source_url
 from .validation import record_counts
 from .warehouse import Warehouse
 from .warehouse.state import replace_snapshot
 
 
-def read_day(lc: LedgerConfig, day: date, warehouse: Warehouse) -> tuple[list[CanonicalEntry], list[tuple[str, str]]]:
-    if lc.kind == "sql" or (lc.kind == "cdc" and lc.connection_env):
-        from .connectors.sql import SqlLedger
-
-        ledger = SqlLedger(source_url(lc), lc.mapping, lc.name)
-        try:
-            return ledger.read_day(day)
-        finally:
-            ledger.dispose()
-    if lc.kind == "iso20022":
-        entries, errors, _ = read_statements_day(lc, day)
-        return entries, errors
-    if lc.kind == "evm":
-        from .connectors.evm_reader import EvmReader
-
-        return EvmReader(lc, source_url(lc)).read_day(day)
-    # a CDC ledger without a source connection: what the stream delivered for that day
-    return event_log_day(warehouse, lc.name, day), []
-
-
-def read_statements_day(lc: LedgerConfig, day: date):
-    """The day's statement entries, its bad records, and the balance equation of every statement that
-    booked entries on the day (opening + credits - debits = closing), read from the inbox's index:
-    each file is parsed once per content, and each of its records belongs to one day (see
-    :mod:`ledger_pipelines.statement_inbox`)."""
-    from .statement_inbox import StatementInbox
-
-    return StatementInbox(lc).read_day(day)
-
-
-def event_log_day(wh: Warehouse, ledger: str, day: date) -> list[CanonicalEntry]:
-    """The latest version (the last by partition and offset) of every entry of ``ledger`` the event
-    log holds for ``day``, ordered by entry_id."""
-    from .warehouse.state import ENTRY_COLUMNS, entry_select, stored_entry
-
-    return [stored_entry(ledger, r) for r in _latest_versions(wh, ledger, day, entry_select(wh, ENTRY_COLUMNS))]
-
-
-def _latest_versions(wh: Warehouse, ledger: str, day: date, select: str):
-    """The event log's rows of (ledger, day), the latest version of each entry (its first column is
-    entry_id; the versions of an entry come together, in partition and offset order)."""
-    from .warehouse.state import stored_rows
-
-    sql = (f"SELECT {select} FROM ledger_event_log WHERE ledger = ? AND booked_date = ? "
-           "ORDER BY entry_id, kafka_partition, kafka_offset")
-    last = None
-    for r in stored_rows(wh, sql, (ledger, day.isoformat())):
-        if last is not None and r[0] != last[0]:
-            yield last
-        last = r
-    if last is not None:
-        yield last
-
-
 def event_log_totals(wh: Warehouse, ledger: str, day: date) -> dict[tuple[str, str], Decimal]:
     """Exact totals per (asset, direction) of what :func:`event_log_day` returns, orphaned legs left
     out, read without building the entries."""
-    from .warehouse.state import entry_select
+    from .warehouse.state import _latest_versions, entry_select
 
     amounts: dict[tuple[str, str], list[str]] = {}
     for _eid, asset, direction, amount, status in _latest_versions(
@@ -113,11 +59,8 @@ def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=No
     """
     from .warehouse.state import entry_stats
 
-    balances: list[dict[str, Any]] = []
-    if lc.kind == "iso20022":
-        entries, errors, balances = read_statements_day(lc, day)
-    else:
-        entries, errors = read_day(lc, day, warehouse)
+    connector = connector_for(lc)
+    entries, errors, balances = connector.read_day(day, warehouse)
     checks: dict[str, Any] = {}
     if validator is not None:
         from .validation import entries_frame
@@ -125,13 +68,13 @@ def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=No
         assets = list(lc.assets) or sorted({e.asset for e in entries})
         checks["expectations"] = validator.run("ledger_snapshot", entries_frame(entries),
                                                {"days": [day.isoformat()], "assets": assets})
-        if lc.kind == "sql":
-            checks["trial_balance"] = validator.run("control_totals", _trial_balance_frame(entries))
-        if lc.kind == "iso20022":
+        if TRIAL_BALANCE in connector.checks:
+            checks[TRIAL_BALANCE] = validator.run("control_totals", _trial_balance_frame(entries))
+        if STATEMENT_BALANCE in connector.checks:
             result = validator.run("control_totals", _statement_balance_frame(balances))
             if lc.options.get("balance_check", "error") == "warn":  # banks whose files are known not to balance
                 result = replace(result, success=True, warnings=result.warnings + result.failures, failures=[])
-            checks["statement_balance"] = result
+            checks[STATEMENT_BALANCE] = result
         checks["control_totals"] = validator.run(
             "control_totals", _control_totals_frame(entry_totals(entries), event_log_totals(warehouse, lc.name, day)))
     # the day is published when its own data is sound; whether the bridge delivered it all is the

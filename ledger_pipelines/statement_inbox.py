@@ -71,7 +71,6 @@ import msgspec
 
 from .config import LedgerConfig
 from .model import CanonicalEntry
-from .publish import inbox_files
 from .settings import StackConfig
 from .validation import record_counts
 
@@ -116,8 +115,8 @@ def code_version() -> str:
     from . import model
 
     h = hashlib.sha256(f"statement-index/{INDEX_FORMAT}".encode())
-    for module in (iso20022, model):
-        h.update(Path(module.__file__).read_bytes())
+    for path in (*sorted(Path(iso20022.__file__).parent.glob("*.py")), Path(model.__file__)):  # the whole package
+        h.update(path.read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:16]
 
@@ -607,3 +606,9 @@ def _leaf(el, name: str) -> str | None:
         if not len(c):
             return (c.text or "").strip()
     return None
+
+
+def inbox_files(lc: LedgerConfig) -> list[Path]:
+    """The statement files (``*.xml``) directly in the ledger's inbox, by name; none when it does not exist."""
+    inbox = lc.inbox_path()
+    return sorted(p for p in inbox.iterdir() if p.is_file() and p.suffix.lower() == ".xml") if inbox.is_dir() else []

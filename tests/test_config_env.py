@@ -90,13 +90,13 @@ def test_the_sql_rows_sensor_names_the_missing_variable(tmp_path, monkeypatch):
 
 
 def test_a_snapshot_of_a_ledger_without_its_variable_names_it(tmp_path, monkeypatch):
-    from ledger_pipelines.snapshots import read_day
+    from ledger_pipelines.connectors.kinds import connector_for
 
     monkeypatch.setenv("LEDGER_STACK_DIR", str(tmp_path / "stack"))
     monkeypatch.setenv("LEDGER_ERP_URL", "")
     (lc,) = load_config(_config(tmp_path, [ERP]))
     with pytest.raises(MissingConnection, match="ledger erp: LEDGER_ERP_URL is empty"):
-        read_day(lc, date(2026, 11, 24), None)
+        connector_for(lc).read_day(date(2026, 11, 24), None)
     assert not (tmp_path / "stack" / "erp.db").exists()
 
 
@@ -166,7 +166,7 @@ def test_stack_env_evaluated_gives_the_values_the_demo_uses(tmp_path, monkeypatc
     shell_env = {**got, "PYTHONPATH": str(REPO_ROOT)}
     seen = subprocess.run([sys.executable, "-c", (
         "import json; from ledger_pipelines.config import load_config; "
-        "from ledger_pipelines.publish import source_url; "
+        "from ledger_pipelines.connectors.kinds import source_url; "
         "from ledger_pipelines.settings import KafkaSettings, default_warehouse_url; k = KafkaSettings.from_env(); "
         "print(json.dumps({'kafka': k.bootstrap_servers, 'prefix': k.topic_prefix, "
         "'warehouse': default_warehouse_url(), "

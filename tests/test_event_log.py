@@ -314,7 +314,7 @@ def test_daily_reads_select_exactly_the_ledger_day(kafka, warehouse):
     through a B-tree): a (ledger, day) read returns exactly its entries, each at its latest version."""
     from datetime import date
 
-    from ledger_pipelines.snapshots import event_log_day
+    from ledger_pipelines.warehouse.state import event_log_day
 
     days = [date(2026, 11, d) for d in (20, 21, 22)]
     ledgers = [LEDGER, "erp"]

@@ -14,10 +14,9 @@ from ledger_pipelines.connectors.mapping import utc_text
 from ledger_pipelines.ingest import _row_of
 from ledger_pipelines.money import exact, total
 from ledger_pipelines.model import EntryError, decode_entry, encode_entry, make_entry
-from ledger_pipelines.snapshots import (_control_totals_frame, entry_totals, event_log_day, event_log_totals,
-                                        snapshot_day)
+from ledger_pipelines.snapshots import _control_totals_frame, entry_totals, event_log_totals, snapshot_day
 from ledger_pipelines.warehouse import EventBatch
-from ledger_pipelines.warehouse.state import (entry_stats, read_snapshot, replace_snapshot, snapshot_entries,
+from ledger_pipelines.warehouse.state import (entry_stats, event_log_day, read_snapshot, replace_snapshot, snapshot_entries,
                                               snapshot_row, snapshot_stats)
 
 DAY = date(2026, 11, 30)

@@ -20,9 +20,15 @@ import yaml
 
 import ledger_pipelines.connectors.iso20022 as iso20022
 from ledger_pipelines.config import LedgerConfig
-from ledger_pipelines.snapshots import read_statements_day, snapshot_day
+from ledger_pipelines.connectors.kinds import connector_for
+from ledger_pipelines.snapshots import snapshot_day
 from ledger_pipelines.statement_inbox import StatementIndexError, StatementInbox, code_version
 from ledger_pipelines.warehouse import Warehouse
+
+
+def read_statements_day(lc, day):
+    """The day of a statement ledger as its snapshot reads it (entries, rejections, balances)."""
+    return connector_for(lc).read_day(day, None)
 
 D1, D2, D3 = date(2026, 11, 17), date(2026, 11, 18), date(2026, 11, 19)
 CREATED = date(2026, 11, 20)  # the message's creation day: a record without a booking date belongs to it
@@ -178,7 +184,7 @@ import json, sys
 from datetime import date
 import ledger_pipelines.connectors.iso20022 as iso20022
 from ledger_pipelines.config import LedgerConfig
-from ledger_pipelines.snapshots import read_statements_day
+from ledger_pipelines.connectors.kinds import connector_for
 
 def refused(*args, **kwargs):
     raise AssertionError("parsed again")
@@ -187,7 +193,7 @@ iso20022.camt_to_entries = refused
 lc = LedgerConfig(name="bank_statements", kind="iso20022", inbox=sys.argv[1])
 out = {}
 for day in sys.argv[2:]:
-    entries, errors, balances = read_statements_day(lc, date.fromisoformat(day))
+    entries, errors, balances = connector_for(lc).read_day(date.fromisoformat(day), None)
     out[day] = [sorted(e.entry_id for e in entries), errors]
 print(json.dumps(out))
 """

@@ -16,6 +16,9 @@ from dagster import (
 )
 
 from ..config import LedgerConfig
+from ..connectors.kinds import STATEMENT_BALANCE as STATEMENT_BALANCE_CHECK
+from ..connectors.kinds import TRIAL_BALANCE as TRIAL_BALANCE_CHECK
+from ..connectors.kinds import connector_for
 from ..resources import ExpectationsResource, WarehouseResource
 from ..snapshots import snapshot_day
 from ..validation import write_data_docs
@@ -23,19 +26,18 @@ from .audit import reports_dir
 
 
 EXPECTATIONS_CHECK = "expectations"
-TRIAL_BALANCE_CHECK = "trial_balance"
 CONTROL_TOTALS_CHECK = "control_totals"
-STATEMENT_BALANCE_CHECK = "statement_balance"
 
 
 def build_snapshot_asset(lc: LedgerConfig, partitions: DailyPartitionsDefinition) -> AssetsDefinition:
     name = f"{lc.name}_snapshot"
     checks = [AssetCheckSpec(EXPECTATIONS_CHECK, asset=name, blocking=True,
                              description="Great Expectations suite ledger_snapshot on the staged day")]
-    if lc.kind == "sql":
+    kind_checks = connector_for(lc).checks
+    if TRIAL_BALANCE_CHECK in kind_checks:
         checks.append(AssetCheckSpec(TRIAL_BALANCE_CHECK, asset=name, blocking=True,
                                      description="debits = credits per transaction and currency (exact)"))
-    if lc.kind == "iso20022":
+    if STATEMENT_BALANCE_CHECK in kind_checks:
         checks.append(AssetCheckSpec(STATEMENT_BALANCE_CHECK, asset=name, blocking=True,
                                      description="opening + credits - debits = closing for every statement of the "
                                      "day (exact); options.balance_check: warn makes it a warning"))

@@ -69,7 +69,7 @@ class Tick:
 def sql_rows(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
     """New journal lines above the watermark, or late arrivals in remembered gaps."""
     from ..connectors.sql import SqlLedger
-    from ..publish import source_url
+    from ..connectors.kinds import source_url
     from ..warehouse.state import get_cursor
 
     cursor = get_cursor(tick.wh, lc.name) or {"high": None, "gaps": {}}
@@ -88,7 +88,7 @@ def sql_rows(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
 def evm_blocks(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
     """New blocks on the chain since the last pass (pending, final, reorgs)."""
     from ..connectors.evm_reader import EvmReader
-    from ..publish import source_url
+    from ..connectors.kinds import source_url
     from ..warehouse.state import get_cursor
 
     head = EvmReader(lc, source_url(lc)).head()
@@ -123,13 +123,13 @@ def statement_files(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
 
 Check = Callable[[LedgerConfig, Tick], "RunRequest | None"]
 
-# sensor name, ledger kind, what its tick checks, what it says when nothing changed, description
-SOURCES: tuple[tuple[str, str, Check, str, str], ...] = (
-    ("sql_rows_sensor", "sql", sql_rows, "no new rows",
+# sensor name (a connector's ``sensor``), what its tick checks, what it says when nothing changed, description
+SOURCES: tuple[tuple[str, Check, str, str], ...] = (
+    ("sql_rows_sensor", sql_rows, "no new rows",
      "Publishes a SQL ledger when rows above its watermark exist or a remembered gap was filled."),
-    ("evm_blocks_sensor", "evm", evm_blocks, "no new blocks",
+    ("evm_blocks_sensor", evm_blocks, "no new blocks",
      "Publishes an EVM ledger when its chain has new blocks since the last pass."),
-    ("statement_inbox_sensor", "iso20022", statement_files, "no new statement files",
+    ("statement_inbox_sensor", statement_files, "no new statement files",
      "Publishes ISO 20022 statement files dropped into a ledger's inbox (once per content hash) and indexes "
      "each new content by booking date for the daily snapshots."),
 )
@@ -173,6 +173,10 @@ def source_sensor(name: str, ledgers: Sequence[LedgerConfig], check: Check, noth
 
 
 def build_source_sensors(ledgers: Sequence[LedgerConfig]) -> dict[str, SensorDefinition]:
-    """The three source sensors over the configured ledgers, by name."""
-    return {name: source_sensor(name, [lc for lc in ledgers if lc.kind == kind], check, nothing, description)
-            for name, kind, check, nothing, description in SOURCES}
+    """The three source sensors over the configured ledgers (each watches the ledgers whose connector
+    names it), by name."""
+    from ..connectors.kinds import connector_for
+
+    return {name: source_sensor(name, [lc for lc in ledgers if connector_for(lc).sensor == name], check, nothing,
+                                description)
+            for name, check, nothing, description in SOURCES}

@@ -239,7 +239,7 @@ class SqlPoster:
     def __init__(self, lc: LedgerConfig):
         from sqlalchemy import create_engine
 
-        from ..publish import source_url
+        from ..connectors.kinds import source_url
 
         self.lc = lc
         self.mapping = lc.mapping

@@ -6,6 +6,7 @@ import json
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from datetime import date
 from decimal import Decimal
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, get_args
@@ -212,3 +213,23 @@ def snapshot_entries(wh: "Warehouse", ledger: str, day: str) -> list[CanonicalEn
     sql = (f"SELECT {entry_select(wh)} FROM ledger_snapshots WHERE ledger = ? AND snapshot_date = ? "
            "ORDER BY entry_id")
     return [stored_entry(ledger, r) for r in stored_rows(wh, sql, (ledger, day))]
+
+
+def event_log_day(wh: "Warehouse", ledger: str, day: date) -> list[CanonicalEntry]:
+    """The latest version (the last by partition and offset) of every entry of ``ledger`` the event
+    log holds for ``day``, ordered by entry_id."""
+    return [stored_entry(ledger, r) for r in _latest_versions(wh, ledger, day, entry_select(wh, ENTRY_COLUMNS))]
+
+
+def _latest_versions(wh: "Warehouse", ledger: str, day: date, select: str):
+    """The event log's rows of (ledger, day), the latest version of each entry (its first column is
+    entry_id; the versions of an entry come together, in partition and offset order)."""
+    sql = (f"SELECT {select} FROM ledger_event_log WHERE ledger = ? AND booked_date = ? "
+           "ORDER BY entry_id, kafka_partition, kafka_offset")
+    last = None
+    for r in stored_rows(wh, sql, (ledger, day.isoformat())):
+        if last is not None and r[0] != last[0]:
+            yield last
+        last = r
+    if last is not None:
+        yield last

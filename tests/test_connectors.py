@@ -1,0 +1,39 @@
+"""Every ledger kind behind the one connector protocol (ledger_pipelines/connectors/kinds.py)."""
+
+from datetime import date
+
+import pytest
+
+from ledger_pipelines.config import KINDS, LedgerConfig, MissingConnection
+from ledger_pipelines.connectors.kinds import (CONNECTORS, STATEMENT_BALANCE, TRIAL_BALANCE, CdcConnector,
+                                               Connector, connector_for)
+from ledger_pipelines.sensors.source_sensors import SOURCES
+
+
+def test_every_configured_kind_has_its_connector_and_each_named_sensor_exists():
+    assert set(CONNECTORS) == set(KINDS)
+    sensors = {name for name, *_ in SOURCES}
+    for kind, cls in CONNECTORS.items():
+        assert issubclass(cls, Connector) and cls.kind == kind
+        assert cls.sensor is None or cls.sensor in sensors
+        assert set(cls.checks) <= {TRIAL_BALANCE, STATEMENT_BALANCE}
+    assert CONNECTORS["sql"].checks == (TRIAL_BALANCE,) and CONNECTORS["iso20022"].checks == (STATEMENT_BALANCE,)
+
+
+def test_a_cdc_ledger_without_a_source_reads_its_day_from_the_event_log_and_one_with_a_source_needs_its_variable(
+        monkeypatch, tmp_path):
+    from ledger_pipelines.warehouse import Warehouse
+
+    wh = Warehouse(f"sqlite:///{tmp_path / 'wh.db'}")
+    wh.create_schema()
+    stream = CdcConnector(LedgerConfig(name="orders", kind="cdc"))
+    assert stream.read_day(date(2026, 11, 30), wh) == ([], [], [])
+    monkeypatch.delenv("LEDGER_ORDERS_URL", raising=False)
+    sourced = connector_for(LedgerConfig(name="orders", kind="cdc", connection_env="LEDGER_ORDERS_URL"))
+    with pytest.raises(MissingConnection, match="LEDGER_ORDERS_URL"):
+        sourced.read_day(date(2026, 11, 30), wh)
+    with pytest.raises(MissingConnection, match="LEDGER_ORDERS_URL"):
+        sourced.check_source()
+    debezium = connector_for(LedgerConfig(name="orders", kind="cdc", connection_env="LEDGER_ORDERS_URL",
+                                          options={"debezium_topic": "pg.public.orders"}))
+    debezium.check_source()  # its records come from Kafka: no source connection needed to publish
