@@ -99,24 +99,31 @@ def test_struct_is_a_msgspec_struct():
 
 
 def test_amount_arithmetic_is_exact_beyond_28_digits():
-    """uint256 values at 18 decimals, summed and scaled, in the main thread and in a new one."""
+    """uint256 values at 18 decimals, summed and scaled, in the main thread and in a new one, while the
+    process's default decimal context stays Python's own (28 digits: importing the package changes
+    nothing, and the same sum in that context would be rounded)."""
+    import decimal
     import threading
     from decimal import Decimal
 
+    import ledger_pipelines  # noqa: F401
     from ledger_pipelines.model import scaled_decimal
-    from ledger_pipelines.reconcile.output import totals
+    from ledger_pipelines.money import total, totals_by_asset
 
+    assert decimal.getcontext().prec == 28 and decimal.DefaultContext.prec == 28
     big = 2**256 - 1
     assert str(scaled_decimal(big, 18)) == f"{big // 10**18}.{big % 10**18:018d}"
     a = _entry(amount=f"{big // 10**18}.{big % 10**18:018d}")
     b = _entry(amount="0.000000000000000001", source_ref="0xabc:4")
-    want = {a.asset: {"debit": f"{big // 10**18}.{big % 10**18 + 1:018d}", "credit": "0"}}
+    exact_sum = f"{big // 10**18}.{big % 10**18 + 1:018d}"
+    want = {a.asset: {"debit": exact_sum, "credit": "0"}}
     out = {}
-    t = threading.Thread(target=lambda: out.update(totals([a, b])))
+    t = threading.Thread(target=lambda: out.update(totals_by_asset([a, b])))
     t.start()
     t.join()
-    assert totals([a, b]) == want and out == want
-    assert Decimal(a.amount) + Decimal(b.amount) == Decimal(want[a.asset]["debit"])
+    assert totals_by_asset([a, b]) == want and out == want
+    assert f"{total([a.amount, b.amount]):f}" == exact_sum
+    assert Decimal(a.amount) + Decimal(b.amount) != Decimal(exact_sum)  # the default context rounds
 
 
 def test_remembered_timestamps_and_dates_do_not_let_invalid_ones_through():
