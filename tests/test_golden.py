@@ -30,7 +30,7 @@ from ledger_pipelines.connectors.iso20022 import camt_to_entries
 from ledger_pipelines.model import encode_entry
 
 GOLDEN = REALDATA / "golden"
-# TheDAO token of blocks 1755634-1755635, with its 16 decimals (as tests/test_evm_decoding.py maps it)
+# TheDAO token of blocks 1755634-1755635, with its 16 decimals (as tests/connectors/test_evm_decoding.py maps it)
 DAO = TokenConfig("0xbb9bc244d798123fde783fcc1c72d3bb8c189413", "DAO", 16)
 # (input, ledger, configured tokens); every other log file maps with the `normalize --kind evm-logs`
 # defaults: ledger "evm", no token list (asset erc20:<address>, amount in the token's base units)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.feather
 import pyarrow.parquet
 import pytest
-from test_reconcile import RULES, scenario
+from reconcile.test_reconcile import RULES, scenario
 
 from ledger_pipelines.cli import main
 from ledger_pipelines.model import encode_entry

@@ -16,7 +16,7 @@ from ledger_pipelines.resources import KafkaResource, WarehouseResource
 from ledger_pipelines.sensors.kafka_offsets_sensor import kafka_offsets_sensor
 from ledger_pipelines.warehouse import Warehouse
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from ledger_pipelines.reconcile import Rules
 from ledger_pipelines.reconcile.engine import Reconciliation
 from ledger_pipelines.reconcile.output import open_breaks, render_index, write_records
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 DAY = "2026-11-24"
 NAME = "bank_vs_chain"
 BREAKS = 50_000
