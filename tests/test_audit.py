@@ -79,7 +79,9 @@ def _rewrite_audit(folder, doc):
 
 
 def _assets():
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
 
     return [defs.resolve_assets_def(n) for n in ("core_banking_snapshot", "reconciliation", "audit_report")]
 
@@ -215,7 +217,9 @@ def test_a_failed_blocking_check_stops_reconciliation_and_report(env):
 
 
 def test_the_nightly_schedule_requests_the_last_complete_day():
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
 
     schedule = defs.resolve_schedule_def("nightly_audit_schedule")
     ctx = build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 2, 30, tzinfo=timezone.utc))

@@ -126,7 +126,9 @@ def _shot(page, artifacts, name):
 
 
 def test_asset_graph_shows_every_asset(dagster_ui, browser, artifacts):
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
 
     dagster_ui, _home = dagster_ui
     names = sorted(k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys())

@@ -48,7 +48,9 @@ def test_an_unconfigured_asset_only_warns(validator):
 
 
 def test_an_unbalanced_day_is_not_published_and_the_check_says_why(tmp_path, monkeypatch):
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
 
     core = f"sqlite:///{tmp_path / 'core.db'}"
     monkeypatch.setenv("LEDGER_CORE_BANKING_URL", core)

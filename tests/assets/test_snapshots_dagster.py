@@ -25,7 +25,9 @@ def test_a_week_of_snapshots_one_run_per_day(tmp_path, monkeypatch, kafka):
     from dagster import AssetCheckSeverity
 
     from ledger_pipelines.config import ledger_by_name, load_config
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
     from ledger_pipelines.ingest import EventLogIngestor
 
     core = f"sqlite:///{tmp_path / 'core.db'}"
@@ -121,7 +123,9 @@ def test_source_sensors_request_publish_runs(tmp_path, monkeypatch, kafka, stack
     (req,) = tick(sql_rows_sensor)
     monkeypatch.setenv("LEDGER_KAFKA_BOOTSTRAP", kafka.bootstrap_servers)
     monkeypatch.setenv("LEDGER_TOPIC_PREFIX", kafka.topic_prefix)
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
 
     run = defs.resolve_job_def("publish_job").execute_in_process(
         run_config=req.run_config, instance=DagsterInstance.ephemeral())

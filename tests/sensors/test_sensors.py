@@ -44,7 +44,9 @@ def ledger_env(tmp_path, monkeypatch, kafka):
 
 @pytest.mark.services
 def test_a_late_row_filling_a_gap_on_a_quiet_ledger_is_published(ledger_env):
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
 
     instance = DagsterInstance.ephemeral()
     with ledger_env.engine.begin() as c:  # line 2 took its id but commits later
@@ -124,7 +126,9 @@ def test_a_change_whose_run_failed_is_asked_for_again_and_a_running_publish_is_l
     now[0] += source_sensors.RETRY_SECONDS
     (later,) = _tick("sql_rows_sensor", instance)
     assert later.run_key != first.run_key
-    from ledger_pipelines.definitions import defs
+    from ledger_pipelines.definitions import build_definitions
+
+    defs = build_definitions()  # of the current LEDGER_CONFIG (the module's defs are of the first one imported)
 
     run = instance.create_run_for_job(defs.resolve_job_def(PUBLISH_JOB), run_config=later.run_config,
                                       tags={"ledger": "core_banking"}, status=DagsterRunStatus.STARTED)
