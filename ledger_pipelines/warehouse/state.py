@@ -15,7 +15,7 @@ import msgspec
 from sqlalchemy import text
 
 from ..connectors.mapping import utc_text
-from ..money import exact
+from ..money import exact, plain
 from ..model import STATUSES, CanonicalEntry, Direction, EntryError, LedgerKind, check_entry
 from .schema import SNAPSHOT_COLUMNS
 
@@ -127,7 +127,7 @@ def _stats(items: list, column, position, amount_text=None) -> dict[str, Any]:
     statuses = Counter(column("status"))
     return {
         "rows": n,
-        "totals": {a: {k: str(v) for k, v in t.items()} for a, t in sorted(totals.items())},
+        "totals": {a: {k: plain(v) for k, v in t.items()} for a, t in sorted(totals.items())},
         "statuses": {s: statuses[s] for s in sorted(statuses)},
         "first_position": position(items[first[2]]) if first is not None else None,
         "last_position": position(items[last[2]]) if last is not None else None,

@@ -226,3 +226,13 @@ def test_totals_and_differences_are_exact_in_any_default_context(monkeypatch):
     frame = _control_totals_frame(entry_totals(legs[:1]), entry_totals(legs))
     assert dict(zip(frame["entry_id"], frame["difference"])) == {"USDC:credit": BIG, "USDC:debit": "0.01"}
     assert list(_trial_balance_frame(legs)["difference"]) == ["0.01"]
+
+
+def test_snapshot_totals_are_plain_decimals_never_exponents():
+    """A day of tiny amounts totals 0.00000001, not Decimal's '1E-8'; a zero total keeps its scale."""
+    def tiny(ref, amount, direction):
+        return make_entry(ledger="chain", ledger_kind="evm", source_ref=ref, account="0xA", asset="WBTC", amount=amount,
+                          direction=direction, booked_at="2026-11-30T10:00:00Z", status="final", position={}, attributes={})
+
+    stats = entry_stats([tiny("a", "0.00000001", "debit"), tiny("b", "0.00000000", "credit")])
+    assert stats["totals"] == {"WBTC": {"debit": "0.00000001", "credit": "0.00000000"}}
