@@ -78,8 +78,8 @@ def seed(work: Path, payments: int, prefix: str) -> Path:
     from sqlalchemy import text
 
     from ledger_pipelines.config import load_config
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
     from ledger_pipelines.ingest import EventLogIngestor
     from ledger_pipelines.publish import Publisher
     from ledger_pipelines.settings import KafkaSettings

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ledger_pipelines.chain import Signer  # noqa: E402
-from ledger_pipelines.connectors.mapping import ColumnMapping  # noqa: E402
-from ledger_pipelines.connectors.sql import SqlLedger  # noqa: E402
+from ledger_pipelines.connectors.sql.mapping import ColumnMapping  # noqa: E402
+from ledger_pipelines.connectors.sql.journal import SqlLedger  # noqa: E402
 from ledger_pipelines.kafka import ensure_topics  # noqa: E402
 from ledger_pipelines.settings import KafkaSettings  # noqa: E402
 from ledger_pipelines.local.stack import StackConfig, services  # noqa: E402

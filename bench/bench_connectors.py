@@ -16,7 +16,7 @@ import time
 import uuid
 from datetime import date, datetime, timedelta, timezone
 
-from ledger_pipelines.connectors.evm import TRANSFER_TOPIC, decode_transfer_log
+from ledger_pipelines.connectors.evm.decoding import TRANSFER_TOPIC, decode_transfer_log
 from ledger_pipelines.connectors.iso20022 import camt_to_entries
 from ledger_pipelines.generate import synthetic_camt053 as make_camt
 
@@ -125,8 +125,8 @@ def bench_camt(n: int) -> dict:
 def bench_sql(rows: int) -> dict:
     import psycopg
 
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
     from ledger_pipelines.local.stack import Postgres, StackConfig
 
     cfg = StackConfig.from_env()

@@ -328,8 +328,8 @@ def setup(work: Path, scale: float) -> dict:
         pays = correspondent_payments(day, len(pays) + (n_corr - sum(p["credited"] for p in pays)))
     for name, body in correspondent_statements(day, pays).items():
         (inbox / name).write_bytes(body)
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
 
     journal = SqlLedger(os.environ["LEDGER_SENDER_BANK_URL"], ColumnMapping(), "sender_bank")
     with journal.engine.connect() as c:

@@ -23,7 +23,7 @@
   record holds, else the first block with code at the address, found by binary search on ``eth_getCode``
   at block numbers (O(log n) calls; a node that keeps no past state cannot answer it: set the variable).
   ``eth_getLogs`` is then paged up to the head with the EVM connector's adaptive paging
-  (:func:`~ledger_pipelines.connectors.evm_reader.fetch_paged`).
+  (:func:`~ledger_pipelines.connectors.evm.reader.fetch_paged`).
 - An RPC URL in an error message is redacted (:func:`redact`: user info, path and query, where hosted
   nodes take their API keys, are masked).
 - Which send failures are permanent (:func:`permanent_failure`): a revert (with its reason) and an invalid
@@ -349,7 +349,7 @@ def contract_logs(w3, address: str, topics: list, from_block: int, page: int = L
     """``eth_getLogs`` of ``address`` with ``topics`` from ``from_block`` to the current head, in pages of at
     most ``page`` blocks, halved while the node refuses a range and grown back past it, waiting out rate limits
     on the same range (the EVM connector's paging)."""
-    from .connectors.evm_reader import fetch_paged
+    from .connectors.evm.reader import fetch_paged
 
     head = w3.eth.block_number
 
@@ -362,8 +362,8 @@ def contract_logs(w3, address: str, topics: list, from_block: int, page: int = L
 def redact(text: str, url: str) -> str:
     """``text`` without the parts of ``url`` that may hold a secret (user info, path, query: where hosted nodes
     take their API keys), for error messages that end up in logs and the action log (the EVM connector's
-    :func:`~ledger_pipelines.connectors.evm_reader.redact_url`)."""
-    from .connectors.evm_reader import redact_url
+    :func:`~ledger_pipelines.connectors.evm.reader.redact_url`)."""
+    from .connectors.evm.reader import redact_url
 
     return redact_url(text, url)
 

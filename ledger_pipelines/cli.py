@@ -300,7 +300,7 @@ def _read_logs(path: str) -> tuple[list, list[tuple[str, str]]]:
     import csv
     from pathlib import Path
 
-    from .connectors.evm import logs_of
+    from .connectors.evm.decoding import logs_of
 
     text = Path(path).read_text()
     if path.endswith(".csv"):  # ethereum-etl logs CSV
@@ -372,7 +372,7 @@ def cmd_normalize(args) -> int:
                                 f"{check['difference']} {check['currency']})")
     elif args.kind == "evm-logs":
         # a record is one log; a log of an event this ledger does not map is a rejection that says so
-        from .connectors.evm import (PAYMENT_RECORDED_TOPIC, LogContext, block_timestamps_of,
+        from .connectors.evm.decoding import (PAYMENT_RECORDED_TOPIC, LogContext, block_timestamps_of,
                                      decode_payment_recorded, hex_text, logs_to_entries, memos_of, token_config)
 
         # a bad option or --blocks file is the whole input unreadable: one line, nothing mapped
@@ -420,7 +420,7 @@ def cmd_normalize(args) -> int:
     else:
         # a record is one change event (a non-blank line); an update with its before image writes two entries
         from .config import ConfigError, ledger_by_name, load_config
-        from .connectors.debezium import debezium_events_to_entries
+        from .connectors.cdc.debezium import debezium_events_to_entries
 
         try:
             ledgers = load_config(args.config)

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from . import safe_yaml
-from .connectors.evm import TokenConfig
-from .connectors.mapping import ColumnMapping
+from .connectors.evm.decoding import TokenConfig
+from .connectors.sql.mapping import ColumnMapping
 from .model import NAME_PATTERN
 from .settings import REPO_ROOT
 

@@ -141,8 +141,8 @@ def post_journal(url: str, lines: list[dict]) -> None:
     """
     from sqlalchemy import text
 
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
 
     ledger = SqlLedger(url, ColumnMapping(), "core_banking")
     ledger.create_journal()

@@ -258,7 +258,7 @@ def test_a_range_refused_more_often_than_the_retries_is_halved_to_the_end_never_
     """A node that accepts 3 blocks a call at most, asked for 1000 blocks at once: 9 halvings, more than the
     reader's 5 retries; every block is still read."""
     from ledger_pipelines.config import _ledger
-    from ledger_pipelines.connectors.evm_reader import EvmReader
+    from ledger_pipelines.connectors.evm.reader import EvmReader
 
     asked = []
 
@@ -278,7 +278,7 @@ def test_a_range_refused_more_often_than_the_retries_is_halved_to_the_end_never_
 
 
 def test_a_refused_connection_is_retried_not_taken_for_a_range_too_large():
-    from ledger_pipelines.connectors.evm_reader import fetch_paged
+    from ledger_pipelines.connectors.evm.reader import fetch_paged
 
     asked, sleeps = [], []
 

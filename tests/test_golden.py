@@ -22,8 +22,8 @@ import pytest
 from conftest import REALDATA
 from ledger_pipelines.cli import _read_logs
 from ledger_pipelines.config import DEFAULT_CONFIG, ledger_by_name, load_config
-from ledger_pipelines.connectors.debezium import debezium_events_to_entries
-from ledger_pipelines.connectors.evm import (PAYMENT_RECORDED_TOPIC, LogContext, TokenConfig,
+from ledger_pipelines.connectors.cdc.debezium import debezium_events_to_entries
+from ledger_pipelines.connectors.evm.decoding import (PAYMENT_RECORDED_TOPIC, LogContext, TokenConfig,
                                              block_timestamps_of, decode_payment_recorded, logs_to_entries,
                                              memos_of)
 from ledger_pipelines.connectors.iso20022 import camt_to_entries

@@ -41,7 +41,7 @@ def _seed_week(url: str) -> None:
 def _deliver(core: str, prefix: str, stack_config, warehouse_url: str) -> None:
     """Publish the seeded journal and ingest it, as the sensors would, so control totals agree."""
     from ledger_pipelines.config import LedgerConfig
-    from ledger_pipelines.connectors.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
     from ledger_pipelines.ingest import EventLogIngestor
     from ledger_pipelines.publish import Publisher
     from ledger_pipelines.settings import KafkaSettings

@@ -64,7 +64,7 @@ class Connector:
 
 
 def _sql_read_day(lc: "LedgerConfig", url: str, day: date) -> DayRead:
-    from .sql import SqlLedger
+    from .sql.journal import SqlLedger
 
     ledger = SqlLedger(url, lc.mapping, lc.name)
     try:
@@ -75,7 +75,7 @@ def _sql_read_day(lc: "LedgerConfig", url: str, day: date) -> DayRead:
 
 
 class SqlConnector(Connector):
-    """A double-entry journal table in a SQL database (``connectors/sql.py``)."""
+    """A double-entry journal table in a SQL database (``connectors/sql/``)."""
 
     kind = "sql"
     checks = (TRIAL_BALANCE,)
@@ -87,7 +87,7 @@ class SqlConnector(Connector):
     def publish(self, publisher: "Publisher") -> "PublishResult":
         from ..validation import PublishResult
         from ..warehouse.state import get_cursor, set_cursor
-        from .sql import SqlLedger
+        from .sql.journal import SqlLedger
 
         lc, wh = self.lc, publisher.warehouse
         result = PublishResult(lc.name)
@@ -112,7 +112,7 @@ class SqlConnector(Connector):
 
 class CdcConnector(Connector):
     """Another database's changes: from a Debezium topic (``options.debezium_topic``,
-    ``connectors/debezium.py``) or read as a journal table from ``connection_env``. Its day is read from
+    ``connectors/cdc/debezium.py``) or read as a journal table from ``connection_env``. Its day is read from
     the source database when one is configured, else it is what the stream delivered (the event log)."""
 
     kind = "cdc"
@@ -145,7 +145,7 @@ class CdcConnector(Connector):
         from ..model import EntryError
         from ..validation import PublishResult, record_counts
         from ..warehouse.state import get_cursor, set_cursor
-        from .debezium import event_to_entries
+        from .cdc.debezium import event_to_entries
 
         lc, kafka, wh = self.lc, publisher.kafka, publisher.warehouse
         topic = self.debezium_topic
@@ -203,7 +203,7 @@ class CdcConnector(Connector):
 
 
 class EvmConnector(Connector):
-    """Token transfers on an EVM chain (``connectors/evm.py``, ``connectors/evm_reader.py``)."""
+    """Token transfers on an EVM chain (``connectors/evm/``)."""
 
     kind = "evm"
     sensor = "evm_blocks_sensor"
@@ -215,7 +215,7 @@ class EvmConnector(Connector):
         return self.lc.connection_url() or StackConfig.from_env().anvil_url
 
     def publish(self, publisher: "Publisher") -> "PublishResult":
-        from .evm_reader import EvmPublisher
+        from .evm.reader import EvmPublisher
 
         result = EvmPublisher(self.lc, self.source_url(), publisher).publish()
         # the EVM connector does not count the logs it read, only the entries (with the orphaned
@@ -226,7 +226,7 @@ class EvmConnector(Connector):
         return result
 
     def read_day(self, day: date, warehouse: "Warehouse") -> DayRead:
-        from .evm_reader import EvmReader
+        from .evm.reader import EvmReader
 
         entries, errors = EvmReader(self.lc, self.source_url()).read_day(day)
         return DayRead(entries, errors, [])

@@ -362,8 +362,8 @@ def build(args, demo: Path, progress: Progress) -> dict:
     from sqlalchemy import text
 
     from ..config import ledger_by_name, load_config
-    from ..connectors.mapping import ColumnMapping
-    from ..connectors.sql import SqlLedger
+    from ..connectors.sql.mapping import ColumnMapping
+    from ..connectors.sql.journal import SqlLedger
     from ..kafka import ensure_topics
     from ..publish import Publisher
     from ..settings import KafkaSettings

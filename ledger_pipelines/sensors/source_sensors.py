@@ -68,7 +68,7 @@ class Tick:
 
 def sql_rows(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
     """New journal lines above the watermark, or late arrivals in remembered gaps."""
-    from ..connectors.sql import SqlLedger
+    from ..connectors.sql.journal import SqlLedger
     from ..connectors.kinds import source_url
     from ..warehouse.state import get_cursor
 
@@ -87,7 +87,7 @@ def sql_rows(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
 
 def evm_blocks(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
     """New blocks on the chain since the last pass (pending, final, reorgs)."""
-    from ..connectors.evm_reader import EvmReader
+    from ..connectors.evm.reader import EvmReader
     from ..connectors.kinds import source_url
     from ..warehouse.state import get_cursor
 

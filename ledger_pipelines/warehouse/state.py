@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import msgspec
 from sqlalchemy import text
 
-from ..connectors.mapping import utc_text
+from ..connectors.sql.mapping import utc_text
 from ..money import exact, plain
 from ..model import STATUSES, CanonicalEntry, Direction, EntryError, LedgerKind, check_entry
 from .schema import SNAPSHOT_COLUMNS

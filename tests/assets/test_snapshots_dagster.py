@@ -11,8 +11,8 @@ from dagster import DagsterInstance, SkipReason, build_sensor_context, materiali
 
 from conftest import REALDATA, balanced, post_journal
 from ledger_pipelines.config import LedgerConfig
-from ledger_pipelines.connectors.mapping import ColumnMapping
-from ledger_pipelines.connectors.sql import SqlLedger
+from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql.journal import SqlLedger
 from ledger_pipelines.publish import Publisher
 from ledger_pipelines.resources import KafkaResource, WarehouseResource
 from ledger_pipelines.warehouse import Warehouse

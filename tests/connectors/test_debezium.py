@@ -10,8 +10,8 @@ import pytest
 
 from conftest import REALDATA
 from ledger_pipelines.config import ledger_by_name, load_config
-from ledger_pipelines.connectors.debezium import debezium_file_to_entries, event_to_entries
-from ledger_pipelines.connectors.mapping import ColumnMapping
+from ledger_pipelines.connectors.cdc.debezium import debezium_file_to_entries, event_to_entries
+from ledger_pipelines.connectors.sql.mapping import ColumnMapping
 from ledger_pipelines.model import EntryError
 
 CDC = REALDATA / "cdc"

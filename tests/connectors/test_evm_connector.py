@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from ledger_pipelines.config import LedgerConfig
-from ledger_pipelines.connectors.evm import TokenConfig
+from ledger_pipelines.connectors.evm.decoding import TokenConfig
 from ledger_pipelines.contracts import deploy
 from ledger_pipelines.ingest import EventLogIngestor
 from ledger_pipelines.publish import Publisher
@@ -70,7 +70,7 @@ def test_transfers_publish_snapshot_and_reorg(chain, kafka, tmp_path, monkeypatc
 
 
 def test_get_logs_pages_small_ranges(chain, stack_config):
-    from ledger_pipelines.connectors.evm_reader import EvmReader
+    from ledger_pipelines.connectors.evm.reader import EvmReader
 
     w3 = chain
     owner, alice = w3.eth.accounts[:2]
@@ -90,7 +90,7 @@ def test_get_logs_shrinks_the_range_when_the_provider_refuses(chain, stack_confi
     import urllib.request
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from ledger_pipelines.connectors.evm_reader import EvmReader
+    from ledger_pipelines.connectors.evm.reader import EvmReader
 
     refused = []
 
@@ -139,7 +139,7 @@ def test_get_logs_shrinks_the_range_when_the_provider_refuses(chain, stack_confi
 def test_memo_correlates_a_transfer_and_bridge_records_decode(chain, stack_config):
     """transferWithMemo: the memo is the transfer's correlation_id; LedgerBridge.PaymentRecorded logs of a
     configured bridge contract decode into entries (reference, asset, exact scaled amount, source entry)."""
-    from ledger_pipelines.connectors.evm_reader import EvmReader
+    from ledger_pipelines.connectors.evm.reader import EvmReader
 
     w3 = chain
     owner, alice, bob = w3.eth.accounts[:3]
@@ -167,7 +167,7 @@ def test_memo_correlates_a_transfer_and_bridge_records_decode(chain, stack_confi
 
 def _reader(max_range: int, node, url: str = "http://127.0.0.1:1"):
     from ledger_pipelines.config import _ledger
-    from ledger_pipelines.connectors.evm_reader import EvmReader
+    from ledger_pipelines.connectors.evm.reader import EvmReader
 
     reader = EvmReader(_ledger({"name": "eth", "kind": "evm", "max_block_range": max_range}), url)
     reader.provider = node
@@ -183,7 +183,7 @@ def test_a_rate_limit_is_waited_out_on_the_same_range_never_taken_for_a_range_to
     asked again after a backoff; the page is not halved."""
     import requests
 
-    from ledger_pipelines.connectors import evm_reader
+    from ledger_pipelines.connectors.evm import reader as evm_reader
 
     sleeps: list[float] = []
     monkeypatch.setattr(evm_reader.time, "sleep", sleeps.append)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import REALDATA
-from ledger_pipelines.connectors.evm import (
+from ledger_pipelines.connectors.evm.decoding import (
     TRANSFER_TOPIC,
     LogContext,
     TokenConfig,

@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ledger_pipelines.config import LedgerConfig
-from ledger_pipelines.connectors.mapping import ColumnMapping
-from ledger_pipelines.connectors.sql import SqlLedger
+from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql.journal import SqlLedger
 from ledger_pipelines.ingest import EventLogIngestor
 from ledger_pipelines.publish import Publisher
 from ledger_pipelines.snapshots import snapshot_day
@@ -135,7 +135,7 @@ def test_rolled_back_ids_stop_being_looked_for_after_the_timeout(pg_url):
 def test_day_read_of_text_times_equals_the_row_by_row_mapping(tmp_path):
     """SQLite keeps times as text, in any of the forms the mapping reads: the day read (the compiled
     mapper) gives exactly the entries and errors of the row-by-row mapping, each row's own."""
-    from ledger_pipelines.connectors.mapping import row_to_entry
+    from ledger_pipelines.connectors.sql.mapping import row_to_entry
     from ledger_pipelines.model import EntryError
 
     url = f"sqlite:///{tmp_path / 'core.db'}"

@@ -15,8 +15,8 @@ from decimal import Decimal
 
 import pytest
 
-from ledger_pipelines.connectors.debezium import debezium_events_to_entries, event_to_entries
-from ledger_pipelines.connectors.mapping import ColumnMapping
+from ledger_pipelines.connectors.cdc.debezium import debezium_events_to_entries, event_to_entries
+from ledger_pipelines.connectors.sql.mapping import ColumnMapping
 from ledger_pipelines.model import EntryError, decode_entry, encode_entry
 
 JOURNAL = ColumnMapping(table="journal_lines")

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ledger_pipelines.connectors.evm import TRANSFER_TOPIC, LogContext, logs_to_entries
+from ledger_pipelines.connectors.evm.decoding import TRANSFER_TOPIC, LogContext, logs_to_entries
 from ledger_pipelines.model import decode_entry
 
 TX = "0x" + "cd" * 32
@@ -210,7 +210,7 @@ def test_the_mapper_counts_every_log():
 
 
 def _memo(i: int, data: str) -> dict:
-    from ledger_pipelines.connectors.evm import MEMO_TOPIC
+    from ledger_pipelines.connectors.evm.decoding import MEMO_TOPIC
 
     return {**_log(i), "topics": [MEMO_TOPIC], "data": data}
 
@@ -220,7 +220,7 @@ def _abi_string(text: bytes) -> str:
 
 
 def test_a_readable_memo_correlates_its_transfer_and_an_unreadable_one_is_a_dead_letter_naming_it():
-    from ledger_pipelines.connectors.evm import memos_of
+    from ledger_pipelines.connectors.evm.decoding import memos_of
 
     good = [_log(7), _memo(8, _abi_string(b"E2E-1"))]
     bad = [_log(7), _memo(8, _abi_string(b"\xff\xfe not utf-8"))]

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from conftest import REALDATA
 from ledger_pipelines.cli import _read_logs
 from ledger_pipelines.config import ledger_by_name, load_config
-from ledger_pipelines.connectors.debezium import debezium_events_to_entries
-from ledger_pipelines.connectors.evm import (PAYMENT_RECORDED_TOPIC, LogContext, block_timestamps_of,
+from ledger_pipelines.connectors.cdc.debezium import debezium_events_to_entries
+from ledger_pipelines.connectors.evm.decoding import (PAYMENT_RECORDED_TOPIC, LogContext, block_timestamps_of,
                                              decode_payment_recorded, logs_to_entries, memos_of)
 from ledger_pipelines.model import decode_entry, encode_entry
 

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REALDATA, balanced, post_journal
 from ledger_pipelines.config import LedgerConfig
-from ledger_pipelines.connectors.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql.mapping import ColumnMapping
 from ledger_pipelines.generate import synthetic_entries
 from ledger_pipelines.model import encode_entry, to_dict
 from ledger_pipelines.snapshots import snapshot_day

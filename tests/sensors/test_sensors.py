@@ -7,8 +7,8 @@ import yaml
 from dagster import DagsterInstance, SkipReason, build_sensor_context
 from sqlalchemy import text
 
-from ledger_pipelines.connectors.mapping import ColumnMapping
-from ledger_pipelines.connectors.sql import SqlLedger
+from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+from ledger_pipelines.connectors.sql.journal import SqlLedger
 from ledger_pipelines.resources import KafkaResource, WarehouseResource
 from ledger_pipelines.config import load_config
 from ledger_pipelines.sensors.source_sensors import build_source_sensors

@@ -87,8 +87,8 @@ def test_bridge_consumer_applies_every_action_exactly_once_across_crashes(tmp_pa
     from confluent_kafka import Consumer
     from sqlalchemy import create_engine, text
 
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
     from ledger_pipelines.contracts import deploy
     from ledger_pipelines.kafka.topics import actions_topic, ensure_topics
     from ledger_pipelines.publish import Publisher
@@ -178,8 +178,8 @@ def test_bridge_sensor_launches_bridge_job_that_applies_the_triggers(tmp_path, k
     from sqlalchemy import create_engine, text
 
     from ledger_pipelines.config import ledger_by_name
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
     from ledger_pipelines.contracts import deploy
     from ledger_pipelines.kafka.topics import ensure_topics
     from ledger_pipelines.publish import Publisher

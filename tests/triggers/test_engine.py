@@ -24,8 +24,8 @@ def test_orphaned_source_entries_are_compensated_or_held_by_rule(tmp_path, kafka
     from sqlalchemy import create_engine, text
 
     from ledger_pipelines.config import _ledger
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
     from ledger_pipelines.kafka.topics import ensure_topics
     from ledger_pipelines.triggers.engine import TriggerEngine
     from ledger_pipelines.warehouse import Warehouse

@@ -71,8 +71,8 @@ def test_a_reverted_record_is_failed_with_the_contracts_reason(tmp_path, kafka, 
 
 def _sql_post_action(tmp_path, monkeypatch):
     from ledger_pipelines.config import _ledger
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
     from ledger_pipelines.triggers.executors import SqlPoster
 
     url = f"sqlite:///{tmp_path / 'mirror.db'}"

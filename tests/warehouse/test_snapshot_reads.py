@@ -10,7 +10,7 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from ledger_pipelines.connectors.mapping import utc_text
+from ledger_pipelines.connectors.sql.mapping import utc_text
 from ledger_pipelines.ingest import _row_of
 from ledger_pipelines.money import exact, total
 from ledger_pipelines.model import EntryError, decode_entry, encode_entry, make_entry
@@ -183,8 +183,8 @@ def test_snapshot_day_publishes_the_rows_and_statistics_it_read(tmp_path, monkey
     from conftest import balanced, post_journal
 
     from ledger_pipelines.config import LedgerConfig
-    from ledger_pipelines.connectors.mapping import ColumnMapping
-    from ledger_pipelines.connectors.sql import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
     from ledger_pipelines.warehouse import Warehouse
 
     src = f"sqlite:///{tmp_path / 'src.db'}"

@@ -23,9 +23,9 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from ..model import (MAX_EPOCH_SECONDS, CanonicalEntry, EntryError, amount_is_canonical, format_amount,
+from ...model import (MAX_EPOCH_SECONDS, CanonicalEntry, EntryError, amount_is_canonical, format_amount,
                      format_timestamp, make_entry)
-from ..warehouse import validate_identifier
+from ...warehouse import validate_identifier
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import msgspec
 from sqlalchemy import text
 
-from ..model import CanonicalEntry, EntryError, decode_entry, encode_entry
-from .evm import (MEMO_TOPIC, PAYMENT_RECORDED_TOPIC, TRANSFER_TOPIC, LogContext, LogDecoder, decode_payment_recorded,
+from ...model import CanonicalEntry, EntryError, decode_entry, encode_entry
+from .decoding import (MEMO_TOPIC, PAYMENT_RECORDED_TOPIC, TRANSFER_TOPIC, LogContext, LogDecoder, decode_payment_recorded,
                   log_ref, logs_to_entries, memos_of, quantity)
 
 if TYPE_CHECKING:
-    from ..config import LedgerConfig
-    from ..publish import Publisher
-    from ..validation import PublishResult
+    from ...config import LedgerConfig
+    from ...publish import Publisher
+    from ...validation import PublishResult
 
 log = logging.getLogger(__name__)
 _TOO_MUCH = ("too many", "limit", "range", "exceed", "timeout", "timed out", "response size", "query returned more")
@@ -260,8 +260,8 @@ class EvmPublisher:
                             "ORDER BY block_number DESC", l=self.lc.name)
 
     def publish(self) -> "PublishResult":
-        from ..validation import PublishResult
-        from ..warehouse.state import get_cursor, set_cursor
+        from ...validation import PublishResult
+        from ...warehouse.state import get_cursor, set_cursor
 
         result = PublishResult(self.lc.name)
         head = self.reader.head()

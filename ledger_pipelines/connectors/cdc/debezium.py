@@ -28,8 +28,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from ..model import MAX_AMOUNT_DIGITS, CanonicalEntry, EntryError, Mapped, Rejection, refuse_deep_json, scaled_decimal
-from .mapping import ColumnMapping, row_to_entry, scalar_text, utc_from_millis
+from ...model import MAX_AMOUNT_DIGITS, CanonicalEntry, EntryError, Mapped, Rejection, refuse_deep_json, scaled_decimal
+from ..sql.mapping import ColumnMapping, row_to_entry, scalar_text, utc_from_millis
 
 CONNECT_DECIMAL = "org.apache.kafka.connect.data.Decimal"
 MAX_LSN = 2**64 - 1  # PostgreSQL's pg_lsn is an unsigned 64-bit position

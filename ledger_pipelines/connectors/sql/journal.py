@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
-from ..model import CanonicalEntry, EntryError
-from ..money import exact
+from ...model import CanonicalEntry, EntryError
+from ...money import exact
 from .mapping import ColumnMapping, row_mapper, row_to_entry, utc_timestamp
 
 DEFAULT_GAP_TIMEOUT = timedelta(minutes=10)

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from ..model import (MAX_JSON_INT, CanonicalEntry, EntryError, Mapped, NotAnEntry, Rejection, format_amount,
+from ...model import (MAX_JSON_INT, CanonicalEntry, EntryError, Mapped, NotAnEntry, Rejection, format_amount,
                      make_entry, scaled_decimal, utc_from_epoch)
 
 TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"

@@ -1,0 +1,1 @@
+"""Change data capture: Debezium change events of another database to canonical entries (:mod:`.debezium`)."""
