@@ -6,14 +6,14 @@ same run:
       the untyped JSON decode rate is printed too), no database;
   (b) ledger_event_log ingest into a fresh SQLite file;
   (c) ledger_event_log ingest into a fresh PostgreSQL database;
-  (d) the same entries published again, ingested into a log that holds them (all duplicates: the
-      writer's lookup path, where (b) and (c) take the speculative one), per database; each log is
-      filled by an untimed ingest in a process of its own first.
+  (d) the same entries published again, ingested into a log that holds them (all duplicates: every
+      stored version found by the writer's lookup), per database; each log is filled by an untimed
+      ingest in a process of its own first.
 Each phase runs --repeat times in a fresh process; the median is reported with the range. Prints
 every figure, the ratios to the baseline, and the peak RSS of each phase (process tree).
 Every run starts after os.sync(): one run's dirty pages are not written back on the next run's time.
 
-    .venv/bin/python bench/bench_event_log.py [--count 1000000] [--workers 2]
+    .venv/bin/python bench/bench_event_log.py [--count 1000000] [--repeat 3] [--json PATH]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ PHASE_ENV = "LEDGER_BENCH_PHASE_SPEC"
 
 
 def tree_peak_rss(proc: subprocess.Popen) -> int:
-    """Peak RSS of a process and its children (ingest workers), sampled every 100 ms until it exits (a
+    """Peak RSS of a process and its children, sampled every 100 ms until it exits (a
     sample walks /proc: at 20 ms the sampler took a few per cent of this 2-core machine from the run)."""
     peak = 0
     root = psutil.Process(proc.pid)
@@ -77,11 +77,10 @@ def phase_baseline(kafka: KafkaSettings, ends: dict) -> dict:
     return {"per_second": out["typed"], "untyped_per_second": out["untyped"]}
 
 
-def phase_ingest(kafka: KafkaSettings, ends: dict, url: str, workers: int, count: int,
-                 republished: bool = False) -> dict:
+def phase_ingest(kafka: KafkaSettings, ends: dict, url: str, count: int, republished: bool = False) -> dict:
     """Ingest up to ``ends``; with ``republished``, into a log that holds every entry already."""
     wh = Warehouse(url)
-    result = EventLogIngestor(kafka, wh, workers=workers).run(ends)
+    result = EventLogIngestor(kafka, wh).run(ends)
     c = result.counts
     if republished:
         assert (c.inserted, c.duplicates) == (0, count), c
@@ -90,7 +89,7 @@ def phase_ingest(kafka: KafkaSettings, ends: dict, url: str, workers: int, count
     assert wh.event_counts()["events"] == count
     wh.dispose()
     return {"per_second": result.consumed / result.elapsed, "seconds": result.elapsed, "batches": result.batches,
-            "lookups": c.lookups, "retries": c.retries}
+            "retries": c.retries}
 
 
 def run_phase(name: str, kafka: KafkaSettings, ends: dict, **extra) -> dict:
@@ -115,13 +114,13 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def child() -> int:
-    spec = json.loads(os.environ.pop(PHASE_ENV))  # not inherited by the ingest's workers
+    spec = json.loads(os.environ.pop(PHASE_ENV))
     kafka = KafkaSettings(**spec["kafka"])
     ends = {(t, p): o for t, p, o in spec["ends"]}
     if spec["phase"] == "baseline":
         out = phase_baseline(kafka, ends)
     else:
-        out = phase_ingest(kafka, ends, spec["url"], spec["workers"], spec["count"], spec.get("republished", False))
+        out = phase_ingest(kafka, ends, spec["url"], spec["count"], spec.get("republished", False))
     print(json.dumps(out))
     return 0
 
@@ -129,7 +128,6 @@ def child() -> int:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=1_000_000)
-    ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each phase; the median is reported")
     ap.add_argument("--json", help="write the figures to this file too")
     ap.add_argument("--phase", action="store_true", help=argparse.SUPPRESS)
@@ -155,7 +153,7 @@ def main() -> int:
     print(f"produced {args.count:,} entries (mean {size:.0f} bytes) to 4 partitions in {produce_s:.2f}s "
           f"({args.count / produce_s:,.0f}/s)")
 
-    figures = {"count": args.count, "mean_entry_bytes": round(size), "workers": args.workers}
+    figures = {"count": args.count, "mean_entry_bytes": round(size)}
     os.sync()  # the produced topic is on disk before anything is timed
     base = figures["baseline"] = median_of([run_phase("baseline", kafka, ends) for _ in range(args.repeat)])
     print(f"(a) baseline, raw batch consume + decode into canonical entries: {base['per_second']:,.0f} entries/s "
@@ -190,14 +188,15 @@ def main() -> int:
                 # pages must not be flushed on this run's time
                 os.sync()
                 try:
-                    runs.append(run_phase("ingest", kafka, ends, url=url, workers=args.workers, count=args.count))
+                    runs.append(run_phase("ingest", kafka, ends, url=url, count=args.count))
                 finally:
                     drop(label, url, conn)
             fig = figures[label] = median_of(runs)
             fig["ratio_to_baseline"] = fig["per_second"] / base["per_second"]
             print(f"({step}) ledger_event_log ingest into {label}: {fig['per_second']:,.0f} entries/s "
                   f"[{fig['min']:,.0f}..{fig['max']:,.0f}] ({fig['seconds']:.2f}s, {fig['batches']} batches, "
-                  f"{args.workers} workers), {fig['ratio_to_baseline']:.2f}x baseline, peak RSS {fig['peak_rss_mb']:.0f} MB")
+                  f"{fig['retries']} writes retried), {fig['ratio_to_baseline']:.2f}x baseline, peak RSS "
+                  f"{fig['peak_rss_mb']:.0f} MB")
 
         EntryProducer(kafka, "bench").publish(synthetic_entries("core_banking", args.count, day=day, compact=True))
         again = end_offsets(kafka)
@@ -208,9 +207,9 @@ def main() -> int:
                 try:
                     # the log holds the first publication (untimed, in a process of its own: the timed
                     # run's peak RSS is its own)
-                    run_phase("ingest", kafka, ends, url=url, workers=args.workers, count=args.count)
+                    run_phase("ingest", kafka, ends, url=url, count=args.count)
                     os.sync()
-                    runs.append(run_phase("ingest", kafka, again, url=url, workers=args.workers, count=args.count,
+                    runs.append(run_phase("ingest", kafka, again, url=url, count=args.count,
                                           republished=True))
                 finally:
                     drop(label, url, conn)
@@ -219,8 +218,7 @@ def main() -> int:
             print(f"(d) the same {args.count:,} entries published again, into the {label} log that holds them "
                   f"(all duplicates): {rep['per_second']:,.0f} entries/s [{rep['min']:,.0f}..{rep['max']:,.0f}] "
                   f"({rep['seconds']:.2f}s), {rep['ratio_to_baseline']:.2f}x baseline, peak RSS "
-                  f"{rep['peak_rss_mb']:.0f} MB; {rep['lookups']} of {rep['batches']} batches looked up, "
-                  f"{rep['retries']} refused speculative inserts")
+                  f"{rep['peak_rss_mb']:.0f} MB; {rep['retries']} writes retried")
 
     targets_ok = {
         "postgresql >= 150k/s": figures["postgresql"]["per_second"] >= 150_000,

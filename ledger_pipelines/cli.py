@@ -276,7 +276,7 @@ def cmd_ingest(args) -> int:
 
     wh = Warehouse(None)
     try:
-        result = EventLogIngestor(_kafka(args), wh, workers=args.workers, batch_size=args.batch_size).run()
+        result = EventLogIngestor(_kafka(args), wh, batch_size=args.batch_size).run()
     finally:
         wh.dispose()
     c = result.counts
@@ -601,7 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_produce_synthetic)
 
     s = sub.add_parser("ingest", help="consume the entry topics into the warehouse event log, exactly once")
-    s.add_argument("--workers", type=int, default=2)
     s.add_argument("--batch-size", type=int, default=10_000)
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_ingest)

@@ -34,7 +34,6 @@ class EventLogConfig(Config):
         default_factory=list,
         description="fixed target offsets (the sensor sets them); empty: the end offsets at run start",
     )
-    workers: int = Field(default=2, ge=1, le=64, description="processes, each owning a share of the partitions")
     batch_size: int = Field(default=10_000, ge=1, le=200_000)
 
 
@@ -69,7 +68,7 @@ def ledger_event_log(
 
     with warehouse.session() as wh:
         ingestor = EventLogIngestor(
-            kafka.settings(), wh, batch_size=config.batch_size, workers=config.workers,
+            kafka.settings(), wh, batch_size=config.batch_size,
             run_id=context.run.run_id, progress=progress,
         )
         result = ingestor.run(targets_of(config))
@@ -96,13 +95,11 @@ def ledger_event_log(
             "messages_consumed": MetadataValue.int(result.consumed),
             # messages consumed = entries (new rows) + rejected + duplicates + conflicts, checked by the ingest
             "records": MetadataValue.json(result.records),
-            # batches written after looking up stored versions (re-publications), and speculative
-            # inserts refused because a batch held a stored entry (see warehouse/writer.py)
-            "batches_looked_up": MetadataValue.int(result.counts.lookups),
-            "speculative_inserts_refused": MetadataValue.int(result.counts.retries),
+            # batches written again because another writer stored one of their entries meanwhile
+            # (see warehouse/writer.py)
+            "writes_retried": MetadataValue.int(result.counts.retries),
             "lag": MetadataValue.int(lag_total),
             "entries_per_second": MetadataValue.float(round(result.rate, 1)),
-            "workers": MetadataValue.int(result.workers),
             "partitions": MetadataValue.json(per_partition),
             "warehouse": MetadataValue.text(warehouse.describe()),
         }

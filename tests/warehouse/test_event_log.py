@@ -45,7 +45,7 @@ def test_n_entries_exactly_n_rows(kafka, warehouse):
     assert _publish(kafka, n) == n
     ends = end_offsets(kafka)
     assert len(ends) == 4 and all(v > 0 for v in ends.values()), ends
-    result = EventLogIngestor(kafka, warehouse, batch_size=1000, workers=2).run(ends)
+    result = EventLogIngestor(kafka, warehouse, batch_size=1000).run(ends)
     assert result.counts.inserted == n and result.consumed == n
     assert warehouse.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
     assert sum(result.lag.values()) == 0
@@ -65,7 +65,7 @@ def test_republished_entries_count_once_and_conflicts_are_kept_apart(kafka, ware
     ensure_topics(kafka, [LEDGER])
     producer = EntryProducer(kafka, "test")
     producer.publish(entries)
-    EventLogIngestor(kafka, warehouse, workers=1).run()
+    EventLogIngestor(kafka, warehouse).run()
     # identical re-publication (a publisher that crashed before saving its cursor)
     producer.publish(entries[:40])
     # a new version: same economics, new lifecycle status
@@ -74,7 +74,7 @@ def test_republished_entries_count_once_and_conflicts_are_kept_apart(kafka, ware
     # a conflict: same id, different amount and account; also repeated inside one batch
     bad = to_dict(entries[60]) | {"amount": "1.00", "account": "DE00000000000000000000"}
     producer.publish([make_entry(**bad), make_entry(**bad)])
-    result = EventLogIngestor(kafka, warehouse, workers=1).run()
+    result = EventLogIngestor(kafka, warehouse).run()
     assert result.counts.duplicates == 40
     assert result.counts.inserted == 1
     assert result.counts.conflicts == 2
@@ -128,7 +128,7 @@ def test_malformed_messages_go_to_the_dlq_with_reasons(kafka, warehouse):
         p.produce(topic, payload, name.encode(), partition=0)
     p.produce(topic, None, b"tombstone", partition=0)
     assert p.flush(30) == 0
-    result = EventLogIngestor(kafka, warehouse, workers=1).run()
+    result = EventLogIngestor(kafka, warehouse).run()
     assert result.counts.inserted == len(good)
     assert result.counts.rejected == len(bad_payloads) + 1
     reasons = dict(warehouse.rows("SELECT message_key, error FROM ledger_rejected_events"))
@@ -168,15 +168,15 @@ def test_transaction_markers_do_not_stall_ingest(kafka, warehouse):
     p.abort_transaction(30)
     ends = end_offsets(kafka)
     assert sum(ends.values()) > 20  # markers take offsets of their own
-    result = EventLogIngestor(kafka, warehouse, workers=1, stall_timeout=20).run(ends)
+    result = EventLogIngestor(kafka, warehouse, stall_timeout=20).run(ends)
     assert result.counts.inserted == 20
     assert warehouse.stored_offsets(DEFAULT_CONSUMER) == ends
 
 
-def _ingest_cmd(kafka, url, workers=2, batch=2000):
+def _ingest_cmd(kafka, url, batch=2000):
     env = {**os.environ, "LEDGER_KAFKA_BOOTSTRAP": kafka.bootstrap_servers, "LEDGER_TOPIC_PREFIX": kafka.topic_prefix,
            "LEDGER_WAREHOUSE_URL": url}
-    cmd = [sys.executable, "-m", "ledger_pipelines.cli", "ingest", "--workers", str(workers), "--batch-size", str(batch)]
+    cmd = [sys.executable, "-m", "ledger_pipelines.cli", "ingest", "--batch-size", str(batch)]
     return cmd, env
 
 
@@ -209,13 +209,11 @@ def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url):
             break
         time.sleep(0.05)
     assert proc.poll() is None, f"ingest finished before it could be killed ({seen} rows): {proc.stderr.read()!r}"
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    assert workers, "the ingest ran without worker processes"
+    # a run is one process: nothing of it outlives a kill of that process
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert not children, f"the ingest started processes of its own: {children}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    # the workers die with their parent (PR_SET_PDEATHSIG), and their database sessions end with them
-    gone, alive = psutil.wait_procs(workers, timeout=30)
-    assert not alive, f"workers outlived the killed ingest: {alive}"
     if warehouse_url.startswith("postgresql"):
         _wait_for_other_sessions_to_end(wh)
     partial = wh.scalar("SELECT count(*) FROM ledger_event_log")
@@ -286,7 +284,7 @@ def test_concurrent_runs_never_write_an_offset_twice(kafka, warehouse_url):
     def run():
         wh = Warehouse(warehouse_url)
         try:
-            results.append(EventLogIngestor(kafka, wh, workers=1, batch_size=500).run(ends))
+            results.append(EventLogIngestor(kafka, wh, batch_size=500).run(ends))
         except ConcurrentIngestError as exc:
             lost_race.append(exc)
         except Exception as exc:  # anything else is a defect
@@ -330,7 +328,7 @@ def test_daily_reads_select_exactly_the_ledger_day(kafka, warehouse):
     later = make_entry(**{**to_dict(first), "status": "reversed"})
     EntryProducer(kafka, "test").publish([later])
     expected[(first.ledger, first.booked_date, first.entry_id)] = later
-    EventLogIngestor(kafka, warehouse, workers=2).run()
+    EventLogIngestor(kafka, warehouse).run()
     for ledger in ledgers:
         for day in days:
             got = {e.entry_id: e for e in event_log_day(warehouse, ledger, day)}
@@ -350,47 +348,3 @@ def test_id_array_literal_round_trips_through_postgresql(pg_url):
         for ids in (["core_banking:1", "core_banking:2"], ['q"uote', "back\\slash", "plain", ""], ['a","b'],
                     ["{brace}", "comma,id", "NULL"], []):
             assert conn.execute("SELECT %s::text[]", (_pg_text_array(ids),)).fetchone()[0] == ids
-
-
-def _is_live_spawned_worker(proc: psutil.Process) -> bool:
-    """A process exited but not yet reaped (a zombie, e.g. a finished subprocess of an earlier
-    test) or gone meanwhile is not running: only a live multiprocessing spawn child counts."""
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE and "spawn_main" in " ".join(proc.cmdline())
-    except (psutil.ZombieProcess, psutil.NoSuchProcess):
-        return False
-
-
-def test_a_failure_in_this_process_stops_the_workers_and_a_rerun_completes(kafka, tmp_path, monkeypatch):
-    """With workers, this process consumes the first group itself: when that fails, the spawned
-    workers are stopped (their committed batches stand) and the error is raised; a re-run ends
-    exactly once."""
-    import ledger_pipelines.ingest as ingest
-
-    n = 20_000
-    _publish(kafka, n)
-    ends = end_offsets(kafka)
-    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
-    real = ingest.consume_partitions
-
-    def failing(kafka_, warehouse, todo, options, on_batch):
-        def after_two(counts, consumed, seen=[0]):
-            on_batch(counts, consumed)
-            seen[0] += 1
-            if seen[0] == 2:
-                raise RuntimeError("boom in this process")
-        real(kafka_, warehouse, todo, options, after_two)
-
-    monkeypatch.setattr(ingest, "consume_partitions", failing)
-    def workers():  # spawned workers (not multiprocessing's resource tracker, which stays by design)
-        return {p for p in psutil.Process().children(recursive=True) if _is_live_spawned_worker(p)}
-
-    before = workers()
-    with pytest.raises(RuntimeError, match="boom in this process"):
-        EventLogIngestor(kafka, wh, workers=2, batch_size=1000).run(ends)
-    assert not (workers() - before), "a worker outlived the failed run"
-    monkeypatch.setattr(ingest, "consume_partitions", real)
-    EventLogIngestor(kafka, wh, workers=2).run(ends)
-    assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
-    _offsets_consistent(wh, kafka)
-    wh.dispose()

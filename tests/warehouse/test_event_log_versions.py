@@ -1,6 +1,5 @@
-"""The event-log writer's version rules on SQLite and PostgreSQL: speculative inserts of new
-entries, the lookup after a batch that met stored ones, first/later version flags, two writers
-and storing one entry at once."""
+"""The event-log writer's version rules on SQLite and PostgreSQL: the lookup of stored versions
+every batch takes, first/later version flags, two writers storing one entry at once."""
 
 from __future__ import annotations
 
@@ -52,29 +51,24 @@ def _with(e, **changes):
     return make_entry(**(to_dict(e) | changes))
 
 
-def test_new_entries_skip_the_lookup_and_a_stored_one_brings_it_back(warehouse):
+def test_every_batch_looks_up_stored_versions_first(warehouse):
     entries = list(synthetic_entries("core_banking", 40))
     p = Partition(warehouse)
     writer = warehouse.writer(CONSUMER)
     try:
-        # new entries, one of them with a second version in the same batch: written speculatively
+        # new entries, one of them with a second version in the same batch
         c = writer.write(p.batch(entries[:10] + [_with(entries[3], status="reversed")]))
-        assert (c.inserted, c.duplicates, c.lookups, c.retries) == (11, 0, 0, 0)
-        # a stored entry re-published among new ones: the speculative insert is refused, the batch
-        # is written again after the lookup, and nothing of the refused attempt remains
+        assert (c.inserted, c.duplicates, c.retries) == (11, 0, 0)
+        # a stored entry re-published among new ones: found by the lookup, no insert refused
         c = writer.write(p.batch(entries[10:20] + [entries[5]]))
-        assert (c.inserted, c.duplicates, c.lookups, c.retries) == (10, 1, 1, 1)
-        # the batch after one that met stored entries looks up first: no refused insert
+        assert (c.inserted, c.duplicates, c.retries) == (10, 1, 0)
         c = writer.write(p.batch(entries[20:30] + [_with(entries[12], status="final")]))
-        assert (c.inserted, c.duplicates, c.lookups, c.retries) == (11, 0, 1, 0)
-        # ... and a lookup that finds none puts the writer back to speculating
-        c = writer.write(p.batch(entries[30:35]))
-        assert (c.lookups, c.retries) == (1, 0)
-        c = writer.write(p.batch(entries[35:40]))
-        assert (c.inserted, c.lookups, c.retries) == (5, 0, 0)
-        # a conflict (other amount) met speculatively: refused, looked up, recorded apart
+        assert (c.inserted, c.duplicates, c.retries) == (11, 0, 0)
+        c = writer.write(p.batch(entries[30:40]))
+        assert (c.inserted, c.retries) == (10, 0)
+        # a conflict (other amount): found by the lookup, recorded apart, no insert refused
         c = writer.write(p.batch([_with(entries[0], amount="1.00")]))
-        assert (c.inserted, c.conflicts, c.lookups, c.retries) == (0, 1, 1, 1)
+        assert (c.inserted, c.conflicts, c.retries) == (0, 1, 0)
     finally:
         writer.close()
     rows = _versions(warehouse)
@@ -99,17 +93,16 @@ def test_a_lookup_fetches_the_fields_of_only_the_entries_it_compares(warehouse):
     try:
         reversed_2 = _with(entries[2], status="reversed")
         writer.write(p.batch(entries + [reversed_2]))
-        writer.speculate = False  # a lookup for every batch below
         # all duplicates (entries[2] in both stored versions): no field fetched
         c = writer.write(p.batch(entries[:10] + [reversed_2]))
-        assert (c.inserted, c.duplicates, c.conflicts, c.lookups) == (0, 11, 0, 1)
+        assert (c.inserted, c.duplicates, c.conflicts) == (0, 11, 0)
         assert compared == []
         # duplicates, a new version, a conflict, and a new version of an entry whose other row in
         # the batch is a duplicate: fields of the last three entries only
         batch = [*entries[10:20], _with(entries[11], status="final"), _with(entries[12], amount="0.01"),
                  entries[13], _with(entries[13], status="final"), reversed_2]
         c = writer.write(p.batch(batch))
-        assert (c.inserted, c.duplicates, c.conflicts, c.lookups) == (2, 12, 1, 1)
+        assert (c.inserted, c.duplicates, c.conflicts) == (2, 12, 1)
         assert sorted(compared) == [sorted(entries[i].entry_id for i in (11, 12, 13))]
     finally:
         writer.close()
@@ -123,16 +116,15 @@ def test_a_lookup_fetches_the_fields_of_only_the_entries_it_compares(warehouse):
 def test_two_writers_storing_one_entry_at_once(pg_url):
     """One entry_id on two partitions (a producer without keys): the writer that commits second is
     refused by the unique index, looks again, and counts it a duplicate instead of failing or
-    storing it twice. With the lookup first (no speculation) as well."""
+    storing it twice."""
     wh = Warehouse(pg_url)
     wh.create_schema()
     try:
-        for speculate in (True, False):
+        for attempt in (0, 1):
             e = make_entry(**(to_dict(next(iter(synthetic_entries("core_banking", 1)))) |
-                              {"source_ref": f"shared-{speculate}", "entry_id": f"core_banking:shared-{speculate}"}))
-            first, second = Partition(wh, 10 + 2 * speculate), Partition(wh, 11 + 2 * speculate)
+                              {"source_ref": f"shared-{attempt}", "entry_id": f"core_banking:shared-{attempt}"}))
+            first, second = Partition(wh, 10 + 2 * attempt), Partition(wh, 11 + 2 * attempt)
             a, b = wh.writer(CONSUMER), wh.writer(CONSUMER)
-            b.speculate = speculate
             release, committing = threading.Event(), threading.Event()
             commit = a.conn.commit
 
