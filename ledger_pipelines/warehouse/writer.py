@@ -4,9 +4,9 @@ Every batch looks up the stored versions of its entries first (one indexed read 
 then classifies each row as a new entry, a duplicate, a new version or a conflict. Skipping the lookup
 for a stream of new entries (inserting them as first versions and letting the unique index of first
 versions refuse a batch that holds a stored one) does not pay: on the event-log bench
-(docs/performance.md, 1M entries) the ingest with that speculative insert ran at 36.4k entries/s into
-SQLite and 39.6k into PostgreSQL, with the lookup first at 52.0k and 49.5k, both on this shared
-2-core machine.
+(docs/performance.md, 1M entries, SQLite/PostgreSQL) one process ran at 31.2k/33.6k entries/s with
+that speculative insert and at 32.7k/31.5k with the lookup first; two processes at 36.4k/39.6k
+with it and 52.0k/49.5k without.
 """
 
 from __future__ import annotations
