@@ -479,7 +479,6 @@ def cmd_publish(args) -> int:
 
 def cmd_bridge(args) -> int:
     """The long-running trigger consumer (low latency); --until-caught-up for one pass."""
-    import os
     import signal
 
     from .config import load_config

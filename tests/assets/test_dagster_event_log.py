@@ -60,8 +60,8 @@ def test_sensor_requests_one_run_that_ingests_exactly_n(env):
     assert mat.metadata["rows"].value == 10_000
     assert mat.metadata["rejected"].value == 0 and mat.metadata["conflicts"].value == 0
     assert mat.metadata["lag"].value == 500
-    # new entries only: written speculatively, no batch looked up stored versions
-    assert mat.metadata["batches_looked_up"].value == 0 and mat.metadata["speculative_inserts_refused"].value == 0
+    # new entries only: no batch written again
+    assert mat.metadata["writes_retried"].value == 0
     (check,) = result.get_asset_check_evaluations()
     assert check.passed and check.metadata["rows_checked"].value == 10_000
     wh = Warehouse(url)

@@ -165,14 +165,13 @@ def _messy_topic(kafka) -> int:
 
 
 @pytest.mark.services
-@pytest.mark.parametrize("workers", [1, 2])
-def test_event_log_counts_every_message(tmp_path, kafka, workers):
+def test_event_log_counts_every_message(tmp_path, kafka):
     from ledger_pipelines.ingest import EventLogIngestor
 
     n = _messy_topic(kafka)
     wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
     try:
-        result = EventLogIngestor(kafka, wh, workers=workers).run()
+        result = EventLogIngestor(kafka, wh).run()
         assert result.records == {"read": n + 4, "entries": n, "rejected": 2, "duplicates": 1, "conflicts": 1}
         assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 2, "conflicts": 1}
     finally:
@@ -204,7 +203,7 @@ def test_event_log_batch_that_does_not_add_up_fails_the_run(tmp_path, kafka, mon
     try:
         with pytest.raises(CountMismatch, match=r"event log batch \{'.*core_banking.entries\[\d\]': "
                                                 r"\(0, \d+\)[^}]*\}: \d+ records read, .* a record is missing"):
-            EventLogIngestor(kafka, wh, workers=1).run()
+            EventLogIngestor(kafka, wh).run()
     finally:
         wh.dispose()
 
