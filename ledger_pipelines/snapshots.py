@@ -10,7 +10,7 @@ from typing import Any
 from .config import LedgerConfig
 from .connectors.kinds import STATEMENT_BALANCE, TRIAL_BALANCE, connector_for
 from .model import CanonicalEntry
-from .money import exact
+from .money import exact, total
 from .validation import record_counts
 from .warehouse import Warehouse
 from .warehouse.state import replace_snapshot
@@ -47,8 +47,7 @@ def entry_totals(entries: list[CanonicalEntry]) -> dict[tuple[str, str], Decimal
 
 
 def _summed(amounts: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str], Decimal]:
-    with exact():
-        return {k: sum(map(Decimal, v), Decimal(0)) for k, v in amounts.items()}
+    return {k: total(v) for k, v in amounts.items()}
 
 
 def snapshot_day(lc: LedgerConfig, day: date, warehouse: Warehouse, validator=None) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from typing import Any
 
 from ..model import CanonicalEntry
 from ..money import EXACT
+from ..money import plain as _plain
 from .rules import Rules
 
 @dataclass
@@ -188,10 +189,6 @@ def _digits(d: Decimal) -> tuple[int, int]:
     sign, digits, exp = d.normalize().as_tuple()
     frac = max(0, -exp)
     return max(1, len(digits) + exp), frac
-
-
-def _plain(d: Decimal) -> str:
-    return f"{d:f}"
 
 
 class _SqlPlan:

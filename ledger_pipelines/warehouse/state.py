@@ -15,7 +15,7 @@ import msgspec
 from sqlalchemy import text
 
 from ..connectors.sql.mapping import utc_text
-from ..money import exact, plain
+from ..money import plain, total
 from ..model import STATUSES, CanonicalEntry, Direction, EntryError, LedgerKind, check_entry
 from .schema import SNAPSHOT_COLUMNS
 
@@ -119,11 +119,9 @@ def _stats(items: list, column, position, amount_text=None) -> dict[str, Any]:
     for key, amount in zip(zip(column("asset"), column("direction")), column("amount")):
         amounts[key].append(amount)
     totals: dict[str, dict[str, Decimal]] = {}
-    with exact():
-        for (asset, direction), group in amounts.items():
-            t = totals.setdefault(asset, {"debit": Decimal(0), "credit": Decimal(0)})
-            texts = map(amount_text, group) if amount_text else group
-            t[direction] += sum(map(Decimal, texts), Decimal(0))
+    for (asset, direction), group in amounts.items():
+        t = totals.setdefault(asset, {"debit": Decimal(0), "credit": Decimal(0)})
+        t[direction] = total(map(amount_text, group) if amount_text else group)
     statuses = Counter(column("status"))
     return {
         "rows": n,
