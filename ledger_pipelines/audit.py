@@ -96,7 +96,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         leaves.add(summary_leaf(key, name, w.summary))
         breaks[name] = r.breaks
         count += len(r.matches) + len(r.breaks)
-        stored.extend([(key, name, m["match_id"], m["match_type"], line.decode()) for m, line in zip(r.matches, w.match_lines)])
+        stored.extend([(key, name, m.match_id, m.match_type, line.decode()) for m, line in zip(r.matches, w.match_lines)])
         stored.extend([(key, name, b["break_id"], b["break_type"], line.decode()) for b, line in zip(r.breaks, w.break_lines)])
         return w.summary
 
@@ -251,7 +251,7 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
         if b["break_type"] in ("missing_left", "missing_right"):
             for side, ids, pool in (("L", b["left_entry_ids"], left), ("R", b["right_entry_ids"], right)):
                 opened += [(side, i, encode_entry(pool[i]).decode()) for i in ids if i not in first_seen]
-    matched = {i for m in r.matches for i in m["left_entry_ids"] + m["right_entry_ids"]}
+    matched = {i for m in r.matches for i in m.left_entry_ids + m.right_entry_ids}
     with wh.engine.begin() as c:
         c.execute(text(_OPEN_DDL))
         c.execute(text("DELETE FROM open_breaks WHERE name = :n AND first_seen = :d"), {"n": name, "d": day})

@@ -54,13 +54,17 @@ def pretty(obj: Any) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
 
 
+def _record_head(day: str | None, reconciliation: str | None, kind: str) -> bytes:
+    """A record leaf up to its record: ``record`` sorts last among the leaf's keys."""
+    return canonical({"day": day, "kind": kind, "leaf": "record", "reconciliation": reconciliation})[:-1] + b',"record":'
+
+
 def record_leaf(day: str | None, reconciliation: str | None, kind: str, record_line: bytes) -> bytes:
     """The leaf of one record, from its canonical JSON line (as written to matches/breaks.jsonl).
 
-    Equal to ``canonical({"day", "kind", "leaf", "reconciliation", "record"})``: ``record`` sorts last, so
-    the record's own canonical bytes are spliced in rather than encoded a second time."""
-    head = canonical({"day": day, "kind": kind, "leaf": "record", "reconciliation": reconciliation})
-    return head[:-1] + b',"record":' + record_line + b"}"
+    Equal to ``canonical({"day", "kind", "leaf", "reconciliation", "record"})``: the record's own canonical
+    bytes are spliced in after the leaf's other keys rather than encoded a second time."""
+    return _record_head(day, reconciliation, kind) + record_line + b"}"
 
 
 def summary_leaf(day: str | None, reconciliation: str, summary: dict[str, Any]) -> bytes:
@@ -87,8 +91,10 @@ def report_version(audit: dict[str, Any]) -> str:
 def record_hashes(day: str | None, reconciliation: str | None, matches: Iterable[bytes],
                   breaks: Iterable[bytes]) -> list[bytes]:
     """The leaf hashes of one reconciliation's records (from their canonical lines), sorted."""
-    leaves = [merkle.leaf_hash(record_leaf(day, reconciliation, "match", m)) for m in matches]
-    leaves += [merkle.leaf_hash(record_leaf(day, reconciliation, "break", b)) for b in breaks]
+    leaves: list[bytes] = []
+    for kind, lines in (("match", matches), ("break", breaks)):
+        head = _record_head(day, reconciliation, kind)  # the same for each record of the kind
+        leaves += [merkle.leaf_hash(head + line + b"}") for line in lines]
     leaves.sort()
     return leaves
 

@@ -93,3 +93,23 @@ def test_canonical_form_is_sorted_compact_json_byte_for_byte(value):
 
     doc = {"record": value, "\u2028\x1f\"": [value]}
     assert canonical(doc) == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_text = st.text(st.characters(codec="utf-8"), max_size=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.none() | _text, st.lists(_text, max_size=3), _text, _text, st.lists(_text, max_size=3), _text)
+def test_a_match_record_encodes_as_the_json_object_it_stands_for(corr, lids, mid, kind, rids, rule):
+    """The engine's ``Match`` values are written, hashed and stored through their canonical form: it must
+    be the bytes of the equal JSON object (what verify recomputes from matches.jsonl)."""
+    import json
+
+    from ledger_pipelines.commitment import canonical
+    from ledger_pipelines.reconcile.engine import Match
+
+    m = Match(corr, tuple(lids), mid, kind, tuple(rids), rule)
+    doc = {"correlation_id": corr, "left_entry_ids": lids, "match_id": mid, "match_type": kind,
+           "right_entry_ids": rids, "rule": rule}
+    assert canonical(m) == json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert {k: m[k] for k in doc} == {**doc, "left_entry_ids": tuple(lids), "right_entry_ids": tuple(rids)}

@@ -39,31 +39,50 @@ from __future__ import annotations
 import bisect
 import hashlib
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal, localcontext
+from operator import attrgetter
 from typing import Any
+
+import msgspec
 
 from ..model import CanonicalEntry
 from ..money import EXACT
 from ..money import plain as _plain
 from .rules import Rules
 
+
+class Match(msgspec.Struct, frozen=True, gc=False):
+    """A match record (ARCHITECTURE section 4), read like the JSON object it is written as
+    (``m["match_id"]``). The fields are in the order canonical JSON sorts them, so it encodes to the
+    bytes of the equal dict. A value of text and tuples of text that can never be part of a reference
+    cycle, hence ``gc=False`` (as the canonical entries): a day holds millions of matches."""
+
+    correlation_id: str | None
+    left_entry_ids: tuple[str, ...]
+    match_id: str
+    match_type: str
+    right_entry_ids: tuple[str, ...]
+    rule: str
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.__struct_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
 @dataclass
 class Reconciliation:
-    matches: list[dict[str, Any]] = field(default_factory=list)
+    matches: list[Match] = field(default_factory=list)
     breaks: list[dict[str, Any]] = field(default_factory=list)
     left_count: int = 0
     right_count: int = 0
 
     def counts(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {"match_type": {}, "break_type": {}}
-        for m in self.matches:
-            out["match_type"][m["match_type"]] = out["match_type"].get(m["match_type"], 0) + 1
-        for b in self.breaks:
-            out["break_type"][b["break_type"]] = out["break_type"].get(b["break_type"], 0) + 1
-        return out
+        return {"match_type": dict(Counter(m.match_type for m in self.matches)),
+                "break_type": dict(Counter(b["break_type"] for b in self.breaks))}
 
 
 def _ts(e: CanonicalEntry) -> datetime:
@@ -152,11 +171,6 @@ _COLUMNS = ("entry_id", "correlation_id", "asset", "direction", "booked_at", "st
 _SCALE = 18  # amounts with at most this many decimals (18: ERC-20 tokens) may take the SQL path
 
 
-def _fits(amount: str, bound: int) -> bool:
-    dot = amount.find(".")
-    return (len(amount) if dot < 0 else dot) <= bound and (dot < 0 or len(amount) - dot - 1 <= _SCALE)
-
-
 def _table(entries: list[CanonicalEntry], path: str | None, bound: int, fields: tuple[str, ...]):
     """The entries as an Arrow table of their text fields plus ``dec``, the amount as DECIMAL(38, 18)
     where it has at most ``bound`` integer digits (else null: the Python path), and their batches as
@@ -164,10 +178,17 @@ def _table(entries: list[CanonicalEntry], path: str | None, bound: int, fields: 
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    cols = {c: pa.array([getattr(e, c) for e in entries], pa.string()) for c in fields}
-    # Arrow's cast refuses any loss of digits; DuckDB's text-to-DECIMAL(38) cast costs ~100x more
-    cols["dec"] = pc.cast(pa.array([e.amount if _fits(e.amount, bound) else None for e in entries], pa.string()),
-                          pa.decimal128(38, _SCALE))
+    cols = {c: pa.array(list(map(attrgetter(c), entries)), pa.string()) for c in fields}
+    # amounts are canonical (digits, at most one dot): those with at most ``bound`` integer digits and
+    # _SCALE decimals, cast by Arrow, which refuses any loss of digits (DuckDB's text-to-DECIMAL(38)
+    # cast costs ~100x more)
+    amounts = pa.array(list(map(attrgetter("amount"), entries)), pa.string())
+    dot = pc.find_substring(amounts, ".")
+    length = pc.utf8_length(amounts)
+    whole = pc.if_else(pc.less(dot, 0), length, dot)
+    frac = pc.if_else(pc.less(dot, 0), 0, pc.subtract(pc.subtract(length, dot), 1))
+    fits = pc.and_(pc.less_equal(whole, bound), pc.less_equal(frac, _SCALE))
+    cols["dec"] = pc.cast(pc.if_else(fits, amounts, pa.scalar(None, pa.string())), pa.decimal128(38, _SCALE))
     batch_ids: list[str] = []
     batch_members: list[str] = []
     if path:
@@ -248,9 +269,8 @@ class _Engine:
     # -- records ----------------------------------------------------------------------------
     def match(self, kind: str, lids: list[str], rids: list[str], rule: str) -> None:
         corr = self._correlation(lids, rids)
-        self.out.matches.append({"match_id": _record_id("m", lids, rids), "match_type": kind,
-                                 "left_entry_ids": sorted(lids), "right_entry_ids": sorted(rids),
-                                 "correlation_id": corr, "rule": rule})
+        self.out.matches.append(Match(corr, tuple(sorted(lids)), _record_id("m", lids, rids), kind,
+                                      tuple(sorted(rids)), rule))
         self._use(lids, rids)
 
     def brk(self, kind: str, lids: list[str], rids: list[str], reason: str, asset: str | None = None,
@@ -486,10 +506,10 @@ class _Engine:
             rows = q("""SELECT 'm-' || substr(md5(lid || chr(30) || rid), 1, 20), kind, lid, rid,
                                coalesce(nullif(lc, ''), nullif(rc, '')), la <> ra, equal
                         FROM classified WHERE kind IS NOT NULL""").fetchall()
-            self.out.matches += [
-                {"match_id": mid, "match_type": kind, "left_entry_ids": [lid], "right_entry_ids": [rid],
-                 "correlation_id": corr, "rule": rule + ("+fx" if fx else "") + ("" if equal else "+tolerance")}
-                for mid, kind, lid, rid, corr, fx, equal in rows]
+            rule_of = {(fx, equal): rule + ("+fx" if fx else "") + ("" if equal else "+tolerance")
+                       for fx in (False, True) for equal in (False, True)}
+            self.out.matches += [Match(corr, (lid,), mid, kind, (rid,), rule_of[fx, equal])
+                                 for mid, kind, lid, rid, corr, fx, equal in rows]
             rest = q("SELECT lid, rid FROM classified WHERE kind IS NULL").fetchall()
         else:
             rest = q("SELECT lid, rid FROM pairs WHERE nl = 1 AND nr = 1").fetchall()
@@ -575,9 +595,8 @@ def _unchanged(engine: _Engine, left: list[CanonicalEntry], right: list[Canonica
             same.add(e.entry_id)
             # _record_id("m", [id], [id]), written out: it is most of this stage's cost
             mid = "m-" + md5(f"{e.entry_id}\x1e{e.entry_id}".encode(), usedforsecurity=False).hexdigest()[:20]
-            matches.append({"match_id": mid, "match_type": "exact",
-                            "left_entry_ids": [e.entry_id], "right_entry_ids": [e.entry_id],
-                            "correlation_id": e.correlation_id or None, "rule": rule})
+            ids = (e.entry_id,)
+            matches.append(Match(e.correlation_id or None, ids, mid, "exact", ids, rule))
         else:
             rest_left.append(e)
     if not same:
@@ -595,6 +614,6 @@ def reconcile(left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Ru
         engine.tolerant()
         engine.missing()
     out = engine.out
-    out.matches.sort(key=lambda m: m["match_id"])
+    out.matches.sort(key=attrgetter("match_id"))
     out.breaks.sort(key=lambda b: b["break_id"])
     return out

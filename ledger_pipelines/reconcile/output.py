@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from decimal import Decimal
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -25,10 +26,10 @@ from .engine import Reconciliation
 from .rules import Rules
 
 
-def merkle_root(records: list[dict[str, Any]], day: str | None = None, name: str | None = None) -> str:
-    """The root over a reconciliation's records (match records carry ``match_id``, breaks ``break_id``)."""
-    return records_root(day, name, [canonical(r) for r in records if "match_id" in r],
-                        [canonical(r) for r in records if "match_id" not in r])
+def merkle_root(result: Reconciliation, day: str | None = None, name: str | None = None) -> str:
+    """The root over a reconciliation's records (its summary's ``merkle_root``)."""
+    return records_root(day, name, [canonical(m) for m in sorted(result.matches, key=attrgetter("match_id"))],
+                        [canonical(b) for b in sorted(result.breaks, key=lambda b: b["break_id"])])
 
 
 def summary(result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
@@ -213,9 +214,9 @@ def _write_exports(out_dir: Path, result: Reconciliation, name: str | None, day:
                                       [b["break_id"], b["break_type"], *_break_cells(b, day)[2:]]]
                                      for b in result.breaks)))
     with open(out_dir / "matches.csv", "xb") as f:
-        f.write(_csv(MATCH_COLUMNS, ([m["match_id"], m["match_type"], m.get("correlation_id") or "", m.get("rule") or "",
-                                      " ".join(m["left_entry_ids"]), " ".join(m["right_entry_ids"]),
-                                      m.get("decision_id") or ""] for m in result.matches)))
+        f.write(_csv(MATCH_COLUMNS, ([m.match_id, m.match_type, m.correlation_id or "", m.rule,
+                                      " ".join(m.left_entry_ids), " ".join(m.right_entry_ids), ""]
+                                     for m in result.matches)))
     pages = max(1, -(-len(result.breaks) // PAGE_ROWS))
     for n in range(2, pages + 1):
         with open(out_dir / page_name(n), "x", encoding="utf-8") as f:
@@ -300,7 +301,7 @@ class Written(NamedTuple):
 def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
                   rules: Rules, day: str | None = None, name: str | None = None) -> Written:
     """Writes a reconciliation into ``out_dir`` (a folder of its own, made by the caller)."""
-    result.matches.sort(key=lambda m: m["match_id"])  # the order verify requires (and the engine's own)
+    result.matches.sort(key=attrgetter("match_id"))  # the order verify requires (and the engine's own)
     result.breaks.sort(key=lambda b: b["break_id"])
     match_lines = [canonical(m) for m in result.matches]
     break_lines = [canonical(b) for b in result.breaks]

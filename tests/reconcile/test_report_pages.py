@@ -19,7 +19,7 @@ import pytest
 from ledger_pipelines.money import totals_by_asset
 from ledger_pipelines.model import make_entry
 from ledger_pipelines.reconcile import Rules
-from ledger_pipelines.reconcile.engine import Reconciliation
+from ledger_pipelines.reconcile.engine import Match, Reconciliation
 from ledger_pipelines.reconcile.output import open_breaks, render_index, write_records
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -61,8 +61,7 @@ def report(tmp_path_factory) -> tuple[Path, list[dict], dict]:
     folder = tmp_path_factory.mktemp("report") / DAY
     (folder / NAME).mkdir(parents=True)
     breaks = _breaks(BREAKS)
-    matches = [{"match_id": f"m{i:06d}", "match_type": "exact", "left_entry_ids": [f"LM-{i}"],
-                "right_entry_ids": [f"RM-{i}"], "correlation_id": f"M-{i}", "rule": "key"} for i in range(3000)]
+    matches = [Match(f"M-{i}", (f"LM-{i}",), f"m{i:06d}", "exact", (f"RM-{i}",), "key") for i in range(3000)]
     result = Reconciliation(matches=matches, breaks=[dict(b) for b in breaks], left_count=BREAKS, right_count=BREAKS)
     s = write_records(folder / NAME, result, [], [], Rules.from_dict({}), DAY, NAME).summary
     audit = {"format": "test", "day": DAY, "merkle_root": "00" * 32, "records": BREAKS + len(matches),
