@@ -17,8 +17,10 @@ round to the context, so they belong inside it.
 from __future__ import annotations
 
 import functools
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from decimal import Context, Decimal, localcontext
+from operator import attrgetter
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,13 +57,17 @@ def totals_by_asset(entries: Iterable[Any], skip_orphaned: bool = False) -> dict
     """Per asset, the debits and the credits of canonical entries apart (their sum would mean nothing),
     exact, as plain decimal strings, assets in order. ``skip_orphaned`` leaves out chain legs that left
     the canonical chain."""
-    out: dict[str, dict[str, Decimal]] = {}
+    if skip_orphaned:
+        entries = (e for e in entries if e.status != "orphaned")
+    amounts: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for asset, direction, amount in map(attrgetter("asset", "direction", "amount"), entries):
+        amounts[asset, direction].append(amount)
+    strange = sorted({d for _, d in amounts} - {"debit", "credit"})
+    if strange:  # canonical entries never have one; a sum must not leave anything out
+        raise ValueError(f"direction {strange[0]!r} is neither debit nor credit")
+    out: dict[str, dict[str, str]] = {}
     with localcontext(EXACT):
-        for e in entries:
-            if skip_orphaned and e.status == "orphaned":
-                continue
-            t = out.get(e.asset)
-            if t is None:
-                t = out[e.asset] = {"debit": Decimal(0), "credit": Decimal(0)}
-            t[e.direction] += Decimal(e.amount)
-    return {a: {k: plain(v) for k, v in t.items()} for a, t in sorted(out.items())}
+        for asset in sorted({asset for asset, _ in amounts}):
+            out[asset] = {d: plain(sum(map(Decimal, amounts.get((asset, d), ())), Decimal(0)))
+                          for d in ("debit", "credit")}
+    return out

@@ -81,7 +81,7 @@ class Reconciliation:
     right_count: int = 0
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {"match_type": dict(Counter(m.match_type for m in self.matches)),
+        return {"match_type": dict(Counter(map(attrgetter("match_type"), self.matches))),
                 "break_type": dict(Counter(b["break_type"] for b in self.breaks))}
 
 
@@ -503,13 +503,15 @@ class _Engine:
                     FROM pairs p JOIN l_free l ON l.entry_id = p.lid JOIN r_free r ON r.entry_id = p.rid
                          LEFT JOIN fx ON fx.src = l.asset AND fx.dst = r.asset
                     WHERE p.nl = 1 AND p.nr = 1))""")
-            rows = q("""SELECT 'm-' || substr(md5(lid || chr(30) || rid), 1, 20), kind, lid, rid,
-                               coalesce(nullif(lc, ''), nullif(rc, '')), la <> ra, equal
-                        FROM classified WHERE kind IS NOT NULL""").fetchall()
-            rule_of = {(fx, equal): rule + ("+fx" if fx else "") + ("" if equal else "+tolerance")
-                       for fx in (False, True) for equal in (False, True)}
-            self.out.matches += [Match(corr, (lid,), mid, kind, (rid,), rule_of[fx, equal])
-                                 for mid, kind, lid, rid, corr, fx, equal in rows]
+            # fetched as columns and made into Match values by map (a Python tuple per row costs more
+            # than the rest of this stage), in match_id order: the final sort then finds them a run
+            cols = q(f"""SELECT coalesce(nullif(lc, ''), nullif(rc, '')) AS corr, lid,
+                                'm-' || substr(md5(lid || chr(30) || rid), 1, 20) AS mid, kind, rid,
+                                '{rule}' || CASE WHEN la <> ra THEN '+fx' ELSE '' END
+                                         || CASE WHEN equal THEN '' ELSE '+tolerance' END AS rule
+                         FROM classified WHERE kind IS NOT NULL ORDER BY mid""").to_arrow_table()
+            corr, lid, mid, kind, rid, rule_ = (cols.column(c).to_pylist() for c in cols.column_names)
+            self.out.matches += map(Match, corr, zip(lid), mid, kind, zip(rid), rule_)
             rest = q("SELECT lid, rid FROM classified WHERE kind IS NULL").fetchall()
         else:
             rest = q("SELECT lid, rid FROM pairs WHERE nl = 1 AND nr = 1").fetchall()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import msgspec
 
@@ -45,21 +45,37 @@ def read_entries(path: str | Path, side: str) -> list[CanonicalEntry]:
     except OSError as exc:
         raise InputError(where, f"cannot read it ({exc.strerror or exc})") from None
     with f:
-        n = 0
-        while True:
-            try:
-                line = f.readline(MAX_LINE_BYTES + 1)  # never more than the limit in memory
-            except OSError as exc:
-                raise InputError(where, f"cannot read it ({exc.strerror or exc})") from None
-            if not line:
-                break
-            n += 1
-            if len(line) > MAX_LINE_BYTES:
-                raise InputError(f"{where}, line {n}", f"longer than {MAX_LINE_BYTES} bytes (with its line end)")
-            if not line.strip():
-                continue
-            _add_once(entries, line_of, _decode(line, f"{where}, line {n}"), n, "line", where)
+        for n, line in _lines(f, where):
+            if line and not line.isspace():
+                _add_once(entries, line_of, _decode(line, where, "line", n), n, "line", where)
     return entries
+
+
+_BLOCK = 1 << 22
+
+
+def _lines(f, where: str) -> Iterator[tuple[int, bytes]]:
+    """(number, line) of a file read in blocks, never more than a block and one line in memory; a line
+    longer than :data:`MAX_LINE_BYTES` with its line end is refused."""
+    n, rest = 0, b""
+    while True:
+        try:
+            block = f.read(_BLOCK)
+        except OSError as exc:
+            raise InputError(where, f"cannot read it ({exc.strerror or exc})") from None
+        if not block:
+            break
+        lines = (rest + block).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            n += 1
+            if len(line) >= MAX_LINE_BYTES:
+                raise InputError(f"{where}, line {n}", f"longer than {MAX_LINE_BYTES} bytes (with its line end)")
+            yield n, line
+        if len(rest) > MAX_LINE_BYTES:
+            raise InputError(f"{where}, line {n + 1}", f"longer than {MAX_LINE_BYTES} bytes (with its line end)")
+    if rest:
+        yield n + 1, rest
 
 
 def _add_once(entries: list[CanonicalEntry], first_of: dict[str, int], e: CanonicalEntry, n: int, unit: str,
@@ -72,7 +88,7 @@ def _add_once(entries: list[CanonicalEntry], first_of: dict[str, int], e: Canoni
     entries.append(e)
 
 
-def _decode(line: bytes, where: str) -> CanonicalEntry:
+def _decode(line: bytes, where: str, unit: str, n: int) -> CanonicalEntry:
     try:
         return decode_entry(line)
     except EntryError as exc:
@@ -81,7 +97,7 @@ def _decode(line: bytes, where: str) -> CanonicalEntry:
         reason = "nested too deeply (position / attributes)"
     if len(reason) > _REASON_CHARS:
         reason = reason[:_REASON_CHARS] + "..."
-    raise InputError(where, reason)
+    raise InputError(f"{where}, {unit} {n}", reason)
 
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
@@ -132,7 +148,7 @@ def _read_table(path: str | Path, where: str) -> list[CanonicalEntry]:
                     line = msgspec.json.encode({k: _cell(k, v) for k, v in row.items()})
                 except (TypeError, msgspec.EncodeError) as exc:
                     raise InputError(f"{where}, row {n}", f"a value is not JSON-like ({str(exc)[:200]})") from None
-                _add_once(entries, row_of, _decode(line, f"{where}, row {n}"), n, "row", where)
+                _add_once(entries, row_of, _decode(line, where, "row", n), n, "row", where)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(where, f"not a readable table ({str(exc)[:_REASON_CHARS]})") from None
     return entries
