@@ -60,7 +60,8 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
     import shlex
     from pathlib import Path
 
-    from .config import MissingConnection, config_path, load_config
+    from .config import config_path, load_config
+    from .connectors.kinds import connector_for
     from .settings import default_warehouse_url, redact_url
     from .local.stack import Postgres, StackConfig, _port_open
 
@@ -150,26 +151,11 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
 
     lines.append(f"# the ledgers of {config}")
     for lc in load_config(config):
-        var = lc.connection_env or lc.rpc_env
-        if lc.kind == "evm":
-            if var:
-                export(var, setting(var, cfg.anvil_url), rpc=True)
-            else:
-                lines.append(f"# ledger {lc.name} (evm): no rpc_env configured, reads the local anvil {cfg.anvil_url}")
-        elif lc.kind == "iso20022":
-            lines.append(f"# ledger {lc.name} (iso20022): statements are read from the inbox {lc.inbox_path()}")
-        elif lc.kind == "cdc" and lc.options.get("debezium_topic"):
-            lines.append(f"# ledger {lc.name} (cdc): Debezium topic {lc.options['debezium_topic']} on the Kafka above")
-        elif lc.kind == "cdc" and not var:
-            lines.append(f"# ledger {lc.name} (cdc): no source connection, its snapshots are what its topic delivered "
-                         "(options.debezium_topic or connection_env name a source)")
-        elif var and demo.get(var):
-            export(var, demo[var])
+        where = connector_for(lc).source_env(setting, cfg.anvil_url)
+        if where.var:
+            export(where.var, where.value, rpc=where.rpc)
         else:
-            try:
-                export(var, lc.require_connection_url())
-            except MissingConnection as exc:
-                lines.append(f"# {exc}")
+            lines.append(f"# {where.note}")
 
     lines.append("# the chain: anchoring of the day reports, the bridge")
     anchor_rpc = setting("LEDGER_ANCHOR_RPC_URL", cfg.anvil_url)

@@ -11,7 +11,8 @@ command line ask of a configured ledger, whatever its technology.
   equation;
 - :attr:`~Connector.checks`: the snapshot's blocking checks beyond the expectation suite and the
   control totals (``trial_balance`` for a double-entry journal, ``statement_balance`` for statements);
-- :attr:`~Connector.sensor`: the source sensor that watches the ledger (``None``: none does).
+- :attr:`~Connector.sensor`: the source sensor that watches the ledger (``None``: none does);
+- :meth:`~Connector.source_env`: what ``ledger-pipelines stack env`` prints for the ledger's source.
 
 Adding a kind is one class here (see docs/development.md); nothing else branches on ``kind``.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import time
 from datetime import date
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig
@@ -32,6 +33,16 @@ if TYPE_CHECKING:
 
 TRIAL_BALANCE = "trial_balance"
 STATEMENT_BALANCE = "statement_balance"
+
+
+class SourceEnv(NamedTuple):
+    """A ledger's line of ``stack env``: ``var`` to export with ``value`` (``rpc``: a node URL, which may hold
+    an API key), or, without ``var``, only ``note``."""
+
+    var: str | None = None
+    value: str | None = None
+    rpc: bool = False
+    note: str | None = None
 
 
 class DayRead(NamedTuple):
@@ -55,6 +66,20 @@ class Connector:
 
     def check_source(self) -> None:
         """Raises before Kafka or the warehouse is touched when the source cannot be reached at all."""
+
+    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
+        """What a CLI or the UI needs to reach the source: its connection variable, with its value from
+        ``setting(var, default)`` (the demo's, the environment's) or else the configured URL; a note
+        naming the missing variable otherwise."""
+        from ..config import MissingConnection
+
+        var = self.lc.connection_env
+        if var and setting(var, "").strip():
+            return SourceEnv(var, setting(var, ""))
+        try:
+            return SourceEnv(var, self.lc.require_connection_url())
+        except MissingConnection as exc:
+            return SourceEnv(note=str(exc))
 
     def publish(self, publisher: "Publisher") -> "PublishResult":
         raise ValueError(f"ledger {self.lc.name}: kind {self.lc.kind} cannot be published")
@@ -120,6 +145,15 @@ class CdcConnector(Connector):
     @property
     def debezium_topic(self) -> str | None:
         return self.lc.options.get("debezium_topic")
+
+    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
+        if self.debezium_topic:
+            return SourceEnv(note=f"ledger {self.lc.name} (cdc): Debezium topic {self.debezium_topic} on the Kafka "
+                                  "above")
+        if not self.lc.connection_env:
+            return SourceEnv(note=f"ledger {self.lc.name} (cdc): no source connection, its snapshots are what its "
+                                  "topic delivered (options.debezium_topic or connection_env name a source)")
+        return super().source_env(setting, local_rpc)
 
     def check_source(self) -> None:
         if not self.debezium_topic:
@@ -214,6 +248,12 @@ class EvmConnector(Connector):
 
         return self.lc.connection_url() or StackConfig.from_env().anvil_url
 
+    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
+        var = self.lc.rpc_env
+        if var:
+            return SourceEnv(var, setting(var, local_rpc), rpc=True)
+        return SourceEnv(note=f"ledger {self.lc.name} (evm): no rpc_env configured, reads the local anvil {local_rpc}")
+
     def publish(self, publisher: "Publisher") -> "PublishResult":
         from .evm.reader import EvmPublisher
 
@@ -239,6 +279,10 @@ class StatementConnector(Connector):
     kind = "iso20022"
     checks = (STATEMENT_BALANCE,)
     sensor = "statement_inbox_sensor"
+
+    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
+        return SourceEnv(note=f"ledger {self.lc.name} (iso20022): statements are read from the inbox "
+                              f"{self.lc.inbox_path()}")
 
     def publish(self, publisher: "Publisher") -> "PublishResult":
         from ..validation import PublishResult
