@@ -151,7 +151,7 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
 
     lines.append(f"# the ledgers of {config}")
     for lc in load_config(config):
-        where = connector_for(lc).source_env(setting, cfg.anvil_url)
+        where = connector_for(lc).source_env(demo, cfg.anvil_url)
         if where.var:
             export(where.var, where.value, rpc=where.rpc)
         else:

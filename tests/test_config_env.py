@@ -190,6 +190,20 @@ def test_stack_env_without_a_demo_names_a_ledger_variable_that_is_not_set(tmp_pa
     assert got["LEDGER_TOPIC_PREFIX"] == "ledger."
 
 
+def test_stack_env_gives_each_kind_the_variable_its_connector_reads(tmp_path):
+    """A chain ledger named by connection_env is read through it (EvmConnector.source_url), so that is the
+    variable exported; a statement ledger and a Debezium-fed one say where their records come from."""
+    config = _config(tmp_path, [{"name": "chain", "kind": "evm", "connection_env": "LEDGER_CHAIN_URL"},
+                                {"name": "stmts", "kind": "iso20022"},
+                                {"name": "orders", "kind": "cdc", "options": {"debezium_topic": "erp.public.orders"}}])
+    env = _env(tmp_path, LEDGER_CONFIG=str(config), LEDGER_CHAIN_URL="http://node.example:8545")
+    printed, got = _evaluated(env)
+    assert got["LEDGER_CHAIN_URL"] == "http://node.example:8545"
+    assert "no rpc_env configured" not in printed
+    assert "# ledger stmts (iso20022): statements are read from the inbox " in printed
+    assert "# ledger orders (cdc): Debezium topic erp.public.orders on the Kafka above" in printed
+
+
 def test_stack_env_masks_secrets_unless_asked(tmp_path):
     stack = tmp_path / "stack"
     stack.mkdir()

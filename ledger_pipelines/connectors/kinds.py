@@ -20,9 +20,10 @@ Adding a kind is one class here (see docs/development.md); nothing else branches
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from datetime import date
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig
@@ -67,15 +68,15 @@ class Connector:
     def check_source(self) -> None:
         """Raises before Kafka or the warehouse is touched when the source cannot be reached at all."""
 
-    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
-        """What a CLI or the UI needs to reach the source: its connection variable, with its value from
-        ``setting(var, default)`` (the demo's, the environment's) or else the configured URL; a note
-        naming the missing variable otherwise."""
+    def source_env(self, demo: Mapping[str, str], local_rpc: str) -> SourceEnv:
+        """What a CLI or the UI needs to reach the source: its connection variable with the demo's value
+        (``demo``: the running demo's variables) or else the configured URL; a note naming the missing
+        variable otherwise."""
         from ..config import MissingConnection
 
-        var = self.lc.connection_env
-        if var and setting(var, "").strip():
-            return SourceEnv(var, setting(var, ""))
+        var = self.lc.connection_env or self.lc.rpc_env
+        if var and demo.get(var):
+            return SourceEnv(var, demo[var])
         try:
             return SourceEnv(var, self.lc.require_connection_url())
         except MissingConnection as exc:
@@ -146,14 +147,14 @@ class CdcConnector(Connector):
     def debezium_topic(self) -> str | None:
         return self.lc.options.get("debezium_topic")
 
-    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
+    def source_env(self, demo: Mapping[str, str], local_rpc: str) -> SourceEnv:
         if self.debezium_topic:
             return SourceEnv(note=f"ledger {self.lc.name} (cdc): Debezium topic {self.debezium_topic} on the Kafka "
                                   "above")
-        if not self.lc.connection_env:
+        if not (self.lc.connection_env or self.lc.rpc_env):
             return SourceEnv(note=f"ledger {self.lc.name} (cdc): no source connection, its snapshots are what its "
                                   "topic delivered (options.debezium_topic or connection_env name a source)")
-        return super().source_env(setting, local_rpc)
+        return super().source_env(demo, local_rpc)
 
     def check_source(self) -> None:
         if not self.debezium_topic:
@@ -248,10 +249,10 @@ class EvmConnector(Connector):
 
         return self.lc.connection_url() or StackConfig.from_env().anvil_url
 
-    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
-        var = self.lc.rpc_env
+    def source_env(self, demo: Mapping[str, str], local_rpc: str) -> SourceEnv:
+        var = self.lc.connection_env or self.lc.rpc_env  # what source_url reads
         if var:
-            return SourceEnv(var, setting(var, local_rpc), rpc=True)
+            return SourceEnv(var, demo.get(var) or os.environ.get(var) or local_rpc, rpc=True)
         return SourceEnv(note=f"ledger {self.lc.name} (evm): no rpc_env configured, reads the local anvil {local_rpc}")
 
     def publish(self, publisher: "Publisher") -> "PublishResult":
@@ -280,7 +281,7 @@ class StatementConnector(Connector):
     checks = (STATEMENT_BALANCE,)
     sensor = "statement_inbox_sensor"
 
-    def source_env(self, setting: Callable[[str, str], str], local_rpc: str) -> SourceEnv:
+    def source_env(self, demo: Mapping[str, str], local_rpc: str) -> SourceEnv:
         return SourceEnv(note=f"ledger {self.lc.name} (iso20022): statements are read from the inbox "
                               f"{self.lc.inbox_path()}")
 
