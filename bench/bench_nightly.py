@@ -531,16 +531,18 @@ def phase_datacompy(work: Path) -> dict:
 
 def phase_records(work: Path) -> dict:
     """The per-record floor of the day's report in Python, on the records the job wrote: building each
-    record as a dict (decoded from its line), encoding it canonically, its leaf hash and the day's
-    Merkle root, and storing the rows in a fresh SQLite table (what the reconciliation step does for
-    every record after the engine). No engine, no reading of entries: what any design that holds one
-    Python object per record pays at least."""
+    record as the object the engine makes (decoded from its line: a ``Match`` value for a match, a dict
+    for a break), encoding it canonically, its leaf hash and the day's Merkle root, and storing the rows
+    in a fresh SQLite table (what the reconciliation step does for every record after the engine). No
+    engine, no reading of entries: what any design that holds one Python object per record pays at
+    least."""
     import sqlite3
 
     import msgspec
 
     from ledger_pipelines import merkle
     from ledger_pipelines.commitment import canonical, record_leaf
+    from ledger_pipelines.reconcile.engine import Match
 
     day = json.loads((work / MARKER).read_text())["day"]
     files = sorted((work / "reports" / day).glob("*/*.jsonl"))
@@ -549,8 +551,10 @@ def phase_records(work: Path) -> dict:
     n = sum(len(lines) for _, _, lines in raw)
     times = {}
     t = time.perf_counter()
-    records = [(name, kind, msgspec.json.decode(line)) for name, kind, lines in raw for line in lines]
-    times["records as dicts"] = time.perf_counter() - t
+    as_match = msgspec.json.Decoder(Match).decode
+    records = [(name, kind, as_match(line) if kind == "match" else msgspec.json.decode(line))
+               for name, kind, lines in raw for line in lines]
+    times["records as objects"] = time.perf_counter() - t
     t = time.perf_counter()
     lines = [(name, kind, canonical(rec)) for name, kind, rec in records]
     times["canonical lines"] = time.perf_counter() - t
@@ -565,8 +569,9 @@ def phase_records(work: Path) -> dict:
                    "PRIMARY KEY (day, name, record_id))")
         t = time.perf_counter()
         db.executemany("INSERT INTO r VALUES (?, ?, ?, ?, ?)",
-                       ((day, name, rec.get("match_id") or rec["break_id"], rec.get("match_type") or rec["break_type"],
-                         line.decode()) for (name, _, rec), (_, _, line) in zip(records, lines)))
+                       ((day, name, *((rec.match_id, rec.match_type) if kind == "match" else
+                                      (rec["break_id"], rec["break_type"])), line.decode())
+                        for (name, kind, rec), (_, _, line) in zip(records, lines)))
         db.commit()
         times["stored in SQLite"] = time.perf_counter() - t
     finally:
