@@ -25,9 +25,8 @@ from .money import EXACT, totals_by_asset
 from .commitment import FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, summary_leaf
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
-from .warehouse.state import event_log_day
 from .warehouse import Warehouse, bulk_insert
-from .warehouse.state import snapshot_entries
+from .warehouse.state import snapshot_and_event_log
 
 BRIDGE_RULES = Rules(key="entry_id", direction="same", tolerant_matching=False, duplicate_key=("entry_id",),
                      time_window_seconds=36500 * 86400, batch_members=None)
@@ -100,10 +99,13 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         stored.extend([(key, name, b["break_id"], b["break_type"], line.decode()) for b, line in zip(r.breaks, w.break_lines)])
         return w.summary
 
-    snapshots = {lc.name: snapshot_entries(wh, lc.name, key) for lc in ledgers}
+    snapshots: dict[str, list[CanonicalEntry]] = {}
+    event_log: dict[str, list[CanonicalEntry]] = {}
+    for lc in ledgers:
+        snapshots[lc.name], event_log[lc.name] = snapshot_and_event_log(wh, lc.name, day)
     orphaned: dict[str, list[CanonicalEntry]] = {}
     for lc in ledgers:
-        delivered = event_log_day(wh, lc.name, day)
+        delivered = event_log.pop(lc.name)
         # chain legs published and then orphaned by a reorg are gone from the source's snapshot; the pairs
         # get them from the event log so that they are reported as ``orphaned``, not silently missing
         orphaned[lc.name] = [e for e in delivered if e.status == "orphaned"]

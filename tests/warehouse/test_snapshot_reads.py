@@ -126,6 +126,35 @@ def test_event_log_day_takes_the_latest_version_as_the_row_dict_reading(warehous
     assert event_log_day(warehouse, "bank", DAY) == []
 
 
+def test_the_snapshot_and_the_event_log_read_side_by_side_are_the_two_reads(warehouse):
+    """Unchanged entries (the same stored row on both sides) are one object shared by both lists; an entry
+    whose latest version in the log differs from the snapshot, one in the log only and one in the snapshot
+    only are read on their own; the lists equal snapshot_entries and event_log_day."""
+    from ledger_pipelines.warehouse.state import snapshot_and_event_log
+
+    entries = _entries("chain")
+    snap = entries[:30]
+    replace_snapshot(warehouse, "chain", DAY.isoformat(), snap)
+    replace_snapshot(warehouse, "chain", "2026-12-01", entries[30:])  # another day stays out
+    def changed(es, **fields):
+        return [make_entry(**{**msgspec.to_builtins(e), **fields}) for e in es]
+
+    # later versions (status, position: a reorg's) of 5-9 in partition 1 and of 10-14 in partition 0
+    _log(warehouse, {0: entries[:25] + entries[35:] + changed(entries[10:15], position={"block_number": 1}),
+                     1: changed(entries[5:10], status="orphaned", position={"block_number": 2})})
+    got_snap, got_log = snapshot_and_event_log(warehouse, "chain", DAY)
+    assert got_snap == snapshot_entries(warehouse, "chain", DAY.isoformat()) == sorted(snap, key=lambda e: e.entry_id)
+    assert got_log == event_log_day(warehouse, "chain", DAY)
+    by_id = {e.entry_id: e for e in got_snap}
+    shared = {e.entry_id for e in got_log if by_id.get(e.entry_id) is e}
+    assert shared == {e.entry_id for e in entries[:5] + entries[15:25]}
+    assert all(e.position in ({"block_number": 1}, {"block_number": 2}) for e in got_log if e.entry_id not in shared
+               and e.entry_id in by_id)
+    assert {e.entry_id for e in got_log} - set(by_id) == {e.entry_id for e in entries[35:]}
+    assert set(by_id) - {e.entry_id for e in got_log} == {e.entry_id for e in entries[25:30]}
+    assert snapshot_and_event_log(warehouse, "bank", DAY) == ([], [])
+
+
 def test_control_totals_equal_the_totals_of_the_entries(warehouse):
     entries = _entries("chain")
     later = [make_entry(**{**msgspec.to_builtins(e), "status": "orphaned"}) for e in entries[1:6]]
