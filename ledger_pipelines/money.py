@@ -50,7 +50,7 @@ def plain(d: Decimal) -> str:
 def total(amounts: Iterable[Decimal | str]) -> Decimal:
     """The exact sum of amounts (decimal strings or Decimals)."""
     with localcontext(EXACT):
-        return sum((Decimal(a) for a in amounts), Decimal(0))
+        return sum(map(Decimal, amounts), Decimal(0))
 
 
 def totals_by_asset(entries: Iterable[Any], skip_orphaned: bool = False) -> dict[str, dict[str, str]]:
@@ -65,9 +65,5 @@ def totals_by_asset(entries: Iterable[Any], skip_orphaned: bool = False) -> dict
     strange = sorted({d for _, d in amounts} - {"debit", "credit"})
     if strange:  # canonical entries never have one; a sum must not leave anything out
         raise ValueError(f"direction {strange[0]!r} is neither debit nor credit")
-    out: dict[str, dict[str, str]] = {}
-    with localcontext(EXACT):
-        for asset in sorted({asset for asset, _ in amounts}):
-            out[asset] = {d: plain(sum(map(Decimal, amounts.get((asset, d), ())), Decimal(0)))
-                          for d in ("debit", "credit")}
-    return out
+    return {asset: {d: plain(total(amounts.get((asset, d), ()))) for d in ("debit", "credit")}
+            for asset in sorted({asset for asset, _ in amounts})}

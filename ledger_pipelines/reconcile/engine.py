@@ -182,7 +182,7 @@ def _table(entries: list[CanonicalEntry], path: str | None, bound: int, fields: 
     # amounts are canonical (digits, at most one dot): those with at most ``bound`` integer digits and
     # _SCALE decimals, cast by Arrow, which refuses any loss of digits (DuckDB's text-to-DECIMAL(38)
     # cast costs ~100x more)
-    amounts = pa.array(list(map(attrgetter("amount"), entries)), pa.string())
+    amounts = cols["amount"] if "amount" in cols else pa.array(list(map(attrgetter("amount"), entries)), pa.string())
     dot = pc.find_substring(amounts, ".")
     length = pc.utf8_length(amounts)
     whole = pc.if_else(pc.less(dot, 0), length, dot)

@@ -208,9 +208,13 @@ def stored_rows(wh: "Warehouse", sql: str, params: tuple, chunk: int = 20_000):
 
 def snapshot_entries(wh: "Warehouse", ledger: str, day: str) -> list[CanonicalEntry]:
     """The published snapshot of (ledger, day) as canonical entries, ordered by entry_id."""
+    return [stored_entry(ledger, r) for r in _snapshot_rows(wh, ledger, day)]
+
+
+def _snapshot_rows(wh: "Warehouse", ledger: str, day: str):
     sql = (f"SELECT {entry_select(wh)} FROM ledger_snapshots WHERE ledger = ? AND snapshot_date = ? "
            "ORDER BY entry_id")
-    return [stored_entry(ledger, r) for r in stored_rows(wh, sql, (ledger, day))]
+    return stored_rows(wh, sql, (ledger, day))
 
 
 def event_log_day(wh: "Warehouse", ledger: str, day: date) -> list[CanonicalEntry]:
@@ -229,12 +233,10 @@ def snapshot_and_event_log(wh: "Warehouse", ledger: str, day: date) -> tuple[lis
     are the ones the two functions return."""
     snapshot: list[CanonicalEntry] = []
     delivered: list[CanonicalEntry] = []
-    select = entry_select(wh, ENTRY_COLUMNS)
-    snap_rows = stored_rows(wh, f"SELECT {select} FROM ledger_snapshots WHERE ledger = ? AND snapshot_date = ? "
-                                "ORDER BY entry_id", (ledger, day.isoformat()))
+    snap_rows = _snapshot_rows(wh, ledger, day.isoformat())
     ahead = next(snap_rows, None)  # the next snapshot row not yet decoded
     try:
-        for row in _latest_versions(wh, ledger, day, select):
+        for row in _latest_versions(wh, ledger, day, entry_select(wh, ENTRY_COLUMNS)):
             # both are in the database's entry_id order; where Python orders two ids otherwise, a row is
             # only not shared (decoded twice), never misplaced
             while ahead is not None and ahead[0] < row[0]:
