@@ -165,3 +165,41 @@ def test_day_read_of_text_times_equals_the_row_by_row_mapping(tmp_path):
         assert len(errors) == 2 and "25:00:00" in errors[0][1] and "noon" in errors[1][1]
     finally:
         ledger.dispose()
+
+
+def test_day_read_of_odd_rows_equals_the_row_by_row_mapping(source):
+    """On both databases, the day read's compiled mapper gives exactly the entries and errors of the
+    row-by-row mapping (SQLAlchemy's values: datetimes and Decimals on PostgreSQL) for rows off its
+    fast path: fractions of seconds, trailing zeros, an amount too large, empty names and references."""
+    from ledger_pipelines.connectors.sql.mapping import row_to_entry
+    from ledger_pipelines.model import EntryError
+
+    url, ledger = source
+    big = "1" + "0" * 100
+    rows = [("2026-11-24T09:00:00Z", "GL-1", None, "EUR", "1.500", "D", "E2E-1"),
+            ("2026-11-24T09:00:00.120Z", "GL-2", "", "EUR", "0", "C", ""),
+            ("2026-11-24T09:00:00.000001Z", "GL-3", "GL-9", "EUR", "0.10", "D", None),
+            ("2026-11-24T23:59:59.999999Z", "", "GL-9", "EUR", "2", "C", "E2E-4"),
+            ("2026-11-24T10:00:00+02:00", "GL-5", "GL-9", "USDC", big, "D", "E2E-5"),
+            ("2026-11-24T12:00:00.5Z", "Kontō-6", "Gegenkontō", "EUR", "12345678901234567890.123456789", "C", "E2E-6"),
+            ("2026-11-24T12:00:00.5Z", "GL-7", "GL-9", "", "1", "D", "E2E-7")]
+    with ledger.engine.begin() as c:
+        c.execute(text("INSERT INTO journal_lines (txn_id, posted_at, account, counterparty, currency, amount, side, "
+                       "payment_ref) VALUES (:t, :p, :a, :cp, :c, :m, :s, :r)"),
+                  [{"t": f"T{i}", "p": p, "a": a, "cp": cp, "c": ccy, "m": m, "s": s, "r": r}
+                   for i, (p, a, cp, ccy, m, s, r) in enumerate(rows)])
+    entries, errors = ledger.read_day(DAY)
+    want_entries, want_errors = [], []
+    with ledger.engine.connect() as c:
+        for r in c.execute(text(f"{ledger._select} ORDER BY id")):
+            try:
+                want_entries.append(row_to_entry(dict(r._mapping), ledger.mapping, "core_banking"))
+            except EntryError as exc:
+                want_errors.append((f"sql:core_banking:{r.id}", str(exc)))
+    assert entries == want_entries and errors == want_errors
+    assert [e.booked_at for e in entries][:3] == ["2026-11-24T09:00:00Z", "2026-11-24T09:00:00.12Z",
+                                                  "2026-11-24T09:00:00.000001Z"]
+    assert [e.amount for e in entries][:3] == ["1.500", "0", "0.10"]
+    assert (entries[1].counterparty, entries[1].correlation_id) == (None, None)
+    assert sorted(reason.split(": ", 1)[1] for _, reason in errors) == [
+        f"amount {big} is out of range", "no account", "no currency"]

@@ -9,7 +9,6 @@ stops being looked for after the timeout.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
@@ -21,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from ...model import CanonicalEntry, EntryError
 from ...money import exact
-from .mapping import ColumnMapping, row_mapper, row_to_entry, utc_timestamp
+from .mapping import ColumnMapping, row_mapper, row_to_entry
 
 DEFAULT_GAP_TIMEOUT = timedelta(minutes=10)
 MAX_GAPS = 100_000
@@ -133,17 +132,28 @@ class SqlLedger:
 
     def read_day(self, day: date) -> tuple[list[CanonicalEntry], list[tuple[str, str]]]:
         """Every line posted on ``day`` (UTC), straight from the source (DBAPI cursor, compiled mapper)."""
+        m = self.mapping
+        to_entry = row_mapper(m, self.ledger, m.columns(), text_times=self.engine.dialect.name != "postgresql")
+        entries, errors = [], []
+        for rows in self.day_rows(day):
+            for row in rows:
+                try:
+                    entries.append(to_entry(row))
+                except EntryError as exc:
+                    errors.append((f"sql:{self.ledger}:{row[0]}", str(exc)))
+        return entries, errors
+
+    def day_rows(self, day: date, batch: int = 20_000) -> Iterator[list[tuple]]:
+        """The lines posted on ``day`` (UTC) as the driver returns them, in batches, in id order; each row
+        holds ``ColumnMapping.columns()`` (the id first). PostgreSQL sends amounts and times as text, in
+        a UTC session: no Decimal or datetime is made per row."""
         start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
         lo, hi = self._bounds(start), self._bounds(start + timedelta(days=1))
-        col = f'"{self.mapping.posted_at}"'
+        m = self.mapping
+        col = f'"{m.posted_at}"'
         pg = self.engine.dialect.name == "postgresql"
         mark = "%s" if pg else "?"
-        m = self.mapping
-        cols = m.columns()
-        # PostgreSQL sends amounts and times as text (in a UTC session): no Decimal or datetime per row
-        select = ", ".join(f'"{c}"::text' if pg and c in (m.amount, m.posted_at) else f'"{c}"' for c in cols)
-        to_entry = _prepared(row_mapper(m, self.ledger, cols), cols, m, self.ledger, text_times=not pg)
-        entries, errors = [], []
+        select = ", ".join(f'"{c}"::text' if pg and c in (m.amount, m.posted_at) else f'"{c}"' for c in m.columns())
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
@@ -151,21 +161,13 @@ class SqlLedger:
                 cur.execute("SET TIME ZONE 'UTC'")
             cur.execute(f"SELECT {select} FROM {m.qualified_table} WHERE {col} >= {mark} AND {col} < {mark} "
                         f"ORDER BY {self._id}", (lo, hi))
-            while True:
-                rows = cur.fetchmany(20_000)
-                if not rows:
-                    break
-                for row in rows:
-                    try:
-                        entries.append(to_entry(row))
-                    except EntryError as exc:
-                        errors.append((f"sql:{self.ledger}:{row[0]}", str(exc)))
+            while rows := cur.fetchmany(batch):
+                yield rows
             cur.close()
             if pg:
                 raw.rollback()
         finally:
             raw.close()
-        return entries, errors
 
     def _bounds(self, ts: datetime):
         # SQLite stores text: a bare date sorts before every time of that day, whether the text
@@ -189,42 +191,3 @@ class SqlLedger:
     def _all(self) -> Iterator:
         with self.engine.connect() as c:
             yield from c.execute(text(f"{self._select} ORDER BY {self._id}"))
-
-
-def _prepared(to_entry, cols: list[str], m: ColumnMapping, ledger: str, text_times: bool):
-    """``to_entry`` for day reads. The names a day repeats (account, counterparty, currency) are
-    interned, so a million entries share a few hundred strings rather than holding three million
-    (a fifth of an entry's memory). Times that are text (SQLite, ``text_times``) are read once per
-    distinct text by the mapping's rules (:func:`utc_timestamp`) and handed to the mapper in
-    PostgreSQL's UTC text form, which it takes without a second parse; text those rules refuse reaches
-    the mapper as it is, to be refused with the row's id."""
-    names = [cols.index(c) for c in (m.account, m.counterparty, m.currency) if c in cols]
-    i_ts = cols.index(m.posted_at) if text_times and m.posted_at else None
-    pg_form: dict[str, str | None] = {}
-    intern = sys.intern
-
-    def convert(row: tuple) -> CanonicalEntry:
-        values = list(row)
-        for i in names:
-            if type(values[i]) is str:
-                values[i] = intern(values[i])
-        if i_ts is not None and type(ts := values[i_ts]) is str:
-            known = pg_form.get(ts, False)
-            if known is False:
-                known = pg_form[ts] = _pg_text(ts, ledger)
-                if len(pg_form) > 200_000:  # a day of distinct seconds, twice over
-                    pg_form.clear()
-            if known is not None:
-                values[i_ts] = known
-        return to_entry(tuple(values))
-
-    return convert
-
-
-def _pg_text(ts: str, ledger: str) -> str | None:
-    try:
-        canonical = utc_timestamp(ts, f"{ledger} row")
-    except EntryError:
-        return None
-    # 2026-11-30T00:10:00.5Z -> 2026-11-30 00:10:00.5+00
-    return f"{canonical[:10]} {canonical[11:-1]}+00"
