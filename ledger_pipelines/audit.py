@@ -9,12 +9,14 @@ are written as a report folder (ARCHITECTURE section 4) per run under ``<reports
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from decimal import Decimal
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import text
@@ -85,7 +87,9 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     results: dict[str, Any] = {}
     breaks: dict[str, list] = {}  # each reconciliation's break records (its matches are only written)
     count = 0
-    stored: list[tuple[str, str, str, str, str]] = []  # reconciliation_results rows
+    # each reconciliation's record ids and types in the order of its files' lines: the rows of
+    # reconciliation_results are made from the files at the end, never all held as text at once
+    stored: list[tuple[str, list[str], list[str]]] = []
 
     def written(name: str, r, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules) -> dict[str, Any]:
         nonlocal count
@@ -95,8 +99,8 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         leaves.add(summary_leaf(key, name, w.summary))
         breaks[name] = r.breaks
         count += len(r.matches) + len(r.breaks)
-        stored.extend([(key, name, m.match_id, m.match_type, line.decode()) for m, line in zip(r.matches, w.match_lines)])
-        stored.extend([(key, name, b["break_id"], b["break_type"], line.decode()) for b, line in zip(r.breaks, w.break_lines)])
+        stored.append((name, [m.match_id for m in r.matches] + [b["break_id"] for b in r.breaks],
+                       [m.match_type for m in r.matches] + [b["break_type"] for b in r.breaks]))
         return w.summary
 
     snapshots: dict[str, list[CanonicalEntry]] = {}
@@ -121,13 +125,15 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         _update_open(wh, p.name, key, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right}, first_seen)
         results[p.name] = {**written(p.name, r, left, right, p.rules),
                            "carried_in": len(carried_left) + len(carried_right)}
-    _store(wh, key, stored)
-    legs = payment_legs(snapshots)
+    _store(wh, key, folder, stored)
+    payments = {"total": 0, "complete": 0, "missing_leg": 0, "drifting": 0}
     with open(folder / "payments.jsonl", "xb") as f:
-        for leg in legs:
-            line = canonical(leg)
-            f.write(line + b"\n")
+        for leg in payment_legs(snapshots):  # one payment at a time: written, committed, counted
+            f.write(canonical(leg) + b"\n")
             leaves.add(payment_leaf(key, leg))
+            payments["total"] += 1
+            payments[leg["status"]] += 1
+            payments["drifting"] += leg["drifting"]
     aging: dict[str, int] = {}
     for recs in breaks.values():
         for rec in recs:
@@ -139,9 +145,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     audit = {"format": FORMAT, "day": key, "records": count,
              "reconciliations": results, "open_breaks_by_age": aging, "amounts": amounts,
              "open_breaks": open_breaks(breaks, key),
-             "payments": {"total": len(legs), "complete": sum(p["status"] == "complete" for p in legs),
-                          "missing_leg": sum(p["status"] == "missing_leg" for p in legs),
-                          "drifting": sum(p["drifting"] for p in legs)},
+             "payments": payments,
              "files": committed_files(folder)}
     leaves.add(audit_leaf(audit))
     audit["merkle_root"] = leaves.root()
@@ -180,8 +184,9 @@ def committed_files(folder: Path) -> dict[str, str]:
     return out
 
 
-def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, Any]]:
-    """The multi-ledger view: per correlation id, each ledger's legs with status, amount and drift.
+def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> Iterator[dict[str, Any]]:
+    """The multi-ledger view, one payment at a time in correlation id order: per correlation id, each
+    ledger's legs with status, amount and drift.
 
     ``complete`` when every ledger that carries correlated entries that day has a leg of the payment;
     otherwise the missing ledgers are named. Drift is per leg against the amount of the first ledger
@@ -193,9 +198,8 @@ def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, A
         for e in entries:
             if e.correlation_id:
                 by_corr.setdefault(e.correlation_id, {}).setdefault(name, []).append(e)
-    out = []
     for corr in sorted(by_corr):
-        legs = by_corr[corr]
+        legs = by_corr.pop(corr)
         # the reference leg: the first ledger in configuration order (the corridor's order)
         first = legs[next(name for name in snapshots if name in legs)][0]
         reference = Decimal(first.amount)
@@ -210,9 +214,8 @@ def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> list[dict[str, A
                 rows.append({"ledger": ledger, "entry_id": e.entry_id, "status": e.status, "asset": e.asset,
                              "amount": e.amount, "direction": e.direction, "drift": drift})
         missing = [name for name in carriers if name not in legs]
-        out.append({"correlation_id": corr, "status": "complete" if not missing else "missing_leg",
-                     "missing_ledgers": missing, "legs": rows, "drifting": drifting})
-    return out
+        yield {"correlation_id": corr, "status": "complete" if not missing else "missing_leg",
+               "missing_ledgers": missing, "legs": rows, "drifting": drifting}
 
 
 _OPEN_DDL = ("CREATE TABLE IF NOT EXISTS open_breaks (name TEXT NOT NULL, side TEXT NOT NULL, entry_id TEXT NOT NULL, "
@@ -266,12 +269,27 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
             c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"), closed)
 
 
-def _store(wh: Warehouse, day: str, rows: list[tuple[str, str, str, str, str]]) -> None:
+def _store(wh: Warehouse, day: str, folder: Path, recorded: list[tuple[str, list[str], list[str]]]) -> None:
     """Replace the day's results in ``reconciliation_results`` in one transaction: (day, name, record id,
-    match or break type, the record's canonical line as its report file holds it)."""
+    match or break type, the record's canonical line as its report file holds it). ``recorded`` gives
+    each reconciliation's record ids and types in the order of the lines of its ``matches.jsonl`` then
+    ``breaks.jsonl``; the lines are read back from those files, a batch at a time."""
     with wh.engine.begin() as c:
         c.execute(text("CREATE TABLE IF NOT EXISTS reconciliation_results (day TEXT NOT NULL, name TEXT NOT NULL, "
                        "record_id TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL, "
                        "PRIMARY KEY (day, name, record_id))"))
         c.execute(text("DELETE FROM reconciliation_results WHERE day = :d"), {"d": day})
-        bulk_insert(c, "reconciliation_results", ("day", "name", "record_id", "kind", "record"), rows)
+        columns = ("day", "name", "record_id", "kind", "record")
+        for name, ids, kinds in recorded:
+            with open(folder / name / "matches.jsonl", "rb") as m, open(folder / name / "breaks.jsonl", "rb") as b:
+                lines = itertools.chain(m, b)
+                rows = ((day, name, rid, kind, line[:-1].decode()) for rid, kind, line in zip(ids, kinds, lines))
+                n = 0
+                while batch := list(itertools.islice(rows, _STORE_BATCH)):
+                    bulk_insert(c, "reconciliation_results", columns, batch)
+                    n += len(batch)
+                if n != len(ids) or next(lines, None) is not None:
+                    raise RuntimeError(f"{name}: its report files do not hold the {len(ids)} records it made")
+
+
+_STORE_BATCH = 50_000

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 from dagster import DagsterInstance, build_schedule_context, materialize
+from sqlalchemy import text
 from conftest import balanced, post_journal
 from ledger_pipelines.ingest import EventLogIngestor
 from ledger_pipelines.publish import Publisher
@@ -264,6 +265,19 @@ def test_open_breaks_carry_forward_with_their_age_until_matched(tmp_path):
     assert day3["reconciliations"]["bank_vs_chain"]["break_type"] == {"missing_right": 1}
     b3 = json.loads((reports / str(d3) / "bank_vs_chain" / "breaks.jsonl").read_text())
     assert b3["age_days"] == 2  # still open, a day older; P1 is not carried any more
+    # reconciliation_results holds each day's records as its report files do, once (day 2 ran twice)
+    for day in (d1, d2, d3):
+        want = []
+        for folder in sorted(p for p in (reports / str(day)).iterdir() if (p / "matches.jsonl").exists()):
+            for file, id_key, kind_key in (("matches.jsonl", "match_id", "match_type"),
+                                           ("breaks.jsonl", "break_id", "break_type")):
+                for line in (folder / file).read_text().splitlines():
+                    rec = json.loads(line)
+                    want.append((folder.name, rec[id_key], rec[kind_key], line))
+        with wh.engine.connect() as c:
+            got = c.execute(text("SELECT name, record_id, kind, record FROM reconciliation_results WHERE day = :d "
+                                 "ORDER BY name, record_id"), {"d": str(day)}).fetchall()
+        assert want and [tuple(r) for r in got] == sorted(want)
 
 
 def test_the_anchor_key_comes_from_the_environment_and_is_never_logged(env, kafka, stack_config, monkeypatch, capfd):
