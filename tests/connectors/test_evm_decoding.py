@@ -6,6 +6,8 @@ import csv
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import REALDATA
 from ledger_pipelines.connectors.evm.decoding import (
@@ -105,3 +107,58 @@ def test_malformed_transfer_logs_are_refused_with_the_log_named(over, reason):
 def test_non_transfer_logs_are_not_entries():
     ctx = LogContext(ledger="eth_x", block_timestamps={16: 1})
     assert log_to_entry(_log(topics=["0x" + "12" * 32]), ctx) is None
+
+
+_HEXES = {"transactionHash": 32, "blockHash": 32, "data": 32, "address": 20}
+
+
+@st.composite
+def _variants(draw):
+    """A Transfer log in one of the forms it comes in, or broken: hex in either case, with or without
+    its prefix, as bytes, of the wrong length; quantities as hex, ints or text; fields missing or null."""
+    log = _log(logIndex=hex(draw(st.integers(0, 2**64))), blockNumber=hex(draw(st.integers(0, 2**64))),
+               data="0x" + draw(st.binary(min_size=32, max_size=32)).hex(),
+               removed=draw(st.sampled_from([False, True, None, "true"])))
+    for key in draw(st.lists(st.sampled_from([*_HEXES, "logIndex", "blockNumber", "topics", "removed"]),
+                             max_size=3, unique=True)):
+        value = log[key]
+        change = draw(st.sampled_from(["upper", "0X", "bare", "bytes", "short", "int", "none", "drop", "junk"]))
+        if key == "topics":
+            topics = list(value)
+            i = draw(st.integers(0, 2))
+            t = topics[i]
+            topics[i] = {"upper": t.upper, "0X": lambda: "0X" + t[2:], "short": lambda: t[:-2],
+                         "bytes": lambda: bytes.fromhex(t[2:])}.get(change, lambda: t + "0")()
+            log["topics"] = topics if change != "drop" else topics[:2]
+        elif change == "drop":
+            del log[key]
+        elif change == "none":
+            log[key] = None
+        elif change == "junk":
+            log[key] = draw(st.sampled_from(["", "0x", "0xzz", 7, 1.5, ["0x1"]]))
+        elif key == "removed":
+            log[key] = draw(st.sampled_from([1, "false", 0]))
+        elif key in ("logIndex", "blockNumber"):
+            log[key] = {"int": lambda: int(value, 16), "upper": value.upper, "0X": lambda: "0X" + value[2:],
+                        "bare": lambda: str(int(value, 16))}.get(change, lambda: value + "g")()
+        else:
+            log[key] = {"upper": value.upper, "0X": lambda: "0X" + value[2:], "bare": lambda: value[2:],
+                        "bytes": lambda: bytes.fromhex(value[2:]), "short": lambda: value[:-2]}.get(
+                            change, lambda: value + "00")()
+    return log
+
+
+@settings(max_examples=400, deadline=None)
+@given(_variants())
+def test_the_fast_reading_of_node_logs_equals_the_general_one(log):
+    """Logs as JSON-RPC nodes write them take a shortcut; whatever the form, the Transfer, or the reason
+    a log is refused, is the general reading's."""
+    from ledger_pipelines.connectors.evm.decoding import _decode_any_transfer_log
+
+    def outcome(fn):
+        try:
+            return fn(dict(log))
+        except EntryError as exc:
+            return f"refused: {exc}"
+
+    assert outcome(decode_transfer_log) == outcome(_decode_any_transfer_log)
