@@ -133,12 +133,11 @@ def _position(log: dict) -> tuple[str, int, int, str | None]:
             hex_text(bh, 32, "blockHash") if bh else None)
 
 
-# a JSON-RPC log as nodes write it: lower-case 0x hex of its exact length, quantities of at most 15
-# hex digits (below 2^63); anything else takes the general reading, which gives the same Transfer or
-# names the rule the log breaks
-_WORD = re.compile(r"0x[0-9a-f]{64}\Z")
-_ADDRESS = re.compile(r"0x[0-9a-f]{40}\Z")
-_QUANTITY = re.compile(r"0x[0-9a-f]{1,15}\Z")
+# a mined JSON-RPC log as nodes write it, its fields joined in one text and checked by one pattern:
+# the two address topics (left-padded), data, transaction and block hash, token address, then block
+# number and log index (at most 15 hex digits: below 2^63). Anything else takes the general reading,
+# which gives the same Transfer or names the rule the log breaks.
+_NODE_LOG = re.compile(r"(?:0x0{24}[0-9a-f]{40}){2}(?:0x[0-9a-f]{64}){3}0x[0-9a-f]{40}0x[0-9a-f]{1,15}0x[0-9a-f]{1,15}\Z")
 
 
 def decode_transfer_log(log: dict) -> Transfer:
@@ -147,12 +146,9 @@ def decode_transfer_log(log: dict) -> Transfer:
         topics, data, tx = log.get("topics"), log.get("data"), log.get("transactionHash")
         bn, li, bh, token = log.get("blockNumber"), log.get("logIndex"), log.get("blockHash"), log.get("address")
         if (type(topics) is list and len(topics) == 3 and topics[0] == TRANSFER_TOPIC
-                and type(t1 := topics[1]) is str and type(t2 := topics[2]) is str
-                and t1[2:26] == _ZERO_PAD and t2[2:26] == _ZERO_PAD and _WORD.match(t1) and _WORD.match(t2)
-                and type(data) is str and _WORD.match(data) and type(tx) is str and _WORD.match(tx)
-                and type(bn) is str and _QUANTITY.match(bn) and type(li) is str and _QUANTITY.match(li)
-                and (bh is None or (type(bh) is str and _WORD.match(bh)))
-                and type(token) is str and _ADDRESS.match(token)):
+                and type(t1 := topics[1]) is str and type(t2 := topics[2]) is str and type(data) is str
+                and type(tx) is str and type(bh) is str and type(token) is str and type(bn) is str
+                and type(li) is str and _NODE_LOG.match(t1 + t2 + data + tx + bh + token + bn + li)):
             # positional, in the field order (token, sender, receiver, value, tx_hash, log_index,
             # block_number, block_hash, removed)
             return Transfer(token, "0x" + t1[26:], "0x" + t2[26:], int(data, 16), tx, int(li, 16), int(bn, 16),
