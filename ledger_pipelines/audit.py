@@ -8,7 +8,6 @@ are written as a report folder (ARCHITECTURE section 4) per run under ``<reports
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import shutil
@@ -24,7 +23,8 @@ from sqlalchemy import text
 from .config import LedgerConfig
 from .model import CanonicalEntry, decode_entry
 from .money import EXACT, totals_by_asset
-from .commitment import FORMAT, UNLISTED, Leaves, audit_leaf, canonical, payment_leaf, pretty, summary_leaf
+from .commitment import (FORMAT, UNLISTED, Leaves, audit_leaf, canonical, file_sha256, payment_leaf, pretty,
+                         summary_leaf)
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
 from .warehouse import Warehouse, bulk_insert
@@ -180,7 +180,7 @@ def committed_files(folder: Path) -> dict[str, str]:
         if rel not in UNLISTED:
             if path.is_symlink():
                 raise ValueError(f"{rel}: a symlink in the report folder (reports hold files only)")
-            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            out[rel] = file_sha256(path)
     return out
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Iterable
 
 import msgspec
@@ -32,6 +33,12 @@ from . import merkle
 
 FORMAT = "ledger-pipelines.day-report/2"
 RECORD_FILES = {"match": "matches.jsonl", "break": "breaks.jsonl"}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a block at a time (a day's record files run to hundreds of MB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 UNLISTED = ("audit.json", "index.html")  # the two files audit.json's "files" cannot list: itself, and its rendering

@@ -26,21 +26,30 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
+def _up(level: list[bytes]) -> list[bytes]:
+    """The level above: neighbours paired, an odd last node carried up unchanged."""
+    # node_hash written out: a day's tree has millions of nodes, and the call is a third of each
+    up = [_sha256(b"\x01" + a + b).digest() for a, b in zip(level[0::2], level[1::2])]
+    if len(level) % 2:
+        up.append(level[-1])
+    return up
+
+
 def _levels(leaves: list[bytes]) -> list[list[bytes]]:
     levels = [leaves]
     while len(levels[-1]) > 1:
-        level = levels[-1]
-        # node_hash written out: a day's tree has millions of nodes, and the call is a third of each
-        up = [_sha256(b"\x01" + a + b).digest() for a, b in zip(level[0::2], level[1::2])]
-        if len(level) % 2:
-            up.append(level[-1])
-        levels.append(up)
+        levels.append(_up(levels[-1]))
     return levels
 
 
 def root(leaves: list[bytes]) -> bytes:
-    """The tree head over leaf hashes, in the order given."""
-    return _levels(leaves)[-1][0] if leaves else EMPTY_ROOT
+    """The tree head over leaf hashes, in the order given; only the level being built is held."""
+    if not leaves:
+        return EMPTY_ROOT
+    level = leaves
+    while len(level) > 1:
+        level = _up(level)
+    return level[0]
 
 
 def tree(leaves: list[bytes]) -> tuple[bytes, list[list[bytes]]]:

@@ -69,6 +69,7 @@ from typing import Any
 
 import msgspec
 
+from .commitment import file_sha256
 from .config import LedgerConfig
 from .model import CanonicalEntry
 from .settings import StackConfig
@@ -119,11 +120,6 @@ def code_version() -> str:
         h.update(path.read_bytes())
     h.update(Path(__file__).read_bytes())
     return h.hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 class StatementIndexError(RuntimeError):
