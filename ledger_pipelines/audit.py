@@ -18,6 +18,7 @@ from decimal import Decimal
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 from sqlalchemy import text
 
 from .config import LedgerConfig
@@ -87,9 +88,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     results: dict[str, Any] = {}
     breaks: dict[str, list] = {}  # each reconciliation's break records (its matches are only written)
     count = 0
-    # each reconciliation's record ids and types in the order of its files' lines: the rows of
-    # reconciliation_results are made from the files at the end, never all held as text at once
-    stored: list[tuple[str, list[str], list[str]]] = []
+    stored: list[str] = []  # the reconciliations whose files reconciliation_results takes, at the end
 
     def written(name: str, r, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules) -> dict[str, Any]:
         nonlocal count
@@ -99,8 +98,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         leaves.add(summary_leaf(key, name, w.summary))
         breaks[name] = r.breaks
         count += len(r.matches) + len(r.breaks)
-        stored.append((name, [m.match_id for m in r.matches] + [b["break_id"] for b in r.breaks],
-                       [m.match_type for m in r.matches] + [b["break_type"] for b in r.breaks]))
+        stored.append(name)
         return w.summary
 
     snapshots: dict[str, list[CanonicalEntry]] = {}
@@ -269,27 +267,39 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
             c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"), closed)
 
 
-def _store(wh: Warehouse, day: str, folder: Path, recorded: list[tuple[str, list[str], list[str]]]) -> None:
+def _store(wh: Warehouse, day: str, folder: Path, names: list[str]) -> None:
     """Replace the day's results in ``reconciliation_results`` in one transaction: (day, name, record id,
-    match or break type, the record's canonical line as its report file holds it). ``recorded`` gives
-    each reconciliation's record ids and types in the order of the lines of its ``matches.jsonl`` then
-    ``breaks.jsonl``; the lines are read back from those files, a batch at a time."""
+    match or break type, the record's canonical line as its report file holds it). The rows are read
+    from the reconciliations' ``matches.jsonl`` and ``breaks.jsonl``, a batch at a time: no record's
+    text is held from its reconciliation to the end of the day."""
     with wh.engine.begin() as c:
         c.execute(text("CREATE TABLE IF NOT EXISTS reconciliation_results (day TEXT NOT NULL, name TEXT NOT NULL, "
                        "record_id TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL, "
                        "PRIMARY KEY (day, name, record_id))"))
         c.execute(text("DELETE FROM reconciliation_results WHERE day = :d"), {"d": day})
         columns = ("day", "name", "record_id", "kind", "record")
-        for name, ids, kinds in recorded:
-            with open(folder / name / "matches.jsonl", "rb") as m, open(folder / name / "breaks.jsonl", "rb") as b:
-                lines = itertools.chain(m, b)
-                rows = ((day, name, rid, kind, line[:-1].decode()) for rid, kind, line in zip(ids, kinds, lines))
-                n = 0
-                while batch := list(itertools.islice(rows, _STORE_BATCH)):
-                    bulk_insert(c, "reconciliation_results", columns, batch)
-                    n += len(batch)
-                if n != len(ids) or next(lines, None) is not None:
-                    raise RuntimeError(f"{name}: its report files do not hold the {len(ids)} records it made")
+        for name in names:
+            for file, head in (("matches.jsonl", _match_head), ("breaks.jsonl", _break_head)):
+                with open(folder / name / file, "rb") as f:
+                    rows = ((day, name, *head(line), line[:-1].decode()) for line in f)
+                    while batch := list(itertools.islice(rows, _STORE_BATCH)):
+                        bulk_insert(c, "reconciliation_results", columns, batch)
 
 
+class _MatchHead(msgspec.Struct):
+    match_id: str
+    match_type: str
+
+
+class _BreakHead(msgspec.Struct):
+    break_id: str
+    break_type: str
+
+
+def _head(kind: type):
+    decode = msgspec.json.Decoder(kind).decode
+    return lambda line: tuple(msgspec.structs.astuple(decode(line)))
+
+
+_match_head, _break_head = _head(_MatchHead), _head(_BreakHead)
 _STORE_BATCH = 50_000
