@@ -162,3 +162,21 @@ def test_the_fast_reading_of_node_logs_equals_the_general_one(log):
             return f"refused: {exc}"
 
     assert outcome(decode_transfer_log) == outcome(_decode_any_transfer_log)
+
+
+@pytest.mark.parametrize("over", [
+    # fields whose joined text reads as a log's: each field is held to its own length and form
+    {"topics": [TRANSFER_TOPIC, "0x" + "0" * 24 + "11" * 20 + "0x" + "0" * 24 + "22" * 20, ""]},
+    {"transactionHash": "0x" + "cd" * 31, "blockHash": "cd" + "0x" + "ee" * 32},
+    {"blockNumber": "0x10", "logIndex": "x20"},
+    {"blockNumber": "0x100x7", "logIndex": ""},
+])
+def test_a_log_whose_fields_only_read_right_joined_is_refused(over):
+    from ledger_pipelines.connectors.evm.decoding import _decode_any_transfer_log
+
+    log = _log(**over)
+    with pytest.raises(EntryError) as general:
+        _decode_any_transfer_log(dict(log))
+    with pytest.raises(EntryError) as fast:
+        decode_transfer_log(dict(log))
+    assert str(fast.value) == str(general.value)

@@ -1,8 +1,7 @@
 """EVM chains: ERC-20 ``Transfer`` logs (and pluggable decoders for other events) to canonical entries.
 
 Mapping is pure: :func:`decode_transfer_log` slices topics and reads one uint256 by hand (web3's
-generic event decoding is two orders of magnitude slower), :func:`transfer_log_to_entry` builds the
-entry. Logs may come from JSON-RPC (hex quantities), web3 (ints, HexBytes) or ethereum-etl CSV.
+generic event decoding is about 80 times slower), :func:`transfer_log_to_entry` builds the entry. Logs may come from JSON-RPC (hex quantities), web3 (ints, HexBytes) or ethereum-etl CSV.
 Hex is read in any case (``0X``, upper-case digits) and written lower-case; every hash, address and
 topic must have its exact length, every quantity must be a non-negative integer. A log that breaks
 a rule raises :class:`EntryError` naming the log; :func:`logs_to_entries` maps a whole input and
@@ -133,11 +132,13 @@ def _position(log: dict) -> tuple[str, int, int, str | None]:
             hex_text(bh, 32, "blockHash") if bh else None)
 
 
-# a mined JSON-RPC log as nodes write it, its fields joined in one text and checked by one pattern:
-# the two address topics (left-padded), data, transaction and block hash, token address, then block
-# number and log index (at most 15 hex digits: below 2^63). Anything else takes the general reading,
-# which gives the same Transfer or names the rule the log breaks.
-_NODE_LOG = re.compile(r"(?:0x0{24}[0-9a-f]{40}){2}(?:0x[0-9a-f]{64}){3}0x[0-9a-f]{40}0x[0-9a-f]{1,15}0x[0-9a-f]{1,15}\Z")
+# a mined JSON-RPC log as nodes write it: the two address topics (left-padded), data, transaction and
+# block hash and token address, each of its exact length, checked by one pattern over their joined
+# text (the lengths fix where each field starts in it); block number and log index of at most 15 hex
+# digits (below 2^63). Anything else takes the general reading, which gives the same Transfer or
+# names the rule the log breaks.
+_NODE_FIELDS = re.compile(r"(?:0x0{24}[0-9a-f]{40}){2}(?:0x[0-9a-f]{64}){3}0x[0-9a-f]{40}\Z")
+_QUANTITY = re.compile(r"0x[0-9a-f]{1,15}\Z")
 
 
 def decode_transfer_log(log: dict) -> Transfer:
@@ -148,7 +149,9 @@ def decode_transfer_log(log: dict) -> Transfer:
         if (type(topics) is list and len(topics) == 3 and topics[0] == TRANSFER_TOPIC
                 and type(t1 := topics[1]) is str and type(t2 := topics[2]) is str and type(data) is str
                 and type(tx) is str and type(bh) is str and type(token) is str and type(bn) is str
-                and type(li) is str and _NODE_LOG.match(t1 + t2 + data + tx + bh + token + bn + li)):
+                and type(li) is str and len(t1) == len(t2) == len(data) == len(tx) == len(bh) == 66
+                and len(token) == 42 and _NODE_FIELDS.match(t1 + t2 + data + tx + bh + token)
+                and _QUANTITY.match(bn) and _QUANTITY.match(li)):
             # positional, in the field order (token, sender, receiver, value, tx_hash, log_index,
             # block_number, block_hash, removed)
             return Transfer(token, "0x" + t1[26:], "0x" + t2[26:], int(data, 16), tx, int(li, 16), int(bn, 16),
