@@ -203,3 +203,49 @@ def test_day_read_of_odd_rows_equals_the_row_by_row_mapping(source):
     assert (entries[1].counterparty, entries[1].correlation_id) == (None, None)
     assert sorted(reason.split(": ", 1)[1] for _, reason in errors) == [
         f"amount {big} is out of range", "no account", "no currency"]
+
+
+_ODD = [
+    # (field, value) put into a plain row; each must map as row_to_entry maps it, or be refused alike
+    ("posted_at", "2026-11-24 12:00:00 +00"), ("posted_at", "2026-11-24 12:00:00x5+00"),
+    ("posted_at", "2026-02-30 12:00:00+00"), ("posted_at", "2026-11-24 12:00:00-08:00+00"),
+    ("posted_at", "2026-11-24 24:00:00+00"), ("posted_at", "2026-11-24 12:00:00.1234567+00"),
+    ("posted_at", "2026-11-24 12:00:00.120+00"), ("posted_at", "0001-01-01 00:00:00+00"),
+    ("posted_at", "２０２６-11-24 12:00:00+00"), ("account", "a" * 600), ("account", ""), ("account", 7),
+    ("currency", "U" * 600), ("currency", None), ("amount", "1" * 82), ("amount", "1" * 81),
+    ("amount", "0." + "1" * 95), ("id", "x" * 600), ("id", ""), ("id", True), ("side", "X"), ("side", " D"),
+    ("counterparty", 5), ("payment_ref", 0), ("payment_ref", ""), ("txn_id", 12),
+]
+
+
+@pytest.mark.parametrize("column, value", _ODD)
+@pytest.mark.parametrize("text_times", [False, True])
+def test_the_compiled_mapper_reads_every_odd_row_as_the_row_rules_do(column, value, text_times):
+    """The day read's mapper (PostgreSQL's text forms, or SQLite's text times) against row_to_entry on
+    the same row tuple: the same entry, or the same refusal."""
+    from ledger_pipelines.connectors.sql.mapping import row_mapper, row_to_entry
+    from ledger_pipelines.model import EntryError
+
+    m = ColumnMapping(debit_values=("D", "X"), credit_values=("C", "X"))  # "X" on both lists reads as debit
+    cols = m.columns()
+    row = dict(zip(cols, (41, "T1", "2026-11-24 09:00:00+00", "GL-1", "GL-2", "EUR", "10.50", "C", "E2E-1")))
+    row[column] = value
+
+    def outcome(fn):
+        try:
+            return fn()
+        except EntryError as exc:
+            return f"refused: {exc}"
+
+    fast = outcome(lambda: row_mapper(m, "core_banking", cols, text_times=text_times)(tuple(row.values())))
+    slow = outcome(lambda: row_to_entry(row, m, "core_banking"))
+    assert fast == slow
+
+
+def test_a_mapping_with_an_empty_fixed_currency_refuses_each_row():
+    from ledger_pipelines.connectors.sql.mapping import row_mapper
+    from ledger_pipelines.model import EntryError
+
+    m = ColumnMapping(currency=None, currency_value="")
+    with pytest.raises(EntryError, match="no currency"):
+        row_mapper(m, "core_banking", m.columns())((1, "T1", "2026-11-24 09:00:00+00", "GL-1", None, "1", "D", None))

@@ -18,6 +18,7 @@ Every table and column name passes :func:`validate_identifier` before it reaches
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -197,6 +198,10 @@ def utc_text(ts: datetime) -> str:
     return text + (f".{us:06d}".rstrip("0") if us else "") + "Z"
 
 
+# PostgreSQL's text of a timestamptz in a UTC session: 2026-11-24 12:00:00[.123456]+00
+_PG_UTC_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?\+00\Z")
+
+
 def row_mapper(m: ColumnMapping, ledger: str, columns: list[str], kind: str = "sql", text_times: bool = False):
     """A function from a row tuple (in ``columns`` order) to a canonical entry.
 
@@ -216,7 +221,8 @@ def row_mapper(m: ColumnMapping, ledger: str, columns: list[str], kind: str = "s
     i_ref = idx.get(m.reference) if m.reference else None
     i_txn = idx.get(m.transaction_id) if m.transaction_id else None
     i_ts = idx.get(m.posted_at) if m.posted_at else None
-    sides = {**{v: "debit" for v in m.debit_values}, **{v: "credit" for v in m.credit_values}}
+    # a value on both lists is a debit, as row_to_entry reads it
+    sides = {**{v: "credit" for v in m.credit_values}, **{v: "debit" for v in m.debit_values}}
     prefix = f"{ledger}:"
     fixed_currency, fixed_direction = m.currency_value, m.direction_value
     intern = sys.intern
@@ -229,16 +235,21 @@ def row_mapper(m: ColumnMapping, ledger: str, columns: list[str], kind: str = "s
         return slow
 
     def booked_at(ts: str) -> str | None:
+        """The canonical UTC time of a time text; None for anything row_to_entry must read or refuse."""
+        booked = None
         if text_times:
             try:
                 booked = utc_timestamp(ts, f"{ledger} row")
             except EntryError:
-                booked = None  # refused by row_to_entry, with the row's id
-        elif len(ts) >= 22 and ts[10] == " " and ts.endswith("+00"):
-            frac = ts[19:-3].rstrip("0")
-            booked = f"{ts[:10]}T{ts[11:19]}{frac if frac != '.' else ''}Z"
-        else:
-            booked = None
+                pass  # refused by row_to_entry, with the row's id
+        elif (form := _PG_UTC_TEXT.match(ts)) is not None:
+            try:
+                datetime.fromisoformat(ts[:19])  # on the calendar, hours to seconds in range
+            except ValueError:
+                pass
+            else:
+                frac = (form.group(1) or "").rstrip("0")
+                booked = f"{ts[:10]}T{ts[11:19]}{frac if frac != '.' else ''}Z"
         if len(booked_of) >= 200_000:  # a day of distinct seconds, twice over
             booked_of.clear()
         booked_of[ts] = booked
@@ -252,15 +263,12 @@ def row_mapper(m: ColumnMapping, ledger: str, columns: list[str], kind: str = "s
             text = f"{amount:f}"
         else:
             return slow(row)
-        if type(ts) is str:
-            booked = booked_of.get(ts, False)
-            if booked is False:
-                booked = booked_at(ts)
-            if booked is None:
-                return slow(row)
-        elif type(ts) is datetime:
-            booked = utc_text(ts)
-        else:
+        if type(ts) is not str:
+            return slow(row)
+        booked = booked_of.get(ts, False)
+        if booked is False:
+            booked = booked_at(ts)
+        if booked is None:
             return slow(row)
         if i_side is not None:
             direction = sides.get(row[i_side])
@@ -268,18 +276,22 @@ def row_mapper(m: ColumnMapping, ledger: str, columns: list[str], kind: str = "s
                 return slow(row)
         else:
             direction = fixed_direction
-        currency = fixed_currency or row[i_ccy]
+        currency = fixed_currency or (row[i_ccy] if i_ccy is not None else None)
         rid = row[i_id]
         ref = row[i_ref] if i_ref is not None else None
         cp = row[i_cp] if i_cp is not None else None
-        # names are text here; anything else (a number, an empty name, a long amount) is
-        # row_to_entry's to read or to refuse
-        if (type(account) is not str or not account or type(currency) is not str or not currency
-                or (cp is not None and type(cp) is not str) or (ref is not None and type(ref) is not str)
-                or not (type(rid) is int or (type(rid) is str and rid)) or len(text) > 97):
+        # names are text of at most 512 characters here, amounts of at most 81 integer digits; anything
+        # else (a number, an empty or long name, a long amount) is row_to_entry's to read or to refuse
+        if (type(account) is not str or not 0 < len(account) <= 512 or type(currency) is not str
+                or not 0 < len(currency) <= 512 or (cp is not None and type(cp) is not str)
+                or (ref is not None and type(ref) is not str)
+                or not (type(rid) is int or (type(rid) is str and rid)) or len(text) > 97
+                or (text.find(".") if "." in text else len(text)) > 81):
             return slow(row)
         txn = row[i_txn] if i_txn is not None else None
         source_ref = str(rid)
+        if len(prefix) + len(source_ref) > 512:
+            return slow(row)
         return CanonicalEntry(
             schema_version=1, entry_id=prefix + source_ref, ledger=ledger, ledger_kind=kind, source_ref=source_ref,
             correlation_id=ref or None, account=intern(account), counterparty=intern(cp) if cp else None,
