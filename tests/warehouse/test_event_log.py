@@ -254,7 +254,7 @@ def own_kafka(kafka_service, stack_config, tmp_path):
     try:
         yield svc, KafkaSettings(bootstrap_servers=cfg.kafka_bootstrap, topic_prefix="restart.", partitions=4)
     finally:
-        svc.stop()
+        svc.stop(timeout=5)  # a throwaway broker: no need to wait out its orderly shutdown
 
 
 def test_broker_restart_between_runs(own_kafka, tmp_path):
