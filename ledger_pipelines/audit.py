@@ -11,11 +11,11 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from decimal import Decimal
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -24,8 +24,8 @@ from sqlalchemy import text
 from .config import LedgerConfig
 from .model import CanonicalEntry, decode_entry
 from .money import EXACT, totals_by_asset
-from .commitment import (FORMAT, UNLISTED, Leaves, audit_leaf, canonical, file_sha256, payment_leaf, pretty,
-                         summary_leaf)
+from .commitment import (FORMAT, RECORD_FILES, UNLISTED, Leaves, audit_leaf, canonical, file_sha256, payment_leaf,
+                         pretty, summary_leaf)
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
 from .warehouse import Warehouse, bulk_insert
@@ -279,7 +279,7 @@ def _store(wh: Warehouse, day: str, folder: Path, names: list[str]) -> None:
         c.execute(text("DELETE FROM reconciliation_results WHERE day = :d"), {"d": day})
         columns = ("day", "name", "record_id", "kind", "record")
         for name in names:
-            for file, head in (("matches.jsonl", _match_head), ("breaks.jsonl", _break_head)):
+            for file, head in ((RECORD_FILES["match"], _match_head), (RECORD_FILES["break"], _break_head)):
                 with open(folder / name / file, "rb") as f:
                     rows = ((day, name, *head(line), line[:-1].decode()) for line in f)
                     while batch := list(itertools.islice(rows, _STORE_BATCH)):
@@ -297,8 +297,9 @@ class _BreakHead(msgspec.Struct):
 
 
 def _head(kind: type):
+    """(record id, type) of a record's line."""
     decode = msgspec.json.Decoder(kind).decode
-    return lambda line: tuple(msgspec.structs.astuple(decode(line)))
+    return lambda line: msgspec.structs.astuple(decode(line))
 
 
 _match_head, _break_head = _head(_MatchHead), _head(_BreakHead)
