@@ -100,11 +100,12 @@ def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     """Stop a process started in its own session (dagster dev and its children): TERM, then KILL.
 
     The whole process group goes: a code server of ``dagster dev`` can outlive its parent (seen: a
-    ``dagster api grpc`` that ignored TERM and stayed after the webserver had exited)."""
+    ``dagster api grpc`` that ignored TERM and stayed after the webserver had exited). ``timeout`` is
+    the grace for the leader and, up to 5 s of it, for the rest of the group."""
     if not _signal_group(proc, signal.SIGTERM):
         return
     _wait_quietly(proc, timeout)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + min(5.0, timeout)
     while time.monotonic() < deadline:
         if not _signal_group(proc, 0):  # anyone of the group left?
             break

@@ -15,9 +15,9 @@ from datetime import date, timedelta
 import pytest
 
 from conftest import post_journal
-from test_ui import CHROMIUM, _shot, browser, dagster_dev  # noqa: F401 (browser: a fixture)
+from test_ui import CHROMIUM, _shot, browser, dagster_dev, stop_dagster  # noqa: F401 (browser: a fixture)
 
-from ledger_pipelines.local.demo import DAGSTER_YAML, set_pool_limits, stop_group
+from ledger_pipelines.local.demo import DAGSTER_YAML, set_pool_limits
 
 pytestmark = [pytest.mark.ui, pytest.mark.services]
 
@@ -143,7 +143,7 @@ def week_backfill(tmp_path_factory, kafka_service, anvil_service, stack_config):
             time.sleep(1)
         yield url, home, backfill_id, backfill
     finally:
-        stop_group(proc)
+        stop_dagster(proc)
 
 
 def _events(home, asset: str) -> dict:

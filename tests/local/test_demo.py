@@ -137,9 +137,9 @@ def test_rerunning_the_demo_is_safe(demo):
 @pytest.mark.ui
 def test_the_ui_shows_the_corridor_and_the_anchored_report(demo, artifacts):
     from playwright.sync_api import sync_playwright
-    from test_ui import CHROMIUM, CHROMIUM_ARGS, _shot, dagster_dev
+    from test_ui import CHROMIUM, CHROMIUM_ARGS, _shot, dagster_dev, stop_dagster
 
-    from ledger_pipelines.local.demo import demo_env, stop_group
+    from ledger_pipelines.local.demo import demo_env
 
     folder, manifest, env, _ = demo
     denv = {**env, **demo_env(folder, manifest["prefix"])}
@@ -183,7 +183,7 @@ def test_the_ui_shows_the_corridor_and_the_anchored_report(demo, artifacts):
             finally:
                 b.close()
     finally:
-        stop_group(proc)
+        stop_dagster(proc)
 
 
 def test_the_demo_turned_on_the_sensors_and_the_nightly_schedule(demo):
