@@ -24,8 +24,10 @@ from sqlalchemy import text
 from .config import LedgerConfig
 from .model import CanonicalEntry, decode_entry
 from .money import EXACT, totals_by_asset
-from .commitment import (FORMAT, RECORD_FILES, UNLISTED, Leaves, audit_leaf, canonical, file_sha256, payment_leaf,
-                         pretty, summary_leaf)
+from .commitment import (DECISIONS_FILE, FORMAT, RECORD_FILES, UNLISTED, Leaves, audit_leaf, canonical,
+                         decision_leaf, file_sha256, payment_leaf, pretty, summary_leaf)
+from .desk.decisions import honour
+from .desk.policy import DeskSettings
 from .reconcile import Rules, reconcile
 from .reconcile.output import open_breaks, replacing, write_records
 from .warehouse import Warehouse, bulk_insert
@@ -71,22 +73,28 @@ def pairs_from(doc: dict[str, Any]) -> list[PairConfig]:
 
 
 def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig], day: date,
-            reports: Path) -> dict[str, Any]:
+            reports: Path, desk_settings: DeskSettings | None = None) -> dict[str, Any]:
     """Reconciles ``day`` and writes its report folder ``<reports>/<day>`` whole: built in a fresh sibling
     folder (with the day's Data Docs copied in) that replaces the previous one only once complete."""
     key = day.isoformat()
     with replacing(reports / key) as folder:
         if (reports / key / "data_docs").is_dir():
             shutil.copytree(reports / key / "data_docs", folder / "data_docs", symlinks=True)
-        return _run_day(wh, ledgers, pairs, day, folder)
+        audit, breaks = _run_day(wh, ledgers, pairs, day, folder)
+    from .desk.store import Desk
+
+    # the desk follows the report once it is in place (idempotent: a re-run of the day syncs again)
+    audit["desk"] = Desk(wh, desk_settings).sync(key, breaks, carried=[p.name for p in pairs])
+    return audit
 
 
 def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig], day: date,
-             folder: Path) -> dict[str, Any]:
+             folder: Path) -> tuple[dict[str, Any], dict[str, list]]:
     key = day.isoformat()
     leaves = Leaves()
     results: dict[str, Any] = {}
     breaks: dict[str, list] = {}  # each reconciliation's break records (its matches are only written)
+    decided: list[dict[str, Any]] = []  # the desk's decisions the day's records honour
     count = 0
     stored: list[str] = []  # the reconciliations whose files reconciliation_results takes, at the end
 
@@ -113,12 +121,14 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         orphaned[lc.name] = [e for e in delivered if e.status == "orphaned"]
         name = f"bridge_{lc.name}"
         r = reconcile(snapshots[lc.name], delivered, BRIDGE_RULES)
+        decided += honour(wh, name, key, r)
         results[name] = written(name, r, snapshots[lc.name], delivered, BRIDGE_RULES)
     for p in pairs:
         carried_left, carried_right, first_seen = _carried(wh, p.name, key)
         left = p.select("L", snapshots.get(p.left, []) + orphaned.get(p.left, [])) + carried_left
         right = p.select("R", snapshots.get(p.right, []) + orphaned.get(p.right, [])) + carried_right
         r = reconcile(left, right, p.rules)
+        decided += honour(wh, p.name, key, r)
         _age(r, first_seen, day)
         _update_open(wh, p.name, key, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right}, first_seen)
         results[p.name] = {**written(p.name, r, left, right, p.rules),
@@ -132,6 +142,11 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
             payments["total"] += 1
             payments[leg["status"]] += 1
             payments["drifting"] += leg["drifting"]
+    decided.sort(key=lambda d: d["decision_id"])
+    with open(folder / DECISIONS_FILE, "xb") as f:
+        for d in decided:
+            f.write(canonical(d) + b"\n")
+            leaves.add(decision_leaf(key, d))
     aging: dict[str, int] = {}
     for recs in breaks.values():
         for rec in recs:
@@ -144,12 +159,14 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
              "reconciliations": results, "open_breaks_by_age": aging, "amounts": amounts,
              "open_breaks": open_breaks(breaks, key),
              "payments": payments,
+             "decisions": {"manual_match": sum(d["kind"] == "manual_match" for d in decided),
+                           "acceptance": sum(d["kind"] == "acceptance" for d in decided)},
              "files": committed_files(folder)}
     leaves.add(audit_leaf(audit))
     audit["merkle_root"] = leaves.root()
     with open(folder / "audit.json", "xb") as f:
         f.write(pretty(audit))
-    return audit
+    return audit, breaks
 
 
 def finish_report(folder: Path, anchor: bool = True) -> dict[str, Any]:
@@ -250,10 +267,9 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
     from .model import encode_entry
 
     opened = []
-    for b in r.breaks:
-        if b["break_type"] in ("missing_left", "missing_right"):
-            for side, ids, pool in (("L", b["left_entry_ids"], left), ("R", b["right_entry_ids"], right)):
-                opened += [(side, i, encode_entry(pool[i]).decode()) for i in ids if i not in first_seen]
+    for b in r.breaks:  # every break type stays open until its entries are matched (or the desk decides)
+        for side, ids, pool in (("L", b["left_entry_ids"], left), ("R", b["right_entry_ids"], right)):
+            opened += [(side, i, encode_entry(pool[i]).decode()) for i in ids if i not in first_seen]
     matched = {i for m in r.matches for i in m.left_entry_ids + m.right_entry_ids}
     with wh.engine.begin() as c:
         c.execute(text(_OPEN_DDL))

@@ -543,11 +543,86 @@ def cmd_prove(args) -> int:
 
     try:
         proof = prove(Path(args.report), record=args.record, reconciliation=args.reconciliation,
-                      payment=args.payment, summary=args.summary, audit_leaf_=args.audit)
+                      payment=args.payment, summary=args.summary, audit_leaf_=args.audit, decision=args.decision)
     except VerificationError as exc:
         sys.stderr.write(f"prove: {exc}\n")
         return 1
     print(json.dumps(proof, sort_keys=True))
+    return 0
+
+
+def desk_environment(env=None) -> dict[str, str]:
+    """The warehouse, reports folder and configuration the desk uses: the environment's, and with
+    ``LEDGER_DEMO_DIR`` pointing at a built demo, the demo's (where the environment does not say)."""
+    env = dict(os.environ if env is None else env)
+    demo_dir = env.get("LEDGER_DEMO_DIR")
+    if demo_dir and (Path(demo_dir) / "manifest.json").is_file():
+        from .local.demo import demo_env
+
+        manifest = json.loads((Path(demo_dir) / "manifest.json").read_text())
+        for k, v in demo_env(Path(demo_dir), manifest["prefix"]).items():
+            env.setdefault(k, v)
+    return env
+
+
+def open_desk(env: dict[str, str]):
+    from .config import load_project
+    from .desk.policy import DeskSettings
+    from .desk.store import Desk
+    from .warehouse import Warehouse
+
+    project = load_project(env.get("LEDGER_CONFIG"))
+    return Desk(Warehouse(env.get("LEDGER_WAREHOUSE_URL") or None), DeskSettings.from_document(project.document))
+
+
+def _read_password(prompt: str) -> str:
+    """From the terminal (asked twice, not echoed) or the first line of standard input: never an argument."""
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass(prompt)
+        if getpass.getpass("again: ") != first:
+            raise ValueError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_desk(args) -> int:
+    from .desk.store import DeskError
+
+    env = desk_environment()
+    for k in ("LEDGER_WAREHOUSE_URL", "LEDGER_CONFIG"):
+        if env.get(k):
+            os.environ.setdefault(k, env[k])
+    desk = open_desk(env)
+    try:
+        if args.desk_command == "user":
+            if args.user_command == "add":
+                desk.add_user(args.name, args.role, _read_password(f"password for {args.name}: "))
+                print(f"user {args.name} added ({args.role})")
+            elif args.user_command == "remove":
+                desk.remove_user(args.name)
+                print(f"user {args.name} removed")
+            else:
+                users = desk.users()
+                for u in users:
+                    print(f"{u['name']:<24} {u['role']:<9} since {u['created_at'][:19]}Z")
+                if not users:
+                    print("no users yet: ledger-pipelines desk user add NAME --role operator|approver|auditor")
+            return 0
+    except (DeskError, ValueError) as exc:
+        _emit_error("desk", str(exc))
+        return 2
+    from .desk.app import serve
+    from .desk.auth import session_key
+    from .settings import StackConfig
+
+    reports = Path(env.get("LEDGER_REPORTS_DIR") or StackConfig.from_env().root / "reports")
+    state = Path(env.get("LEDGER_DEMO_DIR") or StackConfig.from_env().root)
+    if not desk.users():
+        sys.stderr.write("desk: no users yet; add one with `ledger-pipelines desk user add NAME --role approver`\n")
+    print(f"breaks desk on http://127.0.0.1:{args.port} (warehouse {desk.wh.describe()}, reports {reports})", flush=True)
+    serve(desk, reports, session_key(env, state), port=args.port)
     return 0
 
 
@@ -644,8 +719,22 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--payment", help="a correlation id of the payments view")
     what.add_argument("--summary", metavar="RECONCILIATION", help="a reconciliation's summary.json")
     what.add_argument("--audit", action="store_true", help="audit.json itself")
+    what.add_argument("--decision", help="a desk decision the report honours (decisions.jsonl)")
     s.add_argument("--reconciliation", help="the reconciliation of --record, when its id is in several")
     s.set_defaults(func=cmd_prove)
+
+    s = sub.add_parser("desk", help="the breaks desk: a web page to work the breaks (127.0.0.1), and its users")
+    s.add_argument("--port", type=int, default=8600)
+    s.set_defaults(func=cmd_desk, desk_command=None)
+    dsub = s.add_subparsers(dest="desk_command")
+    u = dsub.add_parser("user", help="the desk's users: add, remove, list")
+    usub = u.add_subparsers(dest="user_command", required=True)
+    a = usub.add_parser("add", help="add a user; the password is read from standard input, never an argument")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=["operator", "approver", "auditor"])
+    r = usub.add_parser("remove", help="remove a user (their sessions end at once)")
+    r.add_argument("name")
+    usub.add_parser("list", help="the users and their roles")
 
     s = sub.add_parser("demo", help="a payment corridor end to end: stack, three ledgers, a week of payments, "
                                     "backfill, reports anchored on chain, the Dagster UI")

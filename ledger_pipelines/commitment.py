@@ -11,6 +11,8 @@ Every leaf is the canonical JSON (keys sorted, no spaces, UTF-8, no floats) of o
   break record, bound to its day, its reconciliation and its kind;
 - ``{"leaf": "summary", "day", "reconciliation", "summary"}``: a reconciliation's ``summary.json``;
 - ``{"leaf": "payment", "day", "payment"}``: one line of ``payments.jsonl``;
+- ``{"leaf": "decision", "day", "decision"}``: one line of ``decisions.jsonl`` (a desk decision the day's
+  records honour: a manual match or an acceptance, with who proposed and who approved it);
 - ``{"leaf": "audit", "day", "audit"}``: ``audit.json`` without ``merkle_root`` and ``anchor`` (its
   ``files`` member lists every other file of the folder with its SHA-256).
 
@@ -31,8 +33,9 @@ import msgspec
 
 from . import merkle
 
-FORMAT = "ledger-pipelines.day-report/2"
+FORMAT = "ledger-pipelines.day-report/3"
 RECORD_FILES = {"match": "matches.jsonl", "break": "breaks.jsonl"}
+DECISIONS_FILE = "decisions.jsonl"
 
 
 def file_sha256(path: Path) -> str:
@@ -80,6 +83,10 @@ def summary_leaf(day: str | None, reconciliation: str, summary: dict[str, Any]) 
 
 def payment_leaf(day: str, payment: dict[str, Any]) -> bytes:
     return canonical({"day": day, "leaf": "payment", "payment": payment})
+
+
+def decision_leaf(day: str, decision: dict[str, Any]) -> bytes:
+    return canonical({"day": day, "decision": decision, "leaf": "decision"})
 
 
 def audit_body(audit: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from .assets.audit import build_audit_assets, build_audit_report_asset
 from .assets.event_log import ledger_event_log
 from .assets.snapshots import build_snapshot_asset
 from .config import ProjectConfig, load_project
+from .desk.policy import DeskSettings
 from .jobs import bridge_job, event_log_job, nightly_audit_job, publish_job, snapshots_job
 from .resources import ExpectationsResource, KafkaResource, WarehouseResource
 from .schedules import nightly_audit_schedule
@@ -23,7 +24,8 @@ def build_definitions(project: ProjectConfig | None = None) -> Definitions:
     project = project or load_project()
     daily = DailyPartitionsDefinition(start_date=project.partitions_start, timezone="UTC")
     snapshot_assets = [build_snapshot_asset(lc, daily) for lc in project.ledgers]
-    audit_assets = [*build_audit_assets(project.ledgers, project.pairs, daily), build_audit_report_asset(daily)]
+    audit_assets = [*build_audit_assets(project.ledgers, project.pairs, daily,
+                                                  DeskSettings.from_document(project.document)), build_audit_report_asset(daily)]
     return Definitions(
         assets=[ledger_event_log, *snapshot_assets, *audit_assets],
         jobs=[event_log_job, publish_job, snapshots_job, nightly_audit_job, bridge_job],

@@ -25,8 +25,8 @@ from typing import Any
 
 from . import merkle
 from .model import EntryError, refuse_deep_json
-from .commitment import (FORMAT, RECORD_FILES, UNLISTED, audit_leaf, canonical, payment_leaf, pretty, record_leaf,
-                         records_root, report_version, summary_leaf)
+from .commitment import (DECISIONS_FILE, FORMAT, RECORD_FILES, UNLISTED, audit_leaf, canonical, decision_leaf,
+                         payment_leaf, pretty, record_leaf, records_root, report_version, summary_leaf)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,80}")
 _HEX32 = re.compile(r"[0-9a-f]{64}")
@@ -153,7 +153,7 @@ def _check_audit_shape(audit: Any) -> None:
         raise VerificationError("audit.json: payments is not an object")
 
 
-def _check_reconciliation(chk: _Check, day: str, name: str, stated: Any, leaves: dict) -> int:
+def _check_reconciliation(chk: _Check, day: str, name: str, stated: Any, leaves: dict, decided: list) -> int:
     records: dict[str, list[dict[str, Any]]] = {}
     lines: dict[str, list[bytes]] = {}
     for kind, part in RECORD_FILES.items():
@@ -172,6 +172,8 @@ def _check_reconciliation(chk: _Check, day: str, name: str, stated: Any, leaves:
             if loc in leaves:
                 raise VerificationError(f"{rel} line {n}: record {rec[id_field]} appears twice")
             leaves[loc] = (merkle.leaf_hash(record_leaf(day, name, kind, line)), rel)
+            if "decision_id" in rec or rec.get("match_type") == "manual" or "acceptance" in rec:
+                decided.append((rel, n, name, kind, rec))
         records[kind] = [rec for _, rec in got]
         lines[kind] = [line for line, _ in got]
     rel = f"{name}/summary.json"
@@ -208,11 +210,12 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
     day = audit["day"]
     leaves: dict[tuple, tuple[bytes, str]] = {}
     total = 0
+    decided: list = []  # the records that carry a decision (manual matches, accepted breaks)
     for name in sorted(audit["reconciliations"]):
         for part in (*RECORD_FILES.values(), "summary.json"):
             if f"{name}/{part}" not in files:
                 raise VerificationError(f"{name}/{part}: missing")
-        total += _check_reconciliation(chk, day, name, audit["reconciliations"][name], leaves)
+        total += _check_reconciliation(chk, day, name, audit["reconciliations"][name], leaves, decided)
     if audit["records"] != total:
         chk.problem("audit.json", f"records is {audit['records']}, the reconciliations hold {total}")
     if "payments.jsonl" not in files:
@@ -235,6 +238,7 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
     for key, value in given.items():
         if stated.get(key) != value:
             chk.problem("audit.json", f"payments.{key} is {stated.get(key)!r}, payments.jsonl gives {value}")
+    _check_decisions(chk, day, audit, files, leaves, decided)
     for rel in files:
         if rel not in UNLISTED and rel not in audit["files"]:
             chk.problem(rel, "not covered by the report's commitment (added to the folder?)")
@@ -251,6 +255,71 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
     elif chk.read("index.html") != render_index(audit).encode():
         chk.problem("index.html", "does not show what audit.json states")
     return audit, leaves
+
+
+_DECISION_KEYS = {"decision_id", "kind", "reconciliation", "break_ids", "left_entry_ids", "right_entry_ids", "reason",
+                  "expires", "effective_from", "proposed_by", "proposed_at", "approved_by", "approved_at", "score"}
+_ACCEPTANCE_KEYS = ("decision_id", "reason", "expires", "proposed_by", "approved_by")
+
+
+def _check_decisions(chk: _Check, day: str, audit: dict[str, Any], files: list[str], leaves: dict,
+                     decided: list) -> None:
+    """decisions.jsonl: each decision once, in order, approved by a second person (or made by the system with
+    its score), in force on the day; every manual match and acceptance in the records is one of them, as it
+    states; and every decision listed is honoured by some record."""
+    if DECISIONS_FILE not in files:
+        raise VerificationError(f"{DECISIONS_FILE}: missing")
+    by_id: dict[str, dict[str, Any]] = {}
+    last = ""
+    for n, (_, d) in enumerate(chk.lines(DECISIONS_FILE), start=1):
+        where = f"{DECISIONS_FILE} line {n}"
+        if set(d) != _DECISION_KEYS or not isinstance(d["decision_id"], str) or d["decision_id"] <= last:
+            raise VerificationError(f"{where}: not a decision in the writer's form and order (by decision_id, "
+                                    "each once)")
+        last = d["decision_id"]
+        leaves[("decision", d["decision_id"])] = (merkle.leaf_hash(decision_leaf(day, d)), DECISIONS_FILE)
+        by_id[d["decision_id"]] = d
+        if d["kind"] not in ("manual_match", "acceptance") or d["reconciliation"] not in audit["reconciliations"]:
+            chk.problem(where, f"kind {d['kind']!r} or reconciliation {d['reconciliation']!r} is not one of the report's")
+        proposer, approver = d["proposed_by"], d["approved_by"]
+        if not isinstance(proposer, str) or not isinstance(approver, str) or not isinstance(d["approved_at"], str):
+            chk.problem(where, "not approved (no approver or time)")
+        elif proposer == approver and not (proposer == "system" and isinstance(d["score"], int)):
+            chk.problem(where, f"{proposer} approved their own proposal (a decision takes a second person)")
+        if not isinstance(d["effective_from"], str) or d["effective_from"] > day:
+            chk.problem(where, f"in force from {d['effective_from']!r}, after the report's day")
+        if d["kind"] == "acceptance" and not (isinstance(d["expires"], str) and d["expires"] >= day):
+            chk.problem(where, f"an acceptance that expired ({d['expires']!r}) before the report's day")
+    used: set[str] = set()
+    for rel, n, name, kind, rec in decided:
+        where = f"{rel} line {n}"
+        if kind == "match":
+            d = by_id.get(rec.get("decision_id"))
+            if rec.get("match_type") != "manual" or d is None:
+                chk.problem(where, "a manual match without its decision in decisions.jsonl (or a decision_id on "
+                            "another match type)")
+            elif (d["kind"] != "manual_match" or d["reconciliation"] != name
+                  or d["left_entry_ids"] != rec.get("left_entry_ids") or d["right_entry_ids"] != rec.get("right_entry_ids")):
+                chk.problem(where, f"is not the match decision {d['decision_id']} states")
+            else:
+                used.add(d["decision_id"])
+        else:
+            acc = rec.get("acceptance")
+            d = by_id.get(acc.get("decision_id")) if isinstance(acc, dict) else None
+            if d is None:
+                chk.problem(where, "an acceptance without its decision in decisions.jsonl")
+            elif (d["kind"] != "acceptance" or d["reconciliation"] != name or rec["break_id"] not in d["break_ids"]
+                  or acc != {k: d[k] for k in _ACCEPTANCE_KEYS}):
+                chk.problem(where, f"is not the acceptance decision {d['decision_id']} states")
+            else:
+                used.add(d["decision_id"])
+    for d in by_id.values():
+        if d["decision_id"] not in used:
+            chk.problem(DECISIONS_FILE, f"decision {d['decision_id']} is honoured by no record of the report")
+    stated = audit.get("decisions")
+    given = {k: sum(d["kind"] == k for d in by_id.values()) for k in ("manual_match", "acceptance")}
+    if stated != given:
+        chk.problem("audit.json", f"decisions is {stated!r}, decisions.jsonl gives {given}")
 
 
 PROOF_FORMAT = "ledger-pipelines.inclusion-proof/1"
@@ -326,6 +395,11 @@ def _leaf_object(day: str, loc: tuple, folder: Path, audit: dict[str, Any]) -> d
     if kind == "summary":
         return {"day": day, "leaf": "summary", "reconciliation": loc[1],
                 "summary": strict_json((folder / loc[1] / "summary.json").read_bytes())}
+    if kind == "decision":
+        for line in (folder / DECISIONS_FILE).read_bytes().splitlines():
+            d = strict_json(line)
+            if d.get("decision_id") == loc[1]:
+                return {"day": day, "decision": d, "leaf": "decision"}
     if kind == "payment":
         for line in (folder / "payments.jsonl").read_bytes().splitlines():
             p = strict_json(line)
@@ -341,7 +415,7 @@ def _leaf_object(day: str, loc: tuple, folder: Path, audit: dict[str, Any]) -> d
 
 
 def prove(day_dir: Path, record: str | None = None, reconciliation: str | None = None, payment: str | None = None,
-          summary: str | None = None, audit_leaf_: bool = False) -> dict[str, Any]:
+          summary: str | None = None, audit_leaf_: bool = False, decision: str | None = None) -> dict[str, Any]:
     """An inclusion proof of one fact of a report that verifies: a record (by id, with its reconciliation when
     the id is in several), a payment (by correlation id), a reconciliation's summary, or audit.json itself.
     Only a report that verifies is proven from; ``VerificationError`` otherwise, with the reason."""
@@ -365,6 +439,8 @@ def prove(day_dir: Path, record: str | None = None, reconciliation: str | None =
         loc = ("payment", payment)
     elif summary is not None:
         loc = ("summary", summary)
+    elif decision is not None:
+        loc = ("decision", decision)
     elif audit_leaf_:
         loc = ("audit",)
     else:
@@ -404,7 +480,7 @@ def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None
                 and all(isinstance(h, str) and _HEX32.fullmatch(h) for h in hashes)):
             raise VerificationError(f"{path}: malformed (day, merkle_root, report_version, leaf, index, tree_size and "
                                     "a path of at most 64 32-byte hex hashes expected)")
-        if leaf.get("day") != day or leaf.get("leaf") not in ("record", "summary", "payment", "audit"):
+        if leaf.get("day") != day or leaf.get("leaf") not in ("record", "summary", "payment", "decision", "audit"):
             raise VerificationError(f"{path}: the leaf is not a fact of {day} (leaf kind or day differs)")
         if leaf["leaf"] == "audit" and (not isinstance(leaf.get("audit"), dict) or
                                         report_version({**leaf["audit"], "merkle_root": root}) != version):

@@ -15,6 +15,7 @@ from dagster import (
 
 from ..audit import pairs_from, run_day
 from ..config import LedgerConfig
+from ..desk.policy import DeskSettings
 from ..reconcile.output import kinds_text
 from ..resources import WarehouseResource
 from ..settings import StackConfig
@@ -26,6 +27,13 @@ def reports_dir() -> Path:
     return Path(os.environ.get("LEDGER_REPORTS_DIR") or StackConfig.from_env().root / "reports")
 
 
+def desk_url(path: str) -> MetadataValue:
+    """A clickable link to the breaks desk (``LEDGER_DESK_URL``, default the local desk on port 8600)."""
+    from ..desk.policy import desk_base_url
+
+    return MetadataValue.url(desk_base_url() + path)
+
+
 # Reconciliation carries the breaks still open from the days before (open_breaks), so the days of a
 # backfill must reconcile one after the other, in day order: the runs that reconcile or anchor share
 # this pool (limit 1, run granularity: a run waits in the queue, first in first out, until the pool is
@@ -33,7 +41,8 @@ def reports_dir() -> Path:
 DAY_REPORT_POOL = "ledger_day_report"
 
 
-def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partitions: DailyPartitionsDefinition):
+def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partitions: DailyPartitionsDefinition,
+                       desk: DeskSettings | None = None):
     pair_configs = pairs_from({"reconciliations": pairs})
 
     @asset(
@@ -50,7 +59,7 @@ def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partition
     def reconciliation(context: AssetExecutionContext, warehouse: WarehouseResource) -> MaterializeResult:
         day = context.partition_key
         with warehouse.session() as wh:
-            audit = run_day(wh, ledgers, pair_configs, date.fromisoformat(day), reports_dir())
+            audit = run_day(wh, ledgers, pair_configs, date.fromisoformat(day), reports_dir(), desk)
         recs = audit["reconciliations"]
         md = f"**{day}** — Merkle root `{audit['merkle_root']}`\n\n" + (
             "| reconciliation | matches | breaks | break types |\n|---|---|---|---|\n" + "\n".join(
@@ -62,6 +71,8 @@ def build_audit_assets(ledgers: list[LedgerConfig], pairs: list[dict], partition
             "merkle_root": MetadataValue.text(audit["merkle_root"]),
             "summary": MetadataValue.md(md),
             "reports": MetadataValue.path(str(reports_dir() / day)),
+            "desk": desk_url(f"/breaks?day={day}&state=unresolved"),
+            "desk_changes": MetadataValue.text(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in audit["desk"].items())),
         })
 
     return [reconciliation]
@@ -102,7 +113,8 @@ def build_audit_report_asset(partitions: DailyPartitionsDefinition):
             "matches": MetadataValue.int(sum(r["matches"] for r in recs.values())),
             "breaks": MetadataValue.int(sum(r["breaks"] for r in recs.values())),
             "merkle_root": MetadataValue.text(audit["merkle_root"]),
-            "report": MetadataValue.path(str(folder / "index.html")),
+            "report": desk_url(f"/reports/{day}/index.html"),
+            "desk": desk_url(f"/day/{day}"),
             **({"data_docs": MetadataValue.path(str(folder / "data_docs"))} if (folder / "data_docs").exists()
                else {}),
             "anchor_tx": MetadataValue.text(anchor["tx_hash"] if anchor else "not anchored (LEDGER_ANCHOR=off)"),

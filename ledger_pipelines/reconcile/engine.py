@@ -89,7 +89,7 @@ def _ts(e: CanonicalEntry) -> datetime:
     return datetime.fromisoformat(e.booked_at)
 
 
-def _record_id(prefix: str, left: list[str], right: list[str]) -> str:
+def record_id(prefix: str, left: list[str], right: list[str]) -> str:
     # md5 as an identifier, not a seal (the Merkle tree over the records is SHA-256): it is stable
     # across versions and twice as fast as SHA-256 in DuckDB, where millions of these are computed
     digest = hashlib.md5("\x1f".join(sorted(left)).encode() + b"\x1e" + "\x1f".join(sorted(right)).encode(),
@@ -269,7 +269,7 @@ class _Engine:
     # -- records ----------------------------------------------------------------------------
     def match(self, kind: str, lids: list[str], rids: list[str], rule: str) -> None:
         corr = self._correlation(lids, rids)
-        self.out.matches.append(Match(corr, tuple(sorted(lids)), _record_id("m", lids, rids), kind,
+        self.out.matches.append(Match(corr, tuple(sorted(lids)), record_id("m", lids, rids), kind,
                                       tuple(sorted(rids)), rule))
         self._use(lids, rids)
 
@@ -287,7 +287,7 @@ class _Engine:
         if left_amount is not None and right_amount is not None and kind != "asset_mismatch":
             diff = f"{right_amount - left_amount:f}"  # plain decimal: never an exponent
         self.out.breaks.append({
-            "break_id": _record_id("b", lids, rids), "break_type": kind, "left_entry_ids": sorted(lids),
+            "break_id": record_id("b", lids, rids), "break_type": kind, "left_entry_ids": sorted(lids),
             "right_entry_ids": sorted(rids), "correlation_id": self._correlation(lids, rids), "asset": asset,
             "left_amount": None if left_amount is None else f"{left_amount:f}",
             "right_amount": None if right_amount is None else f"{right_amount:f}",
@@ -595,7 +595,7 @@ def _unchanged(engine: _Engine, left: list[CanonicalEntry], right: list[Canonica
     for e in left:
         if e.status != "orphaned" and other.get(e.entry_id) == e:
             same.add(e.entry_id)
-            # _record_id("m", [id], [id]), written out: it is most of this stage's cost
+            # record_id("m", [id], [id]), written out: it is most of this stage's cost
             mid = "m-" + md5(f"{e.entry_id}\x1e{e.entry_id}".encode(), usedforsecurity=False).hexdigest()[:20]
             ids = (e.entry_id,)
             matches.append(Match(e.correlation_id or None, ids, mid, "exact", ids, rule))

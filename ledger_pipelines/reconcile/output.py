@@ -215,7 +215,8 @@ def _write_exports(out_dir: Path, result: Reconciliation, name: str | None, day:
                                      for b in result.breaks)))
     with open(out_dir / "matches.csv", "xb") as f:
         f.write(_csv(MATCH_COLUMNS, ([m.match_id, m.match_type, m.correlation_id or "", m.rule,
-                                      " ".join(m.left_entry_ids), " ".join(m.right_entry_ids), ""]
+                                      " ".join(m.left_entry_ids), " ".join(m.right_entry_ids),
+                                      getattr(m, "decision_id", "")]
                                      for m in result.matches)))
     pages = max(1, -(-len(result.breaks) // PAGE_ROWS))
     for n in range(2, pages + 1):
@@ -223,7 +224,7 @@ def _write_exports(out_dir: Path, result: Reconciliation, name: str | None, day:
             f.write(render_breaks_page(result.breaks, n, pages, name, day))
 
 
-def _at_stake(b: dict[str, Any]) -> Decimal:
+def at_stake(b: dict[str, Any]) -> Decimal:
     """The amount a break puts in question: the difference of a pair, else the amount of the side present."""
     if b.get("difference") not in (None, ""):
         return EXACT.abs(Decimal(b["difference"]))
@@ -239,7 +240,7 @@ def open_breaks(breaks: dict[str, list[dict[str, Any]]], day: str) -> dict[str, 
         for i, b in enumerate(recs):
             rows.append({"reconciliation": name, "break_id": b["break_id"], "break_type": b["break_type"],
                          "correlation_id": b.get("correlation_id"), "asset": b.get("asset"),
-                         "amount": f"{_at_stake(b):f}", "first_seen": b.get("first_seen") or day,
+                         "amount": f"{at_stake(b):f}", "first_seen": b.get("first_seen") or day,
                          "age_days": b.get("age_days", 0), "page": f"{name}/{page_name(i // PAGE_ROWS + 1)}"})
     by_asset: dict[str, list[dict[str, Any]]] = {}
     for r in rows:

@@ -183,3 +183,89 @@ snapshots = Table(
     *_entry_columns(with_booked_date=False),
     PrimaryKeyConstraint("ledger", "snapshot_date", "entry_id", name="pk_ledger_snapshots"),
 )
+
+# The breaks desk (ledger_pipelines/desk). ``desk_events`` is the audit trail: append-only, one row per
+# action (who, when, what, why, the break's state before and after). ``desk_decisions`` and
+# ``desk_breaks`` are its projections, written in the same transaction as the event they follow from.
+desk_users = Table(
+    "desk_users",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("created_at", Text, nullable=False),
+)
+
+desk_events = Table(
+    "desk_events",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("at", Text, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(24), nullable=False),
+    Column("reconciliation", String(81)),
+    Column("break_id", String(40)),
+    Column("decision_id", String(40)),
+    Column("detail", Text, nullable=False),  # canonical JSON: reason, assignee, expiry, score...
+    Column("before", Text),  # canonical JSON of the break's workflow state
+    Column("after", Text),
+    Index("ix_desk_events_break", "reconciliation", "break_id"),
+)
+
+desk_decisions = Table(
+    "desk_decisions",
+    metadata,
+    Column("decision_id", String(40), primary_key=True),
+    Column("kind", String(16), nullable=False),  # manual_match | acceptance
+    Column("reconciliation", String(81), nullable=False),
+    Column("break_ids", Text, nullable=False),  # JSON lists
+    Column("left_entry_ids", Text, nullable=False),
+    Column("right_entry_ids", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("expires", Text),  # acceptance: the last report day it holds
+    Column("effective_from", Text, nullable=False),  # the first report day that honours it
+    Column("state", String(12), nullable=False),  # proposed | approved | rejected
+    Column("proposed_by", String(64), nullable=False),
+    Column("proposed_at", Text, nullable=False),
+    Column("decided_by", String(64)),
+    Column("decided_at", Text),
+    Column("score", Integer),  # an auto-confirmed match's confidence (0-100)
+    Index("ix_desk_decisions_state", "reconciliation", "state"),
+)
+
+desk_breaks = Table(
+    "desk_breaks",
+    metadata,
+    Column("reconciliation", String(81), nullable=False),
+    Column("break_id", String(40), nullable=False),
+    Column("break_type", String(24), nullable=False),
+    Column("asset", Text),
+    Column("amount", Text, nullable=False),  # the amount at stake, exact
+    Column("amount_key", Text, nullable=False),  # the same, as text that sorts in numeric order
+    Column("correlation_id", Text),
+    Column("first_seen", Text, nullable=False),
+    Column("last_seen", Text, nullable=False),
+    Column("record", Text, nullable=False),  # the break record as its latest report states it
+    Column("state", String(16), nullable=False),  # open | assigned | accepted | matched | resolved
+    Column("assignee", String(64)),
+    Column("accepted_until", Text),
+    Column("decision_id", String(40)),  # the acceptance or manual match in force
+    Column("pending", String(40)),  # a proposal waiting for its approver
+    Column("resolution", Text),
+    Column("resolved_on", Text),
+    PrimaryKeyConstraint("reconciliation", "break_id", name="pk_desk_breaks"),
+    Index("ix_desk_breaks_amount", "amount_key"),
+    Index("ix_desk_breaks_seen", "last_seen", "first_seen"),
+)
+
+desk_suggestions = Table(
+    "desk_suggestions",
+    metadata,
+    Column("reconciliation", String(81), nullable=False),
+    Column("break_id", String(40), nullable=False),
+    Column("rank", Integer, nullable=False),
+    Column("candidate_id", String(40), nullable=False),
+    Column("score", Integer, nullable=False),  # 0-100
+    Column("explain", Text, nullable=False),  # canonical JSON of the parts of the score
+    PrimaryKeyConstraint("reconciliation", "break_id", "rank", name="pk_desk_suggestions"),
+)

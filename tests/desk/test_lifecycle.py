@@ -1,0 +1,218 @@
+"""The desk's lifecycle on real day reports: stable ids, four-eyes decisions, the next day honouring them,
+and the report proving who decided what (plain Python: the same code the desk's pages call)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from corridor import D1, D2, D3, PAIR, PASSWORD, Corridor
+from ledger_pipelines.audit import finish_report
+from ledger_pipelines.desk.store import DeskError, Forbidden, NotFound
+from ledger_pipelines.verify import prove, verify_report
+
+
+@pytest.fixture
+def corridor(tmp_path):
+    c = Corridor(tmp_path)
+    c.run(D1)
+    c.users()
+    return c
+
+
+def _report(c, day):
+    folder = c.reports / str(day)
+    finish_report(folder, anchor=False)
+    return folder
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_a_day_opens_its_breaks_with_suggestions_explained(corridor):
+    c = corridor
+    a, b = c.break_of("bank:1"), c.break_of("chain:9")
+    rows, total = c.desk.list_breaks({"reconciliation": PAIR.name})
+    assert total == 3 and {r["shown_state"] for r in rows} == {"new"}
+    sug = c.desk.detail(PAIR.name, a)["suggestions"]
+    assert [s["candidate_id"] for s in sug] == [b]
+    explain = json.loads(sug[0]["explain"])
+    assert explain["amount"]["this"] == "10.00" and explain["amount"]["candidate"] == "9.95"
+    assert explain["time"]["hours_apart"] == 1.0 and explain["counterparty"]["points"] == 15
+    assert sug[0]["score"] == sum(part["points"] for part in explain.values())
+    # the same break keeps its id on the next day, a day older
+    c.run(D2)
+    rows2, _ = c.desk.list_breaks({"reconciliation": PAIR.name})
+    assert {r["break_id"] for r in rows2} == {r["break_id"] for r in rows}
+    assert {r["shown_state"] for r in rows2} == {"open"} and {r["last_seen"] for r in rows2} == {str(D2)}
+
+
+def test_four_eyes_and_roles_are_enforced(corridor):
+    c = corridor
+    a, b, keep = c.break_of("bank:1"), c.break_of("chain:9"), c.break_of("bank:2")
+    with pytest.raises(Forbidden):
+        c.desk.propose_match("aud", PAIR.name, [a, b], "auditors read only")
+    d = c.desk.propose_match("anna", PAIR.name, [a, b], "fee taken on chain")
+    with pytest.raises(Forbidden, match="four-eyes"):
+        c.desk.approve("anna", d)
+    with pytest.raises(Forbidden):
+        c.desk.approve("olga", d)  # an operator proposes, an approver decides
+    with pytest.raises(DeskError, match="already has a proposal"):
+        c.desk.propose_acceptance("olga", PAIR.name, a, "twice", D3)
+    with pytest.raises(DeskError, match="both sides"):
+        c.desk.propose_match("olga", PAIR.name, [keep], "one side only")
+    with pytest.raises(NotFound):
+        c.desk.detail(PAIR.name, "b-00000000000000000000")
+    c.desk.approve("bert", d)
+    with pytest.raises(DeskError, match="approved, not waiting"):
+        c.desk.approve("bert", d)
+    trail = c.desk.events()
+    assert [(e["actor"], e["action"]) for e in trail if e["decision_id"] == d] == [
+        ("anna", "propose"), ("anna", "propose"), ("bert", "approve"), ("bert", "approve")]
+    after = json.loads(trail[-1]["after"])
+    assert after["state"] == "matched" and json.loads(trail[-1]["before"])["pending"] == d
+
+
+def test_the_next_day_honours_the_decisions_and_verify_proves_who_decided(corridor):
+    c = corridor
+    a, b, keep = c.break_of("bank:1"), c.break_of("chain:9"), c.break_of("bank:2")
+    root1 = json.loads((c.reports / str(D1) / "audit.json").read_text())["merkle_root"]
+    m = c.desk.propose_match("olga", PAIR.name, [a, b], "fee taken on chain")
+    c.desk.approve("anna", m)
+    acc = c.desk.propose_acceptance("olga", PAIR.name, keep, "written off, see ticket 7", D2)
+    c.desk.approve("bert", acc)
+    c.desk.assign("olga", PAIR.name, keep, "olga")
+    # the day the breaks were reported on stays as it was anchored
+    c.run(D1)
+    assert json.loads((c.reports / str(D1) / "audit.json").read_text())["merkle_root"] == root1
+    audit = c.run(D2)
+    folder = _report(c, D2)
+    rec = audit["reconciliations"][PAIR.name]
+    assert rec["match_type"] == {"manual": 1} and rec["break_type"] == {"missing_right": 1}
+    (match,) = _lines(folder / PAIR.name / "matches.jsonl")
+    assert match["match_type"] == "manual" and match["decision_id"] == m
+    assert match["left_entry_ids"] == ["bank:1"] and match["right_entry_ids"] == ["chain:9"]
+    (brk,) = _lines(folder / PAIR.name / "breaks.jsonl")
+    assert brk["acceptance"] == {"decision_id": acc, "reason": "written off, see ticket 7", "expires": str(D2),
+                                 "proposed_by": "olga", "approved_by": "bert"}
+    decisions = _lines(folder / "decisions.jsonl")
+    assert [(d["decision_id"], d["proposed_by"], d["approved_by"]) for d in decisions] == sorted(
+        [(m, "olga", "anna"), (acc, "olga", "bert")])
+    assert audit["decisions"] == {"manual_match": 1, "acceptance": 1}
+    ok = verify_report(folder)
+    assert ok["verified"] is True, ok
+    proof = prove(folder, decision=acc)
+    assert proof["leaf"]["decision"]["approved_by"] == "bert"
+    # the desk follows: the matched pair is done, the accepted break is accepted
+    assert c.desk.detail(PAIR.name, a)["state"] == "matched" and c.desk.detail(PAIR.name, a)["resolved_on"] == str(D2)
+    assert c.desk.detail(PAIR.name, keep)["state"] == "accepted"
+    # past its expiry the acceptance no longer holds, and the desk reopens the break (assigned: it has an owner)
+    audit3 = c.run(D3)
+    assert audit3["decisions"] == {"manual_match": 0, "acceptance": 0}
+    assert "acceptance" not in _lines(c.reports / str(D3) / PAIR.name / "breaks.jsonl")[0]
+    detail = c.desk.detail(PAIR.name, keep)
+    assert detail["state"] == "assigned" and detail["history"][-1]["action"] == "reopen"
+    assert verify_report(_report(c, D3))["verified"] is True
+
+
+@pytest.mark.parametrize("tamper", ["approver", "self_approved", "drop_acceptance", "drop_decision", "extra_decision"])
+def test_a_report_whose_decisions_were_altered_does_not_verify(corridor, tamper):
+    from ledger_pipelines.audit import committed_files
+    from ledger_pipelines.commitment import canonical, pretty
+
+    c = corridor
+    a, b, keep = c.break_of("bank:1"), c.break_of("chain:9"), c.break_of("bank:2")
+    m = c.desk.propose_match("olga", PAIR.name, [a, b], "fee taken on chain")
+    c.desk.approve("anna", m)
+    acc = c.desk.propose_acceptance("olga", PAIR.name, keep, "written off", D3)
+    c.desk.approve("bert", acc)
+    c.run(D2)
+    folder = _report(c, D2)
+    dec = folder / "decisions.jsonl"
+    lines = _lines(dec)
+    if tamper == "approver":
+        lines[0]["approved_by"] = "mallory"
+    elif tamper == "self_approved":
+        lines[0]["approved_by"] = lines[0]["proposed_by"]
+    elif tamper == "extra_decision":
+        lines.append({**lines[-1], "decision_id": "d-ffffffffffffffffffff"})
+    elif tamper == "drop_decision":
+        lines = [d for d in lines if d["kind"] != "manual_match"]
+    if tamper == "drop_acceptance":
+        path = folder / PAIR.name / "breaks.jsonl"
+        recs = _lines(path)
+        recs[0].pop("acceptance")
+        path.write_bytes(b"".join(canonical(r) + b"\n" for r in recs))
+    else:
+        dec.write_bytes(b"".join(canonical(d) + b"\n" for d in lines))
+    # an adversary who also rewrites the digests of audit.json still fails on the root, and on the decision rules
+    audit = json.loads((folder / "audit.json").read_text())
+    audit["files"] = committed_files(folder)
+    (folder / "audit.json").write_bytes(pretty(audit))
+    out = verify_report(folder)
+    assert out["verified"] is False
+    assert "merkle_root" in out["reason"] or "decision" in out["reason"] or "acceptance" in out["reason"]
+    if tamper == "self_approved":
+        assert "approved their own proposal" in out["reason"]
+    if tamper in ("drop_acceptance", "drop_decision", "extra_decision"):
+        assert any(k in out["reason"] for k in ("without its decision", "honoured by no record", "decisions is"))
+
+
+def test_users_are_checked_and_passwords_are_hashed(corridor):
+    c = corridor
+    with pytest.raises(DeskError, match="exists"):
+        c.desk.add_user("olga", "operator", PASSWORD)
+    with pytest.raises(DeskError, match="role"):
+        c.desk.add_user("zed", "admin", PASSWORD)
+    with pytest.raises(DeskError, match="user name"):
+        c.desk.add_user("Robert'); DROP TABLE x;--", "operator", PASSWORD)
+    with pytest.raises(DeskError, match="shorter"):
+        c.desk.add_user("zed", "operator", "short")
+    assert c.desk.authenticate("olga", PASSWORD) == "operator"
+    assert c.desk.authenticate("olga", PASSWORD + "x") is None and c.desk.authenticate("nobody", PASSWORD) is None
+    from sqlalchemy import text
+
+    with c.wh.engine.connect() as conn:
+        stored = conn.execute(text("SELECT password_hash FROM desk_users WHERE name = 'olga'")).scalar()
+    assert stored.startswith("scrypt$") and PASSWORD not in stored
+    c.desk.remove_user("olga")
+    assert c.desk.role_of("olga") is None
+
+
+def test_priorities_and_auto_confirm_follow_the_configuration(tmp_path):
+    from datetime import date
+
+    from ledger_pipelines.config import ConfigError
+    from ledger_pipelines.desk.policy import DeskSettings, amount_key
+
+    keys = ["0", "0.5", "9.95", "10", "10.00001", "100", "99999999999999999999999.1"]
+    assert sorted(keys, key=amount_key) == keys and amount_key("1.50") == amount_key("1.5")
+    s = DeskSettings.from_document({"desk": {"priorities": [{"tier": "urgent", "min_amount": "10", "due_hours": 4},
+                                                            {"tier": "later", "due_hours": 48}],
+                                             "auto_confirm": {"enabled": True, "min_score": 80}}})
+    with pytest.raises(ConfigError, match="last tier"):
+        DeskSettings.from_document({"desk": {"priorities": [{"tier": "x", "min_amount": "1", "due_hours": 1}]}})
+    with pytest.raises(ConfigError, match="min_amount"):
+        DeskSettings.from_document({"desk": {"priorities": [{"tier": "x", "min_amount": 1.5, "due_hours": 1},
+                                                            {"tier": "y", "due_hours": 2}]}})
+    c = Corridor(tmp_path)
+    c.desk.settings = s
+    from ledger_pipelines.audit import run_day
+    from corridor import LEDGERS
+
+    audit = run_day(c.wh, LEDGERS, [PAIR], D1, c.reports, s)
+    assert audit["desk"]["auto_confirmed"] == 1  # bank:1 and chain:9 score 87, each the other's best
+    (d,) = c.desk.decisions()
+    assert d["proposed_by"] == d["decided_by"] == "system" and d["score"] == 87
+    urgent, _ = c.desk.list_breaks({"priority": "urgent"}, today=date(2026, 11, 20))
+    later, _ = c.desk.list_breaks({"priority": "later"}, today=date(2026, 11, 20))
+    assert {r["amount"] for r in urgent} == {"10.00", "50.00"} and {r["amount"] for r in later} == {"9.95"}
+    assert {r["priority"] for r in urgent} == {"urgent"} and {r["due"] for r in later} == {"2026-11-23T00:00:00Z"}
+    ranged, n = c.desk.list_breaks({"min": "9.99", "max": "10"}, today=date(2026, 11, 20))
+    assert n == 2 and {r["amount"] for r in ranged} == {"10.00"}
+    audit2 = run_day(c.wh, LEDGERS, [PAIR], D2, c.reports, s)
+    assert audit2["reconciliations"][PAIR.name]["match_type"] == {"manual": 1}
+    _report(c, D2)
+    assert verify_report(c.reports / str(D2))["verified"] is True  # a system decision carries its score
