@@ -141,14 +141,14 @@ class DeskApp:
 
     # ---- plumbing ------------------------------------------------------------------------------------
 
-    def page(self, request: Request, name: str, status: int = 200, **ctx) -> HTMLResponse:
+    def page(self, request: Request, name: str, http_status: int = 200, **ctx) -> HTMLResponse:
         s = request.state.session
         user = s.get("u") if s else None
         role = request.state.role
         can = {a: a in CAN.get(role or "", set()) for a in ("assign", "comment", "propose", "reopen", "approve", "reject")}
         html = _env.get_template(name).render(style=_STYLE, user=user, role=role, csrf=s["csrf"] if s else "",
                                               can=can, flash=request.query_params.get("done", ""), **ctx)
-        resp = HTMLResponse(html, status_code=status)
+        resp = HTMLResponse(html, status_code=http_status)
         resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Cache-Control"] = "no-store"

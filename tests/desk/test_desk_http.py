@@ -1,0 +1,114 @@
+"""The desk over HTTP, on a real server: login, roles, CSRF, sessions, paging, exports, the reports, 404s."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from corridor import D1, PAIR, PASSWORD, Corridor
+from server import KEY, Client, serving
+from ledger_pipelines.audit import finish_report
+from ledger_pipelines.desk.auth import RateLimit, Sessions
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    c = Corridor(tmp_path_factory.mktemp("desk"))
+    c.run(D1)
+    finish_report(c.reports / str(D1), anchor=False)
+    c.users()
+    with serving(c.desk, c.reports, RateLimit(attempts=3, window=60)) as base:
+        yield c, base
+
+
+def _logged_in(base, name):
+    cl = Client(base)
+    assert cl.login(name, PASSWORD) == 303
+    return cl
+
+
+def test_pages_need_a_login_and_wrong_passwords_are_limited(site):
+    c, base = site
+    cl = Client(base)
+    status, headers, _ = cl.request("/breaks")
+    assert status == 303 and headers["location"].startswith("/login")
+    for _ in range(3):
+        assert cl.login("bert", "wrong password!") == 401
+    status, headers, body = cl.request("/login", {"csrf": cl.csrf(), "name": "bert", "password": PASSWORD})
+    assert status == 429 and "Too many failed logins" in body and int(headers["retry-after"]) > 0
+    other = Client(base)  # another name from the same client is not locked out
+    assert other.login("anna", PASSWORD) == 303
+    cookie = next(k for k in other.jar if k.name == Sessions.cookie)
+    assert cookie.has_nonstandard_attr("HttpOnly") or "httponly" in str(cookie._rest).lower()
+
+
+def test_the_list_filters_sorts_pages_and_exports(site):
+    c, base = site
+    cl = _logged_in(base, "olga")
+    status, _, body = cl.request(f"/breaks?reconciliation={PAIR.name}&sort=amount&order=asc")
+    assert status == 200 and "3 breaks" in body
+    assert body.index("9.95") < body.index("10.00") < body.index("50.00")
+    _, _, body = cl.request("/breaks?type=missing_left")
+    assert "1 breaks" in body and "9.95" in body and "50.00" not in body
+    _, _, body = cl.request("/breaks?min=20")
+    assert "50.00" in body and "9.95" not in body
+    status, headers, body = cl.request(f"/breaks.csv?reconciliation={PAIR.name}")
+    assert status == 200 and headers["content-type"].startswith("text/csv") and len(body.splitlines()) == 4
+    for path in ("/exports/decisions.csv", "/exports/events.csv", "/exports/aging.csv", "/days", f"/day/{D1}"):
+        assert cl.request(path)[0] == 200, path
+    status, _, body = cl.request(f"/reports/{D1}/index.html")
+    assert status == 200 and "Merkle root" in body
+    assert cl.request(f"/breaks?sort=nonsense")[0] == 400
+
+
+def test_a_state_change_needs_the_csrf_token_and_the_role(site):
+    c, base = site
+    bid = c.break_of("bank:2")
+    path = f"/breaks/{PAIR.name}/{bid}/comment"
+    op = _logged_in(base, "olga")
+    assert op.request(path, {"comment": "no token"})[0] == 403
+    assert op.request(path, {"comment": "forged", "csrf": "x" * 32})[0] == 403
+    token = op.csrf(f"/breaks/{PAIR.name}/{bid}")
+    status, headers, _ = op.request(path, {"comment": "looked at it", "csrf": token})
+    assert status == 303
+    aud = _logged_in(base, "aud")
+    token = aud.csrf(f"/breaks/{PAIR.name}/{bid}")
+    assert aud.request(path, {"comment": "auditor", "csrf": token})[0] == 403
+    assert aud.request(f"/breaks/{PAIR.name}/{bid}/propose-accept",
+                       {"reason": "x", "expires": "2026-12-31", "csrf": token})[0] == 403
+    # a proposer cannot approve their own proposal, over HTTP too
+    ap = _logged_in(base, "anna")
+    token = ap.csrf(f"/breaks/{PAIR.name}/{bid}")
+    status, headers, _ = ap.request(f"/breaks/{PAIR.name}/{bid}/propose-accept",
+                                    {"reason": "small, written off", "expires": "2026-12-31", "csrf": token})
+    assert status == 303
+    (d,) = [x for x in c.desk.decisions("proposed")]
+    status, _, body = ap.request(f"/decisions/{d['decision_id']}/approve", {"csrf": token})
+    assert status == 403 and "four-eyes" in body
+    history = [e["actor"] for e in c.desk.events() if e["break_id"] == bid]
+    assert "aud" not in history and history.count("olga") == 1
+
+
+def test_an_expired_or_altered_session_is_refused(site):
+    c, base = site
+    cl = Client(base)
+    old, token = Sessions(KEY, 8).issue("anna", now=time.time() - 9 * 3600)
+    other_key, _ = Sessions(b"x" * 32, 8).issue("anna")
+    for value in (old, other_key, old.split(".")[0] + ".AAAA"):
+        cl.jar.clear()
+        cl.opener.addheaders = [("Cookie", f"{Sessions.cookie}={value}")]
+        status, headers, _ = cl.request("/breaks")
+        assert status == 303 and headers["location"].startswith("/login")
+        assert cl.request(f"/breaks/{PAIR.name}/{c.break_of('bank:2')}/comment", {"comment": "x", "csrf": token})[0] == 401
+
+
+def test_what_does_not_exist_is_a_404_page(site):
+    c, base = site
+    cl = _logged_in(base, "olga")
+    for path in (f"/breaks/{PAIR.name}/b-00000000000000000000", "/breaks/no_such/b-00000000000000000000",
+                 "/breaks/x/not-a-break-id", f"/reports/{D1}/nothing.html", f"/reports/{D1}/..%2F..%2Fw.db",
+                 "/reports/../w.db", "/day/2026-13-45x", "/no/such/page", "/exports/nothing.csv"):
+        status, _, body = cl.request(path)
+        assert status == 404, path
+        assert "Traceback" not in body
