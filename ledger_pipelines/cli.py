@@ -742,6 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--payments", type=int, default=1000, help="payments per day")
     s.add_argument("--rebuild", action="store_true", help="build the demo again even when a finished one exists")
     s.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    s.add_argument("--desk-port", type=int, default=8600, help="breaks desk port")
     s.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
     s.add_argument("--no-ui", action="store_true", help="do not start the Dagster UI")
     s.set_defaults(func=cmd_demo)

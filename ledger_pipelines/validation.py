@@ -122,15 +122,55 @@ def write_data_docs(results: dict[str, SuiteResult], folder: Path, title: str) -
             continue
         doc = ValidationResultsPageRenderer().render(result.raw)
         path = folder / f"{name}.html"
-        path.write_text(DefaultJinjaPageView().render(doc))
+        path.write_text(offline_page(DefaultJinjaPageView().render(doc)))
         pages.append((name, path.name, result.success, len(result.failures), len(result.warnings)))
     if not pages:
         return None
     rows = "".join(f"<li><a href='{f}'>{n}</a>: {'passed' if ok else 'FAILED'} ({nf} failed, {nw} warnings)</li>"
                    for n, f, ok, nf, nw in pages)
     index = folder / "index.html"
-    index.write_text(f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1><ul>{rows}</ul>")
+    index.write_text(f"<!doctype html><meta charset='utf-8'><title>{title}</title>{DOCS_STYLE}"
+                     f"<div class='container-fluid'><h1>{title}</h1><ul>{rows}</ul></div>")
     return index
+
+
+# Great Expectations' pages load Bootstrap, jQuery, Vega and Font Awesome from CDNs, link a favicon and a site
+# index that a day report does not hold, and end with a newsletter link. A report is read offline and years
+# later: the pages keep their content (tables, badges, the failed values) under this inline stylesheet.
+DOCS_STYLE = """<style>
+body{font-family:system-ui,sans-serif;margin:0;color:#212529;background:#fff;font-size:14px;line-height:1.4}
+.container-fluid{padding:16px 24px}.row{display:flex;flex-wrap:wrap}.col-12{width:100%}
+.col-md-10,.col-lg-10{flex:1 1 0;min-width:0}.col-lg-2,.col-md-2{flex:0 0 220px}.col-6{width:50%}
+.navbar{display:flex;align-items:center;padding:6px 16px;background:#17324d;color:#fff}
+.navbar a,.navbar-brand{color:#fff;text-decoration:none}.bg-light{background:#f4f6f8}
+.ge-navigation-sidebar-container{padding:8px;border-radius:4px}.nav{list-style:none;padding:0;margin:0}
+.nav-link{display:block;padding:3px 6px;color:#17324d}.breadcrumb{display:flex;gap:8px;list-style:none;padding:0}
+.card,.ge-section{border:1px solid #dee2e6;border-radius:4px;margin:8px 0;padding:8px;background:#fff}
+.card-header{background:#eef;margin:-8px -8px 8px;padding:6px 8px;font-weight:600}
+.alert{padding:6px 10px;border-radius:4px;background:#eef0f3;margin:6px 0}
+.table{border-collapse:collapse;width:100%;margin:6px 0}.table td,.table th{border:1px solid #dee2e6;padding:4px 8px;
+text-align:left;vertical-align:top}.table th{background:#eef}.table-sm td,.table-sm th{padding:2px 6px}
+.badge{display:inline-block;padding:1px 6px;border-radius:8px;font-size:12px;background:#6c757d;color:#fff}
+.badge-secondary{background:#6c757d}.text-success{color:#198754}.text-danger{color:#dc3545}
+.fas.fa-check-circle::before{content:"\\2714\\FE0E "}.fas.fa-times::before{content:"\\2716\\FE0E "}
+.d-none{display:none}.d-md-inline-flex{display:inline-flex!important}.breadcrumb a{color:#fff}
+.breadcrumb{background:none!important}code,pre{font-size:12px}footer{display:none}
+</style>"""
+
+
+def offline_page(html: str) -> str:
+    """A Data Docs page that needs no network and links only to files a day report holds: external stylesheets,
+    scripts and the favicon removed, the inline stylesheet added, links to the GX site's index and suite pages
+    pointed at this folder's index, and the external newsletter link dropped."""
+    import re
+
+    html = re.sub(r"<link\b[^>]*>", "", html)
+    html = re.sub(r"<script\b[^>]*\bsrc=\"https?://[^\"]*\"[^>]*>\s*</script>", "", html)
+    html = re.sub(r"<footer>.*?</footer>", "", html, flags=re.S)
+    html = re.sub(r'href="(?:\.\./)+(?:index\.html|expectations/[^"]*)"', 'href="index.html"', html)
+    html = re.sub(r'<img\b[^>]*\bsrc="(?!data:)[^"]*"[^>]*>', "", html)
+    html = re.sub(r"url\(\s*['\"]?https?://[^)]*\)", "none", html)
+    return html.replace("</head>", DOCS_STYLE + "</head>", 1)
 
 
 def snapshot_frame(rows: list[dict[str, Any]]):

@@ -115,6 +115,13 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack
     report = result.asset_materializations_for_node("audit_report")[0]
     assert report.metadata["merkle_root"].value == audit["merkle_root"]
     assert report.metadata["breaks"].value == 40
+    # the metadata links to the day on the breaks desk, as URLs the UI makes clickable
+    from dagster import UrlMetadataValue
+
+    assert report.metadata["desk"] == UrlMetadataValue(f"http://127.0.0.1:8600/day/{DAY}")
+    assert report.metadata["report"] == UrlMetadataValue(f"http://127.0.0.1:8600/reports/{DAY}/index.html")
+    rec = result.asset_materializations_for_node("reconciliation")[0]
+    assert rec.metadata["desk"] == UrlMetadataValue(f"http://127.0.0.1:8600/breaks?day={DAY}&state=unresolved")
     assert audit["amounts"]["core_banking"] == {"EUR": {"debit": "200.00", "credit": "200.00"}}  # per direction
     assert audit["open_breaks_by_age"] == {"0 days": 40}
     index = (folder / "index.html").read_text()

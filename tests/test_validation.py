@@ -105,3 +105,22 @@ def test_statement_balance_equation_is_a_blocking_check(validator, tmp_path):
     warned = snapshot_day(lenient, day, wh, validator)
     lenient_result = warned["checks"]["statement_balance"]
     assert warned["published"] and lenient_result.warnings and lenient_result.raw is not None  # Data Docs still
+
+
+def test_data_docs_need_no_network_and_link_only_to_their_own_files(validator, tmp_path):
+    import re
+
+    from ledger_pipelines.validation import write_data_docs
+
+    ok = validator.run("ledger_snapshot", snapshot_frame(_rows()), {"days": [DAY], "assets": ["EUR"]})
+    bad = validator.run("ledger_snapshot", snapshot_frame(_rows(direction="up")), {"days": [DAY], "assets": ["EUR"]})
+    index = write_data_docs({"expectations": ok, "failed_one": bad}, tmp_path / "docs", "core_banking")
+    pages = sorted((tmp_path / "docs").glob("*.html"))
+    assert [p.name for p in pages] == ["expectations.html", "failed_one.html", "index.html"] and index == pages[-1]
+    for page in pages:
+        html = page.read_text()
+        assert not re.search(r"https?://", html), page.name  # no CDN, no site, no newsletter
+        assert "<style>" in html
+        for target in re.findall(r'(?:href|src)="([^"#]+)"', html) + re.findall(r"href='([^'#]+)'", html):
+            assert (page.parent / target).is_file(), (page.name, target)
+    assert "up" in (tmp_path / "docs" / "failed_one.html").read_text()  # the failed value is still shown

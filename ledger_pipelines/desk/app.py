@@ -23,7 +23,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from .auth import RateLimit, Sessions, csrf_ok
-from .store import CAN, PAGE, SORTS, Desk, DeskError, Forbidden, NotFound
+from .store import CAN, PAGE, Desk, DeskError, NotFound
 
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,80}")
@@ -117,11 +117,11 @@ TEMPLATES = {
     "days.html": """{% extends "base.html" %}{% block title %}Day reports: breaks desk{% endblock %}{% block body %}
 <h1>Day reports</h1><table><tr><th>day</th><th>report</th><th>Data Docs</th><th>breaks</th></tr>
 {% for d in days %}<tr><td><a href="/day/{{ d.day }}">{{ d.day }}</a></td><td>{% if d.report %}<a href="/reports/{{ d.day }}/index.html">index</a>{% endif %}</td>
-<td>{% if d.docs %}<a href="/reports/{{ d.day }}/data_docs/index.html">Data Docs</a>{% endif %}</td><td><a href="/breaks?day={{ d.day }}">breaks open that day</a></td></tr>{% endfor %}</table>{% endblock %}""",
+<td>{% for l in d.docs %}<a href="/reports/{{ d.day }}/data_docs/{{ l }}/index.html">{{ l }}</a> {% endfor %}</td><td><a href="/breaks?day={{ d.day }}">breaks open that day</a></td></tr>{% endfor %}</table>{% endblock %}""",
     "day.html": """{% extends "base.html" %}{% block title %}{{ day }}: breaks desk{% endblock %}{% block body %}
 <p><a href="/days">&larr; day reports</a></p><h1>{{ day }}</h1>
 {% if audit %}<p>Merkle root <code>{{ audit.merkle_root }}</code>{% if audit.anchor %}, anchored in tx <code>{{ audit.anchor.tx_hash }}</code> (version {{ audit.anchor.version }}){% else %}, not anchored{% endif %}.
-<a href="/reports/{{ day }}/index.html">The report</a>{% if docs %} · <a href="/reports/{{ day }}/data_docs/index.html">Data Docs</a>{% endif %}</p>
+<a href="/reports/{{ day }}/index.html">The report</a>{% if docs %} · Data Docs: {% for l in docs %}<a href="/reports/{{ day }}/data_docs/{{ l }}/index.html">{{ l }}</a> {% endfor %}{% endif %}</p>
 <table><tr><th>reconciliation</th><th>matches</th><th>breaks</th><th></th></tr>{% for name, r in recs %}<tr><td><a href="/reports/{{ day }}/{{ name }}/report.html">{{ name }}</a></td><td class="num">{{ r.matches }}</td><td class="num">{{ r.breaks }}</td><td><a href="/breaks?day={{ day }}&reconciliation={{ name }}">on the desk</a></td></tr>{% endfor %}</table>
 <p>Decisions honoured: {{ audit.decisions.manual_match if audit.decisions else 0 }} manual matches, {{ audit.decisions.acceptance if audit.decisions else 0 }} acceptances.</p>{% else %}<p>No report for this day.</p>{% endif %}{% endblock %}""",
     "exports.html": """{% extends "base.html" %}{% block title %}Exports: breaks desk{% endblock %}{% block body %}
@@ -352,7 +352,7 @@ class DeskApp:
         days = sorted({p.name for p in self.reports.iterdir() if p.is_dir() and _DAY.fullmatch(p.name)}
                       if self.reports.is_dir() else set(), reverse=True)
         rows = [{"day": d, "report": (self.reports / d / "index.html").is_file(),
-                 "docs": (self.reports / d / "data_docs" / "index.html").is_file()} for d in days]
+                 "docs": self._docs(d)} for d in days]
         return self.page(request, "days.html", days=rows)
 
     async def day(self, request: Request) -> Response:
@@ -363,7 +363,12 @@ class DeskApp:
         audit = json.loads(path.read_text()) if path.is_file() else None
         recs = sorted((audit or {}).get("reconciliations", {}).items())
         return self.page(request, "day.html", day=day, audit=audit, recs=recs,
-                         docs=(self.reports / day / "data_docs" / "index.html").is_file())
+                         docs=self._docs(day))
+
+    def _docs(self, day: str) -> list[str]:
+        """The ledgers with Data Docs in the day's report."""
+        folder = self.reports / day / "data_docs"
+        return sorted(p.name for p in folder.iterdir() if (p / "index.html").is_file()) if folder.is_dir() else []
 
     async def report_file(self, request: Request) -> Response:
         day, rel = request.path_params["day"], request.path_params["path"] or "index.html"
@@ -435,7 +440,10 @@ class _Guard:
             else:
                 response = self.owner.error(request, 401, "Log in first (the session is missing or has expired).")
         elif request.method == "POST" and path not in ("/login",):
-            form = await self.owner.form(request)
+            try:
+                form = await self.owner.form(request)
+            except DeskError:
+                form = {}
             if not csrf_ok(session, form.get("csrf")):
                 response = self.owner.error(request, 403, "The form has expired or was not sent by this site: reload "
                                             "the page.")

@@ -510,13 +510,20 @@ def run_demo(args) -> int:
             progress.note(f"could not turn on the {kind}s (turn them on in the UI, Automation): "
                           f"{done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
     reports = demo / "reports"
+    users = demo_desk_users()
     if args.no_ui:
         progress.step(f"done: reports in {reports}")
+        print(desk_users_text(users), flush=True)
         return 0
     progress.step("starting the Dagster UI")
     log_path = cfg.root / "logs" / "dagster-demo.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     ui = start_dagster_ui(cfg, args.port, log_path)
+    desk_log = cfg.root / "logs" / "desk-demo.log"
+    desk = subprocess.Popen([sys.executable, "-m", "ledger_pipelines.cli", "desk", "--port", str(args.desk_port)],
+                            cwd=REPO_ROOT, env={**os.environ, "LEDGER_DEMO_DIR": str(demo),
+                                                "LEDGER_DESK_URL": f"http://{cfg.host}:{args.desk_port}"},
+                            stdout=open(desk_log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
     last = manifest["days"][-1]
     print(f"""
 Dagster UI: http://{cfg.host}:{args.port}   (log: {log_path})
@@ -524,7 +531,10 @@ Dagster UI: http://{cfg.host}:{args.port}   (log: {log_path})
       -> audit_report; ledger_event_log from Kafka. Open audit_report, partition {last}: summary, anchor tx.
   Runs: the event-log run, one nightly_audit_job run per day of the week, the bridge run.
   Automation: kafka_offsets_sensor, bridge_sensor, ... and nightly_audit_schedule are on.
-Reports: {reports}/<day>/index.html
+Breaks desk: http://{cfg.host}:{args.desk_port}   (log: {desk_log})
+  Open breaks of the week, a break's legs and suggestions; an operator proposes, an approver approves.
+{desk_users_text(users)}
+Reports: {reports}/<day>/index.html (also on the desk: http://{cfg.host}:{args.desk_port}/days)
 Verify a report and its anchor:
   .venv/bin/ledger-pipelines verify --report {reports / last} --rpc {cfg.anvil_url}
 Ctrl-C stops the UI; the stack keeps running (`ledger-pipelines stack stop`).""", flush=True)
@@ -538,4 +548,35 @@ Ctrl-C stops the UI; the stack keeps running (`ledger-pipelines stack stop`)."""
         pass
     finally:
         stop_group(ui)
+        stop_group(desk, timeout=5)
     return 0
+
+
+DEMO_USERS = (("demo-operator", "operator"), ("demo-approver", "approver"))
+
+
+def demo_desk_users() -> list[tuple[str, str, str | None]]:
+    """The demo's two desk users, made once with random passwords: (name, role, password when made now)."""
+    import secrets
+
+    from ..desk.store import Desk
+    from ..warehouse import Warehouse
+
+    desk = Desk(Warehouse(os.environ["LEDGER_WAREHOUSE_URL"]))
+    out = []
+    for name, role in DEMO_USERS:
+        password = None
+        if desk.role_of(name) is None:
+            password = secrets.token_urlsafe(12)
+            desk.add_user(name, role, password)
+        out.append((name, role, password))
+    desk.wh.dispose()
+    return out
+
+
+def desk_users_text(users: list[tuple[str, str, str | None]]) -> str:
+    lines = ["  Desk users (passwords shown once, when made):"]
+    for name, role, password in users:
+        lines.append(f"    {name} ({role}): " + (password if password else
+                     "made earlier; `ledger-pipelines desk user remove` and `add` give it a new password"))
+    return "\n".join(lines)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from corridor import D1, PAIR, PASSWORD, Corridor
-from server import KEY, Client, serving
+from desk_server import KEY, Client, serving
 from ledger_pipelines.audit import finish_report
 from ledger_pipelines.desk.auth import RateLimit, Sessions
 
@@ -59,7 +59,7 @@ def test_the_list_filters_sorts_pages_and_exports(site):
         assert cl.request(path)[0] == 200, path
     status, _, body = cl.request(f"/reports/{D1}/index.html")
     assert status == 200 and "Merkle root" in body
-    assert cl.request(f"/breaks?sort=nonsense")[0] == 400
+    assert cl.request("/breaks?sort=nonsense")[0] == 400
 
 
 def test_a_state_change_needs_the_csrf_token_and_the_role(site):

@@ -8,12 +8,22 @@ import json
 import pytest
 
 from corridor import D1, D2, PAIR, PASSWORD, Corridor
-from server import serving
+from desk_server import serving
 from test_ui import browser  # noqa: F401 (a fixture)
 from ledger_pipelines.audit import finish_report
 from ledger_pipelines.verify import verify_report
 
 pytestmark = pytest.mark.ui
+
+
+def _data_docs(folder):
+    """Data Docs of a snapshot check, as the snapshot step writes them (Great Expectations' own renderer)."""
+    from ledger_pipelines.validation import Validator, snapshot_frame, write_data_docs
+
+    rows = [{"entry_id": "bank:1", "account": "A", "asset": "EUR", "amount": "10.00", "direction": "debit",
+             "status": "booked", "booked_at": f"{D2}T12:00:00Z"}]
+    result = Validator().run("ledger_snapshot", snapshot_frame(rows), {"days": [str(D2)], "assets": ["EUR"]})
+    write_data_docs({"ledger_snapshot": result}, folder, f"bank, {D2}")
 
 
 def _login(ctx, base, name):
@@ -73,6 +83,7 @@ def test_operator_and_approver_work_the_breaks_and_the_next_report_proves_it(tmp
         history = ap.locator("h2:has-text('History') + table").inner_text()
         assert "olga" in history and "anna" in history and "approve" in history
         # the next day honours both decisions; its report says so and verifies
+        _data_docs(c.reports / str(D2) / "data_docs" / "bank")
         audit = c.run(D2)
         finish_report(c.reports / str(D2), anchor=False)
         assert audit["reconciliations"][PAIR.name]["match_type"] == {"manual": 1}
@@ -83,6 +94,20 @@ def test_operator_and_approver_work_the_breaks_and_the_next_report_proves_it(tmp
         ap.screenshot(path=str(artifacts / "desk-next-day-report.png"), full_page=True)
         ap.goto(f"{base}/breaks/{PAIR.name}/{a}")
         assert ap.locator("#state").inner_text().startswith("matched")
+        # the day's Data Docs, linked from the desk, render styled with nothing fetched from elsewhere
+        outside = []
+        ap_ctx.route("**/*", lambda route: (route.continue_() if route.request.url.startswith(base)
+                                            else (outside.append(route.request.url), route.abort())))
+        ap.goto(f"{base}/day/{D2}")
+        ap.click("a[href$='/data_docs/bank/index.html']")
+        ap.click("a:has-text('ledger_snapshot')")
+        assert "Expectation Validation Result" in ap.inner_text("body")
+        border = ap.eval_on_selector("table.table td", "e => getComputedStyle(e).borderTopStyle")
+        assert border == "solid"
+        ap.screenshot(path=str(artifacts / "desk-data-docs-offline.png"), full_page=False)
+        ap.click("a:has-text('Home')")
+        assert ap.url.endswith("/data_docs/bank/index.html") and "ledger_snapshot" in ap.inner_text("body")
+        assert outside == []
         op_ctx.close()
         ap_ctx.close()
     decisions = [json.loads(x) for x in (c.reports / str(D2) / "decisions.jsonl").read_text().splitlines()]

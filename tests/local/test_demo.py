@@ -37,7 +37,53 @@ def demo(tmp_path_factory, kafka_service, anvil_service):
     assert steps[0].startswith("[1/9]") and steps[-1].startswith("[9/9] done"), run.stdout  # progress shown
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["complete"] is True
+    (folder.parent / f"{folder.name}-stdout.txt").write_text(run.stdout)
     return folder, manifest, env, time.monotonic() - t0
+
+
+def test_the_desk_serves_the_demo_week_to_its_two_users(demo):
+    import re
+    import socket
+
+    from desk_server import Client
+    from ledger_pipelines.local.demo import stop_group
+
+    folder, manifest, env, _ = demo
+    out = (folder.parent / f"{folder.name}-stdout.txt").read_text()
+    users = dict(re.findall(r"^    (demo-[a-z]+) \((?:operator|approver)\): (\S+)$", out, re.M))
+    assert set(users) == {"demo-operator", "demo-approver"} and len(set(users.values())) == 2
+    assert not any(p in (REPO / "README.md").read_text() for p in users.values())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "ledger_pipelines.cli", "desk", "--port", str(port)], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        cl = Client(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if cl.request("/login")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert cl.login("demo-operator", users["demo-operator"]) == 303
+        # the desk holds every break the last day's report states, under the same ids
+        last = manifest["days"][-1]
+        audit = json.loads((folder / "reports" / last / "audit.json").read_text())
+        stated = sum(r["breaks"] for r in audit["reconciliations"].values())
+        status, _, body = cl.request(f"/breaks?day={last}")
+        assert status == 200 and re.search(r"<p>(\d+) breaks", body).group(1) == str(stated), stated
+        name, some = next((n, json.loads(lines[0])) for n in ("bank_vs_chain", "beneficiary_vs_chain")
+                          if (lines := (folder / "reports" / last / n / "breaks.jsonl").read_text().splitlines()))
+        status, _, body = cl.request(f"/breaks/{name}/{some['break_id']}")
+        assert status == 200 and all(i in body for i in some["left_entry_ids"] + some["right_entry_ids"])
+        last = manifest["days"][-1]
+        status, _, body = cl.request(f"/day/{last}")
+        assert status == 200 and "anchored in tx" in body
+        assert cl.request(f"/reports/{last}/index.html")[0] == 200
+    finally:
+        stop_group(proc, timeout=5)
 
 
 def _records(folder: Path, day: str, name: str) -> list[dict]:
