@@ -138,6 +138,8 @@ class DeskApp:
     def __init__(self, desk: Desk, reports: Path, sessions: Sessions, limiter: RateLimit | None = None) -> None:
         self.desk, self.reports, self.sessions = desk, Path(reports).resolve(), sessions
         self.limiter = limiter or RateLimit()
+        self._names_cache: list[str] = []
+        self._names_at = float("-inf")
 
     # ---- plumbing ------------------------------------------------------------------------------------
 
@@ -255,13 +257,19 @@ class DeskApp:
                          tiers=[t.name for t in self.desk.settings.tiers])
 
     def _names(self) -> list[str]:
+        """The reconciliations on the desk, for the filter (read again at most every 30 s)."""
+        import time
+
         from sqlalchemy import select
 
         from ..warehouse.schema import desk_breaks
 
-        with self.desk.wh.engine.connect() as c:
-            return [r[0] for r in c.execute(select(desk_breaks.c.reconciliation).distinct()
-                                            .order_by(desk_breaks.c.reconciliation))]
+        if time.monotonic() - self._names_at > 30:
+            with self.desk.wh.engine.connect() as c:
+                self._names_cache = [r[0] for r in c.execute(select(desk_breaks.c.reconciliation).distinct()
+                                                             .order_by(desk_breaks.c.reconciliation))]
+            self._names_at = time.monotonic()
+        return self._names_cache
 
     async def breaks_csv(self, request: Request) -> Response:
         f = self._filters(request)
@@ -283,8 +291,6 @@ class DeskApp:
             b = self.desk.detail(rec, bid)
         except NotFound as exc:
             return self.error(request, 404, str(exc))
-        for s in b["suggestions"]:
-            s["explain"] = json.loads(s["explain"])
         expiry = (date.fromisoformat(b["last_seen"]) + timedelta(days=30)).isoformat()
         return self.page(request, "break.html", b=b, record_text=json.dumps(b["record_obj"], indent=2, sort_keys=True),
                          default_expiry=expiry)

@@ -21,7 +21,8 @@ from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, u
 from ..commitment import canonical
 from ..reconcile.output import at_stake
 from ..warehouse import Warehouse
-from ..warehouse.schema import desk_breaks, desk_decisions, desk_events, desk_suggestions, desk_users
+from ..warehouse import bulk_insert
+from ..warehouse.schema import desk_break_records, desk_breaks, desk_decisions, desk_events, desk_users
 from . import policy
 from .auth import check_password, hash_password, waste_a_check
 from .policy import DeskSettings
@@ -36,6 +37,7 @@ SORTS = {"amount": desk_breaks.c.amount_key, "first_seen": desk_breaks.c.first_s
          "break_id": desk_breaks.c.break_id, "type": desk_breaks.c.break_type, "state": desk_breaks.c.state,
          "asset": desk_breaks.c.asset, "assignee": desk_breaks.c.assignee}
 PAGE = 100
+FEW = 20_000  # a filter matching fewer breaks than this is read through its own index
 
 
 class DeskError(ValueError):
@@ -128,8 +130,8 @@ class Desk:
         return role
 
     def _break(self, c, rec: str, bid: str):
-        row = c.execute(select(desk_breaks).where(desk_breaks.c.reconciliation == rec,
-                                                  desk_breaks.c.break_id == bid)).first()
+        row = c.execute(select(desk_breaks, desk_break_records.c.record).join(desk_break_records, _same_break)
+                        .where(desk_breaks.c.reconciliation == rec, desk_breaks.c.break_id == bid)).first()
         if row is None:
             raise NotFound(f"no break {bid} in {rec}")
         return row
@@ -326,17 +328,30 @@ class Desk:
 
     def list_breaks(self, f: dict[str, str], sort: str = "amount", order: str = "desc", page: int = 1,
                     per_page: int = PAGE, today: date | None = None) -> tuple[list[dict[str, Any]], int]:
-        """One page of breaks matching the filters, and how many match in all."""
+        """One page of breaks matching the filters, and how many match in all.
+
+        The page's keys are found first, on an index of the sort column (ties by reconciliation and id, in the
+        same direction, so the index gives the order and the walk stops after the page); only then are the
+        page's rows read. A filter that matches few breaks is read through its own index and sorted instead
+        (``|| ''`` keeps the planner off the sort column's index, which would visit every break to find them)."""
         today = today or datetime.now(timezone.utc).date()
         if sort not in SORTS:
             raise DeskError(f"sort by one of {', '.join(SORTS)}")
-        col = SORTS[sort]
-        order_by = [col.desc() if order == "desc" else col.asc(), desk_breaks.c.reconciliation, desk_breaks.c.break_id]
+        b = desk_breaks.c
         where = self._filters(f, today)
-        tier = self._tier_case(today).label("priority")
-        q = select(desk_breaks, tier).where(*where).order_by(*order_by).limit(per_page).offset((max(page, 1) - 1) * per_page)
         with self.wh.engine.connect() as c:
             total = c.execute(select(func.count()).select_from(desk_breaks).where(*where)).scalar()
+            col = SORTS[sort]
+            if total < FEW and any(v for k, v in f.items() if k != "state"):
+                col = col.op("||")("")
+            keys = [col, b.reconciliation, b.break_id]
+            order_by = [k.desc() if order == "desc" else k.asc() for k in keys]
+            page_keys = (select(b.reconciliation, b.break_id).where(*where).order_by(*order_by).limit(per_page)
+                         .offset((max(page, 1) - 1) * per_page).subquery())
+            tier = self._tier_case(today).label("priority")
+            q = (select(desk_breaks, tier).join(page_keys, and_(page_keys.c.reconciliation == b.reconciliation,
+                                                                page_keys.c.break_id == b.break_id))
+                 .order_by(*[k.desc() if order == "desc" else k.asc() for k in (SORTS[sort], b.reconciliation, b.break_id)]))
             rows = [self._row(r, today) for r in c.execute(q)]
         return rows, total
 
@@ -364,22 +379,18 @@ class Desk:
     def detail(self, rec: str, bid: str, today: date | None = None) -> dict[str, Any]:
         today = today or datetime.now(timezone.utc).date()
         with self.wh.engine.connect() as c:
-            row = c.execute(select(desk_breaks, self._tier_case(today).label("priority"))
+            row = c.execute(select(desk_breaks, desk_break_records.c.record, self._tier_case(today).label("priority"))
+                            .join(desk_break_records, _same_break)
                             .where(desk_breaks.c.reconciliation == rec, desk_breaks.c.break_id == bid)).first()
             if row is None:
                 raise NotFound(f"no break {bid} in {rec}")
             out = self._row(row, today)
+            out.pop("record")
             out["record_obj"] = json.loads(row.record)
             out["history"] = [dict(e._mapping) for e in c.execute(
                 select(desk_events).where(desk_events.c.reconciliation == rec, desk_events.c.break_id == bid)
                 .order_by(desk_events.c.seq))]
-            out["suggestions"] = [dict(s._mapping) for s in c.execute(
-                select(desk_suggestions, desk_breaks.c.break_type, desk_breaks.c.amount, desk_breaks.c.asset,
-                       desk_breaks.c.state.label("candidate_state"))
-                .join(desk_breaks, and_(desk_breaks.c.reconciliation == desk_suggestions.c.reconciliation,
-                                        desk_breaks.c.break_id == desk_suggestions.c.candidate_id))
-                .where(desk_suggestions.c.reconciliation == rec, desk_suggestions.c.break_id == bid)
-                .order_by(desk_suggestions.c.rank))]
+            out["suggestions"] = self._suggestions(c, row)
             rec_obj = out["record_obj"]
             out["entries"] = {side: [self._entry(c, rec, s, i) for i in rec_obj[f"{side}_entry_ids"]]
                               for side, s in (("left", "L"), ("right", "R"))}
@@ -445,46 +456,87 @@ class Desk:
                 return []
             return [r[0] for r in c.execute(text("SELECT DISTINCT day FROM reconciliation_results ORDER BY day DESC"))]
 
+    # ---- suggestions -------------------------------------------------------------------------------
+
+    def _one_sided(self, c, name: str, rows) -> list[tuple[str, dict[str, Any]]]:
+        """(break id, entry) of one-sided breaks whose single entry is kept with the open breaks."""
+        out = []
+        if not rows or not _has_table(c, "open_breaks"):
+            return out
+        for r in rows:
+            rec = json.loads(r.record)
+            side, ids = ("L", rec["left_entry_ids"]) if r.break_type == "missing_right" else ("R", rec["right_entry_ids"])
+            if len(ids) != 1:
+                continue
+            entry = c.execute(text("SELECT entry FROM open_breaks WHERE name = :n AND side = :s AND entry_id = :i"),
+                              {"n": name, "s": side, "i": ids[0]}).scalar()
+            if entry:
+                out.append((r.break_id, json.loads(entry)))
+        return out
+
+    def _suggestions(self, c, row) -> list[dict[str, Any]]:
+        """Up to ``settings.suggestions`` counterparts of a one-sided open break, made when asked: the other
+        side's open one-sided breaks in its asset, the ``window`` nearest in amount above and below (an index
+        range each), scored (``policy.score``), best first."""
+        if row.break_type not in ONE_SIDED or row.state not in ("open", "assigned"):
+            return []
+        (this,) = self._one_sided(c, row.reconciliation, [row]) or [(None, None)]
+        if this is None:
+            return []
+        b = desk_breaks.c
+        other = "missing_left" if row.break_type == "missing_right" else "missing_right"
+        base = (select(desk_breaks, desk_break_records.c.record).join(desk_break_records, _same_break)
+                .where(b.reconciliation == row.reconciliation, b.break_type == other, b.asset == row.asset,
+                       b.state.in_(("open", "assigned"))))
+        near = [*c.execute(base.where(b.amount_key >= row.amount_key).order_by(b.amount_key).limit(WINDOW)),
+                *c.execute(base.where(b.amount_key < row.amount_key).order_by(b.amount_key.desc()).limit(WINDOW))]
+        by_id = {r.break_id: r for r in near}
+        found = policy.suggest([this], self._one_sided(c, row.reconciliation, near), self.settings.suggestions, WINDOW)
+        return [{"candidate_id": cid, "score": score, "explain": explain, "break_type": by_id[cid].break_type,
+                 "amount": by_id[cid].amount, "asset": by_id[cid].asset, "candidate_state": by_id[cid].state}
+                for cid, score, explain in found.get(this[0], [])]
+
     # ---- the nightly run -----------------------------------------------------------------------------
 
     def sync(self, day: str, breaks: dict[str, list[dict[str, Any]]], carried: Iterable[str]) -> dict[str, int]:
         """Brings the desk in step with ``day``'s report: its breaks are (re)opened or updated; a carried
         reconciliation's open breaks that its latest day no longer reports are resolved (matched, or fixed at
-        the source); acceptances past their expiry reopen; suggestions are made again; with auto-confirm on,
-        a mutual best suggestion at or above the threshold becomes a match made by the system."""
+        the source); acceptances past their expiry reopen; with auto-confirm on, two breaks that are each
+        other's best suggestion at or above the threshold become a match made by the system."""
         carried = set(carried)
         counts = {"opened": 0, "updated": 0, "resolved": 0, "reopened": 0, "auto_confirmed": 0}
         at = utc_now()
         for name, recs in breaks.items():
             with self.wh.engine.begin() as c:
                 self._sync_one(c, day, name, recs, name in carried, counts, at)
-            if name in carried:
-                self._suggest(name)
-                if self.settings.auto_confirm:
-                    counts["auto_confirmed"] += self._auto_confirm(name)
+            if name in carried and self.settings.auto_confirm:
+                counts["auto_confirmed"] += self._auto_confirm(name)
+        with self.wh.engine.begin() as c:  # the planner's figures for the lists (which index a filter takes)
+            c.execute(text("ANALYZE desk_breaks"))
         return counts
 
     def _sync_one(self, c, day: str, name: str, recs: list[dict[str, Any]], carried: bool, counts: dict, at: str) -> None:
         b = desk_breaks.c
         existing = {r.break_id: r for r in c.execute(select(desk_breaks).where(b.reconciliation == name))}
         latest = max([r.last_seen for r in existing.values()] + [day])
-        new_rows = []
+        new_rows, new_records, moved, records = [], [], [], []
         for rec in recs:
             bid = rec["break_id"]
             stake = at_stake(rec)
-            values = {"break_type": rec["break_type"], "asset": rec.get("asset"), "amount": f"{stake:f}",
-                      "amount_key": policy.amount_key(stake), "correlation_id": rec.get("correlation_id")}
+            first = rec.get("first_seen") or day
+            values = (rec["break_type"], rec.get("asset"), f"{stake:f}", policy.amount_key(stake), rec.get("correlation_id"))
             row = existing.get(bid)
             if row is None:
-                new_rows.append({"reconciliation": name, "break_id": bid, **values,
-                                 "first_seen": rec.get("first_seen") or day, "last_seen": day,
-                                 "record": _json(rec), "state": "open"})
+                new_rows.append((name, bid, *values, first, day, "open"))
+                new_records.append((name, bid, _json(rec)))
                 continue
-            if day >= row.last_seen:
-                values.update(last_seen=day, record=_json(rec))
-            values["first_seen"] = min(row.first_seen, rec.get("first_seen") or day)
-            c.execute(update(desk_breaks).where(b.reconciliation == name, b.break_id == bid).values(**values))
             counts["updated"] += 1
+            if day >= row.last_seen:  # the latest report states the break: its figures and record
+                moved.append((*values, min(row.first_seen, first), day, name, bid))
+                records.append((_json(rec), name, bid))
+            elif first < row.first_seen:
+                moved.append((row.break_type, row.asset, row.amount, row.amount_key, row.correlation_id, first,
+                              row.last_seen, name, bid))
             if row.state == "resolved":
                 self._set(c, SYSTEM, "reopen", row, {"state": "assigned" if row.assignee else "open",
                                                      "resolution": None, "resolved_on": None},
@@ -493,15 +545,20 @@ class Desk:
             elif row.state == "accepted" and row.accepted_until and row.accepted_until < day and day >= row.last_seen:
                 self._end_acceptance(c, SYSTEM, row, f"the acceptance expired on {row.accepted_until}", day)
                 counts["reopened"] += 1
-        if new_rows:
-            c.execute(insert(desk_breaks), new_rows)
-            counts["opened"] += len(new_rows)
+        bulk_insert(c, "desk_breaks", ("reconciliation", "break_id", "break_type", "asset", "amount", "amount_key",
+                                       "correlation_id", "first_seen", "last_seen", "state"), new_rows)
+        bulk_insert(c, "desk_break_records", ("reconciliation", "break_id", "record"), new_records)
+        _many(c, "UPDATE desk_breaks SET break_type = ?, asset = ?, amount = ?, amount_key = ?, correlation_id = ?, "
+                 "first_seen = ?, last_seen = ? WHERE reconciliation = ? AND break_id = ?", moved)
+        _many(c, "UPDATE desk_break_records SET record = ? WHERE reconciliation = ? AND break_id = ?", records)
+        counts["opened"] += len(new_rows)
         reported = {r["break_id"] for r in recs}
         for bid, row in existing.items():
             if bid in reported or row.state == "resolved" or (row.state == "matched" and row.resolved_on):
                 continue
             # gone from a re-run of the day it was last reported on, or (carried) from the latest day
             if row.last_seen == day or (carried and day >= latest and row.last_seen < day):
+                row = self._break(c, name, bid)
                 how = self._how_resolved(c, name, row, day)
                 state = "matched" if row.state == "matched" else "resolved"
                 self._set(c, SYSTEM, "resolve", row, {"state": state, "resolution": how, "resolved_on": day,
@@ -519,34 +576,20 @@ class Desk:
                            {"n": name, "d": day, "ids": rec["left_entry_ids"] + rec["right_entry_ids"]}).scalar()
         return f"matched on {day}" if closed else f"no longer reported on {day} (fixed at the source)"
 
-    def _suggest(self, name: str) -> None:
-        """Up to ``settings.suggestions`` candidates for each one-sided open break, among the other side's."""
-        with self.wh.engine.begin() as c:
-            rows = c.execute(select(desk_breaks.c.break_id, desk_breaks.c.break_type, desk_breaks.c.record)
-                             .where(desk_breaks.c.reconciliation == name, desk_breaks.c.break_type.in_(ONE_SIDED),
-                                    desk_breaks.c.state.in_(("open", "assigned")))).fetchall()
-            entries = {(side, i): json.loads(e) for side, i, e in c.execute(
-                text("SELECT side, entry_id, entry FROM open_breaks WHERE name = :n AND closed_on IS NULL"), {"n": name})}
-            sides: dict[str, list[tuple[str, dict]]] = {"missing_right": [], "missing_left": []}
-            for bid, kind, record in rows:
-                r = json.loads(record)
-                ids = r["left_entry_ids"] if kind == "missing_right" else r["right_entry_ids"]
-                side = "L" if kind == "missing_right" else "R"
-                if len(ids) == 1 and (side, ids[0]) in entries:
-                    sides[kind].append((bid, entries[(side, ids[0])]))
-            c.execute(desk_suggestions.delete().where(desk_suggestions.c.reconciliation == name))
-            out = []
-            for this, other in (("missing_right", "missing_left"), ("missing_left", "missing_right")):
-                for bid, found in policy.suggest(sides[this], sides[other], self.settings.suggestions).items():
-                    out += [{"reconciliation": name, "break_id": bid, "rank": n, "candidate_id": cid, "score": s,
-                             "explain": _json(explain)} for n, (cid, s, explain) in enumerate(found, start=1)]
-            for i in range(0, len(out), 5000):
-                c.execute(insert(desk_suggestions), out[i:i + 5000])
-
     def _auto_confirm(self, name: str) -> int:
+        """Every one-sided open break's suggestions, made at once (``policy.suggest``: one sort per side and
+        asset); a pair that is each other's best at or above the threshold is matched by the system."""
+        b = desk_breaks.c
         with self.wh.engine.connect() as c:
-            best = {r.break_id: (r.candidate_id, r.score) for r in c.execute(
-                select(desk_suggestions).where(desk_suggestions.c.reconciliation == name, desk_suggestions.c.rank == 1))}
+            rows = c.execute(select(desk_breaks, desk_break_records.c.record).join(desk_break_records, _same_break)
+                             .where(b.reconciliation == name, b.break_type.in_(ONE_SIDED),
+                                    b.state.in_(("open", "assigned")), b.pending.is_(None))).fetchall()
+            sides = {k: self._one_sided(c, name, [r for r in rows if r.break_type == k]) for k in ONE_SIDED}
+        best = {}
+        for this, other in (("missing_right", "missing_left"), ("missing_left", "missing_right")):
+            for bid, found in policy.suggest(sides[this], sides[other], 1, WINDOW).items():
+                if found:
+                    best[bid] = found[0][:2]
         done = 0
         for bid, (cid, s) in sorted(best.items()):
             if s >= self.settings.auto_confirm_min_score and best.get(cid, (None,))[0] == bid and bid < cid:
@@ -557,6 +600,17 @@ class Desk:
                 except DeskError:
                     continue  # one of the two is no longer open (a person acted on it meanwhile)
         return done
+
+
+WINDOW = 8  # candidates looked at on either side of a break's amount
+_same_break = and_(desk_break_records.c.reconciliation == desk_breaks.c.reconciliation,
+                   desk_break_records.c.break_id == desk_breaks.c.break_id)
+
+
+def _many(c, sql: str, rows: list[tuple]) -> None:
+    """An UPDATE for many rows through the driver's executemany (``?`` marks; ``%s`` on PostgreSQL)."""
+    if rows:
+        c.exec_driver_sql(sql if c.dialect.name == "sqlite" else sql.replace("?", "%s"), rows)
 
 
 def _reason(text_: str, what: str) -> str:

@@ -233,6 +233,8 @@ desk_decisions = Table(
     Index("ix_desk_decisions_state", "reconciliation", "state"),
 )
 
+DESK_SORTS = ("amount_key", "first_seen", "last_seen", "break_type", "state", "asset", "assignee", "break_id")
+
 desk_breaks = Table(
     "desk_breaks",
     metadata,
@@ -241,11 +243,11 @@ desk_breaks = Table(
     Column("break_type", String(24), nullable=False),
     Column("asset", Text),
     Column("amount", Text, nullable=False),  # the amount at stake, exact
-    Column("amount_key", Text, nullable=False),  # the same, as text that sorts in numeric order
+    # the same, as text that sorts in numeric order, byte by byte (PostgreSQL: the "C" collation)
+    Column("amount_key", Text().with_variant(postgresql.TEXT(collation="C"), "postgresql"), nullable=False),
     Column("correlation_id", Text),
     Column("first_seen", Text, nullable=False),
     Column("last_seen", Text, nullable=False),
-    Column("record", Text, nullable=False),  # the break record as its latest report states it
     Column("state", String(16), nullable=False),  # open | assigned | accepted | matched | resolved
     Column("assignee", String(64)),
     Column("accepted_until", Text),
@@ -254,18 +256,20 @@ desk_breaks = Table(
     Column("resolution", Text),
     Column("resolved_on", Text),
     PrimaryKeyConstraint("reconciliation", "break_id", name="pk_desk_breaks"),
-    Index("ix_desk_breaks_amount", "amount_key"),
-    Index("ix_desk_breaks_seen", "last_seen", "first_seen"),
+    # the desk's list sorted by any column (its ties by reconciliation and id, the same way) walks one of
+    # these and stops after a page; ``state``, the usual filter, is read from the index itself
+    *(Index(f"ix_desk_breaks_by_{col}", col, "reconciliation", "break_id", "state") for col in DESK_SORTS),
+    # a one-sided break's candidate counterparts: the other side's, in its asset, nearest in amount
+    Index("ix_desk_breaks_candidates", "reconciliation", "break_type", "asset", "amount_key"),
 )
 
-desk_suggestions = Table(
-    "desk_suggestions",
+# each break's record as its latest report states it, apart: the lists never read it, and the rows they
+# scan and sort stay narrow
+desk_break_records = Table(
+    "desk_break_records",
     metadata,
     Column("reconciliation", String(81), nullable=False),
     Column("break_id", String(40), nullable=False),
-    Column("rank", Integer, nullable=False),
-    Column("candidate_id", String(40), nullable=False),
-    Column("score", Integer, nullable=False),  # 0-100
-    Column("explain", Text, nullable=False),  # canonical JSON of the parts of the score
-    PrimaryKeyConstraint("reconciliation", "break_id", "rank", name="pk_desk_suggestions"),
+    Column("record", Text, nullable=False),
+    PrimaryKeyConstraint("reconciliation", "break_id", name="pk_desk_break_records"),
 )

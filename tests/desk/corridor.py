@@ -29,8 +29,8 @@ class Corridor:
     """bank:1 (P1, 10.00) has its counterpart on chain under another key (chain:9, Q1, 9.95 after a fee): a missing right and a
     missing left break that a person matches; bank:2 (P2, 50.00) never settles: a break to accept."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.wh = Warehouse(f"sqlite:///{tmp / 'w.db'}")
+    def __init__(self, tmp: Path, url: str | None = None) -> None:
+        self.wh = Warehouse(url or f"sqlite:///{tmp / 'w.db'}")
         self.wh.create_schema()
         self.reports = tmp / "reports"
         replace_snapshot(self.wh, "bank", str(D1), [leg("bank", "1", "P1", "10.00", "debit", counterparty="ACME GmbH"),
@@ -48,4 +48,6 @@ class Corridor:
 
     def break_of(self, entry_id: str) -> str:
         rows, _ = self.desk.list_breaks({"reconciliation": PAIR.name})
-        return next(r["break_id"] for r in rows if entry_id in r["record"])
+        return next(r["break_id"] for r in rows
+                    if entry_id in self.desk.detail(PAIR.name, r["break_id"])["record_obj"]["left_entry_ids"]
+                    + self.desk.detail(PAIR.name, r["break_id"])["record_obj"]["right_entry_ids"])
