@@ -84,7 +84,8 @@ def run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig],
     from .desk.store import Desk
 
     # the desk follows the report once it is in place (idempotent: a re-run of the day syncs again)
-    audit["desk"] = Desk(wh, desk_settings).sync(key, breaks, carried=[p.name for p in pairs])
+    audit["desk"] = Desk(wh, desk_settings).sync(key, breaks, carried=[p.name for p in pairs],
+                                                 applied=audit.pop("_applied"))
     return audit
 
 
@@ -125,8 +126,12 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         results[name] = written(name, r, snapshots[lc.name], delivered, BRIDGE_RULES)
     for p in pairs:
         carried_left, carried_right, first_seen = _carried(wh, p.name, key)
-        left = p.select("L", snapshots.get(p.left, []) + orphaned.get(p.left, [])) + carried_left
-        right = p.select("R", snapshots.get(p.right, []) + orphaned.get(p.right, [])) + carried_right
+        left = p.select("L", snapshots.get(p.left, []) + orphaned.get(p.left, []))
+        right = p.select("R", snapshots.get(p.right, []) + orphaned.get(p.right, []))
+        # an entry carried in that the day's own input holds again (e.g. a chain leg mined again later) is the
+        # day's version: each entry is in one record only
+        left += _not_in(carried_left, left)
+        right += _not_in(carried_right, right)
         r = reconcile(left, right, p.rules)
         decided += honour(wh, p.name, key, r)
         _age(r, first_seen, day)
@@ -166,7 +171,15 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     audit["merkle_root"] = leaves.root()
     with open(folder / "audit.json", "xb") as f:
         f.write(pretty(audit))
+    audit["_applied"] = [d["decision_id"] for d in decided]  # for the desk, not part of the report
     return audit, breaks
+
+
+def _not_in(carried: list[CanonicalEntry], today: list[CanonicalEntry]) -> list[CanonicalEntry]:
+    if not carried:
+        return carried
+    ids = {e.entry_id for e in today}
+    return [e for e in carried if e.entry_id not in ids]
 
 
 def finish_report(folder: Path, anchor: bool = True) -> dict[str, Any]:
@@ -233,6 +246,7 @@ def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> Iterator[dict[st
                "missing_ledgers": missing, "legs": rows, "drifting": drifting}
 
 
+CARRIED_TYPES = ("missing_left", "missing_right")
 _OPEN_DDL = ("CREATE TABLE IF NOT EXISTS open_breaks (name TEXT NOT NULL, side TEXT NOT NULL, entry_id TEXT NOT NULL, "
              "entry TEXT NOT NULL, first_seen TEXT NOT NULL, closed_on TEXT, PRIMARY KEY (name, side, entry_id))")
 
@@ -267,20 +281,34 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
     from .model import encode_entry
 
     opened = []
-    for b in r.breaks:  # every break type stays open until its entries are matched (or the desk decides)
-        for side, ids, pool in (("L", b["left_entry_ids"], left), ("R", b["right_entry_ids"], right)):
-            opened += [(side, i, encode_entry(pool[i]).decode()) for i in ids if i not in first_seen]
+    for b in r.breaks:  # a missing counterpart can still arrive: its entry is carried until it is matched
+        if b["break_type"] in CARRIED_TYPES:
+            for side, ids, pool in (("L", b["left_entry_ids"], left), ("R", b["right_entry_ids"], right)):
+                opened += [(side, i, encode_entry(pool[i]).decode()) for i in ids if i not in first_seen]
     matched = {i for m in r.matches for i in m.left_entry_ids + m.right_entry_ids}
     with wh.engine.begin() as c:
         c.execute(text(_OPEN_DDL))
+        # a later day may have closed an entry this day opened: re-running this day keeps that
+        later = c.execute(text("SELECT side, entry_id, closed_on FROM open_breaks WHERE name = :n AND first_seen = :d "
+                               "AND closed_on > :d"), {"n": name, "d": day}).fetchall()
         c.execute(text("DELETE FROM open_breaks WHERE name = :n AND first_seen = :d"), {"n": name, "d": day})
         c.execute(text("UPDATE open_breaks SET closed_on = NULL WHERE name = :n AND closed_on = :d"),
                   {"n": name, "d": day})
+        # an entry closed on an earlier day that is open again (its version changed, it was re-mined) starts
+        # a new open row; the closed one goes
+        again = [{"n": name, "s": side, "i": i, "d": day} for side, i, _ in opened]
+        if again:
+            c.execute(text("DELETE FROM open_breaks WHERE name = :n AND side = :s AND entry_id = :i "
+                           "AND closed_on IS NOT NULL AND closed_on <= :d"), again)
         bulk_insert(c, "open_breaks", ("name", "side", "entry_id", "entry", "first_seen"),
                     [(name, side, i, entry, day) for side, i, entry in opened])
         closed = [{"d": day, "n": name, "i": i} for i in sorted(matched & set(first_seen))]
         if closed:
             c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"), closed)
+        kept = [{"c": when, "n": name, "s": side, "i": i, "d": day} for side, i, when in later]
+        if kept:
+            c.execute(text("UPDATE open_breaks SET closed_on = :c WHERE name = :n AND side = :s AND entry_id = :i "
+                           "AND first_seen = :d"), kept)
 
 
 def _store(wh: Warehouse, day: str, folder: Path, names: list[str]) -> None:

@@ -29,6 +29,7 @@ from .commitment import (DECISIONS_FILE, FORMAT, RECORD_FILES, UNLISTED, audit_l
                          payment_leaf, pretty, record_leaf, records_root, report_version, summary_leaf)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,80}")
+FORMAT_2 = "ledger-pipelines.day-report/2"  # before the breaks desk: the same, without decisions
 _HEX32 = re.compile(r"[0-9a-f]{64}")
 MAX_PROBLEMS = 10
 
@@ -130,9 +131,9 @@ def _counts(records: list[dict[str, Any]], field: str) -> dict[str, int]:
 def _check_audit_shape(audit: Any) -> None:
     if not isinstance(audit, dict):
         raise VerificationError("audit.json: not an object")
-    if audit.get("format") != FORMAT:
-        raise VerificationError(f"audit.json: format {audit.get('format')!r} is not {FORMAT!r} (a report of another "
-                                "version of ledger-pipelines, or not a day report)")
+    if audit.get("format") not in (FORMAT, FORMAT_2):
+        raise VerificationError(f"audit.json: format {audit.get('format')!r} is not {FORMAT!r} (nor {FORMAT_2!r}): a "
+                                "report of another version of ledger-pipelines, or not a day report")
     day = audit.get("day")
     try:
         if not isinstance(day, str) or date.fromisoformat(day).isoformat() != day:
@@ -238,7 +239,11 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
     for key, value in given.items():
         if stated.get(key) != value:
             chk.problem("audit.json", f"payments.{key} is {stated.get(key)!r}, payments.jsonl gives {value}")
-    _check_decisions(chk, day, audit, files, leaves, decided)
+    if audit["format"] == FORMAT:
+        _check_decisions(chk, day, audit, files, leaves, decided)
+    elif decided or DECISIONS_FILE in files or "decisions" in audit:
+        chk.problem("audit.json", f"a {FORMAT_2} report holds no desk decisions (decisions.jsonl, manual matches, "
+                    "acceptances came with /3)")
     for rel in files:
         if rel not in UNLISTED and rel not in audit["files"]:
             chk.problem(rel, "not covered by the report's commitment (added to the folder?)")
@@ -258,7 +263,8 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
 
 
 _DECISION_KEYS = {"decision_id", "kind", "reconciliation", "break_ids", "left_entry_ids", "right_entry_ids", "reason",
-                  "expires", "effective_from", "proposed_by", "proposed_at", "approved_by", "approved_at", "score"}
+                  "expires", "effective_from", "ended_on", "ended_by", "proposed_by", "proposed_at", "approved_by",
+                  "approved_at", "score"}
 _ACCEPTANCE_KEYS = ("decision_id", "reason", "expires", "proposed_by", "approved_by")
 
 
@@ -288,8 +294,15 @@ def _check_decisions(chk: _Check, day: str, audit: dict[str, Any], files: list[s
             chk.problem(where, f"{proposer} approved their own proposal (a decision takes a second person)")
         if not isinstance(d["effective_from"], str) or d["effective_from"] > day:
             chk.problem(where, f"in force from {d['effective_from']!r}, after the report's day")
-        if d["kind"] == "acceptance" and not (isinstance(d["expires"], str) and d["expires"] >= day):
-            chk.problem(where, f"an acceptance that expired ({d['expires']!r}) before the report's day")
+        ended = d["ended_on"]
+        if ended is not None and not isinstance(ended, str):
+            chk.problem(where, "ended_on is not a day")
+        elif d["kind"] == "acceptance" and not (isinstance(d["expires"], str) and d["expires"] >= day
+                                                and (ended is None or ended >= day)):
+            chk.problem(where, f"an acceptance not in force on the report's day (expires {d['expires']!r}, "
+                        f"ended {ended!r})")
+        elif d["kind"] == "manual_match" and ended is not None and ended <= day:
+            chk.problem(where, f"a manual match that lapsed on {ended}, not after the report's day")
     used: set[str] = set()
     for rel, n, name, kind, rec in decided:
         where = f"{rel} line {n}"

@@ -149,21 +149,32 @@ class DeskApp:
         role = request.state.role
         can = {a: a in CAN.get(role or "", set()) for a in ("assign", "comment", "propose", "reopen", "approve", "reject")}
         html = _env.get_template(name).render(style=_STYLE, user=user, role=role, csrf=s["csrf"] if s else "",
-                                              can=can, flash=request.query_params.get("done", ""), **ctx)
+                                              can=can, flash=DONE.get(request.query_params.get("done", ""), ""),
+                                              **ctx)
         resp = HTMLResponse(html, status_code=http_status)
         resp.headers["Content-Security-Policy"] = "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
-    def set_cookie(self, resp: Response, value: str) -> None:
+    def set_cookie(self, resp: Response, value: str, secure: bool = False) -> None:
         resp.set_cookie(Sessions.cookie, value, max_age=self.sessions.seconds, httponly=True, samesite="strict",
-                        path="/")
+                        path="/", secure=secure)
 
     async def form(self, request: Request) -> dict[str, str]:
-        body = await request.body()
-        if len(body) > MAX_FORM:
+        """A urlencoded form of at most ``MAX_FORM`` bytes (read no further than that)."""
+        if int(request.headers.get("content-length") or 0) > MAX_FORM:
             raise DeskError("the form is too large")
+        if getattr(request.state, "body", None) is not None:
+            body = request.state.body
+        else:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_FORM:
+                    raise DeskError("the form is too large")
+                chunks.append(chunk)
+            body = request.state.body = b"".join(chunks)
         return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
 
     def error(self, request: Request, status: int, message: str) -> HTMLResponse:
@@ -205,18 +216,25 @@ class DeskApp:
             resp = self.error(request, 429, f"Too many failed logins: try again in {int(wait) + 1} s.")
             resp.headers["Retry-After"] = str(int(wait) + 1)
             return resp
-        role = self.desk.authenticate(name, form.get("password", ""))
-        if role is None:
+        from starlette.concurrency import run_in_threadpool
+
+        # scrypt takes a tenth of a second and 32 MiB: in a worker thread, so other users are not held up
+        found = await run_in_threadpool(self.desk.authenticate, name, form.get("password", ""))
+        if found is None:
             self.limiter.failed(who)
             return self.page(request, "login.html", 401, next=_local(form.get("next", "")),
                              error="Wrong name or password.")
         self.limiter.succeeded(who)
-        value, _ = self.sessions.issue(name)  # a new session (and CSRF token) at login
+        value, _ = self.sessions.issue(name, found[1])  # a new session (and CSRF token) at login
         resp = RedirectResponse(_local(form.get("next", "")), 303)
-        self.set_cookie(resp, value)
+        self.set_cookie(resp, value, secure=request.url.scheme == "https")
         return resp
 
     async def logout(self, request: Request) -> Response:
+        """Ends every session of the user (a copied cookie too), not only this browser's."""
+        user = request.state.session.get("u")
+        if user:
+            self.desk.end_sessions(user)
         resp = RedirectResponse("/login", 303)
         resp.delete_cookie(Sessions.cookie, path="/")
         return resp
@@ -313,24 +331,24 @@ class DeskApp:
         try:
             if action == "assign":
                 self.desk.assign(user, rec, bid, form.get("assignee", "").strip() or None)
-                done = "Assigned."
+                done = "assigned"
             elif action == "comment":
                 self.desk.comment(user, rec, bid, form.get("comment", ""))
-                done = "Comment recorded."
+                done = "commented"
             elif action == "propose-accept":
                 try:
                     expires = date.fromisoformat(form.get("expires", ""))
                 except ValueError:
                     raise DeskError(f"expiry {form.get('expires')!r} is not a date (YYYY-MM-DD)") from None
-                d = self.desk.propose_acceptance(user, rec, bid, form.get("reason", ""), expires)
-                done = f"Acceptance {d} proposed: it takes effect once an approver approves it."
+                self.desk.propose_acceptance(user, rec, bid, form.get("reason", ""), expires)
+                done = "proposed"
             elif action == "propose-match":
                 others = re.findall(r"b-[0-9a-f]{20}", form.get("with", ""))
-                d = self.desk.propose_match(user, rec, [bid, *others], form.get("reason", ""))
-                done = f"Manual match {d} proposed: it takes effect once an approver approves it."
+                self.desk.propose_match(user, rec, [bid, *others], form.get("reason", ""))
+                done = "proposed"
             elif action == "reopen":
                 self.desk.reopen(user, rec, bid, form.get("reason", ""))
-                done = "Reopened."
+                done = "reopened"
             else:
                 return self.error(request, 404, f"No action {action}.")
         except DeskError as exc:
@@ -350,7 +368,7 @@ class DeskApp:
                 return self.error(request, 404, f"No action {action}.")
         except DeskError as exc:
             return self.error(request, exc.status, str(exc))
-        return RedirectResponse("/decisions?" + urlencode({"done": f"Decision {did}: {action}d."}), 303)
+        return RedirectResponse("/decisions?" + urlencode({"done": f"{action}d"}), 303)
 
     # ---- reports -------------------------------------------------------------------------------------
 
@@ -386,7 +404,11 @@ class DeskApp:
             path = path / "index.html"
         if not path.is_relative_to(root) or not path.is_file() or path.is_symlink():
             return self.error(request, 404, f"No file {rel} in the report of {day}.")
-        return FileResponse(path, headers={"X-Content-Type-Options": "nosniff"})
+        # report pages run no script on the desk's origin (they are static; Data Docs' inline scripts only toggle
+        # views): a sandbox with no scripts and no network, that keeps the origin so its links keep the session
+        return FileResponse(path, headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy":
+                                           "sandbox allow-same-origin allow-downloads; default-src 'none'; "
+                                           "style-src 'unsafe-inline'; img-src data:"})
 
     async def export(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -435,9 +457,10 @@ class _Guard:
             fresh, _ = self.owner.sessions.issue(None)
             session = self.owner.sessions.read(fresh)
         request.state.session = session
-        request.state.role = self.owner.desk.role_of(session.get("u"))
+        found = self.owner.desk.session_of(session.get("u"))
+        request.state.role = found[0] if found and found[1] == session.get("e") else None
         if session.get("u") and request.state.role is None:
-            session["u"] = None  # removed since
+            session["u"] = None  # removed since, or logged out: the session's epoch is not the user's any more
         path = scope["path"]
         response: Response | None = None
         if path != "/login" and not request.state.role:
@@ -446,6 +469,7 @@ class _Guard:
             else:
                 response = self.owner.error(request, 401, "Log in first (the session is missing or has expired).")
         elif request.method == "POST" and path not in ("/login",):
+            request.state.body = None
             try:
                 form = await self.owner.form(request)
             except DeskError:
@@ -456,7 +480,7 @@ class _Guard:
             elif request.state.role == "auditor" and path != "/logout":
                 response = self.owner.error(request, 403, "An auditor reads only.")
 
-            body, upstream, given = await request.body(), receive, []
+            body, upstream, given = request.state.body or b"", receive, []
 
             async def replay():  # the body once more for the route, then the connection's own messages
                 if not given:
@@ -491,6 +515,19 @@ def _local(target: str) -> str:
     return target
 
 
+def _cell(v) -> str:
+    """A CSV cell that a spreadsheet shows as text: never a formula (``=``, ``+``, ``-``, ``@``, tab, CR first)."""
+    if v is None:
+        return ""
+    v = str(v)
+    return "'" + v if v[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+
+
+DONE = {"assigned": "Assigned.", "commented": "Comment recorded.", "reopened": "Reopened.",
+        "proposed": "Proposed: it takes effect once a second person, an approver, approves it.",
+        "approved": "Approved.", "rejected": "Rejected."}
+
+
 def _chain(first, rest):
     if first is not None:
         yield first
@@ -503,7 +540,7 @@ def _csv_response(filename: str, cols: list[str], rows) -> StreamingResponse:
         w = csv.writer(buf)
         w.writerow(cols)
         for n, row in enumerate(rows):
-            w.writerow(["" if v is None else v for v in row])
+            w.writerow([_cell(v) for v in row])
             if n % 1000 == 999:
                 yield buf.getvalue()
                 buf.seek(0)

@@ -55,18 +55,32 @@ def waste_a_check(password: str) -> None:
 def session_key(env: dict[str, str], state_dir: Path) -> bytes:
     """The key that signs sessions: ``LEDGER_DESK_SECRET`` when set, else a random key kept in
     ``<state_dir>/desk.key``, created readable by its owner only."""
+    from ..config import ConfigError
+
     if env.get("LEDGER_DESK_SECRET"):
+        if len(env["LEDGER_DESK_SECRET"]) < 32:
+            raise ConfigError("LEDGER_DESK_SECRET is shorter than 32 characters: too weak to sign sessions")
         return hashlib.sha256(env["LEDGER_DESK_SECRET"].encode()).digest()
     from ..settings import write_secret
 
     path = state_dir / "desk.key"
     if not path.exists():
         state_dir.mkdir(parents=True, exist_ok=True)
+        draft = state_dir / f"desk.key.{os.getpid()}.tmp"
+        write_secret(draft, secrets.token_hex(32))
         try:
-            write_secret(path, secrets.token_hex(32))
+            os.link(draft, path)  # whole and never replaced: a concurrent first start keeps one key
         except FileExistsError:
             pass
-    return bytes.fromhex(path.read_text().strip())
+        finally:
+            draft.unlink()
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        key = b""
+    if len(key) < 32:
+        raise ConfigError(f"{path}: not a 32-byte hex key (remove it to have a new one made, which ends every session)")
+    return key
 
 
 def _b64(data: bytes) -> str:
@@ -86,11 +100,12 @@ class Sessions:
     def __init__(self, key: bytes, hours: float) -> None:
         self.key, self.seconds = key, int(hours * 3600)
 
-    def issue(self, user: str | None, now: float | None = None) -> tuple[str, str]:
-        """(cookie value, CSRF token) of a new session (``user`` None: before login)."""
+    def issue(self, user: str | None, epoch: str | None = None, now: float | None = None) -> tuple[str, str]:
+        """(cookie value, CSRF token) of a new session (``user`` None: before login); ``epoch``: the user's
+        session epoch, which ends the session when it changes (logout, the user removed and added again)."""
         csrf = secrets.token_urlsafe(24)
         now = time.time() if now is None else now
-        payload = _b64(json.dumps({"u": user, "exp": int(now) + self.seconds, "csrf": csrf},
+        payload = _b64(json.dumps({"u": user, "e": epoch, "exp": int(now) + self.seconds, "csrf": csrf},
                                   separators=(",", ":")).encode())
         return f"{payload}.{self._sign(payload)}", csrf
 
@@ -102,7 +117,7 @@ class Sessions:
         if not value or value.count(".") != 1 or len(value) > 1024:
             return None
         payload, sig = value.split(".")
-        if not hmac.compare_digest(self._sign(payload), sig):
+        if not hmac.compare_digest(self._sign(payload).encode(), sig.encode("utf-8", "replace")):
             return None
         try:
             data = json.loads(_unb64(payload))
@@ -116,7 +131,7 @@ class Sessions:
 
 
 def csrf_ok(session: dict | None, token: str | None) -> bool:
-    return bool(session and token and hmac.compare_digest(session["csrf"], token))
+    return bool(session and token and hmac.compare_digest(session["csrf"].encode(), token.encode("utf-8", "replace")))
 
 
 class RateLimit:
@@ -139,9 +154,11 @@ class RateLimit:
         return 0.0
 
     def failed(self, who: tuple[str, str], now: float | None = None) -> None:
-        if len(self.failures) > 100_000:  # a flood of made-up names cannot grow this without bound
-            self.failures.clear()
-        self.failures.setdefault(who, deque()).append(time.monotonic() if now is None else now)
+        now = time.monotonic() if now is None else now
+        if len(self.failures) > 100_000:  # a flood of made-up names: forget the stalest, never everyone's
+            for key in sorted(self.failures, key=lambda k: self.failures[k][-1])[:50_000]:
+                del self.failures[key]
+        self.failures.setdefault(who, deque()).append(now)
 
     def succeeded(self, who: tuple[str, str]) -> None:
         self.failures.pop(who, None)

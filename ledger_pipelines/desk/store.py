@@ -16,7 +16,7 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, case, func, insert, literal, or_, select, text, update
 
 from ..commitment import canonical
 from ..reconcile.output import at_stake
@@ -84,7 +84,7 @@ class Desk:
             if c.execute(select(desk_users.c.name).where(desk_users.c.name == name)).first():
                 raise DeskError(f"user {name!r} exists (remove it first)")
             c.execute(insert(desk_users).values(name=name, role=role, password_hash=hash_password(password),
-                                                created_at=utc_now()))
+                                                session_epoch=uuid.uuid4().hex, created_at=utc_now()))
             self._event(c, SYSTEM, "user_add", None, None, None, {"user": name, "role": role})
 
     def remove_user(self, name: str) -> None:
@@ -104,15 +104,28 @@ class Desk:
         with self.wh.engine.connect() as c:
             return c.execute(select(desk_users.c.role).where(desk_users.c.name == name)).scalar()
 
-    def authenticate(self, name: str, password: str) -> str | None:
-        """The user's role when the password is right, else None (as slow either way)."""
+    def session_of(self, name: str | None) -> tuple[str, str] | None:
+        """(role, session epoch) of a user: a session names the epoch it was made in, and a new epoch (at
+        logout, or a user removed and added again) ends every earlier session of the name."""
+        if not name:
+            return None
         with self.wh.engine.connect() as c:
-            row = c.execute(select(desk_users.c.role, desk_users.c.password_hash)
+            row = c.execute(select(desk_users.c.role, desk_users.c.session_epoch).where(desk_users.c.name == name)).first()
+        return tuple(row) if row else None
+
+    def end_sessions(self, name: str) -> None:
+        with self.wh.engine.begin() as c:
+            c.execute(update(desk_users).where(desk_users.c.name == name).values(session_epoch=uuid.uuid4().hex))
+
+    def authenticate(self, name: str, password: str) -> tuple[str, str] | None:
+        """(role, session epoch) when the password is right, else None (as slow either way)."""
+        with self.wh.engine.connect() as c:
+            row = c.execute(select(desk_users.c.role, desk_users.c.password_hash, desk_users.c.session_epoch)
                             .where(desk_users.c.name == name)).first()
         if row is None:
             waste_a_check(password)
             return None
-        return row.role if check_password(password, row.password_hash) else None
+        return (row.role, row.session_epoch) if check_password(password, row.password_hash) else None
 
     # ---- the trail -----------------------------------------------------------------------------------
 
@@ -137,11 +150,17 @@ class Desk:
         return row
 
     def _set(self, c, actor: str, action: str, row, changes: dict[str, Any], detail: dict[str, Any],
-             decision: str | None = None, at: str | None = None) -> None:
+             decision: str | None = None, at: str | None = None, guard=None) -> None:
+        """Changes a break's workflow and appends the event. ``guard``: a condition the row must still meet in
+        the database (checked by the UPDATE itself, so two people acting at once cannot both succeed)."""
         before = _workflow(row)
         after = {**before, **{k: v for k, v in changes.items() if k in before}}
-        c.execute(update(desk_breaks).where(desk_breaks.c.reconciliation == row.reconciliation,
-                                            desk_breaks.c.break_id == row.break_id).values(**changes))
+        q = update(desk_breaks).where(desk_breaks.c.reconciliation == row.reconciliation,
+                                      desk_breaks.c.break_id == row.break_id)
+        if guard is not None:
+            q = q.where(guard)
+        if c.execute(q.values(**changes)).rowcount != 1:
+            raise DeskError(f"break {row.break_id} changed meanwhile: reload the page")
         self._event(c, actor, action, row.reconciliation, row.break_id, decision, detail, before, after, at=at)
 
     # ---- actions -------------------------------------------------------------------------------------
@@ -205,11 +224,11 @@ class Desk:
         return row
 
     def _effective_from(self, row) -> date:
-        """The first report day that honours a decision about ``row``: the day after the last report that
-        showed it (that report stays as anchored), or that day itself for a check that is not carried from
-        day to day (a ledger against its event log), which only a re-run of the day can settle."""
+        """The first report day that honours a decision about ``row``: for a carried break, the day after the
+        last report that showed it (that report stays as anchored); for any other break, which no later day
+        reports again, that day itself: a re-run of the day settles it."""
         last = date.fromisoformat(row.last_seen)
-        return last if row.reconciliation.startswith("bridge_") else last + timedelta(days=1)
+        return last + timedelta(days=1) if row.carried else last
 
     def _propose(self, c, actor, kind, rec, rows, left, right, reason, expires, start, score=None, at=None) -> str:
         decision = f"d-{uuid.uuid4().hex[:20]}"
@@ -221,7 +240,8 @@ class Desk:
         detail = {"kind": kind, "reason": reason, "expires": expires, "breaks": sorted(r.break_id for r in rows),
                   **({"score": score} if score is not None else {})}
         for row in rows:
-            self._set(c, actor, "propose", row, {"pending": decision}, detail, decision, at=at)
+            self._set(c, actor, "propose", row, {"pending": decision}, detail, decision, at=at,
+                      guard=and_(desk_breaks.c.pending.is_(None), desk_breaks.c.state.in_(("open", "assigned"))))
         return decision
 
     def approve(self, actor: str, decision: str, at: str | None = None) -> None:
@@ -234,16 +254,17 @@ class Desk:
             if d.proposed_by == actor and actor != SYSTEM:
                 raise Forbidden(f"{actor} proposed {decision}: a second person approves it (four-eyes)")
             at = at or utc_now()
-            c.execute(update(desk_decisions).where(desk_decisions.c.decision_id == decision)
-                      .values(state="approved", decided_by=actor, decided_at=at))
+            self._decide(c, decision, state="approved", decided_by=actor, decided_at=at)
             for bid in json.loads(d.break_ids):
                 row = self._break(c, d.reconciliation, bid)
                 changes = ({"state": "accepted", "accepted_until": d.expires} if d.kind == "acceptance"
                            else {"state": "matched"})
+                # every break of the decision is still open and still waiting for this very decision
                 self._set(c, actor, "auto_confirm" if actor == SYSTEM else "approve", row,
                           {**changes, "decision_id": decision, "pending": None},
                           {"kind": d.kind, "reason": d.reason, **({"score": d.score} if d.score is not None else {})},
-                          decision, at=at)
+                          decision, at=at, guard=and_(desk_breaks.c.pending == decision,
+                                                      desk_breaks.c.state.in_(("open", "assigned"))))
 
     def reject(self, actor: str, decision: str, reason: str) -> None:
         self._may(actor, "reject")
@@ -253,12 +274,18 @@ class Desk:
             if d.state != "proposed":
                 raise DeskError(f"decision {decision} is {d.state}, not waiting for approval")
             at = utc_now()
-            c.execute(update(desk_decisions).where(desk_decisions.c.decision_id == decision)
-                      .values(state="rejected", decided_by=actor, decided_at=at))
+            self._decide(c, decision, state="rejected", decided_by=actor, decided_at=at)
             for bid in json.loads(d.break_ids):
                 row = self._break(c, d.reconciliation, bid)
-                self._set(c, actor, "reject", row, {"pending": None}, {"kind": d.kind, "reason": reason}, decision,
-                          at=at)
+                if row.pending == decision:
+                    self._set(c, actor, "reject", row, {"pending": None}, {"kind": d.kind, "reason": reason},
+                              decision, at=at, guard=desk_breaks.c.pending == decision)
+
+    def _decide(self, c, decision: str, **values) -> None:
+        """Moves a proposal out of ``proposed``, once: a second approve or reject at the same time fails."""
+        q = update(desk_decisions).where(desk_decisions.c.decision_id == decision, desk_decisions.c.state == "proposed")
+        if c.execute(q.values(**values)).rowcount != 1:
+            raise DeskError(f"decision {decision} was decided meanwhile: reload the page")
 
     def reopen(self, actor: str, rec: str, bid: str, reason: str) -> None:
         """Ends an acceptance before its expiry."""
@@ -271,9 +298,11 @@ class Desk:
             self._end_acceptance(c, actor, row, reason, row.last_seen)
 
     def _end_acceptance(self, c, actor: str, row, reason: str, last: str) -> None:
-        """No report after ``last`` honours the acceptance any more (the ones up to it stay as anchored)."""
-        c.execute(update(desk_decisions).where(desk_decisions.c.decision_id == row.decision_id)
-                  .values(expires=min(row.accepted_until, last)))
+        """No report after ``last`` honours the acceptance any more (the ones up to it stay as anchored). The
+        approved expiry stays as approved; the end is recorded beside it, with who ended it."""
+        if last < (row.accepted_until or last):
+            c.execute(update(desk_decisions).where(desk_decisions.c.decision_id == row.decision_id)
+                      .values(ended_on=last, ended_by=actor))
         self._set(c, actor, "reopen", row, {"state": "assigned" if row.assignee else "open", "accepted_until": None,
                                             "decision_id": None}, {"reason": reason}, row.decision_id)
 
@@ -295,7 +324,7 @@ class Desk:
                 conds.append(desk_breaks.c.first_seen <= (today - timedelta(days=t.min_age_days)).isoformat())
             whens.append((or_(*conds), t.name))
         last = self.settings.tiers[-1].name
-        return case(*whens, else_=last) if whens else text(f"'{last}'")
+        return case(*whens, else_=literal(last)) if whens else literal(last)
 
     def _filters(self, f: dict[str, str], today: date) -> list:
         c = desk_breaks.c
@@ -498,24 +527,29 @@ class Desk:
 
     # ---- the nightly run -----------------------------------------------------------------------------
 
-    def sync(self, day: str, breaks: dict[str, list[dict[str, Any]]], carried: Iterable[str]) -> dict[str, int]:
-        """Brings the desk in step with ``day``'s report: its breaks are (re)opened or updated; a carried
-        reconciliation's open breaks that its latest day no longer reports are resolved (matched, or fixed at
-        the source); acceptances past their expiry reopen; with auto-confirm on, two breaks that are each
+    def sync(self, day: str, breaks: dict[str, list[dict[str, Any]]], carried: Iterable[str],
+             applied: Iterable[str] = ()) -> dict[str, int]:
+        """Brings the desk in step with ``day``'s report: its breaks are (re)opened or updated; a carried break
+        that its reconciliation's latest day no longer reports is resolved (matched, or fixed at the source);
+        acceptances past their expiry reopen; an approved manual match that a report in its time could not
+        apply (its entries were matched otherwise meanwhile) lapses and its breaks reopen; a proposal whose
+        break is resolved is withdrawn. ``carried``: the reconciliations that carry their one-sided breaks;
+        ``applied``: the decisions the day's records honour. With auto-confirm on, two breaks that are each
         other's best suggestion at or above the threshold become a match made by the system."""
-        carried = set(carried)
-        counts = {"opened": 0, "updated": 0, "resolved": 0, "reopened": 0, "auto_confirmed": 0}
+        carried, applied = set(carried), set(applied)
+        counts = {"opened": 0, "updated": 0, "resolved": 0, "reopened": 0, "lapsed": 0, "auto_confirmed": 0}
         at = utc_now()
         for name, recs in breaks.items():
             with self.wh.engine.begin() as c:
-                self._sync_one(c, day, name, recs, name in carried, counts, at)
+                self._sync_one(c, day, name, recs, name in carried, applied, counts, at)
             if name in carried and self.settings.auto_confirm:
                 counts["auto_confirmed"] += self._auto_confirm(name)
         with self.wh.engine.begin() as c:  # the planner's figures for the lists (which index a filter takes)
             c.execute(text("ANALYZE desk_breaks"))
         return counts
 
-    def _sync_one(self, c, day: str, name: str, recs: list[dict[str, Any]], carried: bool, counts: dict, at: str) -> None:
+    def _sync_one(self, c, day: str, name: str, recs: list[dict[str, Any]], pair: bool, applied: set[str],
+                  counts: dict, at: str) -> None:
         b = desk_breaks.c
         existing = {r.break_id: r for r in c.execute(select(desk_breaks).where(b.reconciliation == name))}
         latest = max([r.last_seen for r in existing.values()] + [day])
@@ -527,7 +561,7 @@ class Desk:
             values = (rec["break_type"], rec.get("asset"), f"{stake:f}", policy.amount_key(stake), rec.get("correlation_id"))
             row = existing.get(bid)
             if row is None:
-                new_rows.append((name, bid, *values, first, day, "open"))
+                new_rows.append((name, bid, *values, first, day, "open", pair and rec["break_type"] in ONE_SIDED))
                 new_records.append((name, bid, _json(rec)))
                 continue
             counts["updated"] += 1
@@ -537,7 +571,7 @@ class Desk:
             elif first < row.first_seen:
                 moved.append((row.break_type, row.asset, row.amount, row.amount_key, row.correlation_id, first,
                               row.last_seen, name, bid))
-            if row.state == "resolved":
+            if row.state == "resolved" and day >= row.resolved_on:  # reported again since it was resolved
                 self._set(c, SYSTEM, "reopen", row, {"state": "assigned" if row.assignee else "open",
                                                      "resolution": None, "resolved_on": None},
                           {"reason": f"reported again on {day}"}, at=at)
@@ -545,29 +579,63 @@ class Desk:
             elif row.state == "accepted" and row.accepted_until and row.accepted_until < day and day >= row.last_seen:
                 self._end_acceptance(c, SYSTEM, row, f"the acceptance expired on {row.accepted_until}", day)
                 counts["reopened"] += 1
+            elif row.state == "matched" and row.decision_id not in applied and day >= self._starts(c, row.decision_id):
+                # in force, yet the day could not apply it: its entries no longer form those breaks
+                self._lapse(c, row.decision_id, day, at)
+                counts["lapsed"] += 1
         bulk_insert(c, "desk_breaks", ("reconciliation", "break_id", "break_type", "asset", "amount", "amount_key",
-                                       "correlation_id", "first_seen", "last_seen", "state"), new_rows)
+                                       "correlation_id", "first_seen", "last_seen", "state", "carried"), new_rows)
         bulk_insert(c, "desk_break_records", ("reconciliation", "break_id", "record"), new_records)
         _many(c, "UPDATE desk_breaks SET break_type = ?, asset = ?, amount = ?, amount_key = ?, correlation_id = ?, "
                  "first_seen = ?, last_seen = ? WHERE reconciliation = ? AND break_id = ?", moved)
         _many(c, "UPDATE desk_break_records SET record = ? WHERE reconciliation = ? AND break_id = ?", records)
         counts["opened"] += len(new_rows)
         reported = {r["break_id"] for r in recs}
-        for bid, row in existing.items():
-            if bid in reported or row.state == "resolved" or (row.state == "matched" and row.resolved_on):
+        for bid in existing:
+            if bid in reported:
+                continue
+            row = self._break(c, name, bid)  # as it is now (a lapse above may have reopened it)
+            if row.state == "resolved" or (row.state == "matched" and row.resolved_on):
                 continue
             # gone from a re-run of the day it was last reported on, or (carried) from the latest day
-            if row.last_seen == day or (carried and day >= latest and row.last_seen < day):
-                row = self._break(c, name, bid)
-                how = self._how_resolved(c, name, row, day)
+            if row.last_seen == day or (row.carried and day >= latest and row.last_seen < day):
+                if row.state == "matched" and row.decision_id not in applied:
+                    self._lapse(c, row.decision_id, day, at)  # matched by other means: the decision did nothing
+                    counts["lapsed"] += 1
+                    row = self._break(c, name, bid)
+                if row.pending:
+                    self._withdraw(c, row.pending, f"break {bid} was resolved on {day}", at)
+                    row = self._break(c, name, bid)
+                how = self._how_resolved(c, name, row, day, applied)
                 state = "matched" if row.state == "matched" else "resolved"
-                self._set(c, SYSTEM, "resolve", row, {"state": state, "resolution": how, "resolved_on": day,
-                                                      "pending": None}, {"resolution": how}, at=at)
+                self._set(c, SYSTEM, "resolve", row, {"state": state, "resolution": how, "resolved_on": day},
+                          {"resolution": how}, at=at)
                 counts["resolved"] += 1
 
-    def _how_resolved(self, c, name: str, row, day: str) -> str:
-        if row.state == "matched":
-            return f"manual match {row.decision_id}, reported from {day}"
+    def _starts(self, c, decision: str | None) -> str:
+        d = c.execute(select(desk_decisions.c.effective_from).where(desk_decisions.c.decision_id == decision)).scalar()
+        return d or "9999-12-31"
+
+    def _lapse(self, c, decision: str, day: str, at: str) -> None:
+        """An approved manual match that a report in force could not apply: it lapses, its breaks reopen."""
+        c.execute(update(desk_decisions).where(desk_decisions.c.decision_id == decision)
+                  .values(state="lapsed", ended_on=day, ended_by=SYSTEM))
+        for r in c.execute(select(desk_breaks).where(desk_breaks.c.decision_id == decision)).fetchall():
+            self._set(c, SYSTEM, "lapse", r, {"state": "assigned" if r.assignee else "open", "decision_id": None,
+                                              "resolution": None, "resolved_on": None},
+                      {"reason": f"the report of {day} could not apply it: its entries were matched otherwise"},
+                      decision, at=at)
+
+    def _withdraw(self, c, decision: str, reason: str, at: str) -> None:
+        c.execute(update(desk_decisions).where(desk_decisions.c.decision_id == decision,
+                                               desk_decisions.c.state == "proposed")
+                  .values(state="withdrawn", decided_by=SYSTEM, decided_at=at))
+        for r in c.execute(select(desk_breaks).where(desk_breaks.c.pending == decision)).fetchall():
+            self._set(c, SYSTEM, "withdraw", r, {"pending": None}, {"reason": reason}, decision, at=at)
+
+    def _how_resolved(self, c, name: str, row, day: str, applied: set[str]) -> str:
+        if row.state == "matched" and row.decision_id in applied:
+            return f"manual match {row.decision_id}, reported on {day}"
         if not _has_table(c, "open_breaks"):
             return f"no longer reported on {day} (fixed at the source)"
         rec = json.loads(row.record)
@@ -623,15 +691,13 @@ def _reason(text_: str, what: str) -> str:
 
 
 def _amount(raw: str, what: str) -> Decimal:
-    from decimal import InvalidOperation
+    """An amount bound of a filter: plain digits only (no exponent, so no giant numbers from a short text)."""
+    import re
 
-    try:
-        d = Decimal(raw.strip())
-    except InvalidOperation:
-        raise DeskError(f"{what}: {raw!r} is not an amount") from None
-    if not d.is_finite() or d < 0 or len(raw) > 100:
-        raise DeskError(f"{what}: {raw!r} is not an amount")
-    return d
+    raw = raw.strip()
+    if not re.fullmatch(r"[0-9]{1,96}(\.[0-9]{1,96})?", raw):
+        raise DeskError(f"{what}: {raw!r} is not an amount (digits, optionally a point and decimals)")
+    return Decimal(raw)
 
 
 def _has_table(c, name: str) -> bool:

@@ -135,7 +135,16 @@ def _break_cells(b: dict[str, Any], day: str | None) -> list[Any]:
     return [b["break_id"], _readable(b["break_type"]), b.get("correlation_id"), b.get("asset"), b.get("left_amount"),
             b.get("right_amount"), b.get("difference"), b.get("first_seen") or day,
             b.get("age_days", 0) if day else None, " ".join(b["left_entry_ids"]), " ".join(b["right_entry_ids"]),
-            b.get("reason")]
+            _with_acceptance(b)]
+
+
+def _with_acceptance(b: dict[str, Any]) -> str | None:
+    """The break's reason, and (accepted in the breaks desk) its acceptance: who, why, until when."""
+    acc = b.get("acceptance")
+    if not acc:
+        return b.get("reason")
+    return (f"{b.get('reason')}; accepted until {acc['expires']} ({acc['reason']}; proposed by {acc['proposed_by']}, "
+            f"approved by {acc['approved_by']}, decision {acc['decision_id']})")
 
 
 def page_name(n: int) -> str:
@@ -374,11 +383,20 @@ def render_index(audit: dict[str, Any]) -> str:
 {_bars("Breaks by type", by_type)}{_bars("Breaks per reconciliation", breaks)}
 {_bars("Open breaks by age", audit.get("open_breaks_by_age", {}))}
 <h3>Reconciliations</h3>{_table(["reconciliation", "matches", "breaks", "break types"], rows)}
+{_decisions_line(audit.get("decisions"))}
 <h3>Largest open breaks (per asset, by the amount at stake)</h3>{_table(heads, _notable_rows(notable.get("largest", [])))}
 <h3>Oldest open breaks</h3>{_table(heads, _notable_rows(notable.get("oldest", [])))}
 <h3>Amounts per asset per ledger (snapshots of the day)</h3>{_table(["ledger", "asset", "debit", "credit"], amount_rows)}
 {_docs_list(data_docs)}"""
     return _page(f"Audit {day}", body)
+
+
+def _decisions_line(decisions: dict[str, int] | None) -> str:
+    if decisions is None:
+        return ""
+    return (f"<p>Breaks desk decisions honoured by this report: {decisions.get('manual_match', 0)} manual matches, "
+            f"{decisions.get('acceptance', 0)} acceptances, each with who proposed and who approved it, in "
+            "<code>decisions.jsonl</code> (covered by the Merkle root).</p>")
 
 
 def _docs_list(docs: list[str] | None) -> str:

@@ -193,6 +193,7 @@ desk_users = Table(
     Column("name", String(64), primary_key=True),
     Column("role", String(16), nullable=False),
     Column("password_hash", Text, nullable=False),
+    Column("session_epoch", String(32), nullable=False),  # in every session; a new one ends them all
     Column("created_at", Text, nullable=False),
 )
 
@@ -224,7 +225,9 @@ desk_decisions = Table(
     Column("reason", Text, nullable=False),
     Column("expires", Text),  # acceptance: the last report day it holds
     Column("effective_from", Text, nullable=False),  # the first report day that honours it
-    Column("state", String(12), nullable=False),  # proposed | approved | rejected
+    Column("state", String(12), nullable=False),  # proposed | approved | rejected | withdrawn | lapsed
+    Column("ended_on", Text),  # an acceptance reopened early: the last report day it held
+    Column("ended_by", String(64)),
     Column("proposed_by", String(64), nullable=False),
     Column("proposed_at", Text, nullable=False),
     Column("decided_by", String(64)),
@@ -249,6 +252,9 @@ desk_breaks = Table(
     Column("first_seen", Text, nullable=False),
     Column("last_seen", Text, nullable=False),
     Column("state", String(16), nullable=False),  # open | assigned | accepted | matched | resolved
+    # a one-sided break of a ledger pair: carried from day to day until matched, so a later day that no longer
+    # reports it resolves it (any other break is settled only by a re-run of its own day)
+    Column("carried", Boolean, nullable=False, server_default=text("false")),
     Column("assignee", String(64)),
     Column("accepted_until", Text),
     Column("decision_id", String(40)),  # the acceptance or manual match in force

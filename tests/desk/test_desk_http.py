@@ -93,8 +93,9 @@ def test_a_state_change_needs_the_csrf_token_and_the_role(site):
 def test_an_expired_or_altered_session_is_refused(site):
     c, base = site
     cl = Client(base)
-    old, token = Sessions(KEY, 8).issue("anna", now=time.time() - 9 * 3600)
-    other_key, _ = Sessions(b"x" * 32, 8).issue("anna")
+    epoch = c.desk.session_of("anna")[1]
+    old, token = Sessions(KEY, 8).issue("anna", epoch, now=time.time() - 9 * 3600)
+    other_key, _ = Sessions(b"x" * 32, 8).issue("anna", epoch)
     for value in (old, other_key, old.split(".")[0] + ".AAAA"):
         cl.jar.clear()
         cl.opener.addheaders = [("Cookie", f"{Sessions.cookie}={value}")]
@@ -112,3 +113,47 @@ def test_what_does_not_exist_is_a_404_page(site):
         status, _, body = cl.request(path)
         assert status == 404, path
         assert "Traceback" not in body
+
+
+def test_logging_out_ends_the_session_everywhere_and_a_new_user_of_the_name_gets_no_old_session(site):
+    c, base = site
+    one = _logged_in(base, "olga")
+    copied = next(k.value for k in one.jar if k.name == Sessions.cookie)
+    assert one.request("/breaks")[0] == 200
+    assert one.request("/logout", {"csrf": one.csrf("/breaks")})[0] == 303
+    thief = Client(base)
+    thief.opener.addheaders = [("Cookie", f"{Sessions.cookie}={copied}")]
+    assert thief.request("/breaks")[0] == 303  # to the login page
+    two = _logged_in(base, "olga")
+    kept = next(k.value for k in two.jar if k.name == Sessions.cookie)
+    c.desk.remove_user("olga")
+    c.desk.add_user("olga", "operator", PASSWORD)
+    thief.opener.addheaders = [("Cookie", f"{Sessions.cookie}={kept}")]
+    assert thief.request("/breaks")[0] == 303
+
+
+def test_odd_input_is_refused_plainly(site):
+    c, base = site
+    cl = _logged_in(base, "aud")
+    status, _, body = cl.request("/breaks?min=1e999999999")
+    assert status == 400 and "not an amount" in body
+    status, _, _ = cl.request("/login", {"csrf": "é" * 10, "name": "x", "password": "y"})
+    assert status == 403
+    assert "you were hacked" not in cl.request("/breaks?done=you+were+hacked")[2]
+    status, headers, _ = cl.request(f"/reports/{D1}/index.html")
+    assert status == 200 and "sandbox" in headers["content-security-policy"]
+    big = Client(base)
+    status, _, _ = big.request("/login", {"csrf": big.csrf(), "name": "x", "password": "p" * 100_000})
+    assert status == 400  # read no further than 64 KiB
+
+
+def test_exports_never_hold_a_formula(site):
+    c, base = site
+    op = _logged_in(base, "anna")
+    bid = c.break_of("chain:9")
+    token = op.csrf(f"/breaks/{PAIR.name}/{bid}")
+    status, _, _ = op.request(f"/breaks/{PAIR.name}/{bid}/propose-accept",
+                              {"reason": '=HYPERLINK("http://x")', "expires": "2026-12-31", "csrf": token})
+    assert status == 303
+    _, _, body = op.request("/exports/decisions.csv")
+    assert """'=HYPERLINK(""http://x"")""" in body and ',"=HYPERLINK' not in body and ",=HYPERLINK" not in body

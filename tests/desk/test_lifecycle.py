@@ -180,7 +180,7 @@ def test_users_are_checked_and_passwords_are_hashed(corridor):
         c.desk.add_user("Robert'); DROP TABLE x;--", "operator", PASSWORD)
     with pytest.raises(DeskError, match="shorter"):
         c.desk.add_user("zed", "operator", "short")
-    assert c.desk.authenticate("olga", PASSWORD) == "operator"
+    assert c.desk.authenticate("olga", PASSWORD)[0] == "operator"
     assert c.desk.authenticate("olga", PASSWORD + "x") is None and c.desk.authenticate("nobody", PASSWORD) is None
     from sqlalchemy import text
 
@@ -266,3 +266,138 @@ def test_every_sort_and_filter_pages_through_the_same_breaks(warehouse):
                     want = sorted(paged, key=lambda r: (key(r), r["reconciliation"], r["break_id"]),
                                   reverse=order == "desc")
                     assert paged == want, (f, sort, order)
+
+
+def _breaks_of(c, day):
+    return {json.loads(x)["break_id"]: json.loads(x) for x in
+            (c.reports / str(day) / PAIR.name / "breaks.jsonl").read_text().splitlines()}
+
+
+def test_an_approved_match_the_day_cannot_apply_lapses_and_its_breaks_reopen(corridor):
+    from corridor import leg
+    from ledger_pipelines.warehouse.state import replace_snapshot
+
+    c = corridor
+    a, b = c.break_of("bank:1"), c.break_of("chain:9")
+    d = c.desk.propose_match("olga", PAIR.name, [a, b], "fee taken on chain")
+    c.desk.approve("anna", d)
+    # bank:1's real counterpart arrives before the next run: the engine matches it, chain:9 stays missing
+    replace_snapshot(c.wh, "chain", str(D2), [leg("chain", "10", "P1", "10.00", "credit", day=D2, hour=1)])
+    audit = c.run(D2)
+    assert audit["decisions"] == {"manual_match": 0, "acceptance": 0} and audit["desk"]["lapsed"] == 1
+    assert _breaks_of(c, D2)[b]["break_type"] == "missing_left"
+    assert c.desk.detail(PAIR.name, b)["shown_state"] == "open"  # on the desk again, not hidden as matched
+    assert c.desk.detail(PAIR.name, a)["resolution"] == f"matched on {D2}"
+    (dec,) = c.desk.decisions()
+    assert dec["state"] == "lapsed" and dec["ended_on"] == str(D2)
+    assert b in {r["break_id"] for r in c.desk.list_breaks({"state": "unresolved"})[0]}
+    c.run(D3)  # and it does not come back later
+    assert c.run(D3)["decisions"] == {"manual_match": 0, "acceptance": 0}
+    assert verify_report(_report(c, D3))["verified"] is True
+
+
+def test_a_proposal_cannot_be_approved_once_its_break_is_resolved(corridor):
+    from corridor import leg
+    from ledger_pipelines.warehouse.state import replace_snapshot
+
+    c = corridor
+    a, b = c.break_of("bank:1"), c.break_of("chain:9")
+    d = c.desk.propose_match("olga", PAIR.name, [a, b], "fee taken on chain")
+    replace_snapshot(c.wh, "chain", str(D2), [leg("chain", "10", "P1", "10.00", "credit", day=D2, hour=1)])
+    c.run(D2)  # bank:1 is matched by the engine: the proposal is withdrawn
+    assert {x["decision_id"]: x["state"] for x in c.desk.decisions()} == {d: "withdrawn"}
+    with pytest.raises(DeskError, match="withdrawn, not waiting"):
+        c.desk.approve("anna", d)
+    assert c.desk.detail(PAIR.name, b)["state"] == "open" and c.desk.detail(PAIR.name, b)["pending"] is None
+    # two proposals on one break cannot both stand, nor can a decision be approved twice at once
+    d2 = c.desk.propose_acceptance("olga", PAIR.name, b, "fee", D3)
+    with pytest.raises(DeskError):
+        c.desk.propose_match("anna", PAIR.name, [b], "again")
+    c.desk.approve("anna", d2)
+    with pytest.raises(DeskError):
+        c.desk.reject("bert", d2, "too late")
+
+
+def test_a_rerun_of_an_older_day_keeps_what_later_days_matched(corridor):
+    from corridor import leg
+    from ledger_pipelines.warehouse.state import replace_snapshot
+
+    c = corridor
+    a = c.break_of("bank:1")
+    replace_snapshot(c.wh, "chain", str(D2), [leg("chain", "10", "P1", "10.00", "credit", day=D2, hour=1)])
+    c.run(D2)
+    c.run(D1)  # a backfill of the older day
+    assert c.desk.detail(PAIR.name, a)["state"] == "resolved"  # reported on D1 again, but matched on D2 since
+    c.run(D3)
+    assert a not in _breaks_of(c, D3)  # bank:1 is not carried again into D3
+    assert c.desk.detail(PAIR.name, a)["resolution"] == f"matched on {D2}"
+
+
+def test_breaks_later_data_cannot_close_are_not_carried_and_stay_open_on_the_desk(tmp_path):
+    from corridor import leg
+    from ledger_pipelines.warehouse.state import replace_snapshot
+
+    c = Corridor(tmp_path)
+    # a duplicate: two bank legs with the same key and amount
+    replace_snapshot(c.wh, "bank", str(D1), [leg("bank", "4", "P4", "7.00", "debit"), leg("bank", "5", "P4", "7.00", "debit"),
+                                            leg("bank", "1", "P1", "10.00", "debit")])
+    replace_snapshot(c.wh, "chain", str(D1), [])
+    c.run(D1)
+    dup = next(b for b in _breaks_of(c, D1).values() if b["break_type"] == "duplicate_left")
+    assert dup["left_entry_ids"] == ["bank:5"]
+    c.run(D2)
+    carried = {b["left_entry_ids"][0] for b in _breaks_of(c, D2).values()}
+    assert carried == {"bank:1", "bank:4"}  # the missing counterparts are carried; the duplicate is that day's
+    detail = c.desk.detail(PAIR.name, dup["break_id"])
+    assert detail["shown_state"] in ("new", "open") and detail["last_seen"] == str(D1) and not detail["carried"]
+
+
+def test_an_acceptance_and_a_match_of_one_break_give_a_report_that_verifies(tmp_path):
+    """honour() takes manual matches first; an acceptance of a break they took is not listed."""
+    from types import SimpleNamespace
+
+    from ledger_pipelines.desk import decisions as dec
+    from ledger_pipelines.reconcile.engine import Reconciliation
+
+    brk = {"break_id": "b-1", "break_type": "amount_mismatch", "left_entry_ids": ["l:1"], "right_entry_ids": ["r:1"],
+           "correlation_id": "P", "asset": "EUR", "left_amount": "1", "right_amount": "2", "difference": "1",
+           "reason": "x"}
+    common = dict(reconciliation="r", break_ids=json.dumps(["b-1"]), left_entry_ids=json.dumps(["l:1"]),
+                  right_entry_ids=json.dumps(["r:1"]), reason="x", effective_from="2026-11-20", state="approved",
+                  proposed_by="a", proposed_at="t", decided_by="b", decided_at="t", score=None, ended_on=None,
+                  ended_by=None)
+    acc = SimpleNamespace(decision_id="d-0", kind="acceptance", expires="2026-12-31", **common)
+    match = SimpleNamespace(decision_id="d-1", kind="manual_match", expires=None, **common)
+    r = Reconciliation(matches=[], breaks=[dict(brk)])
+    original = dec.approved
+    try:
+        dec.approved = lambda wh, name, day: [acc, match]  # the acceptance sorts first
+        used = dec.honour(None, "r", "2026-11-21", r)
+    finally:
+        dec.approved = original
+    assert [u["decision_id"] for u in used] == ["d-1"] and r.breaks == [] and r.matches[0].decision_id == "d-1"
+
+
+def test_a_report_of_the_format_before_the_desk_still_verifies(corridor):
+    """A day-report/2 folder (no decisions.jsonl) verifies as it did; /2 with decisions in it does not."""
+    from ledger_pipelines import merkle
+    from ledger_pipelines.audit import committed_files
+    from ledger_pipelines.commitment import pretty
+    from ledger_pipelines.reconcile.output import render_index
+    from ledger_pipelines.verify import FORMAT_2, _Check, _check_contents
+
+    c = corridor
+    folder = _report(c, D1)
+    audit = json.loads((folder / "audit.json").read_text())
+    (folder / "decisions.jsonl").unlink()
+    audit.pop("decisions")
+    audit["format"] = FORMAT_2
+    audit["files"] = committed_files(folder)
+    (folder / "audit.json").write_bytes(pretty(audit))
+    _, leaves = _check_contents(_Check(folder))
+    audit["merkle_root"] = merkle.root(sorted(h for h, _ in leaves.values())).hex()
+    (folder / "audit.json").write_bytes(pretty(audit))
+    (folder / "index.html").write_text(render_index(audit))
+    assert verify_report(folder)["verified"] is True
+    (folder / "decisions.jsonl").write_text("")
+    assert verify_report(folder)["verified"] is False
