@@ -401,3 +401,23 @@ def test_a_report_of_the_format_before_the_desk_still_verifies(corridor):
     assert verify_report(folder)["verified"] is True
     (folder / "decisions.jsonl").write_text("")
     assert verify_report(folder)["verified"] is False
+
+
+def test_a_decision_on_a_break_of_its_own_day_takes_effect_when_that_day_is_run_again(tmp_path):
+    from corridor import leg
+    from ledger_pipelines.warehouse.state import replace_snapshot
+
+    c = Corridor(tmp_path)
+    replace_snapshot(c.wh, "bank", str(D1), [leg("bank", "4", "P4", "7.00", "debit"), leg("bank", "5", "P4", "7.00", "debit")])
+    replace_snapshot(c.wh, "chain", str(D1), [])
+    c.run(D1)
+    c.users()
+    dup = next(b for b in _breaks_of(c, D1).values() if b["break_type"] == "duplicate_left")
+    d = c.desk.propose_acceptance("olga", PAIR.name, dup["break_id"], "a known double posting, reversed in Q4", D1)
+    c.desk.approve("anna", d)
+    assert "acceptance" not in _breaks_of(c, D1)[dup["break_id"]]  # the anchored report of D1 is as it was
+    audit = c.run(D1)
+    assert audit["decisions"] == {"manual_match": 0, "acceptance": 1}
+    assert _breaks_of(c, D1)[dup["break_id"]]["acceptance"]["decision_id"] == d
+    assert verify_report(_report(c, D1))["verified"] is True
+    assert c.desk.detail(PAIR.name, dup["break_id"])["state"] == "accepted"
