@@ -111,10 +111,11 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "LEDGER_WAREHOUSE_URL": wh.url, "LEDGER_REPORTS_DIR": str(folder / "reports"),
-           "LEDGER_STACK_DIR": str(folder / "stack"), "LEDGER_DESK_SECRET": "bench"}
+           "LEDGER_STACK_DIR": str(folder / "stack"), "LEDGER_DESK_SECRET": "bench-only session key, 32+ chars"}
     env.pop("LEDGER_DEMO_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "ledger_pipelines.cli", "desk", "--port", str(port)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "desk.log", "wb"),
+                            start_new_session=True)
     try:
         cl = Client(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 60
@@ -123,8 +124,8 @@ def main() -> int:
                 cl.request("/login")
                 break
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("the desk did not start:\n" + (folder / "desk.log").read_text()[-2000:])
                 time.sleep(0.3)
         assert cl.login("bench", PASSWORD) == 303
         by_kind: dict[str, list[float]] = {}
