@@ -93,16 +93,7 @@ class StackConfig:
         if os.environ.get("LEDGER_PG_PASSWORD"):
             return os.environ["LEDGER_PG_PASSWORD"]
         secret = self.root / "postgres.secret"
-        if not secret.exists():
-            secret.parent.mkdir(parents=True, exist_ok=True)
-            draft = secret.with_name(f"{secret.name}.{os.getpid()}.tmp")
-            write_secret(draft, base64.urlsafe_b64encode(os.urandom(18)).decode())
-            try:
-                os.link(draft, secret)  # atomic and never replaces: a concurrent first start keeps one password
-            except FileExistsError:
-                pass
-            finally:
-                draft.unlink()
+        secret_once(secret, lambda: base64.urlsafe_b64encode(os.urandom(18)).decode())
         return secret.read_text().strip()
 
     def pg_admin_params(self) -> dict:
@@ -114,6 +105,22 @@ class StackConfig:
         return (
             f"{driver}://{self.pg_user}:{self.pg_password()}@{self.host}:{self.pg_port}/{self.pg_database}"
         )
+
+
+def secret_once(path: Path, make) -> None:
+    """Creates ``path`` with ``make()``'s text, readable by its owner only, unless it exists: written whole
+    to a draft and linked into place (atomic, never replaces), so concurrent first starts keep one secret."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draft = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    write_secret(draft, make())
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
 
 
 def write_secret(path: Path, text: str, owner: tuple[int, int] | None = None) -> None:

@@ -61,19 +61,10 @@ def session_key(env: dict[str, str], state_dir: Path) -> bytes:
         if len(env["LEDGER_DESK_SECRET"]) < 32:
             raise ConfigError("LEDGER_DESK_SECRET is shorter than 32 characters: too weak to sign sessions")
         return hashlib.sha256(env["LEDGER_DESK_SECRET"].encode()).digest()
-    from ..settings import write_secret
+    from ..settings import secret_once
 
     path = state_dir / "desk.key"
-    if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
-        draft = state_dir / f"desk.key.{os.getpid()}.tmp"
-        write_secret(draft, secrets.token_hex(32))
-        try:
-            os.link(draft, path)  # whole and never replaced: a concurrent first start keeps one key
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
+    secret_once(path, lambda: secrets.token_hex(32))
     try:
         key = bytes.fromhex(path.read_text().strip())
     except ValueError:

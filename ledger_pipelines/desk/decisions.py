@@ -14,15 +14,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import msgspec
 from sqlalchemy import inspect, select
 
-from ..reconcile.engine import Reconciliation, record_id
+from ..reconcile.engine import Reconciliation, RecordStruct, record_id
 from ..warehouse import Warehouse
 from ..warehouse.schema import desk_decisions
 
 
-class ManualMatch(msgspec.Struct, frozen=True, gc=False):
+class ManualMatch(RecordStruct, frozen=True, gc=False):
     """A match record made by a decision (ARCHITECTURE section 4): fields in canonical (sorted) order."""
 
     correlation_id: str | None
@@ -32,11 +31,6 @@ class ManualMatch(msgspec.Struct, frozen=True, gc=False):
     match_type: str
     right_entry_ids: tuple[str, ...]
     rule: str
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self.__struct_fields__:
-            raise KeyError(name)
-        return getattr(self, name)
 
 
 def decision_line(d) -> dict[str, Any]:

@@ -449,19 +449,17 @@ class Desk:
         q = select(desk_decisions).order_by(desk_decisions.c.proposed_at)
         if state:
             q = q.where(desk_decisions.c.state == state)
-        if since:
-            q = q.where(desk_decisions.c.proposed_at >= since)
-        if until:
-            q = q.where(desk_decisions.c.proposed_at < until)
-        with self.wh.engine.connect() as c:
-            return [dict(r._mapping) for r in c.execute(q)]
+        return self._in_period(q, desk_decisions.c.proposed_at, since, until)
 
     def events(self, since: str | None = None, until: str | None = None) -> list[dict]:
-        q = select(desk_events).order_by(desk_events.c.seq)
+        return self._in_period(select(desk_events).order_by(desk_events.c.seq), desk_events.c.at, since, until)
+
+    def _in_period(self, q, when, since: str | None, until: str | None) -> list[dict]:
+        """The rows of ``q`` whose ``when`` (UTC text) is in [since, until)."""
         if since:
-            q = q.where(desk_events.c.at >= since)
+            q = q.where(when >= since)
         if until:
-            q = q.where(desk_events.c.at < until)
+            q = q.where(when < until)
         with self.wh.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(q)]
 

@@ -54,7 +54,16 @@ from ..money import plain as _plain
 from .rules import Rules
 
 
-class Match(msgspec.Struct, frozen=True, gc=False):
+class RecordStruct(msgspec.Struct, frozen=True, gc=False):
+    """A record read like the JSON object it is written as (``m["match_id"]``)."""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self.__struct_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+class Match(RecordStruct, frozen=True, gc=False):
     """A match record (ARCHITECTURE section 4), read like the JSON object it is written as
     (``m["match_id"]``). The fields are in the order canonical JSON sorts them, so it encodes to the
     bytes of the equal dict. A value of text and tuples of text that can never be part of a reference
@@ -66,11 +75,6 @@ class Match(msgspec.Struct, frozen=True, gc=False):
     match_type: str
     right_entry_ids: tuple[str, ...]
     rule: str
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self.__struct_fields__:
-            raise KeyError(name)
-        return getattr(self, name)
 
 
 @dataclass
