@@ -14,6 +14,7 @@ from difflib import SequenceMatcher
 from typing import Any
 
 from ..config import ConfigError
+from ..money import EXACT
 
 ROLES = ("operator", "approver", "auditor")
 USER_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -148,9 +149,10 @@ def score(entry: dict[str, Any], candidate: dict[str, Any]) -> tuple[int, dict[s
     time apart, reference similarity and counterparty similarity, weighted as ``WEIGHTS``."""
     a, b = Decimal(entry["amount"]), Decimal(candidate["amount"])
     top = max(a, b)
-    amount_part = 1.0 if top == 0 else max(0.0, 1.0 - float(abs(a - b) / top))
+    # the relative difference in exact decimals (amounts run past what a float holds)
+    amount_part = Decimal(1) if top == 0 else max(Decimal(0), 1 - EXACT.divide(abs(a - b), top))
     if entry.get("asset") != candidate.get("asset"):
-        amount_part = 0.0
+        amount_part = Decimal(0)
     hours = abs((_utc(entry["booked_at"]) - _utc(candidate["booked_at"])).total_seconds()) / 3600
     time_part = max(0.0, 1.0 - hours / TIME_SCALE_HOURS)
     refs = reference_text(entry), reference_text(candidate)

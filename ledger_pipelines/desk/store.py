@@ -698,10 +698,17 @@ def _amount(raw: str, what: str) -> Decimal:
     return Decimal(raw)
 
 
+_SEEN_TABLES: set[tuple[str, str]] = set()
+
+
 def _has_table(c, name: str) -> bool:
+    """Whether the warehouse has the table (asked of the database once it does: tables are never dropped)."""
     from sqlalchemy import inspect
 
-    return inspect(c).has_table(name)
+    key = (str(c.engine.url), name)
+    if key not in _SEEN_TABLES and inspect(c).has_table(name):
+        _SEEN_TABLES.add(key)
+    return key in _SEEN_TABLES
 
 
 def _entry_row(row) -> dict[str, Any]:
