@@ -25,9 +25,12 @@ def cmd_stack(args) -> int:
     if args.show_secrets:
         _emit_error("stack", "--show-secrets is an option of `stack env` only")
         return 2
+    if args.nodes is not None and args.action != "start":
+        _emit_error("stack", "--nodes is an option of `stack start` only")
+        return 2
     from .local.stack import main as stack_main
 
-    return stack_main([args.action, *args.services])
+    return stack_main([args.action, *args.services, *(["--nodes", str(args.nodes)] if args.nodes else [])])
 
 
 STACK_HELP = """\
@@ -142,6 +145,8 @@ def _stack_env_lines(show_secrets: bool) -> list[str]:
         export("LEDGER_DEMO_DIR", str(demo_dir))
     lines.append("# Kafka, the warehouse, the configuration, the reports, Dagster")
     export("LEDGER_KAFKA_BOOTSTRAP", setting("LEDGER_KAFKA_BOOTSTRAP", cfg.kafka_bootstrap))
+    if cfg.kafka_nodes > 1:  # topics on the local cluster replicated to every node
+        export("LEDGER_KAFKA_REPLICATION", setting("LEDGER_KAFKA_REPLICATION", str(cfg.kafka_nodes)))
     export("LEDGER_TOPIC_PREFIX", setting("LEDGER_TOPIC_PREFIX", "ledger."))
     export("LEDGER_WAREHOUSE_URL", demo.get("LEDGER_WAREHOUSE_URL") or default_warehouse_url())
     config = setting("LEDGER_CONFIG", str(Path(config_path()).absolute()))
@@ -642,6 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("action", choices=["start", "stop", "status", "env"])
     s.add_argument("services", nargs="*")
+    s.add_argument("--nodes", type=int, choices=[1, 3],
+                   help="start: the local Kafka as one node or as a cluster of three combined broker/controller "
+                        "nodes (ports consecutive from LEDGER_KAFKA_PORT and LEDGER_KAFKA_CONTROLLER_PORT)")
     s.add_argument("--show-secrets", action="store_true",
                    help="stack env: print passwords and signing keys in full (default: masked, not exported)")
     s.set_defaults(func=cmd_stack)

@@ -48,6 +48,15 @@ def _port(env, name: str, default: int) -> int:
     return int(raw)
 
 
+def _count(env, name: str, default: int | None) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,6}", raw) or int(raw) < 1:
+        raise SettingsError(f"{name}={raw!r} is not a positive whole number")
+    return int(raw)
+
+
 def _heap(raw: str) -> str:
     if not re.fullmatch(r"[0-9]{1,6}[mMgG]", raw):
         raise SettingsError(f"LEDGER_KAFKA_HEAP={raw!r} is not a heap size such as 768m or 2g")
@@ -66,23 +75,45 @@ class StackConfig:
     pg_database: str = "ledger"
     anvil_port: int = 8545
     anvil_chain_id: int = 31337
+    connect_port: int = 18083
+    # combined broker/controller nodes of the local Kafka: 1, or a cluster of 3 (``stack start kafka
+    # --nodes 3`` records the count under the stack's folder, read here)
+    kafka_nodes: int = 1
 
     @classmethod
-    def from_env(cls) -> "StackConfig":
+    def from_env(cls, kafka_nodes: int | None = None) -> "StackConfig":
         env = os.environ
+        root = Path(env.get("LEDGER_STACK_DIR", REPO_ROOT / ".stack")).resolve()
+        nodes = recorded_kafka_nodes(root) if kafka_nodes is None else kafka_nodes
+        kafka_port = _port(env, "LEDGER_KAFKA_PORT", 19092)
+        # a cluster's broker ports are consecutive from LEDGER_KAFKA_PORT: the default controller ports
+        # follow them instead of overlapping (an explicit LEDGER_KAFKA_CONTROLLER_PORT is checked at start)
         return cls(
-            root=Path(env.get("LEDGER_STACK_DIR", REPO_ROOT / ".stack")).resolve(),
+            root=root,
             host=_loopback(env.get("LEDGER_STACK_HOST", "127.0.0.1")),
-            kafka_port=_port(env, "LEDGER_KAFKA_PORT", 19092),
-            kafka_controller_port=_port(env, "LEDGER_KAFKA_CONTROLLER_PORT", 19093),
-            kafka_heap=_heap(env.get("LEDGER_KAFKA_HEAP", "768m")),
+            kafka_port=kafka_port,
+            kafka_controller_port=_port(env, "LEDGER_KAFKA_CONTROLLER_PORT",
+                                        19093 if nodes == 1 else min(kafka_port + nodes, 65535)),
+            kafka_heap=_heap(env.get("LEDGER_KAFKA_HEAP", "768m" if nodes == 1 else "384m")),
             pg_port=_port(env, "LEDGER_PG_PORT", 55432),
             anvil_port=_port(env, "LEDGER_ANVIL_PORT", 8545),
+            connect_port=_port(env, "LEDGER_CONNECT_PORT", 18083),
+            kafka_nodes=nodes,
         )
+
+    def kafka_broker_ports(self) -> list[int]:
+        return [self.kafka_port + i for i in range(self.kafka_nodes)]
+
+    def kafka_controller_ports(self) -> list[int]:
+        return [self.kafka_controller_port + i for i in range(self.kafka_nodes)]
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{self.host}:{self.kafka_port}"
+        return ",".join(f"{self.host}:{p}" for p in self.kafka_broker_ports())
+
+    @property
+    def connect_url(self) -> str:
+        return f"http://{self.host}:{self.connect_port}"
 
     @property
     def anvil_url(self) -> str:
@@ -105,6 +136,24 @@ class StackConfig:
         return (
             f"{driver}://{self.pg_user}:{self.pg_password()}@{self.host}:{self.pg_port}/{self.pg_database}"
         )
+
+
+KAFKA_NODE_COUNTS = (1, 3)
+
+
+def kafka_nodes_file(root: Path) -> Path:
+    return root / "run" / "kafka.nodes"
+
+
+def recorded_kafka_nodes(root: Path) -> int:
+    """The node count ``stack start kafka --nodes N`` recorded under ``root`` (1 when none was)."""
+    try:
+        raw = kafka_nodes_file(root).read_text().strip()
+    except OSError:
+        return 1
+    if raw not in {str(n) for n in KAFKA_NODE_COUNTS}:
+        raise SettingsError(f"{kafka_nodes_file(root)} holds {raw[:20]!r}, not a node count of {KAFKA_NODE_COUNTS}")
+    return int(raw)
 
 
 def secret_once(path: Path, make) -> None:
@@ -139,25 +188,46 @@ class KafkaSettings:
     topic_prefix: str = "ledger."
     partitions: int = 4
     replication_factor: int = 1
+    # None: RF - 1 when RF >= 3 (a write survives one broker down), else 1
+    min_insync_replicas: int | None = None
+    # how long the producer retries a message (leader elections, too few in-sync replicas) before the
+    # publish fails and says so; librdkafka's message.timeout.ms
+    delivery_timeout_s: float = 120.0
     security_protocol: str | None = None
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self):
+        if self.replication_factor < 1 or self.partitions < 1:
+            raise SettingsError("Kafka partitions and replication factor are at least 1")
+        if self.min_insync_replicas is not None and not 1 <= self.min_insync_replicas <= self.replication_factor:
+            raise SettingsError(f"min.insync.replicas {self.min_insync_replicas} must be from 1 to the replication "
+                                f"factor {self.replication_factor}")
         if not TOPIC_PREFIX_PATTERN.match(self.topic_prefix):
             raise SettingsError(
                 f"topic prefix {self.topic_prefix!r} must be dot-separated [A-Za-z0-9_-] words ending in '.'"
             )
 
+    @property
+    def min_isr(self) -> int:
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return self.replication_factor - 1 if self.replication_factor >= 3 else 1
+
     @classmethod
     def from_env(cls) -> "KafkaSettings":
         env = os.environ
+        local = None if env.get("LEDGER_KAFKA_BOOTSTRAP") else StackConfig.from_env()
+        # on the local stack the replication factor defaults to its node count (1 or 3)
+        rf = _count(env, "LEDGER_KAFKA_REPLICATION", local.kafka_nodes if local else 1)
         return cls(
-            bootstrap_servers=env.get("LEDGER_KAFKA_BOOTSTRAP") or StackConfig.from_env().kafka_bootstrap,
+            bootstrap_servers=env.get("LEDGER_KAFKA_BOOTSTRAP") or local.kafka_bootstrap,
             topic_prefix=env.get("LEDGER_TOPIC_PREFIX", "ledger."),
-            partitions=int(env.get("LEDGER_KAFKA_PARTITIONS", 4)),
-            replication_factor=int(env.get("LEDGER_KAFKA_REPLICATION", 1)),
+            partitions=_count(env, "LEDGER_KAFKA_PARTITIONS", 4),
+            replication_factor=rf,
+            min_insync_replicas=_count(env, "LEDGER_KAFKA_MIN_ISR", None),
+            delivery_timeout_s=float(_count(env, "LEDGER_KAFKA_DELIVERY_TIMEOUT", 120)),
             security_protocol=env.get("LEDGER_KAFKA_SECURITY_PROTOCOL"),
             sasl_mechanism=env.get("LEDGER_KAFKA_SASL_MECHANISM"),
             sasl_username=env.get("LEDGER_KAFKA_SASL_USERNAME"),

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from ledger_pipelines.settings import KafkaSettings
-from ledger_pipelines.local.stack import Anvil, Kafka, Postgres, StackConfig
+from ledger_pipelines.local.stack import Anvil, KafkaCluster, Postgres, StackConfig
 from ledger_pipelines.warehouse import Warehouse
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -69,7 +69,7 @@ def _service_fixture(cls):
     return fixture
 
 
-kafka_service = _service_fixture(Kafka)
+kafka_service = _service_fixture(KafkaCluster)
 postgres_service = _service_fixture(Postgres)
 anvil_service = _service_fixture(Anvil)
 

@@ -38,6 +38,8 @@ class _AckingProducer:
             "message.max.bytes": 16 * 1024 * 1024 + 4096,
             "queue.buffering.max.messages": 500_000,
             "queue.buffering.max.kbytes": 1_048_576,
+            # retries (leader elections, NOT_ENOUGH_REPLICAS) end here, and confirm() says so
+            "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
         }
         conf.update(overrides)
         self.settings = settings
@@ -61,8 +63,11 @@ class _AckingProducer:
             except BufferError:
                 self._producer.poll(0.1)
 
-    def confirm(self, timeout: float = 120.0) -> int:
-        """Wait for every outstanding acknowledgement; raise if any message failed."""
+    def confirm(self, timeout: float | None = None) -> int:
+        """Wait for every outstanding acknowledgement; raise if any message failed. By default a little
+        longer than the delivery timeout, after which librdkafka fails each message it could not deliver."""
+        if timeout is None:
+            timeout = self.settings.delivery_timeout_s + 10.0
         remaining = self._producer.flush(timeout)
         if remaining:
             self._failures.append(("(pending)", f"{remaining} message(s) still unacknowledged after {timeout}s"))
@@ -87,7 +92,7 @@ class EntryProducer(_AckingProducer):
             topic = self._topics[entry.ledger] = entries_topic(self.settings, entry.ledger)
         self._produce(topic, entry.entry_id.encode(), encode_entry(entry), self._headers)
 
-    def publish(self, entries: Iterable[CanonicalEntry], timeout: float = 120.0) -> int:
+    def publish(self, entries: Iterable[CanonicalEntry], timeout: float | None = None) -> int:
         for entry in entries:
             self.send(entry)
             self._producer.poll(0)

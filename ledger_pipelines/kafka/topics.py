@@ -46,7 +46,9 @@ def admin(settings: KafkaSettings) -> AdminClient:
 def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 30.0,
                   extra: list[str] | None = None) -> list[str]:
     """Create the entry topics of ``ledgers`` plus the DLQ and actions topics (and ``extra`` topics, e.g.
-    the targets of publish triggers); returns those created."""
+    the targets of publish triggers) with the configured replication factor and ``min.insync.replicas``
+    (set on each topic: a cluster's own default is 1, which lets a leader alone acknowledge an
+    ``acks=all`` write); returns those created."""
     client = admin(settings)
     existing = set(client.list_topics(timeout=timeout).topics)
     wanted = {
@@ -56,8 +58,10 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
     wanted[actions_topic(settings)] = {}
     for t in extra or []:
         wanted.setdefault(t, {"max.message.bytes": str(ENTRY_TOPIC_MAX_BYTES)})
+    isr = {"min.insync.replicas": str(settings.min_isr)}
     new = [
-        NewTopic(t, num_partitions=settings.partitions, replication_factor=settings.replication_factor, config=cfg)
+        NewTopic(t, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
+                 config={**cfg, **isr})
         for t, cfg in wanted.items()
         if t not in existing
     ]

@@ -9,6 +9,7 @@ this module only starts, checks and stops.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -19,7 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from ..settings import REPO_ROOT, StackConfig, write_secret  # noqa: F401 - part of this module's interface
+from ..settings import (KAFKA_NODE_COUNTS, REPO_ROOT, StackConfig, kafka_nodes_file,  # noqa: F401
+                        recorded_kafka_nodes, secret_once, write_secret)
 
 KAFKA_VERSION = "4.4.0"
 
@@ -105,26 +107,44 @@ class Service:
         """Start the service unless it already runs; returns True when this call started it."""
         if self.running():
             return False
-        if self.pid() is None:
-            busy = [p for p in self.ports() if _port_open(self.cfg.host, p)]
-            if busy:
-                raise StackError(
-                    f"{self.name}: port(s) {busy} on {self.cfg.host} are taken by another process; "
-                    f"set the LEDGER_*_PORT variables to free ports"
-                )
-            for d in (self.pidfile.parent, self.logfile.parent, self.dir):
-                d.mkdir(parents=True, exist_ok=True)
-            proc = self._launch()
-            self.pidfile.write_text(str(proc.pid))
+        self.launch()
+        self.wait_ready(timeout)
+        return True
+
+    def launch(self) -> None:
+        """Start the process unless one runs (ready or not); the ports must be free."""
+        if self.pid() is not None:
+            return
+        busy = [p for p in self.ports() if _port_open(self.cfg.host, p)]
+        if busy:
+            raise StackError(
+                f"{self.name}: port(s) {busy} on {self.cfg.host} are taken by another process; "
+                f"set the LEDGER_*_PORT variables to free ports"
+            )
+        for d in (self.pidfile.parent, self.logfile.parent, self.dir):
+            d.mkdir(parents=True, exist_ok=True)
+        proc = self._launch()
+        self.pidfile.write_text(str(proc.pid))
+
+    def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready():
-                return True
-            pid = self.pid()
-            if pid is None:
+                return
+            if self.pid() is None:
                 raise StackError(f"{self.name} exited during start-up; see {self.logfile}:\n{self.tail()}")
             time.sleep(0.3)
         raise StackError(f"{self.name} not ready after {timeout:.0f}s; see {self.logfile}:\n{self.tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, for fault tests: no clean shutdown, the pid file stays until the next start."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and _pid_alive(pid):
+                _reap(pid)
+                time.sleep(0.05)
 
     def stop(self, timeout: float = 30.0) -> bool:
         pid = self.pid()
@@ -190,6 +210,13 @@ def _reap(pid: int) -> None:
         pass
 
 
+def jar_dir(cfg: StackConfig, *parts: str) -> Path:
+    """Where scripts/setup.sh put a set of jars: under the stack's folder, or under the repository's
+    ``.stack/`` when LEDGER_STACK_DIR points elsewhere (a second stack of the same checkout)."""
+    own = cfg.root.joinpath(*parts)
+    return own if own.is_dir() else (REPO_ROOT / ".stack").joinpath(*parts)
+
+
 def kafka_cluster_id() -> str:
     """A random cluster id in Kafka's form (URL-safe base64 of 16 bytes), never starting with '-':
     the storage tool's argument parser would take such an id for an option (one format in 64 failed
@@ -201,14 +228,39 @@ def kafka_cluster_id() -> str:
 
 
 class Kafka(Service):
+    """The single-node Kafka of the stack (node 1, static quorum), and the base of a cluster's nodes."""
+
     name = "kafka"
+    node_id = 1
+
+    @property
+    def broker_port(self) -> int:
+        return self.cfg.kafka_port + self.node_id - 1
+
+    @property
+    def controller_port(self) -> int:
+        return self.cfg.kafka_controller_port + self.node_id - 1
 
     def ports(self) -> list[int]:
-        return [self.cfg.kafka_port, self.cfg.kafka_controller_port]
+        return [self.broker_port, self.controller_port]
 
     @property
     def libdir(self) -> Path:
-        return self.cfg.root / "kafka" / f"lib-{KAFKA_VERSION}"
+        return jar_dir(self.cfg, "kafka", f"lib-{KAFKA_VERSION}")
+
+    def quorum(self) -> list[str]:
+        c = self.cfg
+        return [
+            f"controller.quorum.voters=1@{c.host}:{c.kafka_controller_port}",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+        ]
+
+    def format_args(self) -> list[str]:
+        return ["-t", kafka_cluster_id()]
 
     def properties(self) -> str:
         c = self.cfg
@@ -216,22 +268,17 @@ class Kafka(Service):
         return "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@{c.host}:{c.kafka_controller_port}",
-                f"listeners=PLAINTEXT://{c.host}:{c.kafka_port},CONTROLLER://{c.host}:{c.kafka_controller_port}",
-                f"advertised.listeners=PLAINTEXT://{c.host}:{c.kafka_port}",
+                f"node.id={self.node_id}",
+                *self.quorum(),
+                f"listeners=PLAINTEXT://{c.host}:{self.broker_port},CONTROLLER://{c.host}:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{c.host}:{self.broker_port}",
                 "controller.listener.names=CONTROLLER",
                 "inter.broker.listener.name=PLAINTEXT",
                 "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
                 f"log.dirs={data}",
                 "num.partitions=1",
-                "offsets.topic.replication.factor=1",
                 "offsets.topic.num.partitions=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
                 "transaction.state.log.num.partitions=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 # entry topics accept large values so that an oversized entry reaches the
@@ -264,10 +311,9 @@ class Kafka(Service):
                      "-Djava.awt.headless=true"]
         meta = self.dir / "data" / "meta.properties"
         if not meta.exists():
-            cluster_id = kafka_cluster_id()
             fmt = subprocess.run(
                 ["java", *java_opts, "-cp", cp, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+                 *self.format_args(), "-c", str(props), "--ignore-formatted"],
                 capture_output=True, text=True, cwd=self.dir, env=service_env(),
             )
             if fmt.returncode != 0:
@@ -275,15 +321,127 @@ class Kafka(Service):
         return self._spawn(["java", *java_opts, "-cp", cp, "kafka.Kafka", str(props)])
 
     def ready(self) -> bool:
-        if not _port_open(self.cfg.host, self.cfg.kafka_port):
+        """This node answers metadata requests and is a registered broker of its cluster."""
+        if not _port_open(self.cfg.host, self.broker_port):
             return False
         from confluent_kafka.admin import AdminClient
 
         try:
-            md = AdminClient({"bootstrap.servers": self.cfg.kafka_bootstrap}).list_topics(timeout=3)
+            md = AdminClient({"bootstrap.servers": f"{self.cfg.host}:{self.broker_port}"}).list_topics(timeout=3)
         except Exception:
             return False
-        return bool(md.brokers)
+        return self.node_id in md.brokers
+
+
+class KafkaNode(Kafka):
+    """One of the three combined broker/controller nodes of a local cluster (KRaft, dynamic quorum: every
+    node is formatted with the same initial controllers, each with its own metadata directory id)."""
+
+    def __init__(self, cfg: StackConfig, node_id: int):
+        self.node_id = node_id
+        self.name = f"kafka-{node_id}"
+        super().__init__(cfg)
+
+    def _cluster(self) -> dict:
+        return cluster_identity(self.cfg)
+
+    def quorum(self) -> list[str]:
+        c = self.cfg
+        nodes = c.kafka_nodes
+        return [
+            "controller.quorum.bootstrap.servers="
+            + ",".join(f"{c.host}:{p}" for p in c.kafka_controller_ports()),
+            f"offsets.topic.replication.factor={nodes}",
+            f"transaction.state.log.replication.factor={nodes}",
+            f"transaction.state.log.min.isr={nodes - 1}",
+            f"share.coordinator.state.topic.replication.factor={nodes}",
+            f"share.coordinator.state.topic.min.isr={nodes - 1}",
+            f"default.replication.factor={nodes}",
+            f"min.insync.replicas={nodes - 1}",
+            "unclean.leader.election.enable=false",
+        ]
+
+    def format_args(self) -> list[str]:
+        ident = self._cluster()
+        controllers = ",".join(f"{n}@{self.cfg.host}:{self.cfg.kafka_controller_port + n - 1}:{d}"
+                               for n, d in enumerate(ident["directory_ids"], start=1))
+        return ["-t", ident["cluster_id"], "--initial-controllers", controllers]
+
+
+def cluster_identity(cfg: StackConfig) -> dict:
+    """The cluster id and the nodes' metadata directory ids, drawn once per stack folder (every node is
+    formatted with the same ones, also a node formatted again after its data was removed)."""
+    path = cfg.root / "kafka-cluster" / "identity.json"
+    secret_once(path, lambda: json.dumps({"cluster_id": kafka_cluster_id(),
+                                          "directory_ids": [kafka_cluster_id() for _ in range(cfg.kafka_nodes)]}))
+    ident = json.loads(path.read_text())
+    if len(ident.get("directory_ids", [])) != cfg.kafka_nodes:
+        raise StackError(f"{path} describes {len(ident.get('directory_ids', []))} nodes, not {cfg.kafka_nodes}")
+    return ident
+
+
+class KafkaCluster:
+    """The local Kafka as one service of the stack: the single node, or the three nodes of a cluster,
+    launched together (a node is ready only once a quorum of controllers is up) and stopped together."""
+
+    name = "kafka"
+
+    def __init__(self, cfg: StackConfig):
+        self.cfg = cfg
+        if cfg.kafka_nodes == 1:
+            self.nodes: list[Kafka] = [Kafka(cfg)]
+        else:
+            brokers, controllers = set(cfg.kafka_broker_ports()), set(cfg.kafka_controller_ports())
+            if brokers & controllers or max(brokers | controllers) > 65535:
+                raise StackError(
+                    f"the cluster's broker ports {sorted(brokers)} and controller ports {sorted(controllers)} overlap "
+                    f"or run past 65535: set LEDGER_KAFKA_CONTROLLER_PORT to {cfg.kafka_port + cfg.kafka_nodes} or "
+                    f"another free range")
+            self.nodes = [KafkaNode(cfg, n) for n in range(1, cfg.kafka_nodes + 1)]
+
+    @property
+    def logfile(self) -> Path:
+        return self.nodes[0].logfile
+
+    @property
+    def libdir(self) -> Path:
+        return self.nodes[0].libdir
+
+    def node(self, node_id: int) -> Kafka:
+        return self.nodes[node_id - 1]
+
+    def running(self) -> bool:
+        return all(n.running() for n in self.nodes)
+
+    def start(self, timeout: float = 120.0) -> bool:
+        if self.running():
+            return False
+        for n in self.nodes:
+            n.launch()
+        deadline = time.monotonic() + timeout
+        for n in self.nodes:
+            n.wait_ready(max(1.0, deadline - time.monotonic()))
+        return True
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        # SIGTERM to all first: a node waiting for the others to take over its partitions would not stop
+        # while the next one is still to be told
+        stopped = False
+        for n in self.nodes:
+            pid = n.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        for n in self.nodes:
+            stopped = n.stop(timeout) or stopped
+        return stopped
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(f"== {n.name}\n{n.tail(lines)}" for n in self.nodes)
+
+    def status(self) -> str:
+        if len(self.nodes) == 1:
+            return self.nodes[0].status()
+        return "; ".join(f"{n.name} :{n.broker_port} {n.status()}" for n in self.nodes)
 
 
 class Postgres(Service):
@@ -397,15 +555,31 @@ class Anvil(Service):
             return False
 
 
-SERVICES = {"kafka": Kafka, "postgres": Postgres, "anvil": Anvil}
+SERVICES = {"kafka": KafkaCluster, "postgres": Postgres, "anvil": Anvil}
+DEFAULT_SERVICES = ["kafka", "postgres", "anvil"]
 
 
-def services(cfg: StackConfig, only: list[str] | None = None) -> list[Service]:
-    names = only or list(SERVICES)
+def services(cfg: StackConfig, only: list[str] | None = None) -> list:
+    names = only or list(DEFAULT_SERVICES)
     unknown = set(names) - set(SERVICES)
     if unknown:
         raise StackError(f"unknown service(s) {sorted(unknown)}; known: {sorted(SERVICES)}")
     return [SERVICES[n](cfg) for n in names]
+
+
+def _record_nodes(nodes: int | None) -> StackConfig:
+    """The stack's configuration with the Kafka node count of ``--nodes`` (recorded for the later
+    commands), or the recorded one. Changing it while the other layout runs is refused."""
+    recorded = StackConfig.from_env()
+    if nodes is None or nodes == recorded.kafka_nodes:
+        return recorded
+    if any(n.pid() is not None for n in KafkaCluster(recorded).nodes):
+        raise StackError(f"a {recorded.kafka_nodes}-node Kafka runs in {recorded.root}: `ledger-pipelines stack stop "
+                         f"kafka` before starting {nodes} node(s)")
+    path = kafka_nodes_file(recorded.root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{nodes}\n")
+    return StackConfig.from_env()
 
 
 def main(argv: list[str]) -> int:
@@ -413,11 +587,14 @@ def main(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="ledger-pipelines stack", description="Manage the local stack.")
     p.add_argument("action", choices=["start", "stop", "status"])
-    p.add_argument("services", nargs="*", help=f"subset of {sorted(SERVICES)} (default: all)")
+    p.add_argument("services", nargs="*", help=f"subset of {sorted(SERVICES)} (default: {', '.join(DEFAULT_SERVICES)})")
+    p.add_argument("--nodes", type=int, choices=KAFKA_NODE_COUNTS,
+                   help="start: Kafka as one node or a cluster of three (recorded for later commands)")
     args = p.parse_args(argv)
-    cfg = StackConfig.from_env()
     try:
-        for svc in services(cfg, args.services or None):
+        cfg = _record_nodes(args.nodes) if args.action == "start" else StackConfig.from_env()
+        names = args.services or (list(SERVICES) if args.action != "start" else None)
+        for svc in services(cfg, names):
             if args.action == "start":
                 t0 = time.monotonic()
                 started = svc.start()

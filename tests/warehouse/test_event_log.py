@@ -247,9 +247,8 @@ def own_kafka(kafka_service, stack_config, tmp_path):
 
     root = tmp_path / "stack"
     cfg = dataclasses.replace(stack_config, root=root, kafka_port=free_port(), kafka_controller_port=free_port())
-    svc = Kafka(cfg)
-    svc.libdir.parent.mkdir(parents=True)
-    svc.libdir.symlink_to(kafka_service.libdir)
+    svc = Kafka(cfg)  # the jars of the repository's stack (stack.jar_dir)
+    assert svc.libdir == kafka_service.libdir
     svc.start(timeout=180)
     try:
         yield svc, KafkaSettings(bootstrap_servers=cfg.kafka_bootstrap, topic_prefix="restart.", partitions=4)
