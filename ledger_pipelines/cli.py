@@ -245,6 +245,26 @@ def cmd_topics(args) -> int:
     return 0
 
 
+def cmd_cdc(args) -> int:
+    """The Debezium connectors of the configured ``source: debezium-postgres`` ledgers on Kafka Connect."""
+    from .config import load_config
+    from .connectors.cdc import connect
+
+    ledgers = [lc for lc in load_config(args.config) if lc.kind == "cdc" and lc.source in connect.SOURCES]
+    try:
+        if args.action == "sync":
+            out = connect.sync(ledgers, _kafka(args))
+        else:
+            out = {}
+            for lc in ledgers:
+                out[lc.name] = {**connect.status(lc.name), "slot": connect.slot_lag(lc)}
+    except connect.ConnectError as exc:
+        _emit_error("cdc", str(exc))
+        return 1
+    print(json.dumps(out, default=str))
+    return 0
+
+
 def cmd_produce_synthetic(args) -> int:
     from datetime import date
 
@@ -658,6 +678,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ledgers", nargs="+")
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_topics)
+
+    s = sub.add_parser("cdc", help="the Debezium connectors of the source: debezium-postgres ledgers on Kafka "
+                       "Connect (LEDGER_CONNECT_URL): sync registers the configured ones and removes the others "
+                       "with their replication slots; status shows their state and slot lag")
+    s.add_argument("action", choices=["sync", "status"])
+    s.add_argument("--config", help="ledger configuration; default LEDGER_CONFIG")
+    s.add_argument("--topic-prefix")
+    s.set_defaults(func=cmd_cdc)
 
     s = sub.add_parser("produce-synthetic", help="publish generated canonical entries (demo stream, tests)")
     s.add_argument("--ledger", default="core_banking")

@@ -24,6 +24,7 @@ from .model import NAME_PATTERN
 from .settings import REPO_ROOT
 
 KINDS = ("sql", "evm", "iso20022", "cdc")
+CDC_SOURCES = ("debezium-postgres",)  # a cdc ledger's connector the project runs (connectors/cdc/connect.py)
 DEFAULT_CONFIG = REPO_ROOT / "config" / "ledgers.example.yaml"
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
 
@@ -53,6 +54,9 @@ class LedgerConfig:
     # iso20022
     inbox: str | None = None
     assets: tuple[str, ...] = ()
+    # cdc: where the changes come from; "debezium-postgres": a Debezium connector the project registers
+    # on Kafka Connect for the journal table of connection_env's database (connectors/cdc/connect.py)
+    source: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     def connection_url(self) -> str | None:
@@ -102,12 +106,22 @@ def _ledger(d: dict[str, Any]) -> LedgerConfig:
     )
     watched = d.get("watched_address")
     known = {"name", "kind", "connection_env", "mapping", "rpc_env", "tokens", "watched_address", "confirmations",
-             "start_block", "max_block_range", "inbox", "assets", "options"}
+             "start_block", "max_block_range", "inbox", "assets", "options", "source"}
     unknown = set(d) - known
     if unknown:
         raise ConfigError(f"ledger {name}: unknown keys {sorted(unknown)}")
+    source = d.get("source")
+    if source is not None:
+        if kind != "cdc" or source not in CDC_SOURCES:
+            raise ConfigError(f"ledger {name}: source {source!r} is for kind cdc only, one of {CDC_SOURCES}")
+        if not d.get("connection_env"):
+            raise ConfigError(f"ledger {name}: source {source} reads the database of connection_env, and none is "
+                              "configured")
+        if (d.get("options") or {}).get("debezium_topic"):
+            raise ConfigError(f"ledger {name}: source {source} names its own topics; options.debezium_topic is "
+                              "for a topic another connector writes")
     return LedgerConfig(
-        name=name, kind=kind, connection_env=d.get("connection_env"), mapping=mapping, rpc_env=d.get("rpc_env"),
+        name=name, kind=kind, source=source, connection_env=d.get("connection_env"), mapping=mapping, rpc_env=d.get("rpc_env"),
         tokens=tokens, watched_address=watched.lower() if watched else None,
         confirmations=int(d.get("confirmations", 6)), start_block=int(d.get("start_block", 0)),
         max_block_range=int(d.get("max_block_range", 2000)), inbox=d.get("inbox"),

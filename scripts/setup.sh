@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 KAFKA_VERSION=4.4.0
+CONNECT_VERSION=4.3.1          # Debezium 3.6 runs on Connect 4.3, not 4.4 (kafka/connect/pom.xml)
+DEBEZIUM_VERSION=3.6.1.Final
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 # -- Debian packages -----------------------------------------------------------------------------
@@ -43,6 +45,22 @@ if [ ! -f "$lib/kafka_2.13-$KAFKA_VERSION.jar" ]; then
   mkdir -p "$lib"
   mvn -q -B -f kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
       -Dkafka.version=$KAFKA_VERSION -DoutputDirectory="$ROOT/$lib"
+fi
+
+# -- Kafka Connect worker and the Debezium PostgreSQL plugin ---------------------------------------
+connect_lib=.stack/connect/lib-$CONNECT_VERSION
+if [ ! -f "$connect_lib/connect-runtime-$CONNECT_VERSION.jar" ]; then
+  say "fetching Kafka Connect $CONNECT_VERSION from Maven Central"
+  mkdir -p "$connect_lib"
+  mvn -q -B -f kafka/connect/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$ROOT/$connect_lib"
+fi
+plugin=.stack/connect/plugins/debezium-postgres-$DEBEZIUM_VERSION
+if [ ! -f "$plugin/debezium-connector-postgres-$DEBEZIUM_VERSION.jar" ]; then
+  say "fetching the Debezium PostgreSQL connector $DEBEZIUM_VERSION from Maven Central"
+  mkdir -p "$plugin"
+  mvn -q -B -f kafka/debezium/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+      -DoutputDirectory="$ROOT/$plugin"
 fi
 
 # -- npm packages (anvil, solc) --------------------------------------------------------------------

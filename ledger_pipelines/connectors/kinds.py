@@ -20,6 +20,7 @@ Adding a kind is one class here (see docs/development.md); nothing else branches
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from datetime import date
@@ -144,6 +145,10 @@ class CdcConnector(Connector):
     kind = "cdc"
 
     @property
+    def sensor(self) -> str | None:  # type: ignore[override]
+        return "cdc_changes_sensor" if (self.debezium_topic or self.lc.source) else None
+
+    @property
     def debezium_topic(self) -> str | None:
         return self.lc.options.get("debezium_topic")
 
@@ -158,83 +163,208 @@ class CdcConnector(Connector):
 
     def check_source(self) -> None:
         if not self.debezium_topic:
-            self.source_url()
+            self.source_url()  # also a debezium-postgres source: the database the connector reads
 
     def publish(self, publisher: "Publisher") -> "PublishResult":
-        if not self.debezium_topic:
+        if not (self.debezium_topic or self.lc.source):
             return SqlConnector(self.lc).publish(publisher)
         return self._publish_debezium(publisher)
 
     def read_day(self, day: date, warehouse: "Warehouse") -> DayRead:
-        if self.lc.connection_env:
+        if self.lc.connection_env and not self.lc.source:  # a Debezium source's day is what it delivered
             return _sql_read_day(self.lc, self.source_url(), day)
         from ..warehouse.state import event_log_day
 
         return DayRead(event_log_day(warehouse, self.lc.name, day), [], [])
 
     def _publish_debezium(self, publisher: "Publisher", timeout: float = 60.0) -> "PublishResult":
-        """Map a Debezium topic up to its committed end; the topic offsets are the cursor."""
-        from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+        """Map the Debezium topic up to its committed end; the topic offsets are the cursor.
 
+        With transaction metadata (the BEGIN/END topic of ``source: debezium-postgres``, or
+        ``options.transaction_topic``), the events of a database transaction are handed on only once its END
+        has arrived and all of the events it counts for the table have been read: a posting never reaches
+        the event log half posted. A transaction still open is kept back (its events are read again on the
+        next pass, from the cursor's ``safe`` offsets) and reported in the result's details; a transaction
+        with one event that cannot be mapped is set aside whole, each event on the DLQ with the reason."""
         from ..kafka.topics import admin, end_offsets
-        from ..model import EntryError
         from ..validation import PublishResult, record_counts
         from ..warehouse.state import get_cursor, set_cursor
-        from .cdc.debezium import event_to_entries
 
         lc, kafka, wh = self.lc, publisher.kafka, publisher.warehouse
-        topic = self.debezium_topic
         result = PublishResult(lc.name)
-        md = admin(kafka).list_topics(topic=topic, timeout=15).topics.get(topic)
+        details: dict = {}
+        if lc.source == "debezium-postgres":
+            from .cdc import connect
+
+            details["connector"] = connect.register(lc, kafka)
+            details["slot"] = connect.slot_lag(lc)
+            t = connect.topics(kafka, lc)
+            topic, tx_topic = t.data, t.transactions
+        else:
+            topic, tx_topic = self.debezium_topic, lc.options.get("transaction_topic")
+        present = admin(kafka).list_topics(timeout=15).topics
+        md = present.get(topic)
         if md is None or md.error is not None:
+            if lc.source == "debezium-postgres":  # the connector has not written a change yet
+                result.check(tombstones=0)
+                result.details = {**details, "topic": topic, "note": "no change captured yet"}
+                return result
             raise RuntimeError(f"ledger {lc.name}: Debezium topic {topic!r} not found")
-        ends = end_offsets(kafka, {topic: len(md.partitions)})
-        offsets = {int(p): o for p, o in (get_cursor(wh, lc.name) or {}).get("offsets", {}).items()}
-        todo = {p: offsets.get(p, 0) for (_, p), end in ends.items() if offsets.get(p, 0) < end}
-        if not todo:
-            result.check(tombstones=0)
-            return result
-        consumer = Consumer({**kafka.client_config(), "group.id": f"ledger-pipelines.cdc.{lc.name}",
-                             "enable.auto.commit": False, "isolation.level": "read_committed",
-                             "auto.offset.reset": "error"})
-        entries, errors = [], []
-        mapped = tombstones = 0  # change events that became entries; deletions' tombstones
-        try:
-            consumer.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
-            position = dict(todo)
-            deadline = time.monotonic() + timeout
-            while any(position[p] < ends[(topic, p)] for p in todo):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"ledger {lc.name}: {topic} not read to its end in {timeout:.0f}s")
-                for msg in consumer.consume(5000, timeout=0.5):
-                    if msg.error() is not None or msg.offset() >= ends[(topic, msg.partition())]:
-                        continue
-                    source = f"kafka:{topic}/{msg.partition()}/{msg.offset()}"
-                    result.read += 1
-                    try:
-                        if msg.value() is None:  # Debezium's tombstone after a delete: nothing to book
-                            tombstones += 1
-                            continue
-                        entries.extend(event_to_entries(msg.value(), lc.mapping, lc.name))
-                        mapped += 1
-                    except EntryError as exc:
-                        errors.append((source, str(exc), msg.value()))
-                for tpo in consumer.position([TopicPartition(topic, p) for p in todo]):
-                    if tpo.offset != OFFSET_INVALID:
-                        position[tpo.partition] = min(tpo.offset, ends[(topic, tpo.partition)])
-        finally:
-            consumer.close()
+        tx_md = present.get(tx_topic) if tx_topic else None
+        parts = {topic: len(md.partitions)}
+        if tx_md is not None and tx_md.error is None:
+            parts[tx_topic] = len(tx_md.partitions)
+        ends = end_offsets(kafka, parts)
+        cursor = get_cursor(wh, lc.name) or {}
+        done = {int(p): o for p, o in cursor.get("offsets", {}).items()}  # read up to here before
+        safe = {int(p): o for p, o in cursor.get("safe", {}).items()}  # from here: events of open transactions
+        tx_done = {int(p): o for p, o in cursor.get("tx_offsets", {}).items()}
+        pending = set(cursor.get("pending", []))
+        expected: dict[str, int] = dict(cursor.get("ends", {}))
+        start = {(topic, p): min(safe.get(p, done.get(p, 0)), done.get(p, 0)) for p in range(parts[topic])}
+        if tx_topic in parts:
+            start.update({(tx_topic, p): tx_done.get(p, 0) for p in range(parts[tx_topic])})
+        todo = {tp: o for tp, o in start.items() if o < ends[tp]}
+        collection = f"{lc.mapping.schema or 'public'}.{lc.mapping.table}"
+        events: list[tuple[int, int, bytes | None, str | None]] = []  # (partition, offset, value, transaction)
+        for tp, msg in _read_to_end(kafka, lc.name, todo, ends, timeout):
+            if tp[0] == tx_topic:
+                _transaction_marker(msg.value(), collection, expected)
+                continue
+            if msg.offset() < done.get(tp[1], 0) and _tx_of(msg.value()) not in pending:
+                continue  # handed on by an earlier pass
+            events.append((tp[1], msg.offset(), msg.value(), _tx_of(msg.value())))
+        entries, errors, counted = self._map_transactions(events, expected, tx_topic in parts, topic, details)
+        result.read, mapped, tombstones = counted
         result.published = publisher.send(lc.name, entries)
         result.rejected = publisher.dead_letters(lc.name, errors)
         # a record here is a change event: an update becomes two entries (its new version and the
         # reversal of the old one), so the identity counts events, and entries_published the entries
+        held = sum(t["events_read"] for t in details.get("open_transactions", []))
         result.counts = record_counts(f"publish {lc.name}", result.read, mapped, result.rejected,
                                       tombstones=tombstones)
         result.counts["entries_published"] = result.published
-        offsets.update(position)
-        set_cursor(wh, lc.name, {"offsets": {str(p): o for p, o in offsets.items()}})
-        result.details = {"topic": topic, "offsets": offsets}
+        result.counts["events_held_in_open_transactions"] = held
+        new_done = {p: max(done.get(p, 0), ends[(topic, p)]) for p in range(parts[topic])}
+        open_tx = details.get("open_transactions", [])
+        new_safe = {p: min([o for t in open_tx for q, o in t["offsets"] if q == p], default=new_done[p])
+                    for p in range(parts[topic])}
+        keep = {t["transaction"] for t in open_tx}
+        set_cursor(wh, lc.name, {
+            "offsets": {str(p): o for p, o in new_done.items()},
+            "safe": {str(p): o for p, o in new_safe.items()},
+            "tx_offsets": {str(p): ends[(tx_topic, p)] for p in range(parts.get(tx_topic, 0))},
+            "pending": sorted(keep),
+            # ENDs of transactions whose events are still to come (or still open here)
+            "ends": {tx: n for tx, n in expected.items() if n and (tx in keep or tx not in details.get("_closed", set()))},
+        })
+        details.pop("_closed", None)
+        result.details = {**details, "topic": topic, "offsets": new_done,
+                          **({"transaction_topic": tx_topic} if tx_topic in parts else {})}
         return result
+
+    def _map_transactions(self, events, expected, framed: bool, topic: str, details: dict):
+        """(entries, DLQ errors, (events read, events mapped, tombstones)) of ``events``: each transaction whole
+        or not at all."""
+        from ..model import EntryError
+        from .cdc.debezium import event_to_entries
+
+        lc = self.lc
+        groups: dict[str | None, list] = {}
+        for ev in events:
+            groups.setdefault(ev[3] if framed else None, []).append(ev)
+        entries, errors, open_tx, closed = [], [], [], set()
+        read = mapped = tombstones = 0
+        for tx, evs in groups.items():
+            data = [e for e in evs if e[2] is not None]
+            if tx is not None:
+                want = expected.get(tx)
+                if want is None or len(data) < want:
+                    open_tx.append({"transaction": tx, "events_read": len(evs), "events_expected": want,
+                                    "offsets": [(p, o) for p, o, _, _ in evs]})
+                    continue
+                closed.add(tx)
+            read += len(evs)
+            tombstones += len(evs) - len(data)
+            out, bad = [], []
+            for p, o, value, _ in data:
+                try:
+                    out.extend(event_to_entries(value, lc.mapping, lc.name))
+                except EntryError as exc:
+                    bad.append((f"kafka:{topic}/{p}/{o}", str(exc), value))
+            if tx is not None and len(data) > expected[tx]:
+                bad.append((f"kafka:{topic}", f"transaction {tx}: {len(data)} events read, its END counts "
+                                              f"{expected[tx]}", None))
+            if tx is not None and bad:  # one bad line sets the whole posting aside
+                reason = "; ".join(f"{w}: {r}" for w, r, _ in bad)[:2000]
+                errors.extend((f"kafka:{topic}/{p}/{o}", f"transaction {tx} set aside whole: {reason}", value)
+                              for p, o, value, _ in data)
+                continue
+            errors.extend(bad)
+            mapped += len(data) - len(bad)
+            entries.extend(out)
+        if open_tx:
+            details["open_transactions"] = open_tx
+        details["_closed"] = closed
+        return entries, errors, (read, mapped, tombstones)
+
+
+def _tx_of(value: bytes | None) -> str | None:
+    """The database transaction of a Debezium event: the part of ``transaction.id`` before ':' (the part
+    after it differs from one event of the transaction to the next)."""
+    if value is None:
+        return None
+    try:
+        tx = json.loads(value).get("transaction")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(tx, dict) or not isinstance(tx.get("id"), str):
+        return None
+    return tx["id"].split(":", 1)[0]
+
+
+def _transaction_marker(value: bytes | None, collection: str, expected: dict[str, int]) -> None:
+    """An END record: how many events the transaction wrote to ``collection``."""
+    try:
+        doc = json.loads(value) if value is not None else None
+    except ValueError:
+        return
+    if not isinstance(doc, dict) or doc.get("status") != "END" or not isinstance(doc.get("id"), str):
+        return
+    counts = {c.get("data_collection"): c.get("event_count") for c in doc.get("data_collections") or []
+              if isinstance(c, dict)}
+    n = counts.get(collection, 0)
+    if type(n) is int and n >= 0:
+        expected[doc["id"].split(":", 1)[0]] = n
+
+
+def _read_to_end(kafka, ledger: str, todo: dict, ends: dict, timeout: float):
+    """Every committed message of the partitions of ``todo`` from its offset up to ``ends``."""
+    from confluent_kafka import OFFSET_INVALID, Consumer, TopicPartition
+
+    if not todo:
+        return
+    consumer = Consumer({**kafka.client_config(), "group.id": f"ledger-pipelines.cdc.{ledger}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "auto.offset.reset": "error"})
+    try:
+        consumer.assign([TopicPartition(t, p, o) for (t, p), o in todo.items()])
+        position = dict(todo)
+        deadline = time.monotonic() + timeout
+        while any(position[tp] < ends[tp] for tp in todo):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ledger {ledger}: {sorted({t for t, _ in todo})} not read to the end in "
+                                   f"{timeout:.0f}s")
+            for msg in consumer.consume(5000, timeout=0.5):
+                tp = (msg.topic(), msg.partition())
+                if msg.error() is not None or msg.offset() >= ends[tp]:
+                    continue
+                yield tp, msg
+            for tpo in consumer.position([TopicPartition(t, p) for t, p in todo]):
+                if tpo.offset != OFFSET_INVALID:
+                    position[(tpo.topic, tpo.partition)] = min(tpo.offset, ends[(tpo.topic, tpo.partition)])
+    finally:
+        consumer.close()
 
 
 class EvmConnector(Connector):

@@ -24,6 +24,9 @@ from ..settings import (KAFKA_NODE_COUNTS, REPO_ROOT, StackConfig, kafka_nodes_f
                         recorded_kafka_nodes, secret_once, write_secret)
 
 KAFKA_VERSION = "4.4.0"
+CONNECT_VERSION = "4.3.1"  # Debezium 3.6 runs on Connect 4.3 (kafka/connect/pom.xml); a 4.3 worker talks to 4.4 brokers
+DEBEZIUM_VERSION = "3.6.1.Final"
+CONNECT_GROUP = "ledger-pipelines-connect"
 
 
 class StackError(RuntimeError):
@@ -500,8 +503,10 @@ class Postgres(Service):
                 )
         # postgres (not pg_ctl) so that the pid file holds the server's own pid; host and port on the
         # command line, so that the configured port is the one served, not the one of the first start
+        # logical decoding on, for the Debezium connectors of cdc ledgers (pgoutput, one slot each)
         return self._spawn([self._bin("postgres"), "-D", str(data), "-p", str(self.cfg.pg_port),
-                            "-h", self.cfg.host], user=user)
+                            "-h", self.cfg.host, "-c", "wal_level=logical", "-c", "max_replication_slots=32",
+                            "-c", "max_wal_senders=32"], user=user)
 
     def ready(self) -> bool:
         if not _port_open(self.cfg.host, self.cfg.pg_port):
@@ -555,7 +560,101 @@ class Anvil(Service):
             return False
 
 
-SERVICES = {"kafka": KafkaCluster, "postgres": Postgres, "anvil": Anvil}
+class Connect(Service):
+    """A Kafka Connect worker in distributed mode with the Debezium PostgreSQL plugin: exactly-once source
+    support, its internal topics replicated like the stack's Kafka, REST on 127.0.0.1 only, and the
+    ``file`` config provider, so that a connector's database password is a reference to a file readable
+    by its owner only (``secrets/``), never a value in the connector configuration topic."""
+
+    name = "connect"
+
+    def ports(self) -> list[int]:
+        return [self.cfg.connect_port]
+
+    @property
+    def libdir(self) -> Path:
+        return jar_dir(self.cfg, "connect", f"lib-{CONNECT_VERSION}")
+
+    @property
+    def plugins(self) -> Path:
+        return jar_dir(self.cfg, "connect", "plugins")
+
+    @property
+    def secrets(self) -> Path:
+        """Where the stack writes the connectors' database passwords (0600 files in a 0700 folder)."""
+        return self.dir / "secrets"
+
+    def properties(self) -> str:
+        c = self.cfg
+        rf = c.kafka_nodes
+        return "\n".join([
+            f"bootstrap.servers={c.kafka_bootstrap}",
+            f"group.id={CONNECT_GROUP}",
+            "key.converter=org.apache.kafka.connect.json.JsonConverter",
+            "value.converter=org.apache.kafka.connect.json.JsonConverter",
+            # schemaless JSON: the mapping reads the payload; decimals arrive as exact strings
+            "key.converter.schemas.enable=false",
+            "value.converter.schemas.enable=false",
+            f"config.storage.topic={CONNECT_GROUP}.configs",
+            f"config.storage.replication.factor={rf}",
+            f"offset.storage.topic={CONNECT_GROUP}.offsets",
+            f"offset.storage.replication.factor={rf}",
+            "offset.storage.partitions=1",
+            f"status.storage.topic={CONNECT_GROUP}.status",
+            f"status.storage.replication.factor={rf}",
+            "status.storage.partitions=1",
+            "exactly.once.source.support=enabled",
+            f"plugin.path={self.plugins}",
+            "plugin.discovery=service_load",
+            f"listeners=http://{c.host}:{c.connect_port}",
+            f"rest.advertised.host.name={c.host}",
+            f"rest.advertised.port={c.connect_port}",
+            "config.providers=file",
+            "config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider",
+            "offset.flush.interval.ms=1000",
+            "",
+        ])
+
+    def _launch(self) -> subprocess.Popen:
+        if not any(self.libdir.glob("connect-runtime-*.jar")) or not self.plugins.is_dir():
+            raise StackError(f"Kafka Connect jars missing in {self.libdir} or {self.plugins}: run scripts/setup.sh")
+        if not KafkaCluster(self.cfg).running():
+            raise StackError("connect: the stack's Kafka is not running (ledger-pipelines stack start kafka)")
+        self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        props = self.dir / "worker.properties"
+        props.write_text(self.properties())
+        (self.dir / "log4j2.properties").write_text(
+            "rootLogger.level=INFO\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
+            "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
+            "appender.stdout.layout.type=PatternLayout\n"
+            "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
+            "logger.reflections.name=org.reflections\nlogger.reflections.level=ERROR\n"
+        )
+        return self._spawn(["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
+                            f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}", "-Djava.awt.headless=true",
+                            "-cp", f"{self.libdir}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(props)])
+
+    def ready(self) -> bool:
+        import urllib.request
+
+        if not _port_open(self.cfg.host, self.cfg.connect_port):
+            return False
+        try:
+            with urllib.request.urlopen(f"{self.cfg.connect_url}/connectors", timeout=3) as resp:
+                return resp.status == 200
+        except Exception:
+            return False
+
+    def status(self) -> str:
+        state = super().status()
+        if not state.startswith("running"):
+            return state
+        from ..connectors.cdc.connect import describe_connectors
+
+        return f"{state}; {describe_connectors(self.cfg.connect_url)}"
+
+
+SERVICES = {"kafka": KafkaCluster, "postgres": Postgres, "anvil": Anvil, "connect": Connect}
 DEFAULT_SERVICES = ["kafka", "postgres", "anvil"]
 
 

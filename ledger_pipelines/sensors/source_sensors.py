@@ -1,5 +1,5 @@
 """The source sensors: one per ledger kind that can change on its own (SQL journal, chain, statement
-inbox), all from one factory. Each tick looks at every configured ledger of its kind and requests a
+inbox, Debezium change topics), all from one factory. Each tick looks at every configured ledger of its kind and requests a
 ``publish_job`` run for each that has something new, keyed by what changed and a five-minute slot (a
 repeated run key is never run again: the key must change whenever there is something new to read, and
 a change whose run failed is asked for again in the next slot). A ledger whose publish run is queued or
@@ -121,6 +121,36 @@ def statement_files(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
     return request
 
 
+def cdc_changes(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
+    """Committed change events (or transaction markers) on the ledger's Debezium topics past its cursor; a
+    ``source: debezium-postgres`` ledger never published yet is asked for once, to register its connector."""
+    from ..connectors.cdc import connect
+    from ..kafka.topics import admin, end_offsets
+    from ..settings import KafkaSettings
+    from ..warehouse.state import get_cursor
+
+    kafka = KafkaSettings.from_env()
+    cursor = get_cursor(tick.wh, lc.name)
+    if lc.source:
+        t = connect.topics(kafka, lc)
+        data, txs = t.data, t.transactions
+        if cursor is None:
+            return publish_request(lc.name, "register")
+    else:
+        data, txs = lc.options["debezium_topic"], lc.options.get("transaction_topic")
+    cursor = cursor or {}
+    present = admin(kafka).list_topics(timeout=10).topics
+    parts = {t: len(present[t].partitions) for t in (data, txs) if t and t in present and present[t].error is None}
+    if not parts:
+        return None
+    ends = end_offsets(kafka, parts)
+    seen = {(data, int(p)): o for p, o in cursor.get("offsets", {}).items()}
+    seen.update({(txs, int(p)): o for p, o in cursor.get("tx_offsets", {}).items()})
+    if any(end > seen.get(tp, 0) for tp, end in ends.items()):
+        return publish_request(lc.name, ",".join(f"{t}/{p}:{o}" for (t, p), o in sorted(ends.items())))
+    return None
+
+
 Check = Callable[[LedgerConfig, Tick], "RunRequest | None"]
 
 # sensor name (a connector's ``sensor``), what its tick checks, what it says when nothing changed, description
@@ -132,6 +162,9 @@ SOURCES: tuple[tuple[str, Check, str, str], ...] = (
     ("statement_inbox_sensor", statement_files, "no new statement files",
      "Publishes ISO 20022 statement files dropped into a ledger's inbox (once per content hash) and indexes "
      "each new content by booking date for the daily snapshots."),
+    ("cdc_changes_sensor", cdc_changes, "no new change events",
+     "Publishes a cdc ledger when its Debezium topics hold committed change events past its cursor (a posting "
+     "is handed on once its whole transaction has arrived)."),
 )
 
 
@@ -173,7 +206,7 @@ def source_sensor(name: str, ledgers: Sequence[LedgerConfig], check: Check, noth
 
 
 def build_source_sensors(ledgers: Sequence[LedgerConfig]) -> dict[str, SensorDefinition]:
-    """The three source sensors over the configured ledgers (each watches the ledgers whose connector
+    """The source sensors over the configured ledgers (each watches the ledgers whose connector
     names it), by name."""
     from ..connectors.kinds import connector_for
 

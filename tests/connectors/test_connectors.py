@@ -15,8 +15,16 @@ def test_every_configured_kind_has_its_connector_and_each_named_sensor_exists():
     sensors = {name for name, *_ in SOURCES}
     for kind, cls in CONNECTORS.items():
         assert issubclass(cls, Connector) and cls.kind == kind
-        assert cls.sensor is None or cls.sensor in sensors
+        if kind != "cdc":
+            assert cls.sensor is None or cls.sensor in sensors
         assert set(cls.checks) <= {TRIAL_BALANCE, STATEMENT_BALANCE}
+    # a cdc ledger has a sensor when it reads Debezium topics (its own connector's, or another's), else none
+    from ledger_pipelines.config import LedgerConfig
+
+    cdc = CONNECTORS["cdc"]
+    assert cdc(LedgerConfig(name="a", kind="cdc", source="debezium-postgres", connection_env="X")).sensor in sensors
+    assert cdc(LedgerConfig(name="a", kind="cdc", options={"debezium_topic": "t"})).sensor in sensors
+    assert cdc(LedgerConfig(name="a", kind="cdc", connection_env="X")).sensor is None
     assert CONNECTORS["sql"].checks == (TRIAL_BALANCE,) and CONNECTORS["iso20022"].checks == (STATEMENT_BALANCE,)
 
 
