@@ -74,7 +74,25 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
+        _wait_for_leaders(client, [t.topic for t in new], timeout)
     return created
+
+
+def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) -> None:
+    """Until every partition of ``topics`` has a leader in the metadata the cluster serves: on a cluster a
+    topic just created is not known to every broker at once, and a write or a config read in that moment
+    is refused as an unknown topic."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        md = client.list_topics(timeout=timeout).topics
+        if all(t in md and md[t].error is None and md[t].partitions
+               and all(p.leader >= 0 for p in md[t].partitions.values()) for t in topics):
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topics {topics} have no leader for every partition after {timeout:.0f}s")
+        time.sleep(0.1)
 
 
 def entry_topics(settings: KafkaSettings, client: AdminClient | None = None, timeout: float = 15.0) -> dict[str, int]:

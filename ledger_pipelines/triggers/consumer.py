@@ -38,8 +38,6 @@ class TriggerConsumer:
     def __init__(self, engine: TriggerEngine, group: str = "ledger-pipelines-bridge", batch: int = 500,
                  instance: str | None = "0", progress: Callable[[str], None] | None = None,
                  progress_every: float = 10.0, retry_every: float = 30.0):
-        from confluent_kafka import Consumer
-
         from ..kafka.topics import entries_topic
 
         self.engine = engine
@@ -52,10 +50,10 @@ class TriggerConsumer:
             # static membership: a restarted bridge (same instance id) takes its partitions back at once
             # instead of waiting for the dead member's session to expire
             conf["group.instance.id"] = f"{group}.{instance}"
-        self.consumer = Consumer(conf)
+        self._conf = conf
         # (topic, partition) -> offset of its first record with a pending action: never committed past
         self.held: dict[tuple[str, int], int] = {}
-        self.consumer.subscribe(self.topics, on_assign=self._rebalanced, on_revoke=self._rebalanced)
+        self.consumer = self._subscribe()
         self.batch = batch
         self.total = BatchResult()
         self.rejected = 0
@@ -64,6 +62,38 @@ class TriggerConsumer:
         self.retry_every = retry_every
         self._last_progress = time.monotonic()
         self._reported: dict[str, int] | None = None
+
+    def _subscribe(self):
+        from confluent_kafka import Consumer
+
+        consumer = Consumer(self._conf)
+        consumer.subscribe(self.topics, on_assign=self._rebalanced, on_revoke=self._rebalanced)
+        return consumer
+
+    def _commit(self, offsets) -> None:
+        """Commit the read positions. The actions behind them are in the action log already, so a commit
+        the group refuses (a coordinator failover: the member fenced or no longer known) loses nothing: the
+        records are read again and found done. A consumer librdkafka declares unusable (fatal: a static
+        member fenced) is replaced by a new one, which resumes from the committed offsets."""
+        from confluent_kafka import KafkaError, KafkaException
+
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            group_errors = {KafkaError.FENCED_INSTANCE_ID, KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
+                            KafkaError.REBALANCE_IN_PROGRESS, KafkaError.NOT_COORDINATOR,
+                            KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._FATAL}
+            if err.code() not in group_errors and not err.fatal():
+                raise
+            log.warning("bridge: offset commit refused (%s); the records are read again and found done", err.str())
+            if err.fatal() or err.code() in (KafkaError.FENCED_INSTANCE_ID, KafkaError._FATAL):
+                try:
+                    self.consumer.close()
+                except Exception:  # a fatal consumer may refuse its own close
+                    pass
+                self.held = {}
+                self.consumer = self._subscribe()
 
     def _rebalanced(self, consumer, partitions) -> None:
         # a partition (re)assigned is read from its committed offset, which is at most its hold
@@ -98,8 +128,7 @@ class TriggerConsumer:
             if e.entry_id in pending and offset < self.held.get(tp, offset + 1):
                 self.held[tp] = offset
         self.total.add(res)
-        self.consumer.commit(offsets=[TopicPartition(t, p, min(end, self.held.get((t, p), end)))
-                                      for (t, p), end in sorted(ends.items())], asynchronous=False)
+        self._commit([TopicPartition(t, p, min(end, self.held.get((t, p), end))) for (t, p), end in sorted(ends.items())])
         if res.applied or res.failed or res.found_on_target or res.pending:
             log.info("bridge: %d entries, %d applied, %d found already applied, %d pending, %d failed, %d held",
                      res.seen, res.applied, res.found_on_target, res.pending, res.failed, res.held)

@@ -1,7 +1,12 @@
 """Days are units: a week backfilled in one go through ``dagster dev`` (the UI's launchPartitionBackfill),
 one day made bad. Every day is its own run with its own materializations, metadata and check results;
 the bad day's failed check blocks that day's reconciliation and report only, the other six complete
-and reconcile in day order (each carries the break the day before left open); Chromium shows it."""
+and reconcile in day order (each carries the break the day before left open); Chromium shows it.
+
+The instance is the production one: ``deploy/dagster.yaml`` (PostgreSQL run, event-log and schedule
+storage, the QueuedRunCoordinator, run and pool limits) on the stack's PostgreSQL. The ledgers reach the
+event log the way they do in production: the source sensors request publish runs, the offsets sensor an
+event-log run, before the week is backfilled."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from datetime import date, timedelta
 import pytest
 
 from conftest import post_journal
-from test_ui import CHROMIUM, _shot, browser, dagster_dev, stop_dagster  # noqa: F401 (browser: a fixture)
+from test_ui import CHROMIUM, REPO, _shot, browser, dagster_dev, stop_dagster  # noqa: F401 (browser: a fixture)
 
 from ledger_pipelines.local.demo import DAGSTER_YAML, set_pool_limits
 
@@ -45,7 +50,7 @@ def _lines(txn, at, debit_account, credit_account, amount, ref, credit_amount=No
              "ref": ref}]
 
 
-def _seed(core: str, settlement: str) -> None:
+def _seed(core: str, settlement: str) -> int:
     """Day i: i+1 payments settled the same day, and one (LATE-<day>) settled the next day; the bad day
     also holds a transaction whose debits and credits differ."""
     core_lines, settled = [], []
@@ -61,32 +66,20 @@ def _seed(core: str, settlement: str) -> None:
     core_lines += _lines("T-BAD", f"{BAD}T12:00:00Z", "GL-A", "GL-B", "5.00", None, credit_amount="4.99")
     post_journal(core, core_lines)
     post_journal(settlement, settled)
+    return len(core_lines) + len(settled)
 
 
-def _deliver(env: dict) -> None:
-    """Publish both ledgers and ingest them, as the sensors would, so the control totals agree."""
-    from ledger_pipelines.config import load_config
-    from ledger_pipelines.ingest import EventLogIngestor
-    from ledger_pipelines.publish import Publisher
-    from ledger_pipelines.settings import KafkaSettings
-    from ledger_pipelines.warehouse import Warehouse
+def _event_log_rows(url: str) -> int:
+    from sqlalchemy import create_engine, text
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    eng = create_engine(url)
     try:
-        kafka = KafkaSettings.from_env()
-        wh = Warehouse(env["LEDGER_WAREHOUSE_URL"])
-        wh.create_schema()
-        for lc in load_config():
-            Publisher(kafka, wh).publish(lc)
-        EventLogIngestor(kafka, wh).run()
-        wh.dispose()
+        with eng.connect() as c:
+            return c.execute(text("SELECT count(*) FROM ledger_event_log")).scalar()
+    except Exception:  # not created yet
+        return 0
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        eng.dispose()
 
 
 def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
@@ -107,12 +100,23 @@ LOADED = """{ workspaceOrError { ... on Workspace { locationEntries { loadStatus
 
 
 @pytest.fixture(scope="module")
-def week_backfill(tmp_path_factory, kafka_service, anvil_service, stack_config):
-    """The week launched as one backfill of every daily asset, run by the daemon of ``dagster dev``."""
+def week_backfill(tmp_path_factory, kafka_service, anvil_service, postgres_service, stack_config):
+    """The week launched as one backfill of every daily asset, run by the daemon of ``dagster dev`` on the
+    production instance configuration with its storage in a PostgreSQL database of its own."""
+    import psycopg
+
     if not os.path.exists(CHROMIUM):
         pytest.fail("Debian chromium is not installed: run scripts/setup.sh")
     home = tmp_path_factory.mktemp("days_home")
-    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
+    db = f"dagster_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(**stack_config.pg_admin_params()) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    pg = {"DAGSTER_PG_HOST": stack_config.host, "DAGSTER_PG_PORT": str(stack_config.pg_port),
+          "DAGSTER_PG_USER": stack_config.pg_user, "DAGSTER_PG_PASSWORD": stack_config.pg_password(),
+          "DAGSTER_PG_DB": db}
+    saved = {k: os.environ.get(k) for k in pg}
+    os.environ.update(pg)  # for this module's own reads of the instance (DagsterInstance.from_config)
     set_pool_limits(home)
     (home / "ledgers.yaml").write_text(CONFIG)
     env = {"LEDGER_CONFIG": str(home / "ledgers.yaml"), "LEDGER_KAFKA_BOOTSTRAP": stack_config.kafka_bootstrap,
@@ -120,15 +124,20 @@ def week_backfill(tmp_path_factory, kafka_service, anvil_service, stack_config):
            "LEDGER_WAREHOUSE_URL": f"sqlite:///{home / 'warehouse.db'}",
            "LEDGER_DAYS_CORE_URL": f"sqlite:///{home / 'core.db'}",
            "LEDGER_DAYS_SETTLEMENT_URL": f"sqlite:///{home / 'settlement.db'}",
-           "LEDGER_REPORTS_DIR": str(home / "reports"), "DAGSTER_HOME": str(home)}
-    _seed(env["LEDGER_DAYS_CORE_URL"], env["LEDGER_DAYS_SETTLEMENT_URL"])
-    _deliver(env)
+           "LEDGER_REPORTS_DIR": str(home / "reports"), "DAGSTER_HOME": str(home), **pg}
+    lines = _seed(env["LEDGER_DAYS_CORE_URL"], env["LEDGER_DAYS_SETTLEMENT_URL"])
     proc, url = dagster_dev({**os.environ, **env}, home / "dagster.log")
     try:
         deadline = time.monotonic() + 180
         while not all(e["loadStatus"] == "LOADED"
                       for e in _graphql(url, LOADED)["workspaceOrError"]["locationEntries"] or [{"loadStatus": ""}]):
             assert time.monotonic() < deadline, "the code location did not load"
+            time.sleep(1)
+        # sensor -> publish runs -> offsets sensor -> event-log run, queued and launched by the daemon
+        deadline = time.monotonic() + 300
+        while _event_log_rows(env["LEDGER_WAREHOUSE_URL"]) < lines:
+            assert time.monotonic() < deadline, (f"the sensors' runs delivered {_event_log_rows(env['LEDGER_WAREHOUSE_URL'])}"
+                                                 f" of {lines} journal lines in 300 s")
             time.sleep(1)
         params = {"assetSelection": [{"path": [a]} for a in DAILY], "partitionNames": WEEK, "fromFailure": False}
         launched = _graphql(url, LAUNCH, {"p": params})["launchPartitionBackfill"]
@@ -144,6 +153,10 @@ def week_backfill(tmp_path_factory, kafka_service, anvil_service, stack_config):
         yield url, home, backfill_id, backfill
     finally:
         stop_dagster(proc)
+        with psycopg.connect(**stack_config.pg_admin_params()) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def _events(home, asset: str) -> dict:
@@ -182,6 +195,28 @@ def _day_of(run: dict) -> str:
     start, end = tags["dagster/asset_partition_range_start"], tags["dagster/asset_partition_range_end"]
     assert start == end, (start, end)
     return start
+
+
+def test_the_instance_is_postgresql_backed_and_the_sensors_runs_delivered_the_ledgers(week_backfill):
+    """deploy/dagster.yaml as loaded: PostgreSQL storage, the queued coordinator; the publish and event-log
+    runs the sensors requested went through the queue and succeeded."""
+    from dagster import DagsterInstance
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
+
+    from ledger_pipelines.jobs import EVENT_LOG_JOB, PUBLISH_JOB
+
+    _url, home, _id, _backfill = week_backfill
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_storage, PostgresRunStorage)
+        assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        by_sensor: dict = {}
+        for run in instance.get_runs():
+            if run.tags.get("dagster/sensor_name"):
+                by_sensor.setdefault((run.tags["dagster/sensor_name"], run.job_name), []).append(run.status.value)
+    assert by_sensor[("sql_rows_sensor", PUBLISH_JOB)] == ["SUCCESS", "SUCCESS"], by_sensor  # one per ledger
+    assert set(by_sensor[("kafka_offsets_sensor", EVENT_LOG_JOB)]) == {"SUCCESS"}, by_sensor
 
 
 def test_each_day_is_its_own_run_and_a_bad_day_blocks_only_itself(week_backfill):

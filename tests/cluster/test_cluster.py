@@ -120,14 +120,17 @@ def _topic_records(settings, topic: str) -> int:
     return sum(end_offsets(settings, {topic: len(md.partitions)}).values())
 
 
-def _kill_when(condition, cluster, settings, topic, timeout=60.0) -> int:
-    """SIGKILL the leader of ``topic``'s partition 0 once ``condition()`` holds; returns its node id."""
+def _kill_when(condition, cluster, settings, topic, proc, timeout=60.0) -> int:
+    """SIGKILL the leader of ``topic``'s partition 0 once ``condition()`` holds, while ``proc`` still runs (a
+    kill after the run ended would test nothing); returns the killed node's id."""
     deadline = time.monotonic() + timeout
     while not condition():
+        assert proc.poll() is None, f"the run ended before the kill: {proc.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "the run never reached the point of the kill"
         time.sleep(0.05)
     victim = _leader(settings, topic)
     cluster.node(victim).kill()
+    assert proc.poll() is None, "the run ended before the kill landed"
     return victim
 
 
@@ -160,7 +163,7 @@ def test_leader_killed_during_publish_then_during_ingest_gives_exactly_n_entries
     ensure_topics(settings, ["core_banking", "mirror"])
 
     pub = _cli(env, "publish", "core_banking")
-    victim = _kill_when(lambda: _topic_records(settings, topic) > 0 or pub.poll() is not None, cluster, settings, topic)
+    victim = _kill_when(lambda: _topic_records(settings, topic) > 0, cluster, settings, topic, pub)
     out, err = pub.communicate(timeout=300)
     assert pub.returncode == 0, err[-3000:]
     published_while = _topic_records(settings, topic)
@@ -174,18 +177,15 @@ def test_leader_killed_during_publish_then_during_ingest_gives_exactly_n_entries
     def ingested_some() -> bool:
         import sqlite3
 
-        if ingest.poll() is not None:
-            return True
         try:
             with sqlite3.connect(wh_path, timeout=0.2) as c:
                 return c.execute("SELECT count(*) FROM ledger_event_log").fetchone()[0] > 0
         except sqlite3.Error:
             return False
 
-    victim = _kill_when(ingested_some, cluster, settings, topic)
+    victim = _kill_when(ingested_some, cluster, settings, topic, ingest)
     out, err = ingest.communicate(timeout=300)
     assert ingest.returncode == 0, err[-3000:]
-    assert ingest.poll() == 0
     wh = Warehouse(env["LEDGER_WAREHOUSE_URL"])
     try:
         assert wh.scalar("SELECT count(*) FROM ledger_event_log") == 2 * payments
@@ -222,7 +222,7 @@ def test_leader_killed_during_a_bridge_run_applies_every_action_once(cluster, se
             return 0
 
     bridge = _cli(env, "bridge", "--until-caught-up")
-    victim = _kill_when(lambda: postings() > 0 or bridge.poll() is not None, cluster, settings, actions_topic(settings))
+    victim = _kill_when(lambda: postings() > 0, cluster, settings, actions_topic(settings), bridge)
     out, err = bridge.communicate(timeout=600)
     assert bridge.returncode == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
