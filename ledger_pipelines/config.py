@@ -117,6 +117,8 @@ def _ledger(d: dict[str, Any]) -> LedgerConfig:
         if not d.get("connection_env"):
             raise ConfigError(f"ledger {name}: source {source} reads the database of connection_env, and none is "
                               "configured")
+        if len(name) > 46:  # its slot and publication, ledger_pipelines_<name>, within PostgreSQL's 63 bytes
+            raise ConfigError(f"ledger {name}: a {source} ledger's name has at most 46 characters")
         if (d.get("options") or {}).get("debezium_topic"):
             raise ConfigError(f"ledger {name}: source {source} names its own topics; options.debezium_topic is "
                               "for a topic another connector writes")

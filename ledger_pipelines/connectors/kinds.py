@@ -214,8 +214,23 @@ class CdcConnector(Connector):
         parts = {topic: len(md.partitions)}
         if tx_md is not None and tx_md.error is None:
             parts[tx_topic] = len(tx_md.partitions)
+        elif tx_topic:
+            # never fall back to handing events on unframed: half a posting would go out, and its other
+            # lines would wait for ever for an END that was counted for all of them
+            raise RuntimeError(f"ledger {lc.name}: the transaction topic {tx_topic!r} of {topic!r} is not there "
+                               f"({tx_md.error if tx_md is not None else 'unknown topic'}); nothing is published "
+                               "until it is")
         ends = end_offsets(kafka, parts)
         cursor = get_cursor(wh, lc.name) or {}
+        if cursor and cursor.get("topic", topic) != topic:
+            raise RuntimeError(f"ledger {lc.name}: its cursor is of topic {cursor['topic']!r}, not {topic!r} (the "
+                               "mapping, the topic prefix or debezium_topic changed): reset the ledger's cursor "
+                               "to read the new topic from its start")
+        behind = [p for p, o in cursor.get("offsets", {}).items() if int(p) >= parts[topic]
+                  or ends[(topic, int(p))] < o]
+        if behind:
+            raise RuntimeError(f"ledger {lc.name}: {topic} ends before the cursor on partition(s) {behind} (the topic "
+                               "was deleted and created again?): nothing is published until the cursor is reset")
         done = {int(p): o for p, o in cursor.get("offsets", {}).items()}  # read up to here before
         safe = {int(p): o for p, o in cursor.get("safe", {}).items()}  # from here: events of open transactions
         tx_done = {int(p): o for p, o in cursor.get("tx_offsets", {}).items()}
@@ -251,6 +266,7 @@ class CdcConnector(Connector):
                     for p in range(parts[topic])}
         keep = {t["transaction"] for t in open_tx}
         set_cursor(wh, lc.name, {
+            "topic": topic,
             "offsets": {str(p): o for p, o in new_done.items()},
             "safe": {str(p): o for p, o in new_safe.items()},
             "tx_offsets": {str(p): ends[(tx_topic, p)] for p in range(parts.get(tx_topic, 0))},
@@ -276,6 +292,13 @@ class CdcConnector(Connector):
         entries, errors, open_tx, closed = [], [], [], set()
         read = mapped = tombstones = 0
         for tx, evs in groups.items():
+            if framed and tx is None:  # outside a transaction: only snapshot rows and tombstones
+                stray = [e for e in evs if not _snapshot_or_tombstone(e[2])]
+                if stray:
+                    errors.extend((f"kafka:{topic}/{p}/{o}", "a change event without its transaction block on a "
+                                   "framed topic: it cannot be told whole", value) for p, o, value, _ in stray)
+                    read += len(stray)
+                    evs = [e for e in evs if _snapshot_or_tombstone(e[2])]
             data = [e for e in evs if e[2] is not None]
             if tx is not None:
                 want = expected.get(tx)
@@ -315,7 +338,7 @@ def _tx_of(value: bytes | None) -> str | None:
     if value is None:
         return None
     try:
-        tx = json.loads(value).get("transaction")
+        tx = _payload(json.loads(value)).get("transaction")
     except (ValueError, AttributeError):
         return None
     if not isinstance(tx, dict) or not isinstance(tx.get("id"), str):
@@ -323,11 +346,27 @@ def _tx_of(value: bytes | None) -> str | None:
     return tx["id"].split(":", 1)[0]
 
 
+def _payload(doc):
+    """The record itself, inside or outside Connect's schema envelope."""
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        return doc["payload"]
+    return doc
+
+
+def _snapshot_or_tombstone(value: bytes | None) -> bool:
+    if value is None:
+        return True
+    try:
+        return _payload(json.loads(value)).get("op") == "r"
+    except (ValueError, AttributeError):
+        return False
+
+
 def _transaction_marker(value: bytes | None, collection: str, expected: dict[str, int]) -> None:
     """An END record: how many events the transaction wrote to ``collection``."""
     try:
-        doc = json.loads(value) if value is not None else None
-    except ValueError:
+        doc = _payload(json.loads(value)) if value is not None else None
+    except (ValueError, AttributeError):
         return
     if not isinstance(doc, dict) or doc.get("status") != "END" or not isinstance(doc.get("id"), str):
         return

@@ -45,3 +45,22 @@ def test_a_cdc_ledger_without_a_source_reads_its_day_from_the_event_log_and_one_
     debezium = connector_for(LedgerConfig(name="orders", kind="cdc", connection_env="LEDGER_ORDERS_URL",
                                           options={"debezium_topic": "pg.public.orders"}))
     debezium.check_source()  # its records come from Kafka: no source connection needed to publish
+
+
+@pytest.mark.parametrize("ledger, reason", [
+    ({"name": "x", "kind": "sql", "source": "debezium-postgres", "connection_env": "X"}, "for kind cdc only"),
+    ({"name": "x", "kind": "cdc", "source": "debezium-mysql", "connection_env": "X"}, "for kind cdc only"),
+    ({"name": "x", "kind": "cdc", "source": "debezium-postgres"}, "none is configured"),
+    ({"name": "x" * 47, "kind": "cdc", "source": "debezium-postgres", "connection_env": "X"}, "at most 46"),
+    ({"name": "x", "kind": "cdc", "source": "debezium-postgres", "connection_env": "X",
+      "options": {"debezium_topic": "t"}}, "names its own topics"),
+])
+def test_a_debezium_source_is_checked_when_the_configuration_is_read(tmp_path, ledger, reason):
+    import yaml
+
+    from ledger_pipelines.config import ConfigError, load_config
+
+    path = tmp_path / "ledgers.yaml"
+    path.write_text(yaml.safe_dump({"ledgers": [ledger]}))
+    with pytest.raises(ConfigError, match=reason):
+        load_config(path)

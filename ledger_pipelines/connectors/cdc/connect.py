@@ -180,10 +180,20 @@ def prepare_source(lc, source_url: str) -> None:
         if level != "logical":
             raise ConnectError(f"ledger {lc.name}: the source database has wal_level={level}; Debezium needs "
                                "wal_level=logical (postgresql.conf, then a restart)")
-        found = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (slot_name(lc.name),)).fetchone()
-        if not found:
+        conn.execute("SET lock_timeout = '10s'")  # never queue the journal's writers behind a long wait
+        tables = [tuple(r) for r in conn.execute("SELECT schemaname, tablename FROM pg_publication_tables "
+                                                 "WHERE pubname = %s", (slot_name(lc.name),)).fetchall()]
+        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (slot_name(lc.name),)).fetchone()
+        if not exists:
             conn.execute(f'CREATE PUBLICATION "{slot_name(lc.name)}" FOR TABLE "{schema}"."{m.table}"')
-        conn.execute(f'ALTER TABLE "{schema}"."{m.table}" REPLICA IDENTITY FULL')
+        elif tables != [(schema, m.table)]:
+            conn.execute(f'ALTER PUBLICATION "{slot_name(lc.name)}" SET TABLE "{schema}"."{m.table}"')
+        identity = conn.execute("SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                "WHERE n.nspname = %s AND c.relname = %s", (schema, m.table)).fetchone()
+        if identity is None:
+            raise ConnectError(f"ledger {lc.name}: table {schema}.{m.table} not found in the source database")
+        if identity[0] != "f":
+            conn.execute(f'ALTER TABLE "{schema}"."{m.table}" REPLICA IDENTITY FULL')
 
 
 def register(lc, kafka: KafkaSettings, url: str | None = None) -> dict:
@@ -195,10 +205,10 @@ def register(lc, kafka: KafkaSettings, url: str | None = None) -> dict:
         path = secret_file(lc.name)
         _write_password(path, _pg_params(source_url)["password"])
         secret_path = str(path)
-    prepare_source(lc, source_url)
     config = connector_config(lc, kafka, source_url, f"${{file:{secret_path}:password}}")
     code, doc = _request("GET", f"{url}/connectors/{connector_name(lc.name)}/config")
     if code != 200 or doc != {**config, "name": connector_name(lc.name)}:
+        prepare_source(lc, source_url)  # only when the connector is new or changed: it may lock the table
         code, doc = _request("PUT", f"{url}/connectors/{connector_name(lc.name)}/config", config)
         if code not in (200, 201):
             raise ConnectError(f"ledger {lc.name}: Kafka Connect refused the connector ({code}): {str(doc)[:500]}")
@@ -283,10 +293,13 @@ def remove(name: str, url: str | None = None) -> dict:
     if slot and ref:
         import psycopg
 
-        params = {"host": config["database.hostname"], "port": int(config["database.port"]),
-                  "user": config["database.user"], "password": _read_password(Path(ref.group(1))),
-                  "dbname": config["database.dbname"]}
+        own = secret_file(m.group(1))
         try:
+            if Path(ref.group(1)) != own:  # a password is only ever read from the file the project wrote
+                raise ConnectError(f"its password file {ref.group(1)} is not {own}: drop the slot by hand")
+            params = {"host": config["database.hostname"], "port": int(config["database.port"]),
+                      "user": config["database.user"], "password": _read_password(own),
+                      "dbname": config["database.dbname"]}
             out["slot_dropped"] = _drop_slot(params, slot, config.get("publication.name"))
         except (psycopg.Error, OSError, ConnectError) as exc:  # the connector is gone: the slot left is said, with why
             out["slot_error"] = f"replication slot {slot} not dropped: {str(exc).strip()[:300]}"
@@ -333,7 +346,10 @@ def sync(ledgers, kafka: KafkaSettings, url: str | None = None) -> dict:
         raise ConnectError(f"Kafka Connect at {url}: {code} {str(names)[:300]}")
     out = {"registered": {}, "removed": []}
     for name in sorted(n for n in names if _NAME.match(n) and n not in wanted):
-        out["removed"].append(remove(name, url))
+        code, config = _request("GET", f"{url}/connectors/{name}/config")
+        # another environment's connector on a shared worker (another topic prefix) is left alone
+        if code == 200 and str(config.get("topic.prefix", "")).startswith(f"{kafka.topic_prefix}cdc."):
+            out["removed"].append(remove(name, url))
     for name, lc in wanted.items():
         out["registered"][lc.name] = register(lc, kafka, url)
     return out
