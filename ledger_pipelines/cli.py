@@ -476,9 +476,25 @@ def cmd_publish(args) -> int:
     lc = ledger_by_name(load_config(args.config), args.ledger)
     wh = Warehouse(None)
     try:
+        from .config import ConfigError
+
         publisher = Publisher(_kafka(args), wh)
+        backoff = args.interval
         while True:
-            r = publisher.publish(lc)
+            try:
+                r = publisher.publish(lc)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                if not args.follow:
+                    raise
+                # a long-running publisher outlives a node, broker or Connect restart: the pass failed whole
+                # (its cursor unmoved), the next one tries again
+                _emit_error(f"publish {lc.name}", f"{type(exc).__name__}: {str(exc)[:500]} (again in {backoff:.1f}s)")
+                time.sleep(backoff)
+                backoff = min(30.0, backoff * 2)
+                continue
+            backoff = args.interval
             print(json.dumps({"ledger": r.ledger, "published": r.published, "rejected": r.rejected,
                               "files": r.files, "details": r.details}, default=str), flush=True)
             if not args.follow:

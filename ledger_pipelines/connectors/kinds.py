@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from datetime import date
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NamedTuple
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig
@@ -215,11 +218,13 @@ class CdcConnector(Connector):
         if tx_md is not None and tx_md.error is None:
             parts[tx_topic] = len(tx_md.partitions)
         elif tx_topic:
-            # never fall back to handing events on unframed: half a posting would go out, and its other
-            # lines would wait for ever for an END that was counted for all of them
-            raise RuntimeError(f"ledger {lc.name}: the transaction topic {tx_topic!r} of {topic!r} is not there "
-                               f"({tx_md.error if tx_md is not None else 'unknown topic'}); nothing is published "
-                               "until it is")
+            # never hand events on unframed: half a posting would go out, and its other lines would wait for
+            # ever for an END that counted them all. Until the topic is there (the connector creates it with
+            # its first END, after its first change event) every event of a transaction waits; snapshot rows,
+            # which belong to none, go through
+            why = tx_md.error if tx_md is not None else "unknown topic"
+            details["transaction_topic_missing"] = f"{tx_topic} ({why}): the events of transactions wait for it"
+            log.warning("ledger %s: transaction topic %s", lc.name, details["transaction_topic_missing"])
         ends = end_offsets(kafka, parts)
         cursor = get_cursor(wh, lc.name) or {}
         if cursor and cursor.get("topic", topic) != topic:
@@ -249,7 +254,7 @@ class CdcConnector(Connector):
             if msg.offset() < done.get(tp[1], 0) and _tx_of(msg.value()) not in pending:
                 continue  # handed on by an earlier pass
             events.append((tp[1], msg.offset(), msg.value(), _tx_of(msg.value())))
-        entries, errors, counted = self._map_transactions(events, expected, tx_topic in parts, topic, details)
+        entries, errors, counted = self._map_transactions(events, expected, bool(tx_topic), topic, details)
         result.read, mapped, tombstones = counted
         result.published = publisher.send(lc.name, entries)
         result.rejected = publisher.dead_letters(lc.name, errors)

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 from ..settings import (KAFKA_NODE_COUNTS, REPO_ROOT, StackConfig, kafka_nodes_file,  # noqa: F401
-                        recorded_kafka_nodes, secret_once, write_secret)
+                        secret_once, write_secret)
 
 KAFKA_VERSION = "4.4.0"
 CONNECT_VERSION = "4.3.1"  # Debezium 3.6 runs on Connect 4.3 (kafka/connect/pom.xml); a 4.3 worker talks to 4.4 brokers
@@ -213,6 +213,16 @@ def _reap(pid: int) -> None:
         pass
 
 
+def _log4j2(folder: Path, loggers: str) -> None:
+    """A JVM service's log4j2 configuration: INFO to standard output (the service's log file), plus ``loggers``."""
+    (folder / "log4j2.properties").write_text(
+        "rootLogger.level=INFO\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
+        "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
+        "appender.stdout.layout.type=PatternLayout\n"
+        "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n" + loggers
+    )
+
+
 def jar_dir(cfg: StackConfig, *parts: str) -> Path:
     """Where scripts/setup.sh put a set of jars: under the stack's folder, or under the repository's
     ``.stack/`` when LEDGER_STACK_DIR points elsewhere (a second stack of the same checkout)."""
@@ -300,14 +310,8 @@ class Kafka(Service):
             raise StackError("java not found: install a JDK 17 (scripts/setup.sh)")
         props = self.dir / "server.properties"
         props.write_text(self.properties())
-        (self.dir / "log4j2.properties").write_text(
-            "rootLogger.level=INFO\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
-            "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
-            "appender.stdout.layout.type=PatternLayout\n"
-            "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
-            "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n"
-            "logger.state.name=state.change.logger\nlogger.state.level=WARN\n"
-        )
+        _log4j2(self.dir, "logger.kafka.name=kafka\nlogger.kafka.level=INFO\n"
+                          "logger.state.name=state.change.logger\nlogger.state.level=WARN\n")
         cp = f"{self.libdir}/*"
         java_opts = ["-Xms256m", f"-Xmx{self.cfg.kafka_heap}", "-XX:+UseG1GC",
                      f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
@@ -632,13 +636,7 @@ class Connect(Service):
         self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
         props = self.dir / "worker.properties"
         props.write_text(self.properties())
-        (self.dir / "log4j2.properties").write_text(
-            "rootLogger.level=INFO\nrootLogger.appenderRef.stdout.ref=STDOUT\n"
-            "appender.stdout.type=Console\nappender.stdout.name=STDOUT\n"
-            "appender.stdout.layout.type=PatternLayout\n"
-            "appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n"
-            "logger.reflections.name=org.reflections\nlogger.reflections.level=ERROR\n"
-        )
+        _log4j2(self.dir, "logger.reflections.name=org.reflections\nlogger.reflections.level=ERROR\n")
         return self._spawn(["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
                             f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}", "-Djava.awt.headless=true",
                             "-cp", f"{self.libdir}/*", "org.apache.kafka.connect.cli.ConnectDistributed", str(props)])

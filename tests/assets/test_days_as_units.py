@@ -22,7 +22,7 @@ import pytest
 from conftest import post_journal
 from test_ui import CHROMIUM, REPO, _shot, browser, dagster_dev, stop_dagster  # noqa: F401 (browser: a fixture)
 
-from ledger_pipelines.local.demo import DAGSTER_YAML, set_pool_limits
+from ledger_pipelines.local.demo import set_pool_limits
 
 pytestmark = [pytest.mark.ui, pytest.mark.services]
 

@@ -120,6 +120,18 @@ def _topic_records(settings, topic: str) -> int:
     return sum(end_offsets(settings, {topic: len(md.partitions)}).values())
 
 
+def _assert_entries_once(env: dict, n: int) -> None:
+    """The event log holds exactly ``n`` entries, each once."""
+    from ledger_pipelines.warehouse import Warehouse
+
+    wh = Warehouse(env["LEDGER_WAREHOUSE_URL"])
+    try:
+        assert wh.scalar("SELECT count(*) FROM ledger_event_log") == n
+        assert wh.scalar("SELECT count(DISTINCT entry_id) FROM ledger_event_log") == n
+    finally:
+        wh.dispose()
+
+
 def _kill_when(condition, cluster, settings, topic, proc, timeout=60.0) -> int:
     """SIGKILL the leader of ``topic``'s partition 0 once ``condition()`` holds, while ``proc`` still runs (a
     kill after the run ended would test nothing); returns the killed node's id."""
@@ -152,8 +164,6 @@ def test_topics_on_the_cluster_are_replicated_with_a_min_isr(cluster, settings):
 
 
 def test_leader_killed_during_publish_then_during_ingest_gives_exactly_n_entries(cluster, settings, tmp_path):
-    from ledger_pipelines.warehouse import Warehouse
-
     payments = 60_000
     core = _journal(tmp_path, payments)
     env = _env(settings, tmp_path, _config(tmp_path), core)
@@ -186,12 +196,7 @@ def test_leader_killed_during_publish_then_during_ingest_gives_exactly_n_entries
     victim = _kill_when(ingested_some, cluster, settings, topic, ingest)
     out, err = ingest.communicate(timeout=300)
     assert ingest.returncode == 0, err[-3000:]
-    wh = Warehouse(env["LEDGER_WAREHOUSE_URL"])
-    try:
-        assert wh.scalar("SELECT count(*) FROM ledger_event_log") == 2 * payments
-        assert wh.scalar("SELECT count(DISTINCT entry_id) FROM ledger_event_log") == 2 * payments
-    finally:
-        wh.dispose()
+    _assert_entries_once(env, 2 * payments)
     cluster.node(victim).start(timeout=120)
     _wait_in_sync(settings, topic)
 
@@ -244,7 +249,6 @@ def test_leader_killed_during_a_bridge_run_applies_every_action_once(cluster, se
 
 def test_with_two_nodes_down_the_publisher_stops_and_says_why_and_loses_nothing(cluster, settings, tmp_path):
     from ledger_pipelines.kafka.topics import ensure_topics
-    from ledger_pipelines.warehouse import Warehouse
 
     payments = 500
     core = _journal(tmp_path, payments)
@@ -273,10 +277,5 @@ def test_with_two_nodes_down_the_publisher_stops_and_says_why_and_loses_nothing(
     assert pub.returncode == 0, err[-3000:]
     ingest = _cli(env, "ingest")
     assert ingest.wait(300) == 0, ingest.stderr.read()[-3000:]
-    wh = Warehouse(env["LEDGER_WAREHOUSE_URL"])
-    try:
-        assert wh.scalar("SELECT count(DISTINCT entry_id) FROM ledger_event_log") == 2 * payments
-        assert wh.scalar("SELECT count(*) FROM ledger_event_log") == 2 * payments
-    finally:
-        wh.dispose()
+    _assert_entries_once(env, 2 * payments)
     _wait_in_sync(settings, topic)
