@@ -10,10 +10,12 @@ Both ledgers are published by the product's long-running publisher (``ledger-pip
   (2) throughput: --rows journal lines committed in transactions of 1,000 lines; rows per second from the
       first commit until the last entry is in the event log.
 
-The Dagster sensor path adds the sensor's interval (30 s minimum) and a run's start (a new process) to
-these figures; it is not measured here.
+  (3) the Dagster path (--sensor-samples, default 3): the publishers and the ingest loop stopped, ``dagster
+      dev`` on the same warehouse; a transaction's COMMIT until its entries are in the event log, through
+      ``cdc_changes_sensor`` (the polling ledger: ``sql_rows_sensor``) -> a ``publish_job`` run ->
+      ``kafka_offsets_sensor`` -> an event-log run.
 
-    .venv/bin/python bench/bench_cdc.py [--samples 40] [--rows 100000]
+    .venv/bin/python bench/bench_cdc.py [--samples 40] [--rows 100000] [--sensor-samples 3]
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=40)
     ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--sensor-samples", type=int, default=3)
     args = ap.parse_args()
     cfg = StackConfig.from_env()
     for svc in services(cfg, ["kafka", "postgres", "connect"]):
@@ -142,6 +145,14 @@ def main() -> int:
                 out[f"{ledger}_throughput"] = {"rows_per_s": round(args.rows / (done - t0)),
                                                "commit_s": round(committed, 2), "seconds": round(done - t0, 2)}
                 print(json.dumps({ledger: out[f"{ledger}_throughput"]}), flush=True)
+            if args.sensor_samples:
+                stop.set()
+                for p in publishers:
+                    p.terminate()
+                    p.wait(30)
+                time.sleep(1)
+                out["sensor_path_s"] = sensor_path(env, tmp, conn, post, count, wait, args.sensor_samples)
+                print(json.dumps({"sensor_path_s": out["sensor_path_s"]}), flush=True)
     finally:
         stop.set()
         for p in publishers:
@@ -155,6 +166,48 @@ def main() -> int:
             conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     print(json.dumps(out))
     return 0
+
+
+def sensor_path(env, tmp: Path, conn, post, count, wait, samples: int) -> dict:
+    """COMMIT -> event log through the Dagster sensors and runs (``dagster dev``, the demo's instance
+    configuration), ``samples`` times."""
+    import socket
+    import urllib.request
+
+    from ledger_pipelines.local.demo import DAGSTER_YAML, set_pool_limits, stop_group
+
+    home = tmp / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    set_pool_limits(home)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h",
+                             "127.0.0.1", "-p", str(port)], cwd=REPO, env={**env, "DAGSTER_HOME": str(home)},
+                            stdout=open(tmp / "dagster.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"dagster dev did not answer; see {tmp / 'dagster.log'}")
+                time.sleep(1)
+        out = {}
+        for ledger, table in TABLES.items():  # the polling SQL connector through sql_rows_sensor: the baseline
+            lat = []
+            for i in range(samples):
+                have = count(ledger)
+                post(conn, table, 20_000_000 + 2 * i, 2)
+                t0 = time.monotonic()
+                lat.append(wait(ledger, have + 2, 300) - t0)
+            out[ledger] = {"samples": [round(x, 1) for x in lat], "median": round(statistics.median(lat), 1)}
+        return out
+    finally:
+        stop_group(proc, timeout=5)
 
 
 if __name__ == "__main__":

@@ -199,7 +199,7 @@ class CdcConnector(Connector):
         if lc.source == "debezium-postgres":
             from .cdc import connect
 
-            details["connector"] = connect.register(lc, kafka)
+            details["connector"] = connect.register(lc, kafka, published_before=get_cursor(wh, lc.name) is not None)
             details["slot"] = connect.slot_lag(lc)
             t = connect.topics(kafka, lc)
             topic, tx_topic = t.data, t.transactions

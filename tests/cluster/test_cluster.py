@@ -50,7 +50,7 @@ def cluster(tmp_path_factory):
     kc = KafkaCluster(cfg)
     kc.start(timeout=180)
     yield kc
-    kc.stop()
+    kc.stop(timeout=10)  # a throwaway cluster: no need to wait out the last nodes' shutdown without a quorum
 
 
 @pytest.fixture

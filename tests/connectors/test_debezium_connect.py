@@ -125,6 +125,10 @@ def test_inserts_updates_deletes_reach_the_event_log_once_and_a_posting_whole(cd
     with psycopg.connect(dsn) as c:
         assert c.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
                          (connect.slot_name(lc.name),)).fetchone()[0] == 0
+    # published before, connector and slot gone: no new snapshot (its rows would be booked twice), an error
+    with pytest.raises(connect.ConnectError, match="are gone"):
+        pub.publish(lc)
+    assert connect.status(lc.name)["connector"] == "absent"
 
 
 def test_a_transaction_is_held_back_until_its_end_has_arrived(kafka, tmp_path, monkeypatch):
@@ -269,3 +273,17 @@ def test_sigkill_of_the_worker_mid_20000_inserts_and_a_stopped_connector_lose_no
     _publish_until(pub, lc, wh, total + 50, timeout=120)
     assert wh.scalar(f"SELECT count(DISTINCT entry_id) FROM ledger_event_log WHERE ledger = '{lc.name}'") == total + 50
     assert wh.scalar(f"SELECT count(*) FROM ledger_event_log WHERE ledger = '{lc.name}'") == total + 50
+
+    # the connector deleted behind the project's back, its slot kept: registered again without a new snapshot
+    # (the 20,050 rows are not booked a second time), and what changed meanwhile arrives from the slot
+    assert connect._request("DELETE", f"{url}/connectors/{name}")[0] == 204
+    for _ in range(100):
+        if connect.status(lc.name)["connector"] == "absent":
+            break
+        time.sleep(0.2)
+    _post(dsn, [("R1", "2026-11-20T12:00:00Z", "GL-3", "7.00", "D", None)])
+    _publish_until(pub, lc, wh, total + 51, timeout=120)
+    time.sleep(2)
+    pub.publish(lc)
+    EventLogIngestor(pub.kafka, wh).run()
+    assert wh.scalar(f"SELECT count(*) FROM ledger_event_log WHERE ledger = '{lc.name}'") == total + 51

@@ -196,8 +196,14 @@ def prepare_source(lc, source_url: str) -> None:
             conn.execute(f'ALTER TABLE "{schema}"."{m.table}" REPLICA IDENTITY FULL')
 
 
-def register(lc, kafka: KafkaSettings, url: str | None = None) -> dict:
-    """Create or update the ledger's connector (idempotent); returns its status."""
+def register(lc, kafka: KafkaSettings, url: str | None = None, published_before: bool = False) -> dict:
+    """Create or update the ledger's connector (idempotent); returns its status.
+
+    A ledger that has published before (``published_before``) whose connector is gone is never given a
+    new snapshot: its rows would come back as entries of new ids (a snapshot row's id carries the
+    snapshot's log position), counted twice. With its replication slot still there it resumes from the slot
+    (``snapshot.mode=no_data``); with the slot gone the changes since are lost to CDC, which is an error
+    saying so."""
     url = url or connect_url()
     source_url = lc.require_connection_url()
     secret_path = lc.options.get("connect_password_file")
@@ -207,6 +213,15 @@ def register(lc, kafka: KafkaSettings, url: str | None = None) -> dict:
         secret_path = str(path)
     config = connector_config(lc, kafka, source_url, f"${{file:{secret_path}:password}}")
     code, doc = _request("GET", f"{url}/connectors/{connector_name(lc.name)}/config")
+    if code == 404 and published_before:
+        if slot_lag(lc) is None:
+            raise ConnectError(
+                f"ledger {lc.name}: it has published before, but its connector and its replication slot "
+                f"{slot_name(lc.name)} are gone: the changes made since cannot be read from the database's log. "
+                "Reset the ledger (its cursor and its entries in the event log) to take a new snapshot")
+        config["snapshot.mode"] = "no_data"
+    elif code == 200:
+        config["snapshot.mode"] = doc.get("snapshot.mode", config["snapshot.mode"])  # kept as registered
     if code != 200 or doc != {**config, "name": connector_name(lc.name)}:
         prepare_source(lc, source_url)  # only when the connector is new or changed: it may lock the table
         code, doc = _request("PUT", f"{url}/connectors/{connector_name(lc.name)}/config", config)
