@@ -251,9 +251,10 @@ class CdcConnector(Connector):
             if tp[0] == tx_topic:
                 _transaction_marker(msg.value(), collection, expected)
                 continue
-            if msg.offset() < done.get(tp[1], 0) and _tx_of(msg.value()) not in pending:
+            tx = _tx_of(msg.value())
+            if msg.offset() < done.get(tp[1], 0) and tx not in pending:
                 continue  # handed on by an earlier pass
-            events.append((tp[1], msg.offset(), msg.value(), _tx_of(msg.value())))
+            events.append((tp[1], msg.offset(), msg.value(), tx))
         entries, errors, counted = self._map_transactions(events, expected, bool(tx_topic), topic, details)
         result.read, mapped, tombstones = counted
         result.published = publisher.send(lc.name, entries)

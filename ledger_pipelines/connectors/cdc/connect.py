@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -47,8 +48,6 @@ def _request(method: str, url: str, body: Any = None, timeout: float = 120.0) ->
     """(HTTP status, JSON body) of a Connect REST call. A worker in the middle of a rebalance (after a
     restart, while a dead member is still in its group) answers 409 or not at all for a while: such calls
     are repeated until ``timeout``."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         code, doc = _once(method, url, body, min(30.0, max(1.0, deadline - time.monotonic())))
@@ -232,8 +231,6 @@ def register(lc, kafka: KafkaSettings, url: str | None = None, published_before:
 
 def _wait_running(ledger: str, url: str, timeout: float = 60.0) -> dict:
     """The connector's status once its task runs; a failed task is an error with Connect's own reason."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         st = status(ledger, url)
@@ -287,8 +284,6 @@ def remove(name: str, url: str | None = None) -> dict:
                              ("DELETE", "", (204, 404))):
         code, doc = _request(method, f"{url}/connectors/{name}/{path}".rstrip("/"))
         if code == 400 and path == "offsets":  # the stop has not reached the tasks yet
-            import time
-
             for _ in range(50):
                 time.sleep(0.2)
                 code, doc = _request(method, f"{url}/connectors/{name}/{path}")
@@ -296,8 +291,6 @@ def remove(name: str, url: str | None = None) -> dict:
                     break
         if code not in ok:
             raise ConnectError(f"connector {name}: {method} {path or name}: {code} {str(doc)[:300]}")
-    import time
-
     for _ in range(150):  # the worker forgets a deleted connector once its config topic says so
         if _request("GET", f"{url}/connectors/{name}/status")[0] == 404:
             break
@@ -324,8 +317,6 @@ def remove(name: str, url: str | None = None) -> dict:
 
 
 def _drop_slot(params: dict, slot: str, publication: str | None) -> bool:
-    import time
-
     with _connect_pg(params) as conn:
         for _ in range(100):  # the task lets go of the slot once it stopped
             row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
