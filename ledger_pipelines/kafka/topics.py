@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
@@ -14,6 +15,7 @@ from ..settings import KafkaSettings
 # check and the dead-letter queue rather than failing silently at the producer.
 ENTRY_TOPIC_MAX_BYTES = 16 * 1024 * 1024
 _LEDGER_NAME = re.compile(NAME_PATTERN)
+log = logging.getLogger(__name__)
 
 
 def entries_topic(settings: KafkaSettings, ledger: str) -> str:
@@ -75,7 +77,40 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
         _wait_for_leaders(client, [t.topic for t in new], timeout)
+    raise_min_isr(client, settings, [t for t in wanted if t in existing], timeout)
     return created
+
+
+def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: list[str], timeout: float) -> list[str]:
+    """Existing topics made as durable as new ones: a ``min.insync.replicas`` below the configured one is
+    raised when the topic has the replicas for it (a topic created before the cluster grew, or by a worker
+    with another setting); a replication factor below the configured one cannot be raised here (that is a
+    partition reassignment) and is logged as a warning with the topic's figures. Returns the topics altered."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    if not topics or settings.min_isr <= 1 and settings.replication_factor <= 1:
+        return []
+    md = client.list_topics(timeout=timeout).topics
+    resources = [ConfigResource("topic", t) for t in topics]
+    current = {r.name: int(f.result()["min.insync.replicas"].value)
+               for r, f in client.describe_configs(resources, request_timeout=timeout).items()}
+    altered = []
+    for t in topics:
+        replicas = min((len(p.replicas) for p in md[t].partitions.values()), default=0)
+        if replicas < settings.replication_factor:
+            log.warning("topic %s has %d replica(s) per partition, fewer than the configured %d: a write it "
+                        "acknowledges survives fewer broker losses; reassign its partitions "
+                        "(kafka-reassign-partitions.sh)", t, replicas, settings.replication_factor)
+            continue  # its min.insync.replicas is left as it is: raised, one broker down would stop its writes
+        want = settings.min_isr
+        if current[t] < want:
+            res = ConfigResource("topic", t, incremental_configs=[
+                ConfigEntry("min.insync.replicas", str(want), incremental_operation=AlterConfigOpType.SET)])
+            for fut in client.incremental_alter_configs([res], request_timeout=timeout).values():
+                fut.result()
+            log.warning("topic %s: min.insync.replicas raised from %d to %d", t, current[t], want)
+            altered.append(t)
+    return altered
 
 
 def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) -> None:

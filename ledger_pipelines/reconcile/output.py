@@ -17,6 +17,7 @@ from decimal import Decimal
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
+from urllib.parse import quote
 
 from ..commitment import canonical, pretty, record_hashes, records_root
 from .. import merkle
@@ -99,8 +100,12 @@ def _table(headers: list[str], rows: list[str]) -> str:
     return f"<table class='data'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _tds(cells: list[Any], numeric: set[int] = frozenset()) -> str:
+    return "".join(f"<td class='num'>{_e(c)}</td>" if i in numeric else f"<td>{_e(c)}</td>" for i, c in enumerate(cells))
+
+
 def _row(cells: list[Any], numeric: set[int] = frozenset(), row_id: str | None = None) -> str:
-    tds = "".join(f"<td class='num'>{_e(c)}</td>" if i in numeric else f"<td>{_e(c)}</td>" for i, c in enumerate(cells))
+    tds = _tds(cells, numeric)
     return f"<tr id='{_e(row_id)}'>{tds}</tr>" if row_id else f"<tr>{tds}</tr>"
 
 
@@ -152,10 +157,21 @@ def page_name(n: int) -> str:
     return "report.html" if n == 1 else f"breaks-{n:04d}.html"
 
 
-def _breaks_table(breaks: list[dict[str, Any]], day: str | None) -> str:
+def _breaks_table(breaks: list[dict[str, Any]], day: str | None, name: str | None = None) -> str:
+    """The breaks as table rows; on a day report (``name`` and ``day``) each break id links to the break's page
+    on the breaks desk, relative to where the desk serves the report (``/reports/<day>/<name>/``)."""
     headers = ["break id", "type", "correlation", "asset", "left", "right", "difference", "first seen", "age (days)",
                "left entries", "right entries", "reason"]
-    return _table(headers, [_row(_break_cells(b, day), {4, 5, 6, 8}, b["break_id"]) for b in breaks])
+    if not (name and day):
+        return _table(headers, [_row(_break_cells(b, day), {4, 5, 6, 8}, b["break_id"]) for b in breaks])
+    desk = f"../../../breaks/{_e(quote(name, safe=''))}/"
+    return _table(headers, [
+        f"<tr id='{_e(b['break_id'])}'><td><a href='{desk}{_e(quote(b['break_id'], safe=''))}' title='on the breaks "
+        f"desk'>{_e(b['break_id'])}</a></td>{_tds(_break_cells(b, day)[1:], {3, 4, 5, 7})}</tr>" for b in breaks])
+
+
+DESK_LINKS = ("<p>Each break id opens the break on the breaks desk when this page is read there "
+              "(<code>ledger-pipelines desk</code>, under <code>/reports/</code>).</p>")
 
 
 def _pager(pages: int, current: int) -> str:
@@ -195,7 +211,7 @@ def render_html(s: dict[str, Any], result: Reconciliation, title: str = "Reconci
 Merkle root <code>{s['merkle_root']}</code>.</p>{where}
 {_bars("Matches by type", s["match_type"])}{_bars("Breaks by type", s["break_type"])}
 <h3>Totals per asset and side</h3>{_table(["side", "asset", "debit", "credit"], totals_rows)}
-<h3>{caption}</h3>{_pager(pages, 1)}{_breaks_table(breaks[:PAGE_ROWS], day)}{_pager(pages, 1)}"""
+<h3>{caption}</h3>{DESK_LINKS if exports and name and day else ""}{_pager(pages, 1)}{_breaks_table(breaks[:PAGE_ROWS], day, name if exports else None)}{_pager(pages, 1)}"""
     return _page(f"{title} {name or ''} {day or ''}".strip(), body)
 
 
@@ -204,7 +220,7 @@ def render_breaks_page(breaks: list[dict[str, Any]], n: int, pages: int, name: s
     first = (n - 1) * PAGE_ROWS
     chunk = breaks[first:first + PAGE_ROWS]
     body = (f"{_heading(title, name, day)}<h3>Breaks {first + 1}-{first + len(chunk)} of {len(breaks)}</h3>"
-            f"{_pager(pages, n)}{_breaks_table(chunk, day)}{_pager(pages, n)}")
+            f"{DESK_LINKS if name and day else ''}{_pager(pages, n)}{_breaks_table(chunk, day, name)}{_pager(pages, n)}")
     return _page(f"{title} {name or ''} {day or ''} breaks page {n}".strip(), body)
 
 

@@ -136,6 +136,16 @@ def cdc_changes(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
         data, txs = t.data, t.transactions
         if cursor is None:
             return publish_request(lc.name, "register")
+        # a failed connector writes nothing more: without this the ledger would read as quiet
+        st = connect.status(lc.name)
+        failed = [task for task in st["tasks"] if task["state"] == "FAILED"]
+        if st["connector"] == "FAILED" or failed:
+            trace = (failed[0].get("trace") or "").strip().splitlines() if failed else []
+            raise connect.ConnectError(f"connector {connect.connector_name(lc.name)} is FAILED"
+                                       + (f": {trace[0][:300]}" if trace else "")
+                                       + "; fix its cause, then restart it (publish registers it again)")
+        if st["connector"] == "absent":  # removed by hand: the publish registers it again (from its slot)
+            return publish_request(lc.name, "register")
     else:
         data, txs = lc.options["debezium_topic"], lc.options.get("transaction_topic")
     cursor = cursor or {}

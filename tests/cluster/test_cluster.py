@@ -163,6 +163,39 @@ def test_topics_on_the_cluster_are_replicated_with_a_min_isr(cluster, settings):
     assert "127.0.0.1" in cluster.cfg.kafka_bootstrap and cluster.cfg.kafka_bootstrap.count(",") == 2
 
 
+def test_existing_topics_get_the_configured_min_isr_and_an_under_replicated_one_is_named(cluster, settings, caplog):
+    """Topics made before (by an older setting, or before the cluster grew): a min.insync.replicas of 1 on a
+    3-replica topic is raised to 2; a topic of 1 replica is left alone and named in a warning."""
+    from confluent_kafka.admin import ConfigResource, NewTopic
+
+    from ledger_pipelines.kafka.topics import ensure_topics
+
+    admin = _admin(settings)
+    full, thin = (f"{settings.topic_prefix}{name}.entries" for name in ("full_rf", "thin_rf"))
+    for topic, rf in ((full, 3), (thin, 1)):
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=rf,
+                                      config={"min.insync.replicas": "1"})])[topic].result()
+    with caplog.at_level("WARNING", logger="ledger_pipelines.kafka.topics"):
+        created = ensure_topics(settings, ["full_rf", "thin_rf"])
+    assert full not in created and thin not in created
+    configs = {t: admin.describe_configs([ConfigResource("topic", t)])[ConfigResource("topic", t)].result()
+               for t in (full, thin)}
+    assert configs[full]["min.insync.replicas"].value == "2"
+    assert configs[thin]["min.insync.replicas"].value == "1"
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"topic {thin} has 1 replica(s) per partition, fewer than the configured 3" in warnings
+    assert f"topic {full}: min.insync.replicas raised from 1 to 2" in warnings
+    deadline = time.monotonic() + 15  # every broker serves the new value once the change has reached it
+    while any(admin.describe_configs([ConfigResource("topic", full)])[ConfigResource("topic", full)].result()
+              ["min.insync.replicas"].value != "2" for _ in range(3)):
+        assert time.monotonic() < deadline, "the raised min.insync.replicas did not reach every broker"
+        time.sleep(0.2)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ledger_pipelines.kafka.topics"):
+        ensure_topics(settings, ["full_rf"])  # once raised, nothing more to do
+    assert not caplog.records
+
+
 def test_leader_killed_during_publish_then_during_ingest_gives_exactly_n_entries(cluster, settings, tmp_path):
     payments = 60_000
     core = _journal(tmp_path, payments)

@@ -64,3 +64,29 @@ def test_a_debezium_source_is_checked_when_the_configuration_is_read(tmp_path, l
     path.write_text(yaml.safe_dump({"ledgers": [ledger]}))
     with pytest.raises(ConfigError, match=reason):
         load_config(path)
+
+
+def test_the_source_urls_tls_parameters_reach_the_connector_and_others_are_refused():
+    from ledger_pipelines.connectors.cdc import connect
+    from ledger_pipelines.settings import KafkaSettings
+
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+
+    lc = LedgerConfig(name="orders", kind="cdc", source="debezium-postgres", connection_env="X",
+                      mapping=ColumnMapping())
+    url = ("postgresql+psycopg://app:s3cret@db.internal:6432/ledger?sslmode=verify-full"
+           "&sslrootcert=/etc/ssl/ca.pem&sslcert=/etc/ssl/app.crt&sslkey=/etc/ssl/app.key&connect_timeout=5")
+    config = connect.connector_config(lc, KafkaSettings(bootstrap_servers="127.0.0.1:9092"), url, "${file:/p:password}")
+    assert {k: v for k, v in config.items() if k.startswith("database.ssl")} == {
+        "database.sslmode": "verify-full", "database.sslrootcert": "/etc/ssl/ca.pem",
+        "database.sslcert": "/etc/ssl/app.crt", "database.sslkey": "/etc/ssl/app.key"}
+    assert config["database.hostname"] == "db.internal" and config["database.port"] == "6432"
+    assert "s3cret" not in str(config)
+    plain = connect.connector_config(lc, KafkaSettings(bootstrap_servers="127.0.0.1:9092"),
+                                     "postgresql+psycopg://app:pw@db/ledger", "${file:/p:password}")
+    assert not any(k.startswith("database.ssl") for k in plain)
+    for query, reason in (("sslpassword=x", "not sslpassword"), ("options=-c%20search_path%3Dx", "not options"),
+                          ("sslmode=sometimes", "is not one of"), ("sslmode=require&sslmode=disable", "more than once")):
+        with pytest.raises(connect.ConnectError, match=reason):
+            connect.connector_config(lc, KafkaSettings(bootstrap_servers="127.0.0.1:9092"),
+                                     f"postgresql+psycopg://app:pw@db/ledger?{query}", "${file:/p:password}")

@@ -62,6 +62,25 @@ def test_the_list_filters_sorts_pages_and_exports(site):
     assert cl.request("/breaks?sort=nonsense")[0] == 400
 
 
+def test_the_report_pages_break_ids_open_the_breaks_on_the_desk(site):
+    """report.html, as the desk serves it, links each break id to that break's page (relative links: the
+    report's bytes stay the anchored ones)."""
+    import posixpath
+    import re
+
+    c, base = site
+    cl = _logged_in(base, "olga")
+    page = f"/reports/{D1}/{PAIR.name}/report.html"
+    status, _, body = cl.request(page)
+    rows = re.findall(r"<tr id='(b-[0-9a-f]{20})'><td><a href='([^']+)'", body)
+    assert len(rows) == 3, body[:2000]
+    for bid, href in rows:
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(page), href))
+        assert target == f"/breaks/{PAIR.name}/{bid}"
+        status, _, desk_page = cl.request(target)
+        assert status == 200 and bid in desk_page and "report of" in desk_page
+
+
 def test_a_state_change_needs_the_csrf_token_and_the_role(site):
     c, base = site
     bid = c.break_of("bank:2")

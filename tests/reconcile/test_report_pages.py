@@ -144,9 +144,15 @@ def test_the_index_shows_the_largest_and_oldest_open_breaks(report):
 def test_every_link_resolves_to_a_file_and_row_that_exist(report):
     folder, _, _ = report
     pages = [folder / "index.html", *sorted((folder / NAME).glob("*.html"))]
-    checked = 0
+    checked = desk = 0
     for page in pages:
-        for href in re.findall(r"href='([^']+)'", page.read_text()):
+        text = page.read_text()
+        for row_id, href in re.findall(r"<tr id='([^']+)'><td><a href='(\.\./\.\./\.\./breaks/[^']+)'", text):
+            assert href == f"../../../breaks/{NAME}/{row_id}"  # the break on the desk, where the desk serves reports
+            desk += 1
+        for href in re.findall(r"href='([^']+)'", text):
+            if href.startswith("../../../breaks/"):
+                continue
             path, _, anchor = href.partition("#")
             target = (page.parent / path).resolve()
             assert target.is_file(), (page, href)
@@ -154,6 +160,7 @@ def test_every_link_resolves_to_a_file_and_row_that_exist(report):
                 assert anchor in _ids_in(target.read_text()), (page, href)
             checked += 1
     assert checked > 100
+    assert desk == BREAKS  # every break row of every page
 
 
 def test_amounts_per_asset_are_per_direction():

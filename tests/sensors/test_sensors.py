@@ -134,3 +134,36 @@ def test_a_change_whose_run_failed_is_asked_for_again_and_a_running_publish_is_l
                                       tags={"ledger": "core_banking"}, status=DagsterRunStatus.STARTED)
     assert run.status == DagsterRunStatus.STARTED
     assert isinstance(_tick("sql_rows_sensor", instance), SkipReason)
+
+
+def test_a_failed_debezium_connector_fails_the_cdc_tick_and_a_removed_one_is_registered_again(tmp_path, monkeypatch):
+    """A FAILED connector writes nothing more to its topics: the tick must say so, not "no new change
+    events". The states are the ones Kafka Connect's status endpoint reports (``connect.status``)."""
+    from ledger_pipelines.connectors.cdc import connect
+    from ledger_pipelines.warehouse import Warehouse
+    from ledger_pipelines.warehouse.state import set_cursor
+
+    config = tmp_path / "ledgers.yaml"
+    config.write_text(yaml.safe_dump({"ledgers": [
+        {"name": "orders", "kind": "cdc", "source": "debezium-postgres", "connection_env": "LEDGER_ORDERS_URL"}]}))
+    for k, v in {"LEDGER_CONFIG": str(config), "LEDGER_ORDERS_URL": "postgresql+psycopg://u:p@127.0.0.1:9/x",
+                 "LEDGER_WAREHOUSE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+                 "LEDGER_KAFKA_BOOTSTRAP": "127.0.0.1:9"}.items():
+        monkeypatch.setenv(k, v)
+    wh = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    wh.create_schema()
+    set_cursor(wh, "orders", {"offsets": {"0": 10}})  # it has published before
+    wh.dispose()
+    states = {"failed task": {"connector": "RUNNING", "tasks": [
+        {"state": "FAILED", "trace": "org.apache.kafka.connect.errors.ConnectException: FATAL: password "
+                                     "authentication failed for user \"u\"\n\tat io.debezium..."}]},
+              "failed connector": {"connector": "FAILED", "tasks": []}}
+    for what, state in states.items():
+        monkeypatch.setattr(connect, "status", lambda ledger, url=None, state=state: state)
+        with pytest.raises(Exception, match="orders: ConnectError: connector ledger-pipelines.orders is FAILED") as err:
+            _tick("cdc_changes_sensor", DagsterInstance.ephemeral())
+        if what == "failed task":
+            assert "password authentication failed" in str(err.value) and "at io.debezium" not in str(err.value)
+    monkeypatch.setattr(connect, "status", lambda ledger, url=None: {"connector": "absent", "tasks": []})
+    requests = _tick("cdc_changes_sensor", DagsterInstance.ephemeral())
+    assert [r.run_config["ops"]["publish_ledger"]["config"]["ledger"] for r in requests] == ["orders"]

@@ -98,21 +98,46 @@ def topics(kafka: KafkaSettings, lc) -> DebeziumTopics:
     return DebeziumTopics(prefix, f"{prefix}.{m.schema or 'public'}.{m.table}", f"{prefix}.transaction")
 
 
+# TLS parameters of the source URL, given to both sides: the project's own connections (psycopg) and the
+# connector (``database.<name>``); the connector would otherwise connect with its own default
+TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# query parameters that only tune the project's own connections and need nothing from the connector
+LOCAL_PARAMS = ("connect_timeout", "application_name")
+
+
 def _pg_params(url: str) -> dict:
+    """Host, port, user, password, database and TLS parameters of a source URL. A query parameter the
+    connector could not be given the same (``sslpassword``, ``options``, ...) is refused by name: the
+    connector would read the database differently from the project's own connections."""
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
     if not u.drivername.startswith("postgresql"):
         raise ConnectError(f"a debezium-postgres source is a PostgreSQL URL, not {redact_url(url)}")
+    other = sorted(set(u.query) - set(TLS_PARAMS) - set(LOCAL_PARAMS))
+    if other:
+        raise ConnectError(f"a debezium-postgres source URL takes only {', '.join(TLS_PARAMS + LOCAL_PARAMS)} "
+                           f"as query parameters, not {', '.join(other)}")
+    tls = {}
+    for name in TLS_PARAMS:
+        value = u.query.get(name)
+        if isinstance(value, tuple):
+            raise ConnectError(f"the source URL gives {name} more than once")
+        if value is not None:
+            tls[name] = str(value)
+    if tls.get("sslmode", "prefer") not in SSL_MODES:
+        raise ConnectError(f"sslmode={tls['sslmode']!r} is not one of {', '.join(SSL_MODES)}")
     return {"host": u.host or "127.0.0.1", "port": u.port or 5432, "user": u.username, "password": u.password or "",
-            "dbname": u.database}
+            "dbname": u.database, "tls": tls}
 
 
 def _connect_pg(params: dict):
     import psycopg
 
     return psycopg.connect(host=params["host"], port=params["port"], user=params["user"],
-                           password=params["password"], dbname=params["dbname"], autocommit=True, connect_timeout=10)
+                           password=params["password"], dbname=params["dbname"], autocommit=True, connect_timeout=10,
+                           **params.get("tls", {}))
 
 
 def secret_file(ledger: str) -> Path:
@@ -146,6 +171,7 @@ def connector_config(lc, kafka: KafkaSettings, source_url: str, password_ref: st
         "database.user": str(p["user"]),
         "database.password": password_ref,
         "database.dbname": str(p["dbname"]),
+        **{f"database.{name}": value for name, value in p["tls"].items()},
         "topic.prefix": t.prefix,
         "table.include.list": f"{schema}.{m.table}",
         "publication.name": slot_name(lc.name),
@@ -307,7 +333,8 @@ def remove(name: str, url: str | None = None) -> dict:
                 raise ConnectError(f"its password file {ref.group(1)} is not {own}: drop the slot by hand")
             params = {"host": config["database.hostname"], "port": int(config["database.port"]),
                       "user": config["database.user"], "password": _read_password(own),
-                      "dbname": config["database.dbname"]}
+                      "dbname": config["database.dbname"],
+                      "tls": {name: config[f"database.{name}"] for name in TLS_PARAMS if f"database.{name}" in config}}
             out["slot_dropped"] = _drop_slot(params, slot, config.get("publication.name"))
         except (psycopg.Error, OSError, ConnectError) as exc:  # the connector is gone: the slot left is said, with why
             out["slot_error"] = f"replication slot {slot} not dropped: {str(exc).strip()[:300]}"
