@@ -656,14 +656,22 @@ def cmd_desk(args) -> int:
         return 2
     from .desk.app import serve
     from .desk.auth import session_key
+    from .config import ConfigError
+    from .desk.policy import trusted_proxies
     from .settings import StackConfig
+
+    try:
+        proxies = trusted_proxies(env)
+    except ConfigError as exc:
+        _emit_error("desk", str(exc))
+        return 2
 
     reports = Path(env.get("LEDGER_REPORTS_DIR") or StackConfig.from_env().root / "reports")
     state = Path(env.get("LEDGER_DEMO_DIR") or StackConfig.from_env().root)
     if not desk.users():
         sys.stderr.write("desk: no users yet; add one with `ledger-pipelines desk user add NAME --role approver`\n")
     print(f"breaks desk on http://127.0.0.1:{args.port} (warehouse {desk.wh.describe()}, reports {reports})", flush=True)
-    serve(desk, reports, session_key(env, state), port=args.port)
+    serve(desk, reports, session_key(env, state), port=args.port, proxies=proxies)
     return 0
 
 

@@ -14,19 +14,20 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from ledger_pipelines.desk.app import DeskApp
+from ledger_pipelines.desk.app import DeskApp, server_config
 from ledger_pipelines.desk.auth import RateLimit, Sessions
 
 KEY = b"k" * 32
 
 
 @contextmanager
-def serving(desk, reports, limiter: RateLimit | None = None):
+def serving(desk, reports, limiter: RateLimit | None = None, proxies: list[str] | None = None):
+    """The desk's app in the server configuration ``ledger-pipelines desk`` runs it with."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = DeskApp(desk, reports, Sessions(KEY, 8), limiter).build()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, proxies=proxies))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -52,10 +53,11 @@ class Client:
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect)
 
-    def request(self, path: str, form: dict | None = None) -> tuple[int, dict, str]:
+    def request(self, path: str, form: dict | None = None, headers: dict | None = None) -> tuple[int, dict, str]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
         try:
-            with self.opener.open(self.base + path, data=data, timeout=30) as r:
+            with self.opener.open(urllib.request.Request(self.base + path, data=data, headers=headers or {}),
+                                  timeout=30) as r:
                 return r.status, dict(r.headers), r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read().decode()

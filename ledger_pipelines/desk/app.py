@@ -550,9 +550,20 @@ def _csv_response(filename: str, cols: list[str], rows) -> StreamingResponse:
                              headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
+def server_config(app, host: str = "127.0.0.1", port: int = 8600, log_level: str = "warning",
+                  proxies: list[str] | None = None):
+    """uvicorn's configuration of the desk. Forwarded headers are read only from ``proxies``
+    (:func:`~ledger_pipelines.desk.policy.trusted_proxies`): uvicorn by itself believes them from any
+    loopback peer, and every client of a desk bound to 127.0.0.1 is one."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
+                          proxy_headers=bool(proxies), forwarded_allow_ips=list(proxies or []))
+
+
 def serve(desk: Desk, reports: Path, key: bytes, host: str = "127.0.0.1", port: int = 8600,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", proxies: list[str] | None = None) -> None:
     import uvicorn
 
     app = DeskApp(desk, reports, Sessions(key, desk.settings.session_hours)).build()
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False)
+    uvicorn.Server(server_config(app, host, port, log_level, proxies)).run()

@@ -210,3 +210,23 @@ def desk_base_url(env: dict[str, str] | None = None) -> str:
     if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?", raw):
         raise ConfigError(f"LEDGER_DESK_URL={raw!r} is not an http(s) URL of the desk")
     return raw.rstrip("/")
+
+
+def trusted_proxies(env: dict[str, str] | None = None) -> list[str]:
+    """The reverse proxies whose ``X-Forwarded-For`` / ``X-Forwarded-Proto`` the desk believes
+    (``LEDGER_DESK_TRUSTED_PROXIES``: addresses or networks, comma-separated); none by default, so a client
+    cannot pick the address the login rate limit counts it under by sending the header itself."""
+    import ipaddress
+    import os
+
+    raw = (env if env is not None else os.environ).get("LEDGER_DESK_TRUSTED_PROXIES", "")
+    out = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=True)))
+        except ValueError:
+            raise ConfigError(f"LEDGER_DESK_TRUSTED_PROXIES: {item[:60]!r} is not an IP address or network "
+                              "(e.g. 127.0.0.1 or 10.0.0.0/24; '*' is not allowed)") from None
+    return out

@@ -9,7 +9,9 @@ import pytest
 from corridor import D1, PAIR, PASSWORD, Corridor
 from desk_server import KEY, Client, serving
 from ledger_pipelines.audit import finish_report
+from ledger_pipelines.config import ConfigError
 from ledger_pipelines.desk.auth import RateLimit, Sessions
+from ledger_pipelines.desk.policy import trusted_proxies
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,37 @@ def test_pages_need_a_login_and_wrong_passwords_are_limited(site):
     assert other.login("anna", PASSWORD) == 303
     cookie = next(k for k in other.jar if k.name == Sessions.cookie)
     assert cookie.has_nonstandard_attr("HttpOnly") or "httponly" in str(cookie._rest).lower()
+
+
+def _try(cl, name, password, **headers) -> tuple[int, dict]:
+    status, h, _ = cl.request("/login", {"csrf": cl.csrf(), "name": name, "password": password, "next": "/breaks"},
+                              headers=headers)
+    return status, h
+
+
+def test_a_client_cannot_choose_the_address_the_rate_limit_counts_and_a_trusted_proxys_is_believed(site):
+    """X-Forwarded-For from a client is ignored (uvicorn alone believes it from any loopback peer); from a
+    configured proxy it names the client, so one user locked out is not everyone behind the proxy."""
+    c, base = site
+    cl = Client(base)
+    for _ in range(3):
+        assert _try(cl, "mallory", "guess")[0] == 401
+    for n in range(5):  # a new made-up address per guess: still the same client
+        assert _try(cl, "mallory", "guess", **{"X-Forwarded-For": f"203.0.113.{n}"})[0] == 429
+    with serving(c.desk, c.reports, RateLimit(attempts=3, window=60), proxies=trusted_proxies(
+            {"LEDGER_DESK_TRUSTED_PROXIES": "127.0.0.1, ::1"})) as behind:
+        proxy = Client(behind)
+        for _ in range(3):
+            assert _try(proxy, "olga", "wrong password!", **{"X-Forwarded-For": "198.51.100.7"})[0] == 401
+        assert _try(proxy, "olga", PASSWORD, **{"X-Forwarded-For": "198.51.100.7"})[0] == 429
+        status, headers = _try(proxy, "olga", PASSWORD, **{"X-Forwarded-For": "198.51.100.8",
+                                                          "X-Forwarded-Proto": "https"})
+        assert status == 303  # another client behind the same proxy, and TLS ended at the proxy:
+        assert "secure" in headers["set-cookie"].lower()  # the session cookie is Secure
+    for bad in ("*", "10.0.0.1/8", "proxy.internal", "127.0.0.1,*"):
+        with pytest.raises(ConfigError, match="LEDGER_DESK_TRUSTED_PROXIES"):
+            trusted_proxies({"LEDGER_DESK_TRUSTED_PROXIES": bad})
+    assert trusted_proxies({}) == []
 
 
 def test_the_list_filters_sorts_pages_and_exports(site):
