@@ -566,4 +566,10 @@ def serve(desk: Desk, reports: Path, key: bytes, host: str = "127.0.0.1", port: 
     import uvicorn
 
     app = DeskApp(desk, reports, Sessions(key, desk.settings.session_hours)).build()
-    uvicorn.Server(server_config(app, host, port, log_level, proxies)).run()
+    server = uvicorn.Server(server_config(app, host, port, log_level, proxies))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C is how the desk is stopped (as uvicorn.run has it)
+        pass
+    if not server.started:
+        raise SystemExit(3)  # the port taken, or the app did not start: uvicorn logged why

@@ -136,15 +136,21 @@ def cdc_changes(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
         data, txs = t.data, t.transactions
         if cursor is None:
             return publish_request(lc.name, "register")
-        # a failed connector writes nothing more: without this the ledger would read as quiet
-        st = connect.status(lc.name)
+        # a failed connector writes nothing more: without this the ledger would read as quiet (a few
+        # seconds at most: the tick has 60 s for every ledger)
+        st = connect.status(lc.name, timeout=5.0)
         failed = [task for task in st["tasks"] if task["state"] == "FAILED"]
         if st["connector"] == "FAILED" or failed:
-            trace = (failed[0].get("trace") or "").strip().splitlines() if failed else []
-            raise connect.ConnectError(f"connector {connect.connector_name(lc.name)} is FAILED"
-                                       + (f": {trace[0][:300]}" if trace else "")
-                                       + "; fix its cause, then restart it (publish registers it again)")
-        if st["connector"] == "absent":  # removed by hand: the publish registers it again (from its slot)
+            raise connect.ConnectError(
+                f"connector {connect.connector_name(lc.name)} is FAILED: {connect.failure_reason(failed)}; fix the "
+                "cause, then restart its tasks (POST /connectors/<name>/restart?includeTasks=true)")
+        if st["connector"] == "absent":
+            # removed by hand with its slot kept: the publish registers it again, resuming from the slot;
+            # with the slot gone too (removed on purpose, `cdc sync`) nothing is asked for: it says so
+            if connect.slot_lag(lc) is None:
+                raise connect.ConnectError(f"connector {connect.connector_name(lc.name)} and its replication slot "
+                                           "are gone: remove the ledger from the configuration (and reload the "
+                                           "code location) or reset it")
             return publish_request(lc.name, "register")
     else:
         data, txs = lc.options["debezium_topic"], lc.options.get("transaction_topic")

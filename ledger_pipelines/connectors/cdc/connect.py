@@ -102,14 +102,15 @@ def topics(kafka: KafkaSettings, lc) -> DebeziumTopics:
 # connector (``database.<name>``); the connector would otherwise connect with its own default
 TLS_PARAMS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-# query parameters that only tune the project's own connections and need nothing from the connector
+# query parameters that only tune the project's own connections (psycopg) and need nothing from the connector
 LOCAL_PARAMS = ("connect_timeout", "application_name")
 
 
 def _pg_params(url: str) -> dict:
-    """Host, port, user, password, database and TLS parameters of a source URL. A query parameter the
-    connector could not be given the same (``sslpassword``, ``options``, ...) is refused by name: the
-    connector would read the database differently from the project's own connections."""
+    """Host, port, user, password, database, TLS and local-only parameters of a source URL. Any other query
+    parameter (``options``, ``sslpassword`` — a secret the connector's configuration would hold in plain
+    text —, ...) is refused by name: the connector would read the database differently from the project's
+    own connections."""
     from sqlalchemy.engine import make_url
 
     u = make_url(url)
@@ -119,25 +120,25 @@ def _pg_params(url: str) -> dict:
     if other:
         raise ConnectError(f"a debezium-postgres source URL takes only {', '.join(TLS_PARAMS + LOCAL_PARAMS)} "
                            f"as query parameters, not {', '.join(other)}")
-    tls = {}
-    for name in TLS_PARAMS:
+    tls, local = {}, {}
+    for name in TLS_PARAMS + LOCAL_PARAMS:
         value = u.query.get(name)
         if isinstance(value, tuple):
             raise ConnectError(f"the source URL gives {name} more than once")
         if value is not None:
-            tls[name] = str(value)
+            (tls if name in TLS_PARAMS else local)[name] = str(value)
     if tls.get("sslmode", "prefer") not in SSL_MODES:
         raise ConnectError(f"sslmode={tls['sslmode']!r} is not one of {', '.join(SSL_MODES)}")
     return {"host": u.host or "127.0.0.1", "port": u.port or 5432, "user": u.username, "password": u.password or "",
-            "dbname": u.database, "tls": tls}
+            "dbname": u.database, "tls": tls, "local": local}
 
 
 def _connect_pg(params: dict):
     import psycopg
 
     return psycopg.connect(host=params["host"], port=params["port"], user=params["user"],
-                           password=params["password"], dbname=params["dbname"], autocommit=True, connect_timeout=10,
-                           **params.get("tls", {}))
+                           password=params["password"], dbname=params["dbname"], autocommit=True,
+                           **{"connect_timeout": "10", **params.get("local", {}), **params.get("tls", {})})
 
 
 def secret_file(ledger: str) -> Path:
@@ -262,7 +263,7 @@ def _wait_running(ledger: str, url: str, timeout: float = 60.0) -> dict:
         st = status(ledger, url)
         failed = [t for t in st["tasks"] if t["state"] == "FAILED"]
         if failed or st["connector"] == "FAILED":
-            raise ConnectError(f"connector {connector_name(ledger)} failed: {failed[0].get('trace', '') if failed else ''}")
+            raise ConnectError(f"connector {connector_name(ledger)} failed: {failure_reason(failed)}")
         if st["connector"] in ("RUNNING", "STOPPED", "PAUSED") and (st["tasks"] or st["connector"] != "RUNNING") and all(
                 t["state"] in ("RUNNING", "PAUSED") for t in st["tasks"]):
             return st
@@ -271,15 +272,31 @@ def _wait_running(ledger: str, url: str, timeout: float = 60.0) -> dict:
         time.sleep(0.2)
 
 
-def status(ledger: str, url: str | None = None) -> dict:
+def _reason(trace: str) -> str:
+    """What made a task fail, in one line: the innermost ``Caused by:`` of its Java trace (the first line
+    is mostly Connect's generic "An exception occurred in the change event producer"), else the first."""
+    lines = [line.strip() for line in trace.splitlines() if line.strip()]
+    caused = [line[len("Caused by:"):].strip() for line in lines if line.startswith("Caused by:")]
+    return (caused[-1] if caused else lines[0] if lines else "no trace")[:300]
+
+
+def failure_reason(failed_tasks: list[dict]) -> str:
+    """The first failed task's reason (:func:`status` gives each failed task its ``reason``)."""
+    return failed_tasks[0].get("reason", "no trace") if failed_tasks else "no trace"
+
+
+def status(ledger: str, url: str | None = None, timeout: float = 120.0) -> dict:
+    """The connector's and its tasks' states (a failed task with its trace); ``timeout`` bounds the waiting
+    out of a worker that does not answer or is rebalancing."""
     url = url or connect_url()
-    code, doc = _request("GET", f"{url}/connectors/{connector_name(ledger)}/status")
+    code, doc = _request("GET", f"{url}/connectors/{connector_name(ledger)}/status", timeout=timeout)
     if code == 404:
         return {"connector": "absent", "tasks": []}
     if code != 200:
         raise ConnectError(f"connector {connector_name(ledger)}: status {code}: {str(doc)[:300]}")
     return {"connector": doc["connector"]["state"],
-            "tasks": [{"state": t["state"], **({"trace": t["trace"][:500]} if t.get("trace") else {})}
+            "tasks": [{"state": t["state"], **({"reason": _reason(t["trace"]), "trace": t["trace"][:500]}
+                                               if t.get("trace") else {})}
                       for t in doc.get("tasks", [])]}
 
 
