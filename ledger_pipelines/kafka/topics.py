@@ -52,7 +52,8 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
     (set on each topic: a cluster's own default is 1, which lets a leader alone acknowledge an
     ``acks=all`` write); returns those created."""
     client = admin(settings)
-    existing = set(client.list_topics(timeout=timeout).topics)
+    present = client.list_topics(timeout=timeout).topics
+    existing = set(present)
     wanted = {
         entries_topic(settings, name): {"max.message.bytes": str(ENTRY_TOPIC_MAX_BYTES)} for name in ledgers
     }
@@ -79,28 +80,29 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
         _wait_for_leaders(client, [t.topic for t in new], timeout)
     own = {entries_topic(settings, name) for name in ledgers} | {dlq_topic(settings), actions_topic(settings)}
     try:  # the project's own topics only: a trigger's target may belong to someone else
-        raise_min_isr(client, settings, [t for t in wanted if t in existing and t in own], min(timeout, 10.0))
+        raise_min_isr(client, settings, {t: present[t] for t in wanted if t in existing and t in own},
+                      min(timeout, 10.0))
     except KafkaException as exc:  # a degraded cluster: the write itself says whether it can be acknowledged
         log.warning("min.insync.replicas of the existing topics not checked: %s", exc)
     return created
 
 
-def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: list[str], timeout: float) -> list[str]:
+def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: dict, timeout: float) -> list[str]:
     """Existing topics made as durable as new ones: a ``min.insync.replicas`` below the configured one is
     raised when the topic has the replicas for it (a topic created before the cluster grew, or by a worker
     with another setting); a replication factor below the configured one cannot be raised here (that is a
-    partition reassignment) and is logged as a warning with the topic's figures. Returns the topics altered."""
+    partition reassignment) and is logged as a warning with the topic's figures. ``topics``: name -> the
+    topic's metadata (``list_topics``). Returns the topics altered."""
     from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
     if not topics or settings.min_isr <= 1 and settings.replication_factor <= 1:
         return []
-    md = client.list_topics(timeout=timeout).topics
     resources = [ConfigResource("topic", t) for t in topics]
     current = {r.name: int(f.result()["min.insync.replicas"].value)
                for r, f in client.describe_configs(resources, request_timeout=timeout).items()}
     altered = []
     for t in topics:
-        replicas = min((len(p.replicas) for p in md[t].partitions.values()), default=0)
+        replicas = min((len(p.replicas) for p in topics[t].partitions.values()), default=0)
         if replicas < settings.replication_factor:
             log.warning("topic %s has %d replica(s) per partition, fewer than the configured %d: a write it "
                         "acknowledges survives fewer broker losses; reassign its partitions "

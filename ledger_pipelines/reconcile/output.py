@@ -174,6 +174,12 @@ DESK_LINKS = ("<p>Each break id opens the break on the breaks desk when this pag
               "(<code>ledger-pipelines desk</code>, under <code>/reports/</code>).</p>")
 
 
+def _breaks_part(breaks: list[dict[str, Any]], pages: int, n: int, name: str | None, day: str | None) -> str:
+    """Page ``n``'s breaks between its pagers; on a day report (``name`` and ``day``) with desk links."""
+    note = DESK_LINKS if name and day else ""
+    return f"{note}{_pager(pages, n)}{_breaks_table(breaks, day, name)}{_pager(pages, n)}"
+
+
 def _pager(pages: int, current: int) -> str:
     if pages <= 1:
         return ""
@@ -211,7 +217,7 @@ def render_html(s: dict[str, Any], result: Reconciliation, title: str = "Reconci
 Merkle root <code>{s['merkle_root']}</code>.</p>{where}
 {_bars("Matches by type", s["match_type"])}{_bars("Breaks by type", s["break_type"])}
 <h3>Totals per asset and side</h3>{_table(["side", "asset", "debit", "credit"], totals_rows)}
-<h3>{caption}</h3>{DESK_LINKS if exports and name and day else ""}{_pager(pages, 1)}{_breaks_table(breaks[:PAGE_ROWS], day, name if exports else None)}{_pager(pages, 1)}"""
+<h3>{caption}</h3>{_breaks_part(breaks[:PAGE_ROWS], pages, 1, name if exports else None, day)}"""
     return _page(f"{title} {name or ''} {day or ''}".strip(), body)
 
 
@@ -220,7 +226,7 @@ def render_breaks_page(breaks: list[dict[str, Any]], n: int, pages: int, name: s
     first = (n - 1) * PAGE_ROWS
     chunk = breaks[first:first + PAGE_ROWS]
     body = (f"{_heading(title, name, day)}<h3>Breaks {first + 1}-{first + len(chunk)} of {len(breaks)}</h3>"
-            f"{DESK_LINKS if name and day else ''}{_pager(pages, n)}{_breaks_table(chunk, day, name)}{_pager(pages, n)}")
+            f"{_breaks_part(chunk, pages, n, name, day)}")
     return _page(f"{title} {name or ''} {day or ''} breaks page {n}".strip(), body)
 
 

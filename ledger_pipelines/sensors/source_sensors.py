@@ -139,11 +139,11 @@ def cdc_changes(lc: LedgerConfig, tick: Tick) -> RunRequest | None:
         # a failed connector writes nothing more: without this the ledger would read as quiet (a few
         # seconds at most: the tick has 60 s for every ledger)
         st = connect.status(lc.name, timeout=5.0)
-        failed = [task for task in st["tasks"] if task["state"] == "FAILED"]
-        if st["connector"] == "FAILED" or failed:
+        why = connect.failure(st)
+        if why is not None:
             raise connect.ConnectError(
-                f"connector {connect.connector_name(lc.name)} is FAILED: {connect.failure_reason(failed)}; fix the "
-                "cause, then restart its tasks (POST /connectors/<name>/restart?includeTasks=true)")
+                f"connector {connect.connector_name(lc.name)} is FAILED: {why}; fix the cause, then restart its "
+                "tasks (POST /connectors/<name>/restart?includeTasks=true)")
         if st["connector"] == "absent":
             # removed by hand with its slot kept: the publish registers it again, resuming from the slot;
             # with the slot gone too (removed on purpose, `cdc sync`) nothing is asked for: it says so

@@ -261,9 +261,9 @@ def _wait_running(ledger: str, url: str, timeout: float = 60.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         st = status(ledger, url)
-        failed = [t for t in st["tasks"] if t["state"] == "FAILED"]
-        if failed or st["connector"] == "FAILED":
-            raise ConnectError(f"connector {connector_name(ledger)} failed: {failure_reason(failed)}")
+        why = failure(st)
+        if why is not None:
+            raise ConnectError(f"connector {connector_name(ledger)} failed: {why}")
         if st["connector"] in ("RUNNING", "STOPPED", "PAUSED") and (st["tasks"] or st["connector"] != "RUNNING") and all(
                 t["state"] in ("RUNNING", "PAUSED") for t in st["tasks"]):
             return st
@@ -280,9 +280,12 @@ def _reason(trace: str) -> str:
     return (caused[-1] if caused else lines[0] if lines else "no trace")[:300]
 
 
-def failure_reason(failed_tasks: list[dict]) -> str:
-    """The first failed task's reason (:func:`status` gives each failed task its ``reason``)."""
-    return failed_tasks[0].get("reason", "no trace") if failed_tasks else "no trace"
+def failure(st: dict) -> str | None:
+    """Why a :func:`status` is FAILED (the connector or a task; a failed task's ``reason``), or None."""
+    failed = [t for t in st["tasks"] if t["state"] == "FAILED"]
+    if not failed and st["connector"] != "FAILED":
+        return None
+    return failed[0].get("reason", "no trace") if failed else "no trace"
 
 
 def status(ledger: str, url: str | None = None, timeout: float = 120.0) -> dict:
