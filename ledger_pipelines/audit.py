@@ -221,15 +221,22 @@ def payment_legs(snapshots: dict[str, list[CanonicalEntry]]) -> Iterator[dict[st
     in configuration order (the corridor: sender bank, chain, beneficiary bank) in the same asset (legs in other assets are listed without a drift: converting them is the pair rules' job).
     """
     carriers = sorted(name for name, entries in snapshots.items() if any(e.correlation_id for e in entries))
+    # per correlation id, its ledgers in configuration order (the order they are first seen in here)
     by_corr: dict[str, dict[str, list[CanonicalEntry]]] = {}
     for name, entries in snapshots.items():
         for e in entries:
-            if e.correlation_id:
-                by_corr.setdefault(e.correlation_id, {}).setdefault(name, []).append(e)
+            if corr := e.correlation_id:
+                legs = by_corr.get(corr)
+                if legs is None:
+                    by_corr[corr] = {name: [e]}
+                elif (same := legs.get(name)) is None:
+                    legs[name] = [e]
+                else:
+                    same.append(e)
     for corr in sorted(by_corr):
         legs = by_corr.pop(corr)
         # the reference leg: the first ledger in configuration order (the corridor's order)
-        first = legs[next(name for name in snapshots if name in legs)][0]
+        first = next(iter(legs.values()))[0]
         reference = Decimal(first.amount)
         rows = []
         drifting = False

@@ -325,9 +325,17 @@ def replacing(target: Path) -> Iterator[Path]:
 
 class Written(NamedTuple):
     summary: dict[str, Any]
-    match_lines: list[bytes]  # canonical JSON of each match record, in match_id order
-    break_lines: list[bytes]
     leaf_hashes: list[bytes]  # the records' Merkle leaf hashes (commitment.record_hashes), sorted
+
+
+def _lines_written(path: Path, records: list) -> Iterator[bytes]:
+    """Each record's canonical line, written to ``path`` (a new file) as it is handed on: a day's million
+    lines are hashed as they are written, never held together."""
+    with open(path, "xb") as f:
+        for rec in records:
+            line = canonical(rec)
+            f.write(line + b"\n")
+            yield line
 
 
 def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
@@ -335,13 +343,8 @@ def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEnt
     """Writes a reconciliation into ``out_dir`` (a folder of its own, made by the caller)."""
     result.matches.sort(key=attrgetter("match_id"))  # the order verify requires (and the engine's own)
     result.breaks.sort(key=lambda b: b["break_id"])
-    match_lines = [canonical(m) for m in result.matches]
-    break_lines = [canonical(b) for b in result.breaks]
-    with open(out_dir / "matches.jsonl", "xb") as f:
-        f.writelines(line + b"\n" for line in match_lines)
-    with open(out_dir / "breaks.jsonl", "xb") as f:
-        f.writelines(line + b"\n" for line in break_lines)
-    hashes = record_hashes(day, name, match_lines, break_lines)
+    hashes = record_hashes(day, name, _lines_written(out_dir / "matches.jsonl", result.matches),
+                           _lines_written(out_dir / "breaks.jsonl", result.breaks))
     s = summary(result, left, right, rules, merkle.root(hashes).hex())
     with open(out_dir / "summary.json", "xb") as f:
         f.write(pretty(s))
@@ -350,7 +353,7 @@ def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEnt
         f.write(render_html(s, result, name=name, day=day, exports=exports))
     if exports:
         _write_exports(out_dir, result, name, day)
-    return Written(s, match_lines, break_lines, hashes)
+    return Written(s, hashes)
 
 
 def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
