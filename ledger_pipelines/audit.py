@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from sqlalchemy import text
@@ -98,6 +98,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     decided: list[dict[str, Any]] = []  # the desk's decisions the day's records honour
     count = 0
     stored: list[str] = []  # the reconciliations whose files reconciliation_results takes, at the end
+    carried: list[_OpenChange] = []  # each pair's changes to open_breaks, also made at the end
 
     def written(name: str, r, left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Rules) -> dict[str, Any]:
         nonlocal count
@@ -135,10 +136,10 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         r = reconcile(left, right, p.rules)
         decided += honour(wh, p.name, key, r)
         _age(r, first_seen, day)
-        _update_open(wh, p.name, key, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right}, first_seen)
+        carried.append(_open_change(p.name, r, {e.entry_id: e for e in left}, {e.entry_id: e for e in right},
+                                    first_seen))
         results[p.name] = {**written(p.name, r, left, right, p.rules),
                            "carried_in": len(carried_left) + len(carried_right)}
-    _store(wh, key, folder, stored)
     payments = {"total": 0, "complete": 0, "missing_leg": 0, "drifting": 0}
     with open(folder / "payments.jsonl", "xb") as f:
         for leg in payment_legs(snapshots):  # one payment at a time: written, committed, counted
@@ -171,6 +172,13 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
     audit["merkle_root"] = leaves.root()
     with open(folder / "audit.json", "xb") as f:
         f.write(pretty(audit))
+    # the warehouse takes the day once its report is whole, in one transaction: a run that fails before
+    # (or here) leaves open_breaks and reconciliation_results as the report in place says, and the next
+    # day carries in what that report left open
+    with wh.engine.begin() as c:
+        for change in carried:
+            _update_open(c, key, change)
+        _store(c, key, folder, stored)
     audit["_applied"] = [d["decision_id"] for d in decided]  # for the desk, not part of the report
     return audit, breaks
 
@@ -283,8 +291,13 @@ def _age(r, first_seen: dict[str, str], day: date) -> None:
             b["age_days"] = (day - date.fromisoformat(min(seen))).days
 
 
-def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict, first_seen: dict) -> None:
-    """Idempotent per day: forget what this day opened or closed before, then record it again."""
+class _OpenChange(NamedTuple):
+    name: str
+    opened: list[tuple[str, str, str]]  # (side, entry_id, entry) of the breaks this day opens
+    closed: list[str]  # entry ids carried in that this day matches
+
+
+def _open_change(name: str, r, left: dict, right: dict, first_seen: dict) -> _OpenChange:
     from .model import encode_entry
 
     opened = []
@@ -293,48 +306,52 @@ def _update_open(wh: Warehouse, name: str, day: str, r, left: dict, right: dict,
             for side, ids, pool in (("L", b["left_entry_ids"], left), ("R", b["right_entry_ids"], right)):
                 opened += [(side, i, encode_entry(pool[i]).decode()) for i in ids if i not in first_seen]
     matched = {i for m in r.matches for i in m.left_entry_ids + m.right_entry_ids}
-    with wh.engine.begin() as c:
-        c.execute(text(_OPEN_DDL))
-        # a later day may have closed an entry this day opened: re-running this day keeps that
-        later = c.execute(text("SELECT side, entry_id, closed_on FROM open_breaks WHERE name = :n AND first_seen = :d "
-                               "AND closed_on > :d"), {"n": name, "d": day}).fetchall()
-        c.execute(text("DELETE FROM open_breaks WHERE name = :n AND first_seen = :d"), {"n": name, "d": day})
-        c.execute(text("UPDATE open_breaks SET closed_on = NULL WHERE name = :n AND closed_on = :d"),
-                  {"n": name, "d": day})
-        # an entry closed on an earlier day that is open again (its version changed, it was re-mined) starts
-        # a new open row; the closed one goes
-        again = [{"n": name, "s": side, "i": i, "d": day} for side, i, _ in opened]
-        if again:
-            c.execute(text("DELETE FROM open_breaks WHERE name = :n AND side = :s AND entry_id = :i "
-                           "AND closed_on IS NOT NULL AND closed_on <= :d"), again)
-        bulk_insert(c, "open_breaks", ("name", "side", "entry_id", "entry", "first_seen"),
-                    [(name, side, i, entry, day) for side, i, entry in opened])
-        closed = [{"d": day, "n": name, "i": i} for i in sorted(matched & set(first_seen))]
-        if closed:
-            c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"), closed)
-        kept = [{"c": when, "n": name, "s": side, "i": i, "d": day} for side, i, when in later]
-        if kept:
-            c.execute(text("UPDATE open_breaks SET closed_on = :c WHERE name = :n AND side = :s AND entry_id = :i "
-                           "AND first_seen = :d"), kept)
+    return _OpenChange(name, opened, sorted(matched & set(first_seen)))
 
 
-def _store(wh: Warehouse, day: str, folder: Path, names: list[str]) -> None:
-    """Replace the day's results in ``reconciliation_results`` in one transaction: (day, name, record id,
-    match or break type, the record's canonical line as its report file holds it). The rows are read
-    from the reconciliations' ``matches.jsonl`` and ``breaks.jsonl``, a batch at a time: no record's
+def _update_open(c, day: str, change: _OpenChange) -> None:
+    """Idempotent per day: forget what this day opened or closed before, then record it again."""
+    name, opened = change.name, change.opened
+    c.execute(text(_OPEN_DDL))
+    # a later day may have closed an entry this day opened: re-running this day keeps that
+    later = c.execute(text("SELECT side, entry_id, closed_on FROM open_breaks WHERE name = :n AND first_seen = :d "
+                           "AND closed_on > :d"), {"n": name, "d": day}).fetchall()
+    c.execute(text("DELETE FROM open_breaks WHERE name = :n AND first_seen = :d"), {"n": name, "d": day})
+    c.execute(text("UPDATE open_breaks SET closed_on = NULL WHERE name = :n AND closed_on = :d"),
+              {"n": name, "d": day})
+    # an entry closed on an earlier day that is open again (its version changed, it was re-mined) starts
+    # a new open row; the closed one goes
+    again = [{"n": name, "s": side, "i": i, "d": day} for side, i, _ in opened]
+    if again:
+        c.execute(text("DELETE FROM open_breaks WHERE name = :n AND side = :s AND entry_id = :i "
+                       "AND closed_on IS NOT NULL AND closed_on <= :d"), again)
+    bulk_insert(c, "open_breaks", ("name", "side", "entry_id", "entry", "first_seen"),
+                [(name, side, i, entry, day) for side, i, entry in opened])
+    closed = [{"d": day, "n": name, "i": i} for i in change.closed]
+    if closed:
+        c.execute(text("UPDATE open_breaks SET closed_on = :d WHERE name = :n AND entry_id = :i"), closed)
+    kept = [{"c": when, "n": name, "s": side, "i": i, "d": day} for side, i, when in later]
+    if kept:
+        c.execute(text("UPDATE open_breaks SET closed_on = :c WHERE name = :n AND side = :s AND entry_id = :i "
+                       "AND first_seen = :d"), kept)
+
+
+def _store(c, day: str, folder: Path, names: list[str]) -> None:
+    """Replace the day's results in ``reconciliation_results`` (on the day's transaction ``c``): (day, name,
+    record id, match or break type, the record's canonical line as its report file holds it). The rows are
+    read from the reconciliations' ``matches.jsonl`` and ``breaks.jsonl``, a batch at a time: no record's
     text is held from its reconciliation to the end of the day."""
-    with wh.engine.begin() as c:
-        c.execute(text("CREATE TABLE IF NOT EXISTS reconciliation_results (day TEXT NOT NULL, name TEXT NOT NULL, "
-                       "record_id TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL, "
-                       "PRIMARY KEY (day, name, record_id))"))
-        c.execute(text("DELETE FROM reconciliation_results WHERE day = :d"), {"d": day})
-        columns = ("day", "name", "record_id", "kind", "record")
-        for name in names:
-            for file, head in ((RECORD_FILES["match"], _match_head), (RECORD_FILES["break"], _break_head)):
-                with open(folder / name / file, "rb") as f:
-                    rows = ((day, name, *head(line), line[:-1].decode()) for line in f)
-                    while batch := list(itertools.islice(rows, _STORE_BATCH)):
-                        bulk_insert(c, "reconciliation_results", columns, batch)
+    c.execute(text("CREATE TABLE IF NOT EXISTS reconciliation_results (day TEXT NOT NULL, name TEXT NOT NULL, "
+                   "record_id TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL, "
+                   "PRIMARY KEY (day, name, record_id))"))
+    c.execute(text("DELETE FROM reconciliation_results WHERE day = :d"), {"d": day})
+    columns = ("day", "name", "record_id", "kind", "record")
+    for name in names:
+        for file, head in ((RECORD_FILES["match"], _match_head), (RECORD_FILES["break"], _break_head)):
+            with open(folder / name / file, "rb") as f:
+                rows = ((day, name, *head(line), line[:-1].decode()) for line in f)
+                while batch := list(itertools.islice(rows, _STORE_BATCH)):
+                    bulk_insert(c, "reconciliation_results", columns, batch)
 
 
 class _MatchHead(msgspec.Struct):

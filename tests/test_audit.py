@@ -236,10 +236,13 @@ def test_the_nightly_schedule_requests_the_last_complete_day():
     assert request.partition_key == "2026-11-24"
 
 
-def test_open_breaks_carry_forward_with_their_age_until_matched(tmp_path):
+def _carry_days(tmp_path):
+    """A bank and a chain ledger over three days: P1 and P2 leave the bank on day 1, P1 reaches the chain
+    on day 2, P2 never does. (warehouse, ledgers, pair, the three days, reports folder)."""
     from datetime import date
 
-    from ledger_pipelines.audit import PairConfig, run_day
+    from ledger_pipelines.audit import PairConfig
+    from ledger_pipelines.config import LedgerConfig
     from ledger_pipelines.model import make_entry
     from ledger_pipelines.reconcile import Rules
     from ledger_pipelines.warehouse.state import replace_snapshot
@@ -256,10 +259,14 @@ def test_open_breaks_carry_forward_with_their_age_until_matched(tmp_path):
     replace_snapshot(wh, "bank", str(d1), [leg("bank", "1", "P1", d1, "debit"), leg("bank", "2", "P2", d1, "debit")])
     replace_snapshot(wh, "chain", str(d2), [leg("chain", "1", "P1", d2, "credit")])  # P1 settles a day later
     pair = PairConfig("bank_vs_chain", "bank", "chain", Rules.from_dict({"time_window": "3d"}))
-    from ledger_pipelines.config import LedgerConfig
-
     ledgers = [LedgerConfig(name="bank", kind="sql"), LedgerConfig(name="chain", kind="sql")]
-    reports = tmp_path / "reports"
+    return wh, ledgers, pair, (d1, d2, d3), tmp_path / "reports"
+
+
+def test_open_breaks_carry_forward_with_their_age_until_matched(tmp_path):
+    from ledger_pipelines.audit import run_day
+
+    wh, ledgers, pair, (d1, d2, d3), reports = _carry_days(tmp_path)
     day1 = run_day(wh, ledgers, [pair], d1, reports)
     assert day1["reconciliations"]["bank_vs_chain"]["break_type"] == {"missing_right": 2}
     for _ in range(2):  # re-running day 2 gives the same answer
@@ -285,6 +292,40 @@ def test_open_breaks_carry_forward_with_their_age_until_matched(tmp_path):
             got = c.execute(text("SELECT name, record_id, kind, record FROM reconciliation_results WHERE day = :d "
                                  "ORDER BY name, record_id"), {"d": str(day)}).fetchall()
         assert want and [tuple(r) for r in got] == sorted(want)
+
+
+def _warehouse_day_rows(wh):
+    with wh.engine.connect() as c:
+        return ([tuple(r) for r in c.execute(text("SELECT * FROM open_breaks ORDER BY name, side, entry_id"))],
+                [tuple(r) for r in c.execute(text("SELECT * FROM reconciliation_results ORDER BY day, name, record_id"))])
+
+
+def test_a_day_that_fails_late_changes_nothing_in_the_warehouse(tmp_path, monkeypatch):
+    """Its report stays the previous one, so open_breaks and reconciliation_results must too: the next day
+    carries in what the report in place left open, not what a run that never finished found."""
+    from ledger_pipelines import audit
+
+    wh, ledgers, pair, (d1, d2, _), reports = _carry_days(tmp_path)
+    audit.run_day(wh, ledgers, [pair], d1, reports)
+    first = audit.run_day(wh, ledgers, [pair], d2, reports)
+    before, report = _warehouse_day_rows(wh), (reports / str(d2) / "audit.json").read_bytes()
+    assert before[0] and any(row[0] == str(d2) for row in before[1])
+    # day 2 again, once P1's match is gone from it (the chain leg was taken back), failing at the very end
+    from ledger_pipelines.warehouse.state import replace_snapshot
+
+    replace_snapshot(wh, "chain", str(d2), [])
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("the disk is full")
+
+    monkeypatch.setattr(audit, "committed_files", boom)
+    with pytest.raises(RuntimeError, match="disk is full"):
+        audit.run_day(wh, ledgers, [pair], d2, reports)
+    assert _warehouse_day_rows(wh) == before
+    assert (reports / str(d2) / "audit.json").read_bytes() == report
+    monkeypatch.undo()
+    again = audit.run_day(wh, ledgers, [pair], d2, reports)  # the day run whole: the warehouse follows it
+    assert again["merkle_root"] != first["merkle_root"] and _warehouse_day_rows(wh) != before
 
 
 def test_the_anchor_key_comes_from_the_environment_and_is_never_logged(env, kafka, stack_config, monkeypatch, capfd):
