@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,6 +25,8 @@ from starlette.routing import Route
 
 from .auth import RateLimit, Sessions, csrf_ok
 from .store import CAN, PAGE, Desk, DeskError, NotFound
+
+log = logging.getLogger(__name__)
 
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,80}")
@@ -557,8 +560,29 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8600, log_level: str
     loopback peer, and every client of a desk bound to 127.0.0.1 is one."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, server_header=False,
-                          proxy_headers=bool(proxies), forwarded_allow_ips=list(proxies or []))
+    return uvicorn.Config(app if proxies else _ForwardedIgnored(app), host=host, port=port, log_level=log_level,
+                          access_log=False, server_header=False, proxy_headers=bool(proxies),
+                          forwarded_allow_ips=list(proxies or []))
+
+
+_FORWARDED = frozenset((b"x-forwarded-for", b"x-forwarded-proto", b"forwarded"))
+
+
+class _ForwardedIgnored:
+    """With no trusted proxy, the first request that carries forwarded headers is logged: a desk behind a
+    proxy the configuration does not name counts every client as the proxy (one login limit for all of
+    them) and never marks its session cookie Secure."""
+
+    def __init__(self, app) -> None:
+        self.app, self.warned = app, False
+
+    async def __call__(self, scope, receive, send) -> None:
+        if not self.warned and scope["type"] == "http" and any(k in _FORWARDED for k, _ in scope["headers"]):
+            self.warned = True
+            log.warning("a request from %s carries forwarded headers (X-Forwarded-For, X-Forwarded-Proto or "
+                        "Forwarded); the desk ignores them. If it is behind a proxy, set "
+                        "LEDGER_DESK_TRUSTED_PROXIES to the proxy's address.", (scope.get("client") or ("?",))[0])
+        await self.app(scope, receive, send)
 
 
 def serve(desk: Desk, reports: Path, key: bytes, host: str = "127.0.0.1", port: int = 8600,
