@@ -174,7 +174,7 @@ def _run_day(wh: Warehouse, ledgers: list[LedgerConfig], pairs: list[PairConfig]
         f.write(pretty(audit))
     # the warehouse takes the day once its report is whole, in one transaction: a run that fails before
     # (or here) leaves open_breaks and reconciliation_results as the report in place says, and the next
-    # day carries in what that report left open
+    # day carries in what that report left open (only a failure of the folder swap after it is not covered)
     with wh.engine.begin() as c:
         for change in carried:
             _update_open(c, key, change)
