@@ -7,8 +7,11 @@ each other's data.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -131,6 +134,24 @@ def warehouse(warehouse_url):
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@contextmanager
+def logged(name: str) -> Iterator[list[str]]:
+    """The warnings (and worse) logger ``name`` emits inside the block, as their messages. The handler sits
+    on that logger itself: a suite's earlier CLI runs may stop propagation to the root."""
+    messages: list[str] = []
+
+    class Kept(logging.Handler):
+        def emit(self, record) -> None:
+            messages.append(record.getMessage())
+
+    log, kept = logging.getLogger(name), Kept(logging.WARNING)
+    log.addHandler(kept)
+    try:
+        yield messages
+    finally:
+        log.removeHandler(kept)
 
 
 def post_journal(url: str, lines: list[dict]) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import balanced, post_journal
+from conftest import balanced, logged, post_journal
 
 from ledger_pipelines.local.stack import KafkaCluster
 from ledger_pipelines.settings import KafkaSettings, StackConfig
@@ -175,24 +175,10 @@ def test_existing_topics_get_the_configured_min_isr_and_an_under_replicated_one_
     for topic, rf in ((full, 3), (thin, 1)):
         admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=rf,
                                       config={"min.insync.replicas": "1"})])[topic].result()
-    import logging
-
-    class Kept(logging.Handler):  # on the module's logger itself: a suite's earlier CLI runs may stop propagation
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.records = []
-
-        def emit(self, record):
-            self.records.append(record)
-
-    log, kept = logging.getLogger("ledger_pipelines.kafka.topics"), Kept()
-    log.addHandler(kept)
-    try:
+    with logged("ledger_pipelines.kafka.topics") as kept:
         created = ensure_topics(settings, ["full_rf", "thin_rf"])
-    finally:
-        log.removeHandler(kept)
     assert full not in created and thin not in created
-    warnings = "\n".join(r.getMessage() for r in kept.records)
+    warnings = "\n".join(kept)
     assert f"topic {thin} has 1 replica(s) per partition, fewer than the configured 3" in warnings
     assert f"topic {full}: min.insync.replicas raised from 1 to 2" in warnings
 
@@ -205,13 +191,9 @@ def test_existing_topics_get_the_configured_min_isr_and_an_under_replicated_one_
         assert time.monotonic() < deadline, "the raised min.insync.replicas did not reach every broker"
         time.sleep(0.2)
     assert min_isr(thin) == "1"
-    kept.records.clear()
-    log.addHandler(kept)
-    try:
+    with logged("ledger_pipelines.kafka.topics") as kept:
         ensure_topics(settings, ["full_rf"])  # once raised, nothing more to do
-    finally:
-        log.removeHandler(kept)
-    assert not kept.records
+    assert not kept
 
 
 def test_leader_killed_during_publish_then_during_ingest_gives_exactly_n_entries(cluster, settings, tmp_path):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import time
 
 import pytest
 
+from conftest import logged
 from corridor import D1, PAIR, PASSWORD, Corridor
 from desk_server import KEY, Client, serving
 from ledger_pipelines.audit import finish_report
@@ -52,32 +52,19 @@ def _try(cl, name, password, **headers) -> tuple[int, dict]:
     return status, h
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record) -> None:
-        self.messages.append(record.getMessage())
-
-
 def test_a_client_cannot_choose_the_address_the_rate_limit_counts_and_a_trusted_proxys_is_believed(site):
     """X-Forwarded-For from a client is ignored (uvicorn alone believes it from any loopback peer); from a
     configured proxy it names the client, so one user locked out is not everyone behind the proxy."""
     c, base = site
     cl = Client(base)
-    seen = _Records()
-    logging.getLogger("ledger_pipelines.desk.app").addHandler(seen)  # on the module's own logger: CLI runs
-    try:                                                             # in the same session stop propagation
+    with logged("ledger_pipelines.desk.app") as seen:
         for _ in range(3):
             assert _try(cl, "mallory", "guess")[0] == 401
-        assert not seen.messages
+        assert not seen
         for n in range(5):  # a new made-up address per guess: still the same client
             assert _try(cl, "mallory", "guess", **{"X-Forwarded-For": f"203.0.113.{n}"})[0] == 429
-    finally:
-        logging.getLogger("ledger_pipelines.desk.app").removeHandler(seen)
     # the operator is told once that forwarded headers arrive and are ignored, and how to trust a proxy
-    assert len(seen.messages) == 1 and "LEDGER_DESK_TRUSTED_PROXIES" in seen.messages[0]
+    assert len(seen) == 1 and "LEDGER_DESK_TRUSTED_PROXIES" in seen[0]
     with serving(c.desk, c.reports, RateLimit(attempts=3, window=60), proxies=trusted_proxies(
             {"LEDGER_DESK_TRUSTED_PROXIES": "127.0.0.1, ::1"})) as behind:
         proxy = Client(behind)
