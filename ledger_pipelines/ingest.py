@@ -7,11 +7,8 @@ compare-and-set; consumer-group offsets are never committed. A partition is done
 consumer's *position* reaches its target: transaction markers occupy offsets that are never
 delivered, so waiting to see offset target-1 could hang.
 
-A run is one process with one consumer and one database connection for all its partitions.
-Processes inside a run, each with a share of the partitions, do not pay for themselves: on the event-log bench (docs/performance.md, 1M entries, 4 partitions) two of them
-ingested 17-18% more new entries/s than one process (SQLite 36.4k against 31.2k, PostgreSQL 39.6k
-against 33.6k), within the spread of this shared machine and no more relative to the same run's
-consume-and-decode baseline (0.26-0.29x against 0.28-0.30x).
+A run is one process with one consumer and one database connection for all its partitions; the
+figures are in docs/performance.md (event-log ingest).
 """
 
 from __future__ import annotations

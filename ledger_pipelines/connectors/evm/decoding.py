@@ -1,7 +1,7 @@
 """EVM chains: ERC-20 ``Transfer`` logs (and pluggable decoders for other events) to canonical entries.
 
 Mapping is pure: :func:`decode_transfer_log` slices topics and reads one uint256 by hand (web3's
-generic event decoding is about 80 times slower), :func:`transfer_log_to_entry` builds the entry.
+generic event decoding is far slower: docs/performance.md), :func:`transfer_log_to_entry` builds the entry.
 Logs may come from JSON-RPC (hex quantities), web3 (ints, HexBytes) or ethereum-etl CSV.
 Hex is read in any case (``0X``, upper-case digits) and written lower-case; every hash, address and
 topic must have its exact length, every quantity must be a non-negative integer. A log that breaks
