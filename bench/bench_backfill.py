@@ -1,13 +1,13 @@
-"""A week's backfill launched from the UI, one run per day, against the single-run backfill it replaced.
+"""A week's backfill launched from the UI, one run per day, against the same week as one run.
 
 What a user does: ``dagster dev`` of the code location, then "Materialize -> 7 partitions -> Launch
 backfill" on every daily asset (snapshots, reconciliation, audit report), which is the GraphQL
 mutation ``launchPartitionBackfill`` the UI sends. Timed from the launch until the backfill is done
 (every run finished), for each code version in turn on the same seeded week:
 
-- ``baseline``: the code just before the days-as-units change (``git archive`` of the parent of the
-  last commit that touched ``BackfillPolicy.single_run()`` in ledger_pipelines/assets/audit.py, or
-  ``--baseline-rev``): one run for the whole range;
+- ``baseline``: a revision of the code whose daily assets backfill as one run for the whole range
+  (``git archive`` of ``--baseline-rev``; by default the parent of the last commit that touched
+  ``BackfillPolicy.single_run()`` in ledger_pipelines/assets/audit.py);
 - ``current``: the working tree: one run per day.
 
 Setup (not timed): two SQL ledgers with ``--payments`` payments a day for 7 days, published through
