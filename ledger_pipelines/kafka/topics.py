@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
-from confluent_kafka import IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from ..model import NAME_PATTERN
@@ -16,6 +16,9 @@ from ..settings import KafkaSettings
 ENTRY_TOPIC_MAX_BYTES = 16 * 1024 * 1024
 _LEDGER_NAME = re.compile(NAME_PATTERN)
 log = logging.getLogger(__name__)
+
+# answers of a partition whose leader is changing: asked again, until the call's timeout
+_LEADER_MOVING = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE})
 
 
 def entries_topic(settings: KafkaSettings, ledger: str) -> str:
@@ -68,7 +71,7 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
         for t, cfg in wanted.items()
         if t not in existing
     ]
-    created = []
+    created, already = [], []
     if new:
         for topic, fut in client.create_topics(new, request_timeout=timeout).items():
             try:
@@ -77,7 +80,11 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
+                already.append(topic)  # made by someone else, or not yet in the metadata read above
         _wait_for_leaders(client, [t.topic for t in new], timeout)
+    if already:  # checked like every existing topic, with its metadata as it is now
+        present = {**present, **client.list_topics(timeout=timeout).topics}
+        existing.update(already)
     own = {entries_topic(settings, name) for name in ledgers} | {dlq_topic(settings), actions_topic(settings)}
     try:  # the project's own topics only: a trigger's target may belong to someone else
         raise_min_isr(client, settings, {t: present[t] for t in wanted if t in existing and t in own},
@@ -97,9 +104,21 @@ def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: dict, ti
 
     if not topics or settings.min_isr <= 1 and settings.replication_factor <= 1:
         return []
+    import time
+
     resources = [ConfigResource("topic", t) for t in topics]
-    current = {r.name: int(f.result()["min.insync.replicas"].value)
-               for r, f in client.describe_configs(resources, request_timeout=timeout).items()}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            current = {r.name: int(f.result()["min.insync.replicas"].value)
+                       for r, f in client.describe_configs(resources, request_timeout=timeout).items()}
+            break
+        except KafkaException as exc:
+            # a topic just made is not known to every broker at once: asked again until the timeout
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     altered = []
     for t in topics:
         replicas = min((len(p.replicas) for p in topics[t].partitions.values()), default=0)
@@ -153,7 +172,19 @@ def end_offsets(
     request = {TopicPartition(t, p): OffsetSpec.latest() for t, n in topics.items() for p in range(n)}
     if not request:
         return {}
-    futures = client.list_offsets(
-        request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
-    )
-    return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        futures = client.list_offsets(
+            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
+        )
+        try:
+            return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+        except KafkaException as exc:
+            # a leader moving (an election, a broker restarting) refuses the request for a moment
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is None or not (err.retriable() or err.code() in _LEADER_MOVING) or time.monotonic() > deadline:
+                raise
+            log.info("end offsets: %s; asking again", err)
+            time.sleep(0.2)
