@@ -281,13 +281,22 @@ def cmd_produce_synthetic(args) -> int:
     return 0
 
 
+def _ingest_processes(text: str) -> int:
+    from .ingest import MAX_PROCESSES
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to {MAX_PROCESSES}")
+    return int(text)
+
+
 def cmd_ingest(args) -> int:
-    from .ingest import EventLogIngestor
+    from .ingest import DEFAULT_PROCESSES, EventLogIngestor
     from .warehouse import Warehouse
 
     wh = Warehouse(None)
     try:
-        result = EventLogIngestor(_kafka(args), wh, batch_size=args.batch_size).run()
+        result = EventLogIngestor(_kafka(args), wh, batch_size=args.batch_size,
+                                  processes=args.processes or DEFAULT_PROCESSES).run()
     finally:
         wh.dispose()
     c = result.counts
@@ -722,6 +731,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ingest", help="consume the entry topics into the warehouse event log, exactly once")
     s.add_argument("--batch-size", type=int, default=10_000)
+    s.add_argument("--processes", type=_ingest_processes, default=None,
+                   help="worker processes sharing the partitions (1 to 16, default 2; 1: this process reads them all)")
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_ingest)
 

@@ -16,7 +16,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from ..ingest import EventLogIngestor
+from ..ingest import DEFAULT_PROCESSES, MAX_PROCESSES, EventLogIngestor
 from ..resources import ExpectationsResource, KafkaResource, WarehouseResource
 
 EVENT_LOG_POOL = "ledger_event_log_ingest"
@@ -35,6 +35,10 @@ class EventLogConfig(Config):
         description="fixed target offsets (the sensor sets them); empty: the end offsets at run start",
     )
     batch_size: int = Field(default=10_000, ge=1, le=200_000)
+    processes: int = Field(
+        default=DEFAULT_PROCESSES, ge=1, le=MAX_PROCESSES,
+        description="worker processes sharing the partitions to read (1: the run's own process reads them all)",
+    )
 
 
 def targets_of(config: EventLogConfig) -> dict[tuple[str, int], int] | None:
@@ -69,7 +73,7 @@ def ledger_event_log(
     with warehouse.session() as wh:
         ingestor = EventLogIngestor(
             kafka.settings(), wh, batch_size=config.batch_size,
-            run_id=context.run.run_id, progress=progress,
+            run_id=context.run.run_id, progress=progress, processes=config.processes,
         )
         result = ingestor.run(targets_of(config))
         check = _check_rows(wh, context.run.run_id, expectations) if result.counts.inserted else None

@@ -173,11 +173,43 @@ def test_transaction_markers_do_not_stall_ingest(kafka, warehouse):
     assert warehouse.stored_offsets(DEFAULT_CONSUMER) == ends
 
 
-def _ingest_cmd(kafka, url, batch=2000):
+def _ingest_cmd(kafka, url, batch=2000, processes=1):
     env = {**os.environ, "LEDGER_KAFKA_BOOTSTRAP": kafka.bootstrap_servers, "LEDGER_TOPIC_PREFIX": kafka.topic_prefix,
            "LEDGER_WAREHOUSE_URL": url}
-    cmd = [sys.executable, "-m", "ledger_pipelines.cli", "ingest", "--batch-size", str(batch)]
+    cmd = [sys.executable, "-m", "ledger_pipelines.cli", "ingest", "--batch-size", str(batch),
+           "--processes", str(processes)]
     return cmd, env
+
+
+def _wait_for_rows(wh: Warehouse, proc: subprocess.Popen, rows: int) -> int:
+    deadline = time.monotonic() + 120
+    seen = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            seen = wh.scalar("SELECT count(*) FROM ledger_event_log")
+        except Exception:
+            seen = 0  # schema not created yet
+        if seen >= rows:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ingest finished before it could be killed ({seen} rows): {proc.stderr.read()!r}"
+    return seen
+
+
+def _committed_then_rerun(wh: Warehouse, kafka, warehouse_url: str, cmd, env, n: int) -> None:
+    """After a kill: every stored offset is backed by exactly its rows; a re-run takes exactly the rest."""
+    if warehouse_url.startswith("postgresql"):
+        _wait_for_other_sessions_to_end(wh)
+    partial = wh.scalar("SELECT count(*) FROM ledger_event_log")
+    assert 0 < partial < n, partial
+    stored = wh.stored_offsets(DEFAULT_CONSUMER)
+    assert sum(stored.values()) == partial
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    out = msgspec.json.decode(rerun.stdout.strip().splitlines()[-1])
+    assert out["rows"] == n - partial and out["duplicates"] == 0
+    assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
+    _offsets_consistent(wh, kafka)
 
 
 def _wait_for_other_sessions_to_end(wh: Warehouse, timeout: float = 60.0) -> None:
@@ -192,42 +224,70 @@ def _wait_for_other_sessions_to_end(wh: Warehouse, timeout: float = 60.0) -> Non
     raise AssertionError("sessions of the killed ingest did not end")
 
 
-def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url, processes):
     n = 150_000
     _publish(kafka, n)
-    cmd, env = _ingest_cmd(kafka, warehouse_url)
+    cmd, env = _ingest_cmd(kafka, warehouse_url, processes=processes)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wh = Warehouse(warehouse_url)
-    deadline = time.monotonic() + 120
-    seen = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            seen = wh.scalar("SELECT count(*) FROM ledger_event_log")
-        except Exception:
-            seen = 0  # schema not created yet
-        if seen >= 10_000:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"ingest finished before it could be killed ({seen} rows): {proc.stderr.read()!r}"
-    # a run is one process: nothing of it outlives a kill of that process
-    children = psutil.Process(proc.pid).children(recursive=True)
-    assert not children, f"the ingest started processes of its own: {children}"
+    _wait_for_rows(wh, proc, 10_000)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    # one process: nothing of the run besides it; two: its two workers, which leave when it dies
+    assert len(workers) == (0 if processes == 1 else 2), workers
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    if warehouse_url.startswith("postgresql"):
-        _wait_for_other_sessions_to_end(wh)
-    partial = wh.scalar("SELECT count(*) FROM ledger_event_log")
-    assert 0 < partial < n, partial
-    stored = wh.stored_offsets(DEFAULT_CONSUMER)
-    # rows and offsets were committed together: every stored offset is backed by exactly its rows
-    assert sum(stored.values()) == partial
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    out = msgspec.json.decode(rerun.stdout.strip().splitlines()[-1])
-    assert out["rows"] == n - partial and out["duplicates"] == 0
-    assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
-    _offsets_consistent(wh, kafka)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"workers outlived the killed run: {alive}"
+    _committed_then_rerun(wh, kafka, warehouse_url, cmd, env, n)
     wh.dispose()
+
+
+def test_a_killed_worker_fails_the_run_and_a_rerun_is_exactly_once(kafka, warehouse_url):
+    n = 150_000
+    _publish(kafka, n)
+    cmd, env = _ingest_cmd(kafka, warehouse_url, processes=2)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wh = Warehouse(warehouse_url)
+    _wait_for_rows(wh, proc, 10_000)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == 2, workers
+    os.kill(workers[0].pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    # the run names the worker, its partitions and how it ended; the other worker is stopped too
+    assert "ingest worker" in err and "exited with status -9" in err and f"{kafka.topic_prefix}" in err, err[-2000:]
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, alive
+    _committed_then_rerun(wh, kafka, warehouse_url, cmd, env, n)
+    wh.dispose()
+
+
+def test_two_processes_ingest_exactly_what_one_would(kafka, warehouse):
+    n = 12_345
+    _publish(kafka, n)
+    ends = end_offsets(kafka)
+    consumed = []
+    result = EventLogIngestor(kafka, warehouse, batch_size=1000, processes=2,
+                              progress=lambda r: consumed.append(r.consumed)).run(ends)
+    assert result.counts.inserted == n and result.consumed == n
+    # every batch of both workers came back: the progress reached the whole count, batch by batch
+    assert consumed == sorted(consumed) and consumed[-1] == n and len(consumed) == result.batches >= 2
+    assert warehouse.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
+    _offsets_consistent(warehouse, kafka)
+    expected = {e.entry_id: e.amount for e in synthetic_entries(LEDGER, n)}
+    stored = dict(warehouse.rows("SELECT entry_id, amount FROM ledger_event_log"))
+    assert {k: f"{v}" for k, v in stored.items()} == expected
+    again = EventLogIngestor(kafka, warehouse, processes=2).run(ends)
+    assert again.consumed == 0 and again.counts.inserted == 0
+
+
+def test_ingest_processes_are_validated():
+    from ledger_pipelines.ingest import IngestOptions
+
+    for bad in (0, 17, -1, "2", 1.5):
+        with pytest.raises(ValueError, match="ingest processes"):
+            IngestOptions(processes=bad)
 
 
 @pytest.fixture
