@@ -81,10 +81,10 @@ def ensure_topics(settings: KafkaSettings, ledgers: list[str], timeout: float = 
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
                 already.append(topic)  # made by someone else, or not yet in the metadata read above
-        _wait_for_leaders(client, [t.topic for t in new], timeout)
-    if already:  # checked like every existing topic, with its metadata as it is now
-        present = {**present, **client.list_topics(timeout=timeout).topics}
-        existing.update(already)
+        md = _wait_for_leaders(client, [t.topic for t in new], timeout)
+        if already:  # checked like every existing topic, with the metadata that shows all of them
+            present = {**present, **{t: md[t] for t in already}}
+            existing.update(already)
     own = {entries_topic(settings, name) for name in ledgers} | {dlq_topic(settings), actions_topic(settings)}
     try:  # the project's own topics only: a trigger's target may belong to someone else
         raise_min_isr(client, settings, {t: present[t] for t in wanted if t in existing and t in own},
@@ -138,10 +138,10 @@ def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: dict, ti
     return altered
 
 
-def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) -> None:
+def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) -> dict:
     """Until every partition of ``topics`` has a leader in the metadata the cluster serves: on a cluster a
     topic just created is not known to every broker at once, and a write or a config read in that moment
-    is refused as an unknown topic."""
+    is refused as an unknown topic. Returns that metadata (topic name -> metadata)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -149,7 +149,7 @@ def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) ->
         md = client.list_topics(timeout=timeout).topics
         if all(t in md and md[t].error is None and md[t].partitions
                and all(p.leader >= 0 for p in md[t].partitions.values()) for t in topics):
-            return
+            return md
         if time.monotonic() > deadline:
             raise KafkaException(f"topics {topics} have no leader for every partition after {timeout:.0f}s")
         time.sleep(0.1)
