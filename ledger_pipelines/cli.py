@@ -820,32 +820,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _libraries_to_log_file() -> None:
-    """librdkafka's and Great Expectations' chatter (connection retries, progress bars' notices) goes to
-    ``LEDGER_LOG_FILE`` (default ``.stack/logs/ledger-pipelines.log``), not to the terminal; ``-v``
-    keeps everything on the terminal."""
-    from .settings import KAFKA_CLIENT_LOGGER
-    from .settings import StackConfig
-
-    path = Path(os.environ.get("LEDGER_LOG_FILE") or StackConfig.from_env().root / "logs" / "ledger-pipelines.log")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, delay=True)
-    except OSError:
-        return  # an unwritable log folder leaves the chatter on the terminal
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in (KAFKA_CLIENT_LOGGER, "great_expectations"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.propagate = False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.verbose:
-        _libraries_to_log_file()
+        from .settings import libraries_to_log_file
+
+        libraries_to_log_file()
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -55,6 +55,9 @@ class IngestWorkerFailed(RuntimeError):
 
 
 MAX_PROCESSES = 16
+# seconds a worker asked to stop has to commit its batch in flight; it then exits on its own, and the run
+# kills it a few seconds later still
+WORKER_STOP_GRACE = 30.0
 # what the ledger_event_log asset and `ledger-pipelines ingest` run with unless told otherwise
 DEFAULT_PROCESSES = 2
 
@@ -70,6 +73,7 @@ class IngestResult:
     final: dict[TopicPartitionKey, int] = field(default_factory=dict)
     lag: dict[TopicPartitionKey, int] = field(default_factory=dict)
     records: dict[str, int] = field(default_factory=dict)  # consumed = entries + rejected + ..., checked
+    worker_batches: list[int] = field(default_factory=list)  # batches committed by each process that ran
 
     @property
     def rate(self) -> float:
@@ -166,8 +170,10 @@ class EventLogIngestor:
             on_batch = lambda counts, n: self._on_batch(result, counts, n)  # noqa: E731
             if len(shares) == 1:
                 consume_partitions(self.kafka, self.warehouse, todo, self.options, on_batch)
+                result.worker_batches = [result.batches]
             else:
-                consume_in_processes(self.kafka, self.warehouse.url, shares, self.options, on_batch)
+                result.worker_batches = consume_in_processes(
+                    self.kafka, self.warehouse.url, shares, self.options, on_batch)
         final = self.warehouse.stored_offsets(consumer)
         result.final = {tp: final[tp] for tp in targets}
         try:
@@ -211,12 +217,10 @@ def consume_partitions(
     todo: dict[TopicPartitionKey, tuple[int, int]],
     options: IngestOptions,
     on_batch: Callable[[BatchCounts, int], None],
+    stop: threading.Event | None = None,
 ) -> None:
-    """Ingest each partition of ``todo`` from its stored offset up to its target (start, target)."""
-    _consume(kafka, warehouse, todo, options, on_batch)
-
-
-def _consume(kafka, warehouse, todo, options, on_batch) -> None:
+    """Ingest each partition of ``todo`` from its stored offset up to its target (start, target). A set
+    ``stop`` ends the run between two batches, every batch written so far committed."""
     current = {tp: start for tp, (start, _) in todo.items()}
     target = {tp: tgt for tp, (_, tgt) in todo.items()}
     ledgers = {t: ledger_of_topic(kafka, t) for t, _ in todo}
@@ -229,6 +233,9 @@ def _consume(kafka, warehouse, todo, options, on_batch) -> None:
         last_progress = time.monotonic()
         run_id, max_bytes = options.run_id, options.max_entry_bytes
         while open_parts:
+            if stop is not None and stop.is_set():
+                log.info("ingest stopped on request; %d partition(s) not at their target", len(open_parts))
+                return
             msgs = consumer.consume(options.batch_size, timeout=0.5)
             batch = EventBatch()
             rows_append, raw_append = batch.rows.append, batch.raw.append
@@ -310,47 +317,82 @@ def consume_in_processes(
     shares: list[dict[TopicPartitionKey, tuple[int, int]]],
     options: IngestOptions,
     on_batch: Callable[[BatchCounts, int], None],
-) -> None:
-    """Each share of the partitions ingested by a worker process of its own.
+) -> list[int]:
+    """Each share of the partitions ingested by a worker process of its own; returns the number of
+    batches each worker committed.
 
     The worker's spec (settings, warehouse URL with its credentials) goes over its stdin, never its
-    command line or environment; stdin then stays open, and a worker whose parent is gone sees it
-    close and exits (between or inside a batch: an uncommitted batch is rolled back). Each batch a
-    worker commits comes back as one JSON line and is counted here. The first worker to fail stops
-    the others; the batches they committed stand, and the next run goes on from the stored offsets.
+    command line or environment; stdin then stays open, and a worker whose stdin closes (this run
+    stops it, or this run is gone) commits the batch it is writing and stops. Each batch a worker
+    commits comes back as one JSON line and is counted here. The first worker to fail fails the run
+    with the worker's own error and stops the others; the batches they committed stand, and the next
+    run goes on from the stored offsets.
     """
     events: queue.Queue = queue.Queue()
     procs: list[subprocess.Popen] = []
+    readers: list[threading.Thread] = []
+    batches = [0] * len(shares)
+    errors: dict[int, str] = {}
+    spec = {"kafka": asdict(kafka), "warehouse_url": warehouse_url, "options": asdict(options),
+            "log_level": log.getEffectiveLevel(),
+            # the CLI's -v leaves librdkafka's lines on the terminal; otherwise they go to the log file
+            "libraries_to_log_file": log.getEffectiveLevel() > logging.DEBUG}
     try:
         for i, share in enumerate(shares):
             proc = subprocess.Popen([sys.executable, "-m", "ledger_pipelines.ingest_worker"],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             procs.append(proc)
-            spec = {"kafka": asdict(kafka), "warehouse_url": warehouse_url, "options": asdict(options),
-                    "todo": [[t, p, a, b] for (t, p), (a, b) in share.items()]}
-            proc.stdin.write(json.dumps(spec).encode() + b"\n")
+            todo = [[t, p, a, b] for (t, p), (a, b) in share.items()]
+            proc.stdin.write(json.dumps({**spec, "todo": todo}).encode() + b"\n")
             proc.stdin.flush()
-            threading.Thread(target=_read_lines, args=(i, proc, events), daemon=True).start()
+            reader = threading.Thread(target=_read_lines, args=(i, proc, events), daemon=True)
+            reader.start()
+            readers.append(reader)
         running = len(procs)
         while running:
             i, line = events.get()
             if line is not None:
                 msg = json.loads(line)
-                on_batch(BatchCounts(**msg["counts"]), msg["read"])
+                if "counts" in msg:
+                    on_batch(BatchCounts(**msg["counts"]), msg["read"])
+                    batches[i] += 1
+                elif "error" in msg:
+                    errors[i] = msg["error"]
                 continue
             running -= 1
             rc = procs[i].wait()
             if rc != 0:
                 parts = ", ".join(f"{t}[{p}]" for t, p in sorted(shares[i]))
-                raise IngestWorkerFailed(f"ingest worker {i + 1} of {len(procs)} (partitions {parts}) exited with "
-                                         f"status {rc}; its committed batches stand, the next run goes on from them")
+                how = errors.get(i) or f"exited with status {rc}"
+                raise IngestWorkerFailed(f"ingest worker {i + 1} of {len(procs)} (partitions {parts}): {how}; "
+                                         "its committed batches stand, the next run goes on from them")
+        return batches
     finally:
+        _stop_workers(procs, WORKER_STOP_GRACE + 5)
+        for reader in readers:
+            reader.join()
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            proc.stdin.close()
             proc.stdout.close()
+
+
+def _stop_workers(procs: list[subprocess.Popen], grace: float) -> None:
+    """Workers still running asked to stop (their stdin closed: each commits the batch it is writing),
+    and killed when they have not stopped within ``grace`` seconds."""
+    for proc in procs:
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass  # a worker that died with data unread in its pipe
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("ingest worker %d did not stop within %.0fs: killed", proc.pid, grace)
+            proc.kill()
+            proc.wait()
+    if procs:
+        log.info("ingest workers stopped: exit statuses %s", [proc.returncode for proc in procs])
 
 
 def _read_lines(i: int, proc: subprocess.Popen, events: queue.Queue) -> None:

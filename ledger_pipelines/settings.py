@@ -273,3 +273,21 @@ def redact_url(url: str) -> str:
         pass  # not a URL SQLAlchemy parses: masked as text below
     url = _USERINFO_PASSWORD.sub(r"\1***@", url, count=1)
     return _PARAM_PASSWORD.sub(r"\1***", url)
+
+
+def libraries_to_log_file() -> None:
+    """librdkafka's and Great Expectations' chatter (connection retries, progress bars' notices) goes to
+    ``LEDGER_LOG_FILE`` (default ``.stack/logs/ledger-pipelines.log``), not to the terminal; ``-v``
+    keeps everything on the terminal. The CLI
+    and each worker process of a multi-process ingest route them so."""
+    path = Path(os.environ.get("LEDGER_LOG_FILE") or StackConfig.from_env().root / "logs" / "ledger-pipelines.log")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, delay=True)
+    except OSError:
+        return  # an unwritable log folder leaves the chatter on the terminal
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in (KAFKA_CLIENT_LOGGER, "great_expectations"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False

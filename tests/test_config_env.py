@@ -248,12 +248,12 @@ def test_stack_env_refuses_what_it_does_not_take(tmp_path):
 
 _CHATTER = """
 import logging, sys
-from ledger_pipelines import cli
+from ledger_pipelines.settings import libraries_to_log_file
 from ledger_pipelines.kafka.topics import admin
 from ledger_pipelines.settings import KafkaSettings
 logging.basicConfig(level=logging.INFO)
 if sys.argv[1] == "quiet":
-    cli._libraries_to_log_file()
+    libraries_to_log_file()
 client = admin(KafkaSettings(bootstrap_servers=sys.argv[2]))
 try:
     client.list_topics(timeout=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
@@ -104,19 +105,17 @@ def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: dict, ti
 
     if not topics or settings.min_isr <= 1 and settings.replication_factor <= 1:
         return []
-    import time
-
     resources = [ConfigResource("topic", t) for t in topics]
     deadline = time.monotonic() + timeout
     while True:
         try:
             current = {r.name: int(f.result()["min.insync.replicas"].value)
-                       for r, f in client.describe_configs(resources, request_timeout=timeout).items()}
+                       for r, f in client.describe_configs(resources, request_timeout=_left(deadline)).items()}
             break
         except KafkaException as exc:
             # a topic just made is not known to every broker at once: asked again until the timeout
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+            if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART or _left(deadline) <= 0.2:
                 raise
             time.sleep(0.2)
     altered = []
@@ -138,15 +137,19 @@ def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: dict, ti
     return altered
 
 
+def _left(deadline: float) -> float:
+    """Seconds left before ``deadline`` (time.monotonic), at least a tenth of one: the request timeout of
+    the next try, so that the tries of one call stay within the timeout it was given."""
+    return max(0.1, deadline - time.monotonic())
+
+
 def _wait_for_leaders(client: AdminClient, topics: list[str], timeout: float) -> dict:
     """Until every partition of ``topics`` has a leader in the metadata the cluster serves: on a cluster a
     topic just created is not known to every broker at once, and a write or a config read in that moment
     is refused as an unknown topic. Returns that metadata (topic name -> metadata)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
-        md = client.list_topics(timeout=timeout).topics
+        md = client.list_topics(timeout=_left(deadline)).topics
         if all(t in md and md[t].error is None and md[t].partitions
                and all(p.leader >= 0 for p in md[t].partitions.values()) for t in topics):
             return md
@@ -172,19 +175,17 @@ def end_offsets(
     request = {TopicPartition(t, p): OffsetSpec.latest() for t, n in topics.items() for p in range(n)}
     if not request:
         return {}
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         futures = client.list_offsets(
-            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=timeout
+            request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=_left(deadline)
         )
         try:
             return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
         except KafkaException as exc:
             # a leader moving (an election, a broker restarting) refuses the request for a moment
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-            if err is None or not (err.retriable() or err.code() in _LEADER_MOVING) or time.monotonic() > deadline:
+            if err is None or not (err.retriable() or err.code() in _LEADER_MOVING) or _left(deadline) <= 0.2:
                 raise
             log.info("end offsets: %s; asking again", err)
             time.sleep(0.2)

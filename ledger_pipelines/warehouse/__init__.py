@@ -46,7 +46,13 @@ class Warehouse:
             raise ValueError(f"unsupported warehouse {redact_url(self.url)}: SQLite or PostgreSQL")
         if self.dialect == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+        if self.dialect == "sqlite" and (not parsed.database or parsed.database == ":memory:"
+                                         or parsed.query.get("mode") == "memory"):
+            # each connection to an in-memory database is a database of its own, seen by no other
+            # process; the event log, its ingest workers, the assets and the desk share the warehouse
+            raise ValueError(f"warehouse {redact_url(self.url)}: an in-memory SQLite database is private to "
+                             "one connection; give a file (sqlite:///path/to/warehouse.db)")
+        if self.dialect == "sqlite":
             from pathlib import Path
 
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,6 +258,8 @@ def test_a_killed_worker_fails_the_run_and_a_rerun_is_exactly_once(kafka, wareho
     assert proc.returncode != 0
     # the run names the worker, its partitions and how it ended; the other worker is stopped too
     assert "ingest worker" in err and "exited with status -9" in err and f"{kafka.topic_prefix}" in err, err[-2000:]
+    # the other worker was asked to stop and did, after its batch in flight (status 0, not killed)
+    assert ("exit statuses [-9, 0]" in err) != ("exit statuses [0, -9]" in err), err[-2000:]
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, alive
     _committed_then_rerun(wh, kafka, warehouse_url, cmd, env, n)
@@ -267,12 +270,13 @@ def test_two_processes_ingest_exactly_what_one_would(kafka, warehouse):
     n = 12_345
     _publish(kafka, n)
     ends = end_offsets(kafka)
-    consumed = []
+    progress = []
     result = EventLogIngestor(kafka, warehouse, batch_size=1000, processes=2,
-                              progress=lambda r: consumed.append(r.consumed)).run(ends)
+                              progress=lambda r: progress.append(r.consumed)).run(ends)
     assert result.counts.inserted == n and result.consumed == n
-    # every batch of both workers came back: the progress reached the whole count, batch by batch
-    assert consumed == sorted(consumed) and consumed[-1] == n and len(consumed) == result.batches >= 2
+    # two workers ran, each committed batches of its own, and every batch came back to the run
+    assert len(result.worker_batches) == 2 and all(b > 0 for b in result.worker_batches), result.worker_batches
+    assert sum(result.worker_batches) == result.batches == len(progress) and progress[-1] == n
     assert warehouse.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
     _offsets_consistent(warehouse, kafka)
     expected = {e.entry_id: e.amount for e in synthetic_entries(LEDGER, n)}
@@ -280,6 +284,63 @@ def test_two_processes_ingest_exactly_what_one_would(kafka, warehouse):
     assert {k: f"{v}" for k, v in stored.items()} == expected
     again = EventLogIngestor(kafka, warehouse, processes=2).run(ends)
     assert again.consumed == 0 and again.counts.inserted == 0
+
+
+def test_a_failing_run_stops_its_workers_after_their_batch_in_flight(kafka, warehouse, caplog):
+    """The run fails while its workers ingest (here: its progress callback raises after the first
+    batch): each worker is asked to stop, commits the batch it is writing and ends on its own (no kill);
+    every stored offset is backed by exactly its rows, and a rerun takes exactly the rest."""
+    from ledger_pipelines.ingest import WORKER_STOP_GRACE, IngestOptions, _shares, consume_in_processes
+
+    n = 60_000
+    _publish(kafka, n)
+    ends = end_offsets(kafka)
+    warehouse.create_schema()
+    warehouse.init_offsets(DEFAULT_CONSUMER, ends)
+    todo = {tp: (0, off) for tp, off in ends.items()}
+
+    class Boom(Exception):
+        pass
+
+    def fail(counts, read):
+        raise Boom()
+
+    t0 = time.monotonic()
+    with pytest.raises(Boom), caplog.at_level("INFO", logger="ledger_pipelines.ingest"):
+        consume_in_processes(kafka, warehouse.url, _shares(todo, 2), IngestOptions(batch_size=500), fail)
+    # both stopped on request, well before the grace a worker gets (after which it would exit or be killed)
+    assert time.monotonic() - t0 < WORKER_STOP_GRACE / 2
+    assert "ingest workers stopped: exit statuses [0, 0]" in caplog.text, caplog.text
+    stored = warehouse.stored_offsets(DEFAULT_CONSUMER)
+    partial = warehouse.scalar("SELECT count(*) FROM ledger_event_log")
+    assert 0 < partial < n and sum(stored.values()) == partial, (partial, stored)
+    rest = EventLogIngestor(kafka, warehouse, processes=2).run(ends)
+    assert rest.counts.inserted == n - partial and rest.counts.duplicates == 0
+    assert warehouse.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
+
+
+def test_a_worker_s_own_error_fails_the_run_by_name(kafka):
+    """A worker that cannot reach the warehouse: the run fails with that worker's error, not a bare
+    exit status, and the URL's password is not in it."""
+    from ledger_pipelines.ingest import IngestOptions, IngestWorkerFailed, consume_in_processes
+
+    _publish(kafka, 10)
+    ends = end_offsets(kafka)
+    todo = {tp: (0, off) for tp, off in ends.items()}
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once the socket is closed
+    url = f"postgresql://ledger:s3cret-pw@127.0.0.1:{port}/nowhere"
+    shares = [dict(list(todo.items())[:2]), dict(list(todo.items())[2:])]
+    with pytest.raises(IngestWorkerFailed) as failed:
+        consume_in_processes(kafka, url, shares, IngestOptions(), lambda c, r: None)
+    text = str(failed.value)
+    # both workers fail alike; the run names the first one it saw end
+    assert re.search(r"ingest worker [12] of 2 \(partitions ", text), text
+    assert "OperationalError" in text and str(port) in text, text
+    assert "s3cret-pw" not in text
 
 
 def test_ingest_processes_are_validated():

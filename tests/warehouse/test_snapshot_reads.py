@@ -265,3 +265,21 @@ def test_snapshot_totals_are_plain_decimals_never_exponents():
 
     stats = entry_stats([tiny("a", "0.00000001", "debit"), tiny("b", "0.00000000", "credit")])
     assert stats["totals"] == {"WBTC": {"debit": "0.00000001", "credit": "0.00000000"}}
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:wh?mode=memory&uri=true"])
+def test_an_in_memory_sqlite_warehouse_is_refused_with_the_reason(url):
+    """Each connection to an in-memory database is a database of its own: the event log's ingest
+    workers, the assets and the desk would each see an empty warehouse."""
+    from ledger_pipelines.warehouse import Warehouse
+
+    with pytest.raises(ValueError, match="in-memory SQLite database is private to one connection"):
+        Warehouse(url)
+
+
+def test_unsupported_warehouses_are_refused_with_the_password_masked():
+    from ledger_pipelines.warehouse import Warehouse
+
+    with pytest.raises(ValueError, match="SQLite or PostgreSQL") as refused:
+        Warehouse("mysql://ops:hunter22@127.0.0.1/ledger")
+    assert "hunter22" not in str(refused.value)
