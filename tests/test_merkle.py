@@ -81,7 +81,7 @@ _json_values = st.recursive(
     max_leaves=20)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(_json_values)
 def test_canonical_form_is_sorted_compact_json_byte_for_byte(value):
     """The canonical form is the one docs/architecture.md gives third-party verifiers: Python's

@@ -1,5 +1,6 @@
-"""The demo's chain legs at volume: every transfer of a 50,000-payment day is sent in JSON-RPC batches and
-mined in its 30-minute slot, with nonces that never collide and a base fee that does not climb.
+"""The demo's chain legs at volume: every transfer of a 30,000-payment day is sent in JSON-RPC batches
+(dozens of them, sent back to back) and mined in its 30-minute slot, with nonces that never collide
+and a base fee that does not climb.
 
 The sending rewinds block time and turns automine off, which the shared anvil's other users must not
 see: the test runs the stack's anvil binary on a port and a genesis of its own."""
@@ -17,7 +18,7 @@ from ledger_pipelines.local.stack import REPO_ROOT
 
 pytestmark = pytest.mark.services
 
-PAYMENTS = 50_000
+PAYMENTS = 30_000
 
 
 def _free_port() -> int:
@@ -54,7 +55,7 @@ def own_anvil():
     proc.wait(30)
 
 
-def test_a_day_of_50000_payments_is_mined_slot_by_slot(own_anvil):
+def test_a_day_of_30000_payments_is_mined_slot_by_slot(own_anvil):
     from ledger_pipelines.chain import Signer, contract
     from ledger_pipelines.local.corridor import chain_transfers, generate
     from ledger_pipelines.local.demo import Progress, _mine_week, treasury_funds
