@@ -732,7 +732,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("ingest", help="consume the entry topics into the warehouse event log, exactly once")
     s.add_argument("--batch-size", type=int, default=10_000)
     s.add_argument("--processes", type=_ingest_processes, default=None,
-                   help="worker processes sharing the partitions (1 to 16, default 2; 1: this process reads them all)")
+                   help="at most this many worker processes share the partitions, one per 50,000 records to read "
+                        "(1 to 16, default 2; 1: this process reads them all)")
     s.add_argument("--topic-prefix")
     s.set_defaults(func=cmd_ingest)
 

@@ -12,7 +12,10 @@ its partitions. With ``processes=N`` the partitions to read are shared out betwe
 processes (``python -m ledger_pipelines.ingest_worker``), each with its own consumer and connection;
 each batch is still one transaction of rows and offsets, so the workers need no coordination and a
 worker that dies leaves only committed batches behind. On the event-log bench two processes ingest
-1.5 to 1.8 times as fast as one (docs/performance.md, event-log ingest).
+1.5 to 1.8 times as fast as one (docs/performance.md, event-log ingest). A worker costs about a second
+to start (its interpreter, imports, consumer and connection), so a run starts one only for every
+``records_per_process`` records it has to read (50,000 unless told): a sensor's run of a few
+thousand new entries reads them in its own process.
 """
 
 from __future__ import annotations
@@ -60,6 +63,9 @@ MAX_PROCESSES = 16
 WORKER_STOP_GRACE = 30.0
 # what the ledger_event_log asset and `ledger-pipelines ingest` run with unless told otherwise
 DEFAULT_PROCESSES = 2
+# the records to read that make a worker process worth its start (about a second): at 50,000 a second
+# worker saves about as much time as it costs to start
+RECORDS_PER_PROCESS = 50_000
 
 
 @dataclass
@@ -129,10 +135,18 @@ class IngestOptions:
     stall_timeout: float = 60.0
     run_id: str | None = None
     processes: int = 1
+    records_per_process: int = RECORDS_PER_PROCESS
 
     def __post_init__(self):
         if type(self.processes) is not int or not 1 <= self.processes <= MAX_PROCESSES:
             raise ValueError(f"ingest processes must be an integer from 1 to {MAX_PROCESSES}, not {self.processes!r}")
+        if type(self.records_per_process) is not int or self.records_per_process < 1:
+            raise ValueError(f"ingest records_per_process must be a positive integer, not {self.records_per_process!r}")
+
+    def processes_for(self, records: int) -> int:
+        """The processes a run of ``records`` records to read starts: one per ``records_per_process``,
+        at least one, at most ``processes``."""
+        return max(1, min(self.processes, records // self.records_per_process))
 
 
 class EventLogIngestor:
@@ -147,10 +161,12 @@ class EventLogIngestor:
         run_id: str | None = None,
         progress: Callable[[IngestResult], None] | None = None,
         processes: int = 1,
+        records_per_process: int = RECORDS_PER_PROCESS,
     ):
         self.kafka = kafka
         self.warehouse = warehouse
-        self.options = IngestOptions(consumer, batch_size, max_entry_bytes, stall_timeout, run_id, processes)
+        self.options = IngestOptions(consumer, batch_size, max_entry_bytes, stall_timeout, run_id, processes,
+                                     records_per_process)
         self.progress = progress
 
     def run(self, targets: dict[TopicPartitionKey, int] | None = None) -> IngestResult:
@@ -166,7 +182,7 @@ class EventLogIngestor:
         # a target at or below the stored offset means another run already took that range
         todo = {tp: (stored[tp], off) for tp, off in targets.items() if stored[tp] < off}
         if todo:
-            shares = _shares(todo, self.options.processes)
+            shares = _shares(todo, self.options.processes_for(sum(b - a for a, b in todo.values())))
             on_batch = lambda counts, n: self._on_batch(result, counts, n)  # noqa: E731
             if len(shares) == 1:
                 consume_partitions(self.kafka, self.warehouse, todo, self.options, on_batch)

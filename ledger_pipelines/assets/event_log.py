@@ -37,7 +37,8 @@ class EventLogConfig(Config):
     batch_size: int = Field(default=10_000, ge=1, le=200_000)
     processes: int = Field(
         default=DEFAULT_PROCESSES, ge=1, le=MAX_PROCESSES,
-        description="worker processes sharing the partitions to read (1: the run's own process reads them all)",
+        description="at most this many worker processes share the partitions to read, one per 50,000 "
+                    "records (1: the run's own process reads them all)",
     )
 
 

@@ -271,7 +271,7 @@ def test_two_processes_ingest_exactly_what_one_would(kafka, warehouse):
     _publish(kafka, n)
     ends = end_offsets(kafka)
     progress = []
-    result = EventLogIngestor(kafka, warehouse, batch_size=1000, processes=2,
+    result = EventLogIngestor(kafka, warehouse, batch_size=1000, processes=2, records_per_process=1000,
                               progress=lambda r: progress.append(r.consumed)).run(ends)
     assert result.counts.inserted == n and result.consumed == n
     # two workers ran, each committed batches of its own, and every batch came back to the run
@@ -343,12 +343,26 @@ def test_a_worker_s_own_error_fails_the_run_by_name(kafka):
     assert "s3cret-pw" not in text
 
 
+def test_a_small_run_reads_in_its_own_process(kafka, warehouse):
+    """A sensor's run of a few thousand entries starts no worker (a worker costs about a second)."""
+    n = 5_000
+    _publish(kafka, n)
+    result = EventLogIngestor(kafka, warehouse, processes=2).run(end_offsets(kafka))
+    assert result.counts.inserted == n and result.worker_batches == [result.batches]
+
+
 def test_ingest_processes_are_validated():
     from ledger_pipelines.ingest import IngestOptions
 
     for bad in (0, 17, -1, "2", 1.5):
         with pytest.raises(ValueError, match="ingest processes"):
             IngestOptions(processes=bad)
+    for bad in (0, -5, 2.5, "1000"):
+        with pytest.raises(ValueError, match="records_per_process"):
+            IngestOptions(records_per_process=bad)
+    # one process per 50,000 records to read, at least one, at most the processes asked for
+    four = IngestOptions(processes=4)
+    assert [four.processes_for(n) for n in (0, 49_999, 50_000, 120_000, 10**7)] == [1, 1, 1, 2, 4]
 
 
 @pytest.fixture
