@@ -36,7 +36,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from .kafka.producers import DLQ_PAYLOAD_LIMIT, DeadLetterProducer
 from .kafka.topics import end_offsets, ledger_of_topic
 from .model import EntryError, decode_wire
-from .settings import KafkaSettings
+from .settings import KafkaSettings, library_log_file
 from .validation import record_counts
 from .warehouse import BatchCounts, EventBatch, Warehouse
 from .warehouse.writer import content_hash
@@ -63,8 +63,9 @@ MAX_PROCESSES = 16
 WORKER_STOP_GRACE = 30.0
 # what the ledger_event_log asset and `ledger-pipelines ingest` run with unless told otherwise
 DEFAULT_PROCESSES = 2
-# the records to read that make a worker process worth its start (about a second): at 50,000 a second
-# worker saves about as much time as it costs to start
+# the records each worker process has to read at least: a worker costs about half a second to start, and
+# two processes read about 1.6x as fast as one (~58k records/s), so the second worker, started at 100,000
+# records to read (50,000 each), saves about what it costs; beyond that it gains
 RECORDS_PER_PROCESS = 50_000
 
 
@@ -338,25 +339,29 @@ def consume_in_processes(
     batches each worker committed.
 
     The worker's spec (settings, warehouse URL with its credentials) goes over its stdin, never its
-    command line or environment; stdin then stays open, and a worker whose stdin closes (this run
-    stops it, or this run is gone) commits the batch it is writing and stops. Each batch a worker
-    commits comes back as one JSON line and is counted here. The first worker to fail fails the run
-    with the worker's own error and stops the others; the batches they committed stand, and the next
-    run goes on from the stored offsets.
+    command line (a worker inherits this process's environment, like any child); stdin then stays
+    open, and a worker whose stdin closes (this run stops it, or this run is gone) commits the batch
+    it is writing and stops. Each batch a worker commits comes back as one JSON line and is counted
+    here. The first worker to fail, or to stop before its share is read (a signal of its own), fails
+    the run with the worker's own error and stops the others; the batches they committed stand, and
+    the next run goes on from the stored offsets.
     """
     events: queue.Queue = queue.Queue()
     procs: list[subprocess.Popen] = []
     readers: list[threading.Thread] = []
     batches = [0] * len(shares)
     errors: dict[int, str] = {}
+    stopped: set[int] = set()
     spec = {"kafka": asdict(kafka), "warehouse_url": warehouse_url, "options": asdict(options),
             "log_level": log.getEffectiveLevel(),
-            # the CLI's -v leaves librdkafka's lines on the terminal; otherwise they go to the log file
-            "libraries_to_log_file": log.getEffectiveLevel() > logging.DEBUG}
+            # librdkafka's lines go where this process sends them: the log file, or (-v, Dagster) stderr
+            "library_log_file": library_log_file()}
     try:
         for i, share in enumerate(shares):
+            # a session of its own: a signal to this run's process group (Ctrl-C) reaches this process,
+            # which stops the workers after their batch in flight, not the workers in mid-batch
             proc = subprocess.Popen([sys.executable, "-m", "ledger_pipelines.ingest_worker"],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
             procs.append(proc)
             todo = [[t, p, a, b] for (t, p), (a, b) in share.items()]
             proc.stdin.write(json.dumps({**spec, "todo": todo}).encode() + b"\n")
@@ -374,12 +379,15 @@ def consume_in_processes(
                     batches[i] += 1
                 elif "error" in msg:
                     errors[i] = msg["error"]
+                elif msg.get("stopped"):
+                    stopped.add(i)
                 continue
             running -= 1
             rc = procs[i].wait()
-            if rc != 0:
+            if rc != 0 or i in stopped:
                 parts = ", ".join(f"{t}[{p}]" for t, p in sorted(shares[i]))
-                how = errors.get(i) or f"exited with status {rc}"
+                how = errors.get(i) or ("stopped by a signal before its share was read" if rc == 0 else
+                                        f"exited with status {rc}")
                 raise IngestWorkerFailed(f"ingest worker {i + 1} of {len(procs)} (partitions {parts}): {how}; "
                                          "its committed batches stand, the next run goes on from them")
         return batches

@@ -275,12 +275,13 @@ def redact_url(url: str) -> str:
     return _PARAM_PASSWORD.sub(r"\1***", url)
 
 
-def libraries_to_log_file() -> None:
+def libraries_to_log_file(path: Path | None = None) -> None:
     """librdkafka's and Great Expectations' chatter (connection retries, progress bars' notices) goes to
-    ``LEDGER_LOG_FILE`` (default ``.stack/logs/ledger-pipelines.log``), not to the terminal; ``-v``
-    keeps everything on the terminal. The CLI
-    and each worker process of a multi-process ingest route them so."""
-    path = Path(os.environ.get("LEDGER_LOG_FILE") or StackConfig.from_env().root / "logs" / "ledger-pipelines.log")
+    ``path``, by default ``LEDGER_LOG_FILE`` (else ``.stack/logs/ledger-pipelines.log``), not to the
+    terminal; ``-v`` keeps everything on the terminal. The CLI routes them so, and each worker process of
+    a multi-process ingest routes them as its run does (:func:`library_log_file`)."""
+    if path is None:
+        path = Path(os.environ.get("LEDGER_LOG_FILE") or StackConfig.from_env().root / "logs" / "ledger-pipelines.log")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, delay=True)
@@ -291,3 +292,11 @@ def libraries_to_log_file() -> None:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.propagate = False
+
+
+def library_log_file() -> str | None:
+    """The file :func:`libraries_to_log_file` routes this process's librdkafka lines to, if it does."""
+    for handler in logging.getLogger(KAFKA_CLIENT_LOGGER).handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return None

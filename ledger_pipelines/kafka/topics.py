@@ -130,7 +130,7 @@ def raise_min_isr(client: AdminClient, settings: KafkaSettings, topics: dict, ti
         if current[t] < want:
             res = ConfigResource("topic", t, incremental_configs=[
                 ConfigEntry("min.insync.replicas", str(want), incremental_operation=AlterConfigOpType.SET)])
-            for fut in client.incremental_alter_configs([res], request_timeout=timeout).values():
+            for fut in client.incremental_alter_configs([res], request_timeout=_left(deadline)).values():
                 fut.result()
             log.warning("topic %s: min.insync.replicas raised from %d to %d", t, current[t], want)
             altered.append(t)
@@ -170,12 +170,12 @@ def end_offsets(
     settings: KafkaSettings, topics: dict[str, int] | None = None, timeout: float = 15.0
 ) -> dict[tuple[str, int], int]:
     """Read-committed end offsets (last stable offsets) of every partition of the entry topics."""
+    deadline = time.monotonic() + timeout  # one budget for the topic list and the offsets
     client = admin(settings)
     topics = entry_topics(settings, client, timeout) if topics is None else topics
     request = {TopicPartition(t, p): OffsetSpec.latest() for t, n in topics.items() for p in range(n)}
     if not request:
         return {}
-    deadline = time.monotonic() + timeout
     while True:
         futures = client.list_offsets(
             request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=_left(deadline)

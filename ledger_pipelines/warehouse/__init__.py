@@ -47,6 +47,7 @@ class Warehouse:
         if self.dialect == "postgresql" and parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
         if self.dialect == "sqlite" and (not parsed.database or parsed.database == ":memory:"
+                                         or parsed.database.startswith("file::memory:")
                                          or parsed.query.get("mode") == "memory"):
             # each connection to an in-memory database is a database of its own, seen by no other
             # process; the event log, its ingest workers, the assets and the desk share the warehouse

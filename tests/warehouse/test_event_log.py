@@ -16,7 +16,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from ledger_pipelines.generate import synthetic_entries
-from ledger_pipelines.ingest import DEFAULT_CONSUMER, EventLogIngestor
+from ledger_pipelines.ingest import DEFAULT_CONSUMER, WORKER_STOP_GRACE, EventLogIngestor
 from ledger_pipelines.kafka import EntryProducer, end_offsets, ensure_topics, entries_topic
 from ledger_pipelines.kafka.topics import dlq_topic
 from ledger_pipelines.model import encode_entry, make_entry, to_dict
@@ -203,14 +203,21 @@ def _committed_then_rerun(wh: Warehouse, kafka, warehouse_url: str, cmd, env, n:
         _wait_for_other_sessions_to_end(wh)
     partial = wh.scalar("SELECT count(*) FROM ledger_event_log")
     assert 0 < partial < n, partial
-    stored = wh.stored_offsets(DEFAULT_CONSUMER)
-    assert sum(stored.values()) == partial
+    _offsets_backed_by_rows(wh)
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     out = msgspec.json.decode(rerun.stdout.strip().splitlines()[-1])
     assert out["rows"] == n - partial and out["duplicates"] == 0
     assert wh.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
     _offsets_consistent(wh, kafka)
+
+
+def _offsets_backed_by_rows(wh: Warehouse) -> None:
+    """Each partition's stored offset (all published from offset 0, no rejects) is exactly its rows."""
+    stored = wh.stored_offsets(DEFAULT_CONSUMER)
+    rows = {(t, p): n for t, p, n in wh.rows("SELECT topic, kafka_partition, count(*) FROM ledger_event_log "
+                                             "GROUP BY topic, kafka_partition")}
+    assert {tp: off for tp, off in stored.items() if off} == rows, (stored, rows)
 
 
 def _wait_for_other_sessions_to_end(wh: Warehouse, timeout: float = 60.0) -> None:
@@ -238,13 +245,17 @@ def test_sigkill_mid_run_then_rerun_is_exactly_once(kafka, warehouse_url, proces
     assert len(workers) == (0 if processes == 1 else 2), workers
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    _, alive = psutil.wait_procs(workers, timeout=30)
+    _, alive = psutil.wait_procs(workers, timeout=WORKER_STOP_GRACE + 10)
     assert not alive, f"workers outlived the killed run: {alive}"
     _committed_then_rerun(wh, kafka, warehouse_url, cmd, env, n)
     wh.dispose()
 
 
-def test_a_killed_worker_fails_the_run_and_a_rerun_is_exactly_once(kafka, warehouse_url):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_or_stopped_worker_fails_the_run_and_a_rerun_is_exactly_once(kafka, warehouse_url, sig):
+    """A worker killed (SIGKILL) or stopped on its own (SIGTERM: it commits its batch in flight and
+    ends) before its share is read fails the run by name; the other worker is stopped after its batch
+    in flight, and a rerun takes exactly the rest."""
     n = 150_000
     _publish(kafka, n)
     cmd, env = _ingest_cmd(kafka, warehouse_url, processes=2)
@@ -253,15 +264,40 @@ def test_a_killed_worker_fails_the_run_and_a_rerun_is_exactly_once(kafka, wareho
     _wait_for_rows(wh, proc, 10_000)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert len(workers) == 2, workers
-    os.kill(workers[0].pid, signal.SIGKILL)
+    os.kill(workers[0].pid, sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     # the run names the worker, its partitions and how it ended; the other worker is stopped too
-    assert "ingest worker" in err and "exited with status -9" in err and f"{kafka.topic_prefix}" in err, err[-2000:]
+    how = "exited with status -9" if sig == signal.SIGKILL else "stopped by a signal before its share was read"
+    assert "ingest worker" in err and how in err and f"{kafka.topic_prefix}" in err, err[-2000:]
     # the other worker was asked to stop and did, after its batch in flight (status 0, not killed)
-    assert ("exit statuses [-9, 0]" in err) != ("exit statuses [0, -9]" in err), err[-2000:]
-    _, alive = psutil.wait_procs(workers, timeout=30)
+    if sig == signal.SIGKILL:
+        assert ("exit statuses [-9, 0]" in err) != ("exit statuses [0, -9]" in err), err[-2000:]
+    else:
+        assert "exit statuses [0, 0]" in err, err[-2000:]
+    assert err.count("ingest stopped on request") == (1 if sig == signal.SIGKILL else 2), err[-2000:]
+    _, alive = psutil.wait_procs(workers, timeout=WORKER_STOP_GRACE + 10)
     assert not alive, alive
+    _committed_then_rerun(wh, kafka, warehouse_url, cmd, env, n)
+    wh.dispose()
+
+
+def test_ctrl_c_stops_the_workers_after_their_batch_in_flight(kafka, warehouse_url):
+    """Ctrl-C reaches the run's whole process group: the workers (sessions of their own) are not cut
+    off mid-batch by it but asked by the run to stop, and end on their own after committing."""
+    n = 150_000
+    _publish(kafka, n)
+    cmd, env = _ingest_cmd(kafka, warehouse_url, processes=2)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # a process group of its own, as a terminal gives
+    wh = Warehouse(warehouse_url)
+    _wait_for_rows(wh, proc, 10_000)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) == 2, workers
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "exit statuses [0, 0]" in err and err.count("ingest stopped on request") == 2, err[-2000:]
     _committed_then_rerun(wh, kafka, warehouse_url, cmd, env, n)
     wh.dispose()
 
@@ -290,7 +326,7 @@ def test_a_failing_run_stops_its_workers_after_their_batch_in_flight(kafka, ware
     """The run fails while its workers ingest (here: its progress callback raises after the first
     batch): each worker is asked to stop, commits the batch it is writing and ends on its own (no kill);
     every stored offset is backed by exactly its rows, and a rerun takes exactly the rest."""
-    from ledger_pipelines.ingest import WORKER_STOP_GRACE, IngestOptions, _shares, consume_in_processes
+    from ledger_pipelines.ingest import IngestOptions, _shares, consume_in_processes
 
     n = 60_000
     _publish(kafka, n)
@@ -308,12 +344,12 @@ def test_a_failing_run_stops_its_workers_after_their_batch_in_flight(kafka, ware
     t0 = time.monotonic()
     with pytest.raises(Boom), caplog.at_level("INFO", logger="ledger_pipelines.ingest"):
         consume_in_processes(kafka, warehouse.url, _shares(todo, 2), IngestOptions(batch_size=500), fail)
-    # both stopped on request, well before the grace a worker gets (after which it would exit or be killed)
-    assert time.monotonic() - t0 < WORKER_STOP_GRACE / 2
+    # both stopped on request (status 0: neither exited at the end of its grace, status 3, nor was killed)
+    assert time.monotonic() - t0 < WORKER_STOP_GRACE
     assert "ingest workers stopped: exit statuses [0, 0]" in caplog.text, caplog.text
-    stored = warehouse.stored_offsets(DEFAULT_CONSUMER)
     partial = warehouse.scalar("SELECT count(*) FROM ledger_event_log")
-    assert 0 < partial < n and sum(stored.values()) == partial, (partial, stored)
+    assert 0 < partial < n, partial
+    _offsets_backed_by_rows(warehouse)
     rest = EventLogIngestor(kafka, warehouse, processes=2).run(ends)
     assert rest.counts.inserted == n - partial and rest.counts.duplicates == 0
     assert warehouse.event_counts() == {"events": n, "distinct_entries": n, "rejected": 0, "conflicts": 0}
@@ -343,6 +379,22 @@ def test_a_worker_s_own_error_fails_the_run_by_name(kafka):
     assert "s3cret-pw" not in text
 
 
+def test_a_worker_s_error_text_masks_the_spec_s_credentials():
+    """Whatever a driver puts in its error (the URL, the password as given or percent-encoded), the
+    worker's error line and logged traceback carry no credential of its spec."""
+    from ledger_pipelines.ingest_worker import error_text
+
+    spec = {"warehouse_url": "postgresql://ledger:p%40ss%2Fw0rd@db.internal:5432/ledger?sslpassword=k3y-pass",
+            "kafka": {"sasl_password": "sasl-s3cret"}}
+    raw = ("OperationalError: cannot connect to postgresql://ledger:p%40ss%2Fw0rd@db.internal:5432/ledger"
+           "?sslpassword=k3y-pass as ledger/p@ss/w0rd; SASL sasl-s3cret refused; p%40ss%2Fw0rd again")
+    text = error_text(raw, spec)
+    for secret in ("p@ss/w0rd", "p%40ss%2Fw0rd", "k3y-pass", "sasl-s3cret"):
+        assert secret not in text, text
+    assert "db.internal:5432/ledger" in text and "***" in text
+    assert len(error_text("x" * 10_000, spec)) == 2003 and len(error_text("x" * 10_000, spec, None)) == 10_000
+
+
 def test_a_small_run_reads_in_its_own_process(kafka, warehouse):
     """A sensor's run of a few thousand entries starts no worker (a worker costs about a second)."""
     n = 5_000
@@ -360,9 +412,11 @@ def test_ingest_processes_are_validated():
     for bad in (0, -5, 2.5, "1000"):
         with pytest.raises(ValueError, match="records_per_process"):
             IngestOptions(records_per_process=bad)
-    # one process per 50,000 records to read, at least one, at most the processes asked for
+    # a process per 50,000 records to read, at least one, at most the processes asked for
     four = IngestOptions(processes=4)
-    assert [four.processes_for(n) for n in (0, 49_999, 50_000, 120_000, 10**7)] == [1, 1, 1, 2, 4]
+    assert [four.processes_for(n) for n in (0, 49_999, 50_000, 99_999, 100_000, 149_999, 150_000, 10**7)] == [
+        1, 1, 1, 1, 2, 2, 3, 4]
+    assert IngestOptions(processes=1).processes_for(10**7) == 1
 
 
 @pytest.fixture

@@ -267,7 +267,8 @@ def test_snapshot_totals_are_plain_decimals_never_exponents():
     assert stats["totals"] == {"WBTC": {"debit": "0.00000001", "credit": "0.00000000"}}
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:wh?mode=memory&uri=true"])
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///file:wh?mode=memory&uri=true",
+                                 "sqlite:///file::memory:?uri=true", "sqlite:///file::memory:?cache=shared&uri=true"])
 def test_an_in_memory_sqlite_warehouse_is_refused_with_the_reason(url):
     """Each connection to an in-memory database is a database of its own: the event log's ingest
     workers, the assets and the desk would each see an empty warehouse."""
