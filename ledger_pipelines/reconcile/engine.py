@@ -397,8 +397,12 @@ class _Engine:
         rt, rb = _table(right, rules.batch_members, plan.bound, fields)
         con = _database().cursor()  # a connection of its own: its temporary tables go with it
         try:
-            for name, t in (("l_in", lt), ("r_in", rt), ("l_batch", lb), ("r_batch", rb)):
+            for name, t in (("l_arrow", lt), ("r_arrow", rt), ("l_batch", lb), ("r_batch", rb)):
                 con.register(name, t)
+            # the entries copied into DuckDB once: the stages scan them several times, and each scan of
+            # an Arrow table converts its text columns again
+            for s in ("l", "r"):
+                con.execute(f"CREATE TEMP TABLE {s}_in AS SELECT * FROM {s}_arrow")
             self._sql(con, plan)
         finally:
             con.close()
