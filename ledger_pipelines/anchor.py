@@ -25,7 +25,7 @@ from typing import Any
 
 from .chain import (FROM_BLOCK_ENV, LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs,
                     deployment_block, redact)
-from .commitment import report_version
+from .commitment import anchor_record_problem, report_version
 from .settings import StackConfig
 
 
@@ -119,30 +119,17 @@ def trusted_contract(w3, given: str | None) -> tuple[str, str]:
     return address, f"the deployment record for chain {key} ({path})"
 
 
-def _anchor_of(audit: dict[str, Any]) -> dict[str, Any]:
-    anchor = audit.get("anchor")
-    if not anchor:
-        raise ChainError("the report carries no anchor (anchoring was off or failed)")
-    fields = {"chain_id": int, "contract": str, "tx_hash": str, "version": int}
-    if not isinstance(anchor, dict) or not all(isinstance(anchor.get(k), t) and not isinstance(anchor.get(k), bool)
-                                               for k, t in fields.items()):
-        raise ChainError(f"the report's anchor record is malformed ({', '.join(fields)} expected)")
-    return anchor
-
-
-def check_anchor(audit: dict[str, Any], url: str, expected_contract: str | None = None) -> dict[str, Any]:
-    """The anchor of a verified report on chain (see :func:`check_anchored`)."""
-    return check_anchored(audit["day"], audit["merkle_root"], report_version(audit), _anchor_of(audit), url,
-                          expected_contract)
-
-
 def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], url: str,
                    expected_contract: str | None = None) -> dict[str, Any]:
     """The trusted contract holds, as the anchor record's version of ``day``, exactly ``root`` and report
     ``version``; the anchoring tx succeeded and emitted that; and no later version of the day exists."""
     from .contracts import web3_for
 
-    anchor = _anchor_of({"anchor": anchor})
+    if not anchor:
+        raise ChainError("the report carries no anchor (anchoring was off or failed)")
+    problem = anchor_record_problem(anchor, day, root, version)
+    if problem:
+        raise ChainError(f"the report's anchor record {problem}")
     try:
         w3 = web3_for(url)
         chain_id = w3.eth.chain_id
@@ -169,6 +156,9 @@ def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], ur
             raise ChainError(f"anchor tx {anchor['tx_hash']} not found on chain: {exc}") from None
         if receipt["status"] != 1:
             raise ChainError(f"anchor tx {anchor['tx_hash']} reverted")
+        if receipt["blockNumber"] != anchor["block_number"]:
+            raise ChainError(f"anchor tx {anchor['tx_hash']} is in block {receipt['blockNumber']}, the report says "
+                             f"block {anchor['block_number']}")
         logs = [lg for lg in receipt["logs"] if lg["address"].lower() == trusted.lower()]
         if not logs:
             raise ChainError(f"anchor tx {anchor['tx_hash']} emitted nothing from {trusted}")

@@ -580,10 +580,20 @@ def cmd_verify(args) -> int:
     if bool(args.report) == bool(args.proof):
         print(json.dumps({"verified": False, "reason": "give --report DIR or --proof FILE"}))
         return 2
+    if args.contract and not args.rpc:
+        print(json.dumps({"verified": False, "reason": "--contract names the anchor contract to check on chain: "
+                          "give --rpc URL with it"}))
+        return 2
     out = (verify_report(Path(args.report), args.rpc, args.contract) if args.report
            else verify_proof(Path(args.proof), args.rpc, args.contract))
     print(json.dumps(out if out["verified"] else {k: v for k, v in out.items() if k != "problems"}))
-    return 0 if out["verified"] else 1
+    if not out["verified"]:
+        return 1
+    # the contents verify, but the anchor they claim was not checked: only --rpc shows the report is the one anchored
+    return VERIFIED_ANCHOR_NOT_CHECKED if out.get("anchored") and not args.rpc else 0
+
+
+VERIFIED_ANCHOR_NOT_CHECKED = 3
 
 
 def cmd_prove(args) -> int:
@@ -775,7 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reconcile)
 
     s = sub.add_parser("verify", help="check everything a day's report (or one inclusion proof) states against "
-                       "its commitment, and (with --rpc) the commitment against its on-chain anchor")
+                       "its commitment, and (with --rpc) the commitment against its on-chain anchor; exit 0: "
+                       "verified, 1: refused, 3: the contents verify but the anchor they claim was not checked "
+                       "(no --rpc)")
     s.add_argument("--report", help="the day's report folder (reports/<day>)")
     s.add_argument("--proof", help="an inclusion proof made by `prove` (instead of --report)")
     s.add_argument("--rpc", help="EVM node: also check the anchor on chain")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -95,6 +96,34 @@ def audit_body(audit: dict[str, Any]) -> dict[str, Any]:
 
 def audit_leaf(audit: dict[str, Any]) -> bytes:
     return canonical({"audit": audit_body(audit), "day": audit["day"], "leaf": "audit"})
+
+
+# the anchor record a report keeps (anchor.anchor_report writes it): outside the commitment, since it
+# is made after the root it anchors, so every member of it is checked against the report or the chain
+ANCHOR_KEYS = ("block_number", "chain_id", "contract", "merkle_root", "partition", "report_version", "tx_hash",
+               "version")
+_ANCHOR_FORMS = {"contract": re.compile(r"0x[0-9a-fA-F]{40}"), "tx_hash": re.compile(r"0x[0-9a-f]{64}"),
+                 "merkle_root": re.compile(r"[0-9a-f]{64}"), "report_version": re.compile(r"sha256:[0-9a-f]{64}")}
+
+
+def anchor_record_problem(anchor: Any, day: str, root: str, version: str) -> str | None:
+    """Why ``anchor`` is not an anchor record of this report (day, root, report version), or None.
+
+    Offline this is all that can be known of an anchor; ``verify --rpc`` then checks the rest (chain,
+    contract, transaction, block) against the chain."""
+    if not isinstance(anchor, dict) or set(anchor) != set(ANCHOR_KEYS):
+        return f"is not an anchor record (exactly the members {', '.join(ANCHOR_KEYS)} expected)"
+    for key in ("block_number", "chain_id", "version"):
+        if type(anchor[key]) is not int or anchor[key] < (1 if key != "block_number" else 0):
+            return f"has {key} {anchor[key]!r}, not a {'non-negative' if key == 'block_number' else 'positive'} integer"
+    for key, form in _ANCHOR_FORMS.items():
+        if not isinstance(anchor[key], str) or not form.fullmatch(anchor[key]):
+            return f"has {key} {str(anchor[key])[:80]!r}, not of the form {form.pattern}"
+    for key, own, what in (("partition", day, "day"), ("merkle_root", root, "root"),
+                           ("report_version", version, "report version")):
+        if anchor[key] != own:
+            return f"is of {key} {str(anchor[key])[:80]!r}, not the report's {what} {own}"
+    return None
 
 
 def report_version(audit: dict[str, Any]) -> str:

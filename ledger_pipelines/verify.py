@@ -23,10 +23,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from . import merkle
 from .model import EntryError, refuse_deep_json
-from .commitment import (DECISIONS_FILE, FORMAT, RECORD_FILES, UNLISTED, audit_leaf, canonical, decision_leaf,
-                         payment_leaf, pretty, record_leaf, records_root, report_version, summary_leaf)
+from .commitment import (DECISIONS_FILE, FORMAT, RECORD_FILES, UNLISTED, anchor_record_problem, audit_leaf, canonical,
+                         decision_leaf, payment_leaf, pretty, record_leaf, records_root, report_version, summary_leaf)
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,80}")
 FORMAT_2 = "ledger-pipelines.day-report/2"  # before the breaks desk: the same, without decisions
@@ -49,6 +51,15 @@ def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         dup = next(k for k, _ in pairs if k in seen or seen.add(k))
         raise ValueError(f"key {dup!r} appears twice in one object")
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal JSON values, equal in type too: ``false`` is not ``0``, as ``==`` would have it."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same, a, b))
+    return type(a) is type(b) and a == b
 
 
 def strict_json(data: bytes) -> Any:
@@ -79,9 +90,10 @@ class _Check:
         data = self.read(rel)
         try:
             doc = strict_json(data)
-        except ValueError as exc:
+            same = pretty(doc) == data
+        except ValueError as exc:  # a lone surrogate (\ud800) is valid JSON and encodes to no UTF-8: ValueError too
             raise VerificationError(f"{rel}: not a valid report document ({exc})") from None
-        if pretty(doc) != data:
+        if not same:
             raise VerificationError(f"{rel}: not byte for byte the document its content gives (edited?)")
         return doc
 
@@ -94,9 +106,10 @@ class _Check:
         for n, line in enumerate(data.split(b"\n")[:-1] if data else [], start=1):
             try:
                 obj = strict_json(line)
-            except ValueError as exc:
+                same = isinstance(obj, dict) and canonical(obj) == line
+            except (ValueError, msgspec.EncodeError) as exc:  # a lone surrogate encodes to no UTF-8
                 raise VerificationError(f"{rel} line {n}: not a JSON object ({exc})") from None
-            if not isinstance(obj, dict) or canonical(obj) != line:
+            if not same:
                 raise VerificationError(f"{rel} line {n}: not a record in canonical form (edited?)")
             out.append((line, obj))
         return out
@@ -107,7 +120,14 @@ def _files(folder: Path) -> list[str]:
     if folder.is_symlink() or not folder.is_dir():
         raise VerificationError(f"{folder}: not a report folder (a symlink or not a directory)")
     out = []
-    for top, dirs, files in os.walk(folder, followlinks=False):
+    folders = []
+
+    def unreadable(exc: OSError) -> None:  # a folder that cannot be listed could hide any file
+        where = Path(exc.filename or folder)
+        rel = where.relative_to(folder).as_posix() if where.is_relative_to(folder) else str(where)
+        raise VerificationError(f"{rel}: cannot be listed ({exc.strerror or exc})")
+
+    for top, dirs, files in os.walk(folder, followlinks=False, onerror=unreadable):
         for name in sorted(dirs + files):
             path = Path(top) / name
             rel = path.relative_to(folder).as_posix()
@@ -118,6 +138,12 @@ def _files(folder: Path) -> list[str]:
                 if not stat.S_ISREG(st.st_mode):
                     raise VerificationError(f"{rel}: not a regular file")
                 out.append(rel)
+            else:
+                folders.append(rel)
+    holding = {parent.as_posix() for rel in out for parent in Path(rel).parents}
+    for rel in folders:
+        if rel not in holding:
+            raise VerificationError(f"{rel}: a folder holding no file of the report (added to it?)")
     return sorted(out)
 
 
@@ -148,10 +174,14 @@ def _check_audit_shape(audit: Any) -> None:
     files = audit.get("files")
     if not isinstance(files, dict) or not all(isinstance(v, str) and _HEX32.fullmatch(v) for v in files.values()):
         raise VerificationError("audit.json: files must map paths to SHA-256 digests")
-    if not isinstance(audit.get("records"), int):
+    if type(audit.get("records")) is not int:
         raise VerificationError("audit.json: records is not a number")
     if not isinstance(audit.get("payments"), dict):
         raise VerificationError("audit.json: payments is not an object")
+    if "anchor" in audit:  # absent when the report was not anchored
+        problem = anchor_record_problem(audit["anchor"], day, audit["merkle_root"], report_version(audit))
+        if problem:
+            raise VerificationError(f"audit.json: the anchor record {problem}")
 
 
 def _check_reconciliation(chk: _Check, day: str, name: str, stated: Any, leaves: dict, decided: list) -> int:
@@ -187,17 +217,17 @@ def _check_reconciliation(chk: _Check, day: str, name: str, stated: Any, leaves:
                       "break_type": _counts(breaks, "break_type"),
                       "merkle_root": records_root(day, name, lines["match"], lines["break"])}
     for key, value in stated_figures.items():
-        if summary.get(key) != value:
+        if not _same(summary.get(key), value):
             chk.problem(rel, f"{key} is {summary.get(key)!r}, its records give {value!r}")
     for side, ids_field in (("left", "left_entry_ids"), ("right", "right_entry_ids")):
         ids = [i for r in matches + breaks for i in (r.get(ids_field) or [])]
         if len(ids) != len(set(ids)):
             chk.problem(f"{name}", f"an entry of the {side} side is in more than one record")
         rows = (summary.get("input_rows") or {}).get(side)
-        if rows != len(ids):
+        if not _same(rows, len(ids)):
             chk.problem(rel, f"input_rows.{side} is {rows!r}, but {len(ids)} {side} entries are in its records "
                         "(every input entry is in exactly one record)")
-    if not isinstance(stated, dict) or {k: v for k, v in stated.items() if k != "carried_in"} != summary:
+    if not isinstance(stated, dict) or not _same({k: v for k, v in stated.items() if k != "carried_in"}, summary):
         chk.problem("audit.json", f"reconciliations.{name} does not state what {rel} states")
     return len(matches) + len(breaks)
 
@@ -237,7 +267,7 @@ def _check_contents(chk: _Check) -> tuple[dict[str, Any], dict]:
              "missing_leg": sum(p.get("status") == "missing_leg" for p in view),
              "drifting": sum(p.get("drifting") is True for p in view)}
     for key, value in given.items():
-        if stated.get(key) != value:
+        if not _same(stated.get(key), value):
             chk.problem("audit.json", f"payments.{key} is {stated.get(key)!r}, payments.jsonl gives {value}")
     if audit["format"] == FORMAT:
         _check_decisions(chk, day, audit, files, leaves, decided)
@@ -331,7 +361,7 @@ def _check_decisions(chk: _Check, day: str, audit: dict[str, Any], files: list[s
             chk.problem(DECISIONS_FILE, f"decision {d['decision_id']} is honoured by no record of the report")
     stated = audit.get("decisions")
     given = {k: sum(d["kind"] == k for d in by_id.values()) for k in ("manual_match", "acceptance")}
-    if stated != given:
+    if not _same(stated, given):
         chk.problem("audit.json", f"decisions is {stated!r}, decisions.jsonl gives {given}")
 
 
@@ -382,6 +412,9 @@ def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = 
     try:
         audit, leaves = _check_contents(chk)
         _check_root(chk, audit, leaves)
+        name = chk.folder.resolve().name
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", name) and name != audit["day"]:
+            chk.problem("audit.json", f"the report of {audit['day']} is in a folder named {name} (renamed?)")
         out = {"day": audit["day"], "merkle_root": audit["merkle_root"], "report_version": report_version(audit),
                "records": audit["records"], "leaves": len(leaves)}
     except VerificationError as exc:
@@ -390,6 +423,7 @@ def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = 
         chk.problems.insert(0, f"the report could not be read: {type(exc).__name__}: {exc}")
     if not chk.problems:
         anchor = audit.get("anchor")
+        out["anchored"] = bool(anchor)  # the report claims an anchor (checked on chain only with rpc)
         if rpc and not anchor:
             chk.problem("anchor", "the report carries no anchor (anchoring was off or failed)")
         else:
@@ -493,6 +527,10 @@ def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None
                 and all(isinstance(h, str) and _HEX32.fullmatch(h) for h in hashes)):
             raise VerificationError(f"{path}: malformed (day, merkle_root, report_version, leaf, index, tree_size and "
                                     "a path of at most 64 32-byte hex hashes expected)")
+        anchor = doc.get("anchor")
+        problem = None if anchor is None else anchor_record_problem(anchor, day, root, version)
+        if problem:
+            raise VerificationError(f"{path}: the anchor record {problem}")
         if leaf.get("day") != day or leaf.get("leaf") not in ("record", "summary", "payment", "decision", "audit"):
             raise VerificationError(f"{path}: the leaf is not a fact of {day} (leaf kind or day differs)")
         if leaf["leaf"] == "audit" and (not isinstance(leaf.get("audit"), dict) or
@@ -510,6 +548,7 @@ def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None
     except _READ_ERRORS as exc:
         chk.problems.insert(0, f"the proof could not be read: {type(exc).__name__}: {exc}")
     if not chk.problems:
+        out["anchored"] = bool(doc.get("anchor"))
         if rpc and not doc.get("anchor"):
             chk.problem("anchor", "the proof carries no anchor record (the report was not anchored)")
         else:

@@ -366,8 +366,8 @@ def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], rig
 def _anchor_line(anchor: dict[str, Any] | None) -> str:
     if not anchor:
         return "<p><b>Not anchored on chain.</b></p>"
-    return (f"<p>Anchored on chain {anchor['chain_id']} by contract <code>{html.escape(anchor['contract'])}</code> in tx "
-            f"<code>{html.escape(anchor['tx_hash'])}</code> (block {anchor['block_number']}, version {anchor['version']}). "
+    return (f"<p>Anchored on chain {_e(anchor['chain_id'])} by contract <code>{_e(anchor['contract'])}</code> in tx "
+            f"<code>{_e(anchor['tx_hash'])}</code> (block {_e(anchor['block_number'])}, version {_e(anchor['version'])}). "
             "Check it with <code>ledger-pipelines verify --report DIR --rpc URL</code>.</p>")
 
 

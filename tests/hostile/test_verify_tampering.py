@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger_pipelines.audit import PairConfig, finish_report, run_day
-from ledger_pipelines.commitment import canonical, pretty
+from ledger_pipelines.commitment import canonical, pretty, report_version
 from ledger_pipelines.config import LedgerConfig
 from ledger_pipelines.model import make_entry
 from ledger_pipelines.reconcile import Rules
@@ -454,7 +454,15 @@ def test_a_report_recommitted_after_anchoring_fails_on_chain(anchored, stack_con
     audit["anchor"] = original["anchor"]
     (forged / "audit.json").write_bytes(pretty(audit))
     (forged / "index.html").write_text(render_index(audit))
-    assert verify_report(forged)["verified"] is True
+    # the anchor record kept as it was names the original root: refused offline already
+    refused(forged, "audit.json: the anchor record is of merkle_root", original["merkle_root"])
+    # made to name the new root and report version too, the folder is self-consistent: offline it verifies,
+    # exit 3 (the anchor it claims was not checked); on chain it fails
+    audit["anchor"] = {**original["anchor"], "merkle_root": audit["merkle_root"], "report_version": report_version(audit)}
+    (forged / "audit.json").write_bytes(pretty(audit))
+    (forged / "index.html").write_text(render_index(audit))
+    code, out, _ = cli_verify(forged)
+    assert code == 3 and out["verified"] is True and out["anchored"] is True, out
     code, out, _ = cli_verify(forged, "--rpc", stack_config.anvil_url, env=_env())
     assert code == 1 and "on-chain anchor of 2026-11-20 version 1" in out["reason"]
     assert original["merkle_root"] in out["reason"] and audit["merkle_root"] in out["reason"]
@@ -475,6 +483,14 @@ def test_a_proof_checks_against_the_anchor_and_an_altered_version_does_not(ancho
     assert code == 0 and out["anchor"]["contract_source"].startswith("the deployment record")
     proof["report_version"] = "sha256:" + "00" * 32
     (tmp_path / "p.json").write_text(json.dumps(proof))
+    # its anchor record still names the anchored version: refused without asking the chain
+    code, out, _ = cli_verify_proof(tmp_path / "p.json")
+    assert code == 1 and "the anchor record is of report_version" in out["reason"], out
+    # the record altered alike: only the chain tells
+    proof["anchor"]["report_version"] = proof["report_version"]
+    (tmp_path / "p.json").write_text(json.dumps(proof))
+    code, out, _ = cli_verify_proof(tmp_path / "p.json")
+    assert code == 3 and out["verified"] is True, out
     code, out, _ = cli_verify_proof(tmp_path / "p.json", "--rpc", stack_config.anvil_url, env=_env())
     assert code == 1 and "on-chain anchor of 2026-11-20 version 1" in out["reason"]
 
@@ -482,3 +498,109 @@ def test_a_proof_checks_against_the_anchor_and_an_altered_version_does_not(ancho
 def test_a_removed_index_page_fails(report):
     (report / "index.html").unlink()
     refused(report, "index.html", "missing")
+
+
+def _with_anchor(folder: Path, **changes) -> dict:
+    """audit.json given an anchor record of the writer's form for this report (as a forger would write one),
+    with ``changes``, and its index page rendered from it."""
+    audit = json.loads((folder / "audit.json").read_text())
+    audit["anchor"] = {"block_number": 7, "chain_id": 31337, "contract": "0x" + "ab" * 20, "merkle_root":
+                       audit["merkle_root"], "partition": audit["day"], "report_version": report_version(audit),
+                       "tx_hash": "0x" + "cd" * 32, "version": 1, **changes}
+    (folder / "audit.json").write_bytes(pretty(audit))
+    (folder / "index.html").write_text(render_index(audit))
+    return audit
+
+
+def test_an_anchor_record_that_is_not_one_of_this_report_fails_offline(report):
+    """The anchor record is made after the root, so nothing commits to it: each member must be of the
+    writer's form and name this report's day, root and report version."""
+    _with_anchor(report)
+    code, out, _ = cli_verify(report)
+    assert code == 3 and out["verified"] is True and out["anchored"] is True, out  # self-consistent, unchecked
+    for change, needle in (({"attested_by": "Big Four LLP"}, "is not an anchor record"),
+                           ({"block_number": "7 <img src=x onerror=alert(1)>"}, "has block_number"),
+                           ({"block_number": True}, "has block_number"), ({"version": 0}, "has version"),
+                           ({"tx_hash": "0xnot-a-hash"}, "has tx_hash"), ({"partition": "2026-11-21"}, "of partition"),
+                           ({"merkle_root": "00" * 32}, "of merkle_root"),
+                           ({"report_version": "sha256:" + "00" * 32}, "of report_version")):
+        _with_anchor(report, **change)
+        refused(report, "audit.json: the anchor record", needle)
+    audit = json.loads((report / "audit.json").read_text())
+    audit["anchor"] = None  # an unanchored report has no anchor member at all
+    (report / "audit.json").write_bytes(pretty(audit))
+    refused(report, "audit.json: the anchor record is not an anchor record")
+
+
+def test_the_index_page_escapes_every_member_of_the_anchor_record():
+    from ledger_pipelines.reconcile.output import _anchor_line
+
+    line = _anchor_line({"chain_id": "<b>1</b>", "contract": "<i>c</i>", "tx_hash": "<s>t</s>",
+                         "block_number": "<img src=x onerror=alert(1)>", "version": "<u>v</u>"})
+    assert "<img" not in line and "<b>" not in line and "<u>" not in line and "&lt;img src=x" in line
+
+
+def test_contract_without_rpc_is_refused(report):
+    code, out, _ = cli_verify(report, "--contract", "0x" + "12" * 20)
+    assert code == 2 and "--rpc" in out["reason"]
+
+
+def test_an_unanchored_report_verified_offline_exits_0(report):
+    code, out, _ = cli_verify(report)
+    assert code == 0 and out["verified"] is True and out["anchored"] is False
+
+
+def test_an_empty_folder_added_to_the_report_fails(report):
+    (report / "bank_vs_chain" / "extra" / "deeper").mkdir(parents=True)
+    refused(report, "bank_vs_chain/extra", "a folder holding no file of the report")
+
+
+def test_a_folder_that_cannot_be_listed_fails(report, monkeypatch):
+    """A folder the verifier may not read could hide an added file (simulated: the tests may run as root)."""
+    import os as os_module
+
+    hidden = report / "bank_vs_chain"
+    real = os_module.scandir
+
+    def scandir(path="."):
+        if Path(path) == hidden:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os_module, "scandir", scandir)
+    refused(report, "bank_vs_chain: cannot be listed (Permission denied)")
+
+
+def test_a_report_in_a_folder_named_as_another_day_fails(report):
+    renamed = report.parent / "2026-11-21"
+    report.rename(renamed)
+    refused(renamed, "the report of 2026-11-20 is in a folder named 2026-11-21")
+    other = report.parent / "kept-copy"  # a folder not named as a date can hold any day
+    renamed.rename(other)
+    assert verify_report(other)["verified"] is True
+
+
+def test_a_record_that_encodes_to_no_utf8_is_refused_naming_its_line(report):
+    path = report / "bank_vs_chain" / "breaks.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    lines[0] = lines[0].replace(b'"reason":"', b'"reason":"\\ud800', 1)
+    path.write_bytes(b"\n".join(lines))
+    refused(report, "bank_vs_chain/breaks.jsonl line 1: not a JSON object")
+
+
+def test_a_count_stated_as_a_boolean_is_not_the_count():
+    from ledger_pipelines.verify import _same
+
+    assert _same({"a": [1, {"b": 0}]}, {"a": [1, {"b": 0}]})
+    assert not _same({"manual_match": False}, {"manual_match": 0})
+    assert not _same([True], [1]) and not _same(1, 1.0) and not _same({"a": 1}, {"a": 1, "b": 2})
+
+
+@pytest.mark.services
+def test_an_anchor_record_naming_another_block_fails_on_chain(anchored, stack_config):
+    audit = json.loads((anchored / "audit.json").read_text())
+    _with_anchor(anchored, **{**audit["anchor"], "block_number": audit["anchor"]["block_number"] + 1})
+    code, out, _ = cli_verify(anchored)
+    assert code == 3 and out["verified"] is True, out
+    code, out, _ = cli_verify(anchored, "--rpc", stack_config.anvil_url, env=_env())
+    assert code == 1 and f"the report says block {audit['anchor']['block_number'] + 1}" in out["reason"], out
