@@ -557,17 +557,23 @@ def cmd_reconcile(args) -> int:
     from pathlib import Path
 
     from .reconcile import InputError, RulesError, load_rules, reconcile
-    from .reconcile.output import write
+    from .reconcile.output import OutError, check_out, write
 
     # the whole input is checked before anything is written: one bad line or rule, no output
     try:
+        out = check_out(Path(args.out), [Path(p) for p in (args.left, args.right, args.rules) if p])
         rules = load_rules(args.rules)
         left, right = _read_entries(args.left, "left"), _read_entries(args.right, "right")
-    except (InputError, RulesError) as exc:
+    except (InputError, RulesError, OutError) as exc:
         sys.stderr.write(f"reconcile: {exc}\n")
         return 2
     result = reconcile(left, right, rules)
-    s = write(Path(args.out), result, left, right, rules)
+    try:
+        s = write(out, result, left, right, rules)
+    except OSError as exc:
+        sys.stderr.write(f"reconcile: cannot write --out {args.out}: {exc.strerror or exc}"
+                         f"{f' ({exc.filename})' if exc.filename else ''}; nothing of it was kept\n")
+        return 1
     print(json.dumps({k: s[k] for k in ("input_rows", "match_type", "break_type", "merkle_root")}))
     return 0
 

@@ -356,6 +356,40 @@ def write_records(out_dir: Path, result: Reconciliation, left: list[CanonicalEnt
     return Written(s, hashes)
 
 
+OUT_FILES = frozenset({"matches.jsonl", "breaks.jsonl", "summary.json", "report.html"})
+
+
+class OutError(ValueError):
+    """``reconcile --out``: a folder that may not be replaced by a reconciliation's output."""
+
+
+def check_out(out_dir: Path, inputs: list[Path]) -> Path:
+    """The absolute path of ``--out`` once it is known that replacing it destroys nothing but an earlier
+    reconciliation's output: it is new, an empty folder, a folder of the four output files, or a
+    symlink (replaced, its target left alone); never a file, another folder, nor one holding an input."""
+    out = Path(os.path.abspath(out_dir))
+    if out.parent == out:
+        raise OutError(f"--out {out_dir}: the file system's root cannot be replaced")
+    for given in inputs:
+        for where in {Path(os.path.abspath(given)), Path(given).resolve()}:
+            if where == out or out in where.parents:
+                raise OutError(f"--out {out_dir}: it holds the input {given}, which writing the output would remove")
+    if out.is_symlink() or not out.exists():
+        return out
+    if not out.is_dir():
+        raise OutError(f"--out {out_dir}: a file, not a folder; give a new folder (or one of an earlier output)")
+    try:
+        others = sorted(p.name for p in out.iterdir() if p.name not in OUT_FILES or not p.is_file()
+                        or p.is_symlink())
+    except OSError as exc:
+        raise OutError(f"--out {out_dir}: cannot be read ({exc.strerror or exc})") from None
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise OutError(f"--out {out_dir}: holds {shown}, not only an earlier output ({', '.join(sorted(OUT_FILES))}); "
+                       "writing would remove it: give a new or empty folder")
+    return out
+
+
 def write(out_dir: Path, result: Reconciliation, left: list[CanonicalEntry], right: list[CanonicalEntry],
           rules: Rules) -> dict[str, Any]:
     """``reconcile --out DIR``: the four files of ARCHITECTURE section 4, replacing DIR whole."""
