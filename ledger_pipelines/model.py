@@ -119,7 +119,7 @@ def amount_is_canonical(a: str) -> bool:
     if not a or len(a) > MAX_AMOUNT_DIGITS + 1 or not a.isascii():
         return False
     whole, dot, frac = a.partition(".")
-    if not whole.isdigit() or (len(whole) > 1 and whole[0] == "0"):
+    if not whole.isdigit() or (len(whole) > 1 and whole[0] == "0") or len(whole) + len(frac) > MAX_AMOUNT_DIGITS:
         return False
     return not dot or frac.isdigit()
 

@@ -93,6 +93,17 @@ def _ts(e: CanonicalEntry) -> datetime:
     return datetime.fromisoformat(e.booked_at)
 
 
+def booked_order(e: CanonicalEntry) -> tuple[str, str]:
+    """Earliest booking first, then the smaller id: ``booked_at`` with its fraction of a second written
+    out to nine digits, so text order is time order (``12:00:00Z`` before ``12:00:00.5Z``, which plain
+    text order reverses) to the nanosecond. :data:`_BOOKED_ORDER_SQL` is the same in DuckDB."""
+    t = e.booked_at
+    return t[:19] + t[20:-1].ljust(9, "0"), e.entry_id
+
+
+_BOOKED_ORDER_SQL = r"substr(booked_at, 1, 19) || rpad(regexp_extract(booked_at, '\.([0-9]+)Z$', 1), 9, '0')"
+
+
 def record_id(prefix: str, left: list[str], right: list[str]) -> str:
     # md5 as an identifier, not a seal (the Merkle tree over the records is SHA-256): it is stable
     # across versions and twice as fast as SHA-256 in DuckDB, where millions of these are computed
@@ -411,7 +422,8 @@ class _Engine:
         rules = self.rules
         q = con.execute
         dup = ", ".join(rules.duplicate_key)  # entry field names (checked by the rules schema)
-        dup_set = " AND ".join(f"{c} IS NOT NULL" for c in rules.duplicate_key)
+        # an empty reference is no reference (as for the key): such entries are nobody's duplicates
+        dup_set = " AND ".join(f"{c} IS NOT NULL AND {c} <> ''" for c in rules.duplicate_key)
         key = rules.key
         for s in ("l", "r"):
             # duplicates can only be among rows whose duplicate key repeats: one hash aggregate finds
@@ -422,7 +434,7 @@ class _Engine:
                           SELECT {dup} FROM {s}_in WHERE status <> 'orphaned' AND {dup_set}
                           GROUP BY ALL HAVING count(*) > 1) USING ({dup})
                         WHERE status <> 'orphaned')
-                  WINDOW w AS (PARTITION BY {dup} ORDER BY booked_at, entry_id)
+                  WINDOW w AS (PARTITION BY {dup} ORDER BY {_BOOKED_ORDER_SQL}, entry_id)
                   QUALIFY rn > 1""")
             q(f"""CREATE TEMP TABLE {s}_free AS
                   SELECT * FROM {s}_in ANTI JOIN {s}_dup USING (entry_id) WHERE status <> 'orphaned'""")
@@ -619,7 +631,7 @@ def reconcile(left: list[CanonicalEntry], right: list[CanonicalEntry], rules: Ru
         engine = _Engine(left, right, rules or Rules())
         engine.set_stages(*_unchanged(engine, left, right))
         for side in ("L", "R"):  # a canonical order: the result never depends on the order the inputs came in
-            engine.leftover[side].sort(key=lambda e: (e.booked_at, e.entry_id))
+            engine.leftover[side].sort(key=booked_order)
         engine.taken, engine.taken_left = set(), set()
         engine.tolerant()
         engine.missing()

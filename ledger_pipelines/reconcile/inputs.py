@@ -123,6 +123,8 @@ def _cell(name: str, value: Any) -> Any:
     """A table cell as the JSON value a JSON line would carry (exact: decimals as their digits)."""
     if name in _JSON_FIELDS and isinstance(value, str):
         return msgspec.Raw(value.encode())  # the decoder checks it is an object, and its nesting
+    if isinstance(value, (bytes, bytearray)):  # JSON would carry it as base64 text: "EUR" would read "RVVS"
+        raise TypeError(f"{name} is binary; entry fields are text")
     if isinstance(value, Decimal):
         return f"{value:f}"
     if isinstance(value, datetime):
@@ -142,7 +144,12 @@ def _read_table(path: str | Path, where: str) -> list[CanonicalEntry]:
     batches = _open_table(path, where)
     try:
         for batch in batches:
-            for row in batch.to_pylist():
+            try:
+                rows = batch.to_pylist()
+            except (OverflowError, ValueError) as exc:  # a time beyond what Python's datetime holds, say
+                raise InputError(f"{where}, rows {n + 1}-{n + batch.num_rows}",
+                                 f"a value that cannot be read ({str(exc)[:200]})") from None
+            for row in rows:
                 n += 1
                 try:
                     line = msgspec.json.encode({k: _cell(k, v) for k, v in row.items()})

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from .. import safe_yaml
-from ..money import EXACT
+from ..money import EXACT, plain
 
 _FIELDS = ("entry_id", "correlation_id", "account", "counterparty", "asset", "amount", "direction", "source_ref")
 _ENTRY_FIELDS = _FIELDS + ("ledger", "ledger_kind", "booked_at", "value_date", "status", "position", "attributes")
@@ -102,9 +102,9 @@ class Rules:
 
     def describe(self) -> dict[str, Any]:
         return {"key": self.key, "time_window_seconds": self.time_window_seconds, "direction": self.direction,
-                "amount_tolerance": {"absolute": str(self.tolerance_absolute),
-                                     "relative": str(self.tolerance_relative)},
-                "fx": [{"from": r.source, "to": r.target, "rate": str(r.rate)} for r in self.fx],
+                "amount_tolerance": {"absolute": plain(self.tolerance_absolute),
+                                     "relative": plain(self.tolerance_relative)},
+                "fx": [{"from": r.source, "to": r.target, "rate": plain(r.rate)} for r in self.fx],
                 "tolerant_matching": self.tolerant_matching, "batch_members": self.batch_members,
                 "duplicate_key": list(self.duplicate_key)}
 

@@ -183,3 +183,52 @@ def test_four_times_the_unmatched_entries_cost_at_most_five_times_the_time():
     finally:
         gc.unfreeze()
     assert best[8000] <= 5 * best[2000], best
+
+
+def test_an_amount_of_more_than_96_digits_is_refused(tmp_path, capsys):
+    from ledger_pipelines.model import MAX_AMOUNT_DIGITS, amount_is_canonical
+
+    assert amount_is_canonical("9" * MAX_AMOUNT_DIGITS) and amount_is_canonical("9" * 48 + "." + "9" * 48)
+    assert not amount_is_canonical("9" * (MAX_AMOUNT_DIGITS + 1))
+    assert not amount_is_canonical("9" * 48 + "." + "9" * 49)
+    good = encode_entry(entry("1"))
+    code, err, out = run_cli(tmp_path, good.replace(b'"amount":"10.00"', b'"amount":"' + b"9" * 97 + b'"') + b"\n",
+                             capsys=capsys)
+    assert code == 2 and "line 1" in err and "amount" in err and not out.exists()
+
+
+def test_the_summary_states_the_rules_without_exponents(tmp_path):
+    from ledger_pipelines.reconcile.output import summary
+
+    rules = Rules.from_dict({"amount_tolerance": {"absolute": "0.0000001", "relative": "0.00000001"},
+                             "fx": [{"from": "EUR", "to": "USD", "rate": "0.00000001"}]})
+    described = json.dumps(summary(reconcile([], [], rules), [], [], rules, "00")["rules"])
+    assert "E-" not in described and "0.0000001" in described and "0.00000001" in described
+
+
+def test_duplicates_and_leftovers_go_by_time_not_by_its_text():
+    """``12:00:00Z`` is before ``12:00:00.5Z``, though it sorts after it as text: the later one is the duplicate."""
+    early = make_entry(ledger="core_banking", ledger_kind="sql", source_ref="early", correlation_id="C", account="A",
+                       asset="EUR", amount="10.00", direction="debit", booked_at="2026-11-24T10:00:00Z",
+                       status="booked")
+    late = make_entry(ledger="core_banking", ledger_kind="sql", source_ref="late", correlation_id="C", account="A",
+                      asset="EUR", amount="10.00", direction="debit", booked_at="2026-11-24T10:00:00.5Z",
+                      status="booked")
+    assert late.booked_at < early.booked_at  # as text, the later time sorts first
+    for left in ([early, late], [late, early]):
+        out = reconcile(left, [], Rules())
+        dup = [b for b in out.breaks if b["break_type"] == "duplicate_left"]
+        assert [b["left_entry_ids"] for b in dup] == [[late.entry_id]], out.breaks
+        assert f"as {early.entry_id}" in dup[0]["reason"]
+
+
+def test_an_empty_reference_makes_no_duplicate():
+    """An empty correlation id is no reference, for duplicates as for the key: two payments of the same
+    amount without one are two payments, matched as leftovers."""
+    def leg(ledger, ref, direction):
+        return make_entry(ledger=ledger, ledger_kind="sql", source_ref=ref, correlation_id="", account="A",
+                          asset="EUR", amount="100.00", direction=direction, booked_at=T0, status="booked")
+
+    out = reconcile([leg("bank", "1", "debit"), leg("bank", "2", "debit")],
+                    [leg("chain", "1", "credit"), leg("chain", "2", "credit")], Rules())
+    assert out.breaks == [] and len(out.matches) == 2, (out.breaks, out.matches)

@@ -52,6 +52,13 @@ def _ts(e: CanonicalEntry) -> datetime:
     return datetime.fromisoformat(e.booked_at)
 
 
+def _nanoseconds(booked_at: str) -> int:
+    """An RFC 3339 UTC time as nanoseconds since the epoch (exact: a datetime holds microseconds)."""
+    whole, _, frac = booked_at.removesuffix("Z").partition(".")
+    seconds = int(datetime.fromisoformat(whole + "+00:00").timestamp())
+    return seconds * 10**9 + int(frac.ljust(9, "0") or 0)
+
+
 def _record_id(prefix: str, left: list[str], right: list[str]) -> str:
     # md5 as an identifier, not a seal (the Merkle tree over the records is SHA-256): it is stable
     # across versions and twice as fast as SHA-256 in DuckDB, where millions of these are computed
@@ -142,7 +149,7 @@ class _Engine:
         result never depends on the order the inputs came in."""
         entries = self.left if side == "L" else self.right
         return sorted((e for i, e in entries.items() if (side, i) not in self.used),
-                      key=lambda e: (e.booked_at, e.entry_id))
+                      key=lambda e: (_nanoseconds(e.booked_at), e.entry_id))
 
     # -- stages -----------------------------------------------------------------------------
     def orphaned(self) -> None:
@@ -159,7 +166,7 @@ class _Engine:
             first: dict[tuple, str] = {}
             for e in self.free(side):
                 k = tuple(getattr(e, f) for f in key)
-                if None in k:  # an entry without a reference is not a duplicate of another one
+                if None in k or "" in k:  # an entry without a reference is not a duplicate of another one
                     continue
                 if k in first:
                     ids = ([e.entry_id], []) if side == "L" else ([], [e.entry_id])

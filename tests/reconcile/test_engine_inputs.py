@@ -112,3 +112,28 @@ def test_an_unreadable_table_is_one_clear_error(tmp_path):
         read_entries(tmp_path / "l.parquet", "left")
     with pytest.raises(InputError, match="cannot read it"):
         read_entries(tmp_path / "missing.arrow", "left")
+
+
+def test_a_binary_column_is_refused_not_read_as_base64(tmp_path):
+    left, _ = scenario()
+    table = pa.Table.from_pylist(_rows(left))
+    table = table.set_column(table.schema.get_field_index("asset"), "asset",
+                             pa.array([e.asset.encode() for e in left], pa.binary()))
+    pyarrow.parquet.write_table(table, tmp_path / "l.parquet")
+    with pytest.raises(InputError, match="asset is binary; entry fields are text") as exc:
+        read_entries(tmp_path / "l.parquet", "left")
+    assert "row 1" in str(exc.value)
+
+
+def test_a_time_beyond_what_python_holds_names_the_rows(tmp_path):
+    left, _ = scenario()
+    rows = _rows(left)
+    table = pa.Table.from_pylist(rows)
+    seconds = [0] * len(rows)
+    seconds[3] = 400_000_000_000  # the year 14646
+    table = table.set_column(table.schema.get_field_index("booked_at"), "booked_at",
+                             pa.array(seconds, pa.timestamp("s", tz="UTC")))
+    pyarrow.parquet.write_table(table, tmp_path / "l.parquet")
+    with pytest.raises(InputError, match="a value that cannot be read") as exc:
+        read_entries(tmp_path / "l.parquet", "left")
+    assert f"rows 1-{len(rows)}" in str(exc.value)
