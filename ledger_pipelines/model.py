@@ -147,6 +147,11 @@ def check_entry(e, amount_checked: bool = False, known_ledger: str | None = None
         raise EntryError(f"value_date: {value_date!r} is not an ISO date")
     if e.entry_id != f"{e.ledger}{_ID_SEP}{e.source_ref}":
         raise EntryError(f"entry_id: {e.entry_id!r} is not '<ledger>:<source_ref>' ({e.ledger}:{e.source_ref})")
+    if "\x1e" in e.entry_id or "\x1f" in e.entry_id:
+        # the separators of the id lists a match or break id is derived from: with them, two records
+        # of different entries could get one id
+        raise EntryError(f"entry_id: {e.entry_id!r} holds U+001E or U+001F (the separators match and break ids "
+                         "are derived with)")
     if not booked_ok:
         _on_calendar(datetime.fromisoformat, booked, _VALID_TIMES, "booked_at", "a valid UTC timestamp")
     if not date_ok:

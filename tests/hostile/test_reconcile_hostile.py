@@ -232,3 +232,18 @@ def test_an_empty_reference_makes_no_duplicate():
     out = reconcile([leg("bank", "1", "debit"), leg("bank", "2", "debit")],
                     [leg("chain", "1", "credit"), leg("chain", "2", "credit")], Rules())
     assert out.breaks == [] and len(out.matches) == 2, (out.breaks, out.matches)
+
+
+def test_an_id_holding_a_record_id_separator_is_refused(tmp_path, capsys):
+    """Match and break ids hash the entry id lists joined by U+001F and U+001E: (``l:a``, ``r:b␞r:c``) and
+    (``l:a␞r:b``, ``r:c``) would get one id. Such an entry is refused with the reason, never reconciled."""
+    from ledger_pipelines.model import EntryError
+
+    for sep in ("\x1e", "\x1f"):
+        with pytest.raises(EntryError, match="U\\+001E or U\\+001F"):
+            entry(f"a{sep}b")
+    good = encode_entry(entry("1"))
+    bad = good.replace(b'"core_banking:1"', b'"core_banking:1\\u001e"').replace(b'"source_ref":"1"',
+                                                                               b'"source_ref":"1\\u001e"')
+    code, err, out = run_cli(tmp_path, bad + b"\n", capsys=capsys)
+    assert code == 2 and "line 1" in err and "U+001E or U+001F" in err and not out.exists(), err
