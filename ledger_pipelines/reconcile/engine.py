@@ -24,9 +24,12 @@ and the classification of every 1:1 pair into its match record, with amounts as 
 an FX rate as a DECIMAL of its own scale, so every product and comparison is exact. The bound on the
 amounts that may take this path is derived from the rules (rate and tolerance digits) so that no
 intermediate value can overflow DECIMAL(38); a pair with a larger amount (uint256 token amounts,
-say), with a rate used in its inverse direction (a quotient with no finite decimal form) or that is
-not a match is classified by the exact Python path below (``Decimal`` in a 200-digit context), which
-also builds every break record. Groups with more than one entry on a side (batches, shared keys) are
+say), with a rate used in its inverse direction or that is not a match is classified by the exact
+Python path below (``Decimal`` in a 200-digit context), which also builds every break record. Amounts
+of two assets are compared only by multiplication (``Rules.compare``): the side in a rate's source
+asset is converted into its target, so a rate given EUR->USDC compares a USDC left leg with a EUR
+right leg in USDC, and never through the rate's inverse, which has no finite decimal in general. A
+batch is compared in the first asset (the whole's, else a part's) every leg converts into so. Groups with more than one entry on a side (batches, shared keys) are
 few and go through the same Python path. Stage 4 is an index: right entries by asset and direction,
 then amount, then time; a left entry looks only at the amounts inside its tolerance band and, for
 each, at the entries either side of its own time (near-linear; SQL has no greedy choice).
@@ -166,6 +169,17 @@ def _band(expected: Decimal, tolerance: Decimal) -> tuple[Decimal, Decimal]:
         lo = expected - tolerance
         ctx.rounding = ROUND_CEILING
         hi = expected + tolerance
+    return lo, hi
+
+
+def _band_divided(expected: Decimal, tolerance: Decimal, rate: Decimal) -> tuple[Decimal, Decimal]:
+    """The amounts ``a`` with ``a * rate`` in ``expected`` ± ``tolerance``, rounded outwards (a search
+    range only: every amount in it is still checked exactly, multiplied)."""
+    with localcontext() as ctx:
+        ctx.rounding = ROUND_FLOOR
+        lo = (expected - tolerance) / rate
+        ctx.rounding = ROUND_CEILING
+        hi = (expected + tolerance) / rate
     return lo, hi
 
 
@@ -325,12 +339,6 @@ class _Engine:
                 return self.right[i].correlation_id
         return None
 
-    def expected(self, l_asset: str, amount: Decimal, r_asset: str) -> Decimal | None:
-        if l_asset == r_asset:
-            return amount
-        rate = self.rules.rate(l_asset, r_asset)
-        return None if rate is None else amount * rate
-
     def direction_ok(self, l: CanonicalEntry, r: CanonicalEntry) -> bool:
         return self._directions_ok(l.direction, r.direction)
 
@@ -341,28 +349,39 @@ class _Engine:
 
     def pair(self, l: CanonicalEntry, r: CanonicalEntry, rule: str) -> None:
         la, ra = Decimal(l.amount), Decimal(r.amount)
-        exp = self.expected(l.asset, la, r.asset)
+        # both in one asset (the rate's target when they differ): the left one as expected, the right one as got
+        compared = self.rules.compare(l.asset, la, r.asset, ra)
         lid, rid = [l.entry_id], [r.entry_id]
-        if exp is None:
+        if compared is None:
             self.brk("asset_mismatch", lid, rid, f"{l.asset} against {r.asset} and no FX rate between them",
                      asset=f"{l.asset}/{r.asset}", left_amount=la, right_amount=ra)
             return
+        asset, exp, got = compared
         if not self.direction_ok(l, r):
             self.brk("amount_mismatch", lid, rid, f"direction {l.direction}/{r.direction}, expected "
-                     f"{self.rules.direction}", asset=r.asset, left_amount=exp, right_amount=ra)
+                     f"{self.rules.direction}", asset=asset, left_amount=exp, right_amount=got)
             return
-        equal = exp == ra  # exactly equal after conversion at the configured rate (same asset: la == ra)
-        if not equal and not self.rules.within_tolerance(exp, ra):
-            self.brk("amount_mismatch", lid, rid, f"expected {exp} {r.asset}, got {ra}", asset=r.asset,
-                     left_amount=exp, right_amount=ra)
+        equal = exp == got  # exactly equal after conversion at the configured rate (same asset: la == ra)
+        if not equal and not self.rules.within_tolerance(exp, got):
+            self.brk("amount_mismatch", lid, rid, f"expected {exp} {asset}, got {got}", asset=asset,
+                     left_amount=exp, right_amount=got)
             return
         gap = abs((_ts(r) - _ts(l)).total_seconds())
         if gap > self.rules.time_window_seconds:
             self.brk("timing", lid, rid, f"booked {gap:.0f}s apart, window {self.rules.time_window_seconds}s",
-                     asset=r.asset, left_amount=exp, right_amount=ra)
+                     asset=asset, left_amount=exp, right_amount=got)
             return
         self.match("exact" if equal else "tolerant", lid, rid,
                    (f"{rule}+fx" if l.asset != r.asset else rule) + ("" if equal else "+tolerance"))
+
+    def _into(self, one: CanonicalEntry, many: list[CanonicalEntry]) -> str | None:
+        """The asset every leg of a batch converts into by multiplication alone (its own asset, or a rate
+        from it): the whole's asset, else a part's (in order); None when there is none."""
+        for asset in [one.asset, *sorted({e.asset for e in many})]:
+            if all((found := self.rules.rate_between(e.asset, asset)) is not None and not found[1]
+                   for e in (one, *many)):
+                return asset
+        return None
 
     def group(self, lids: list[str], rids: list[str]) -> None:
         rule = f"key:{self.rules.key}"
@@ -373,21 +392,27 @@ class _Engine:
             one, many = (self.left[lids[0]], [self.right[i] for i in rids]) if len(lids) == 1 else (
                 self.right[rids[0]], [self.left[i] for i in lids])
             kind = "one_to_many" if len(lids) == 1 else "many_to_one"
+            into = self._into(one, many)
+            if into is None:
+                unrated = [e.asset for e in many if self.rules.rate_between(e.asset, one.asset) is None]
+                if unrated:
+                    self.brk("asset_mismatch", lids, rids, f"{unrated[0]} against {one.asset} and no FX rate",
+                             asset=f"{unrated[0]}/{one.asset}")
+                else:
+                    assets = sorted({one.asset, *(e.asset for e in many)})
+                    self.brk("asset_mismatch", lids, rids, f"no FX rate converts every leg of {', '.join(assets)} "
+                             "into one of them", asset="/".join(assets))
+                return
             total = Decimal(0)
             for e in many:
-                converted = self.expected(e.asset, Decimal(e.amount), one.asset)
-                if converted is None:
-                    self.brk("asset_mismatch", lids, rids, f"{e.asset} against {one.asset} and no FX rate",
-                             asset=f"{e.asset}/{one.asset}")
-                    return
-                total += converted
-            target = Decimal(one.amount)
+                total += Decimal(e.amount) * self.rules.rate_between(e.asset, into)[0]
+            target = Decimal(one.amount) * self.rules.rate_between(one.asset, into)[0]
             left_amt, right_amt = (target, total) if len(lids) == 1 else (total, target)
             if total == target or self.rules.within_tolerance(target, total):
                 self.match(kind, lids, rids, f"{rule}+batch")
             else:
                 self.brk("amount_mismatch", lids, rids, f"{kind}: parts sum to {total}, whole is {target}",
-                         asset=one.asset, left_amount=left_amt, right_amount=right_amt)
+                         asset=into, left_amount=left_amt, right_amount=right_amt)
             return
         # n:m under one key: pair equal amounts, leave the rest to tolerant matching
         rights = [self.right[i] for i in rids]
@@ -558,11 +583,18 @@ class _Engine:
             for (asset, direction), bucket in index.items():
                 if not self._directions_ok(l.direction, direction):
                     continue
-                exp = self.expected(l.asset, la, asset)
-                if exp is None:
+                found = self.rules.rate_between(l.asset, asset)
+                if found is None:
                     continue
-                for ra, times in bucket.band(*_band(exp, self._tolerance(exp))):
-                    if not ((asset == l.asset and ra == la) or self.rules.within_tolerance(exp, ra)):
+                rate, inverse = found
+                if inverse:  # compared in the left asset: the right amounts times the rate around the left one
+                    band = _band_divided(la, self._tolerance(la), rate)
+                else:
+                    exp = la * rate
+                    band = _band(exp, self._tolerance(exp))
+                for ra, times in bucket.band(*band):
+                    if not ((asset == l.asset and ra == la) or (self.rules.within_tolerance(la, ra * rate) if inverse
+                                                                else self.rules.within_tolerance(exp, ra))):
                         continue
                     found = _nearest(times, lt)
                     if found is not None and found[0] <= window and (best is None or found[:2] < best[:2]):

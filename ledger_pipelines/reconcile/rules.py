@@ -87,14 +87,32 @@ class Rules:
         return cls(**values, tolerance_absolute=tol.get("absolute", Decimal(0)),
                    tolerance_relative=tol.get("relative", Decimal(0)), source=dict(d))
 
-    def rate(self, source: str, target: str) -> Decimal | None:
-        """Units of ``target`` per unit of ``source``; the inverse rate works the other way."""
+    def rate_between(self, a: str, b: str) -> tuple[Decimal, bool] | None:
+        """How amounts of ``a`` and ``b`` compare: ``(rate, False)`` when an amount of ``a`` times ``rate`` is
+        one of ``b`` (the same asset: rate 1), ``(rate, True)`` when a rate is configured from ``b`` to ``a``
+        (an amount of ``b`` times ``rate`` is one of ``a``), None without a rate. Never a quotient: the
+        inverse of a rate has no finite decimal in general, so the side in the rate's source asset is the
+        one multiplied."""
+        if a == b:
+            return Decimal(1), False
         for r in self.fx:
-            if (r.source, r.target) == (source, target):
-                return r.rate
-            if (r.source, r.target) == (target, source):
-                return EXACT.divide(Decimal(1), r.rate)  # 200 digits: no finite decimal in general
+            if (r.source, r.target) == (a, b):
+                return r.rate, False
+            if (r.source, r.target) == (b, a):
+                return r.rate, True
         return None
+
+    def compare(self, a: str, x: Decimal, b: str, y: Decimal) -> tuple[str, Decimal, Decimal] | None:
+        """``x`` of ``a`` and ``y`` of ``b`` in one asset, exactly: ``(asset, x', y')``, the amount in a rate's
+        source asset converted at the rate into its target (the same asset: as they are); None without a
+        rate between them."""
+        found = self.rate_between(a, b)
+        if found is None:
+            return None
+        rate, inverse = found
+        if a == b:
+            return b, x, y
+        return (a, x, EXACT.multiply(y, rate)) if inverse else (b, EXACT.multiply(x, rate), y)
 
     def within_tolerance(self, expected: Decimal, actual: Decimal) -> bool:
         diff = EXACT.abs(EXACT.subtract(expected, actual))

@@ -240,9 +240,23 @@ def test_uint256_amounts_beyond_decimal38_are_exact():
 
 
 def test_fx_rate_applies_in_both_directions():
-    """A rate given EUR->USDC converts a USDC left leg to EUR through its inverse (exact quotient)."""
+    """A rate given EUR->USDC also compares a USDC left leg with a EUR right one: the EUR amount times the
+    rate, in USDC. Never through the inverse rate, which has no finite decimal in general (at 3, 3 USDC
+    times 1/3 to 200 digits is 0.999…, not 1 EUR)."""
     rules = Rules.from_dict({"fx": [{"from": "EUR", "to": "USDC", "rate": "0.5"}]})
     r = reconcile([bank("1", "10.00", "X", asset="USDC")], [chain("1", "20.00", "X", asset="EUR")], rules)
     assert [(m["match_type"], m["rule"]) for m in r.matches] == [("exact", "key:correlation_id+fx")]
     off = reconcile([bank("1", "10.00", "X", asset="USDC")], [chain("1", "20.01", "X", asset="EUR")], rules)
-    assert [(b["break_type"], b["left_amount"]) for b in off.breaks] == [("amount_mismatch", "20.00")]
+    assert [(b["break_type"], b["asset"], b["left_amount"], b["right_amount"], b["difference"]) for b in off.breaks] \
+        == [("amount_mismatch", "USDC", "10.00", "10.005", "0.005")]
+    thirds = Rules.from_dict({"fx": [{"from": "EUR", "to": "USDC", "rate": "3"}]})
+    r = reconcile([bank("1", "3.00", "X", asset="USDC")], [chain("1", "1.00", "X", asset="EUR")], thirds)
+    assert [(m["match_type"], m["rule"]) for m in r.matches] == [("exact", "key:correlation_id+fx")] and not r.breaks
+    # a batch whose parts are in the rate's target asset: the whole converted, the parts summed as they are
+    whole = bank("1", "1.00", "B", asset="EUR", details=[{"refs": {"EndToEndId": f"E2E-{i}"}} for i in (1, 2)])
+    parts = [chain("p1", "1.00", "E2E-1", asset="USDC"), chain("p2", "2.00", "E2E-2", asset="USDC")]
+    r = reconcile([whole], parts, thirds)
+    assert [m["match_type"] for m in r.matches] == ["one_to_many"] and not r.breaks, r.breaks
+    # and the other way round: the left leg unconverted against the right one times the rate, in leftovers too
+    unkeyed = reconcile([bank("1", "3.00", None, asset="USDC")], [chain("1", "1.00", None, asset="EUR")], thirds)
+    assert [(m["match_type"], m["rule"]) for m in unkeyed.matches] == [("tolerant", "tolerant:amount+time")]
