@@ -12,8 +12,10 @@ Stages (each takes only entries no earlier stage used):
    ``batch_members``), on either side, joins through its members' ids. Entries connected through
    shared keys form one group:
    1:1 -> ``exact`` / ``tolerant`` match, or ``amount_mismatch`` / ``asset_mismatch`` / ``timing``;
-   1:n -> ``one_to_many``, n:1 -> ``many_to_one`` when the sums agree (within tolerance), else
-   ``amount_mismatch``; n:m -> legs paired by equal amount, the rest left for stage 4.
+   1:n -> ``one_to_many``, n:1 -> ``many_to_one`` when every part is in the expected direction to the
+   whole, the sums agree (within tolerance) and every part is booked within the window of the whole,
+   else ``amount_mismatch`` / ``timing``; n:m -> each left leg takes the right leg of its asset and
+   amount in the expected direction nearest in time (then the smaller id), the rest left for stage 4.
 4. Leftovers (no key, or a key found on one side only): each left entry, earliest first, takes the
    free right entry nearest in time (equal gaps: the smaller id) of an asset it converts to, in the
    expected direction, with an amount within tolerance, booked within the window.
@@ -408,20 +410,33 @@ class _Engine:
                 total += Decimal(e.amount) * self.rules.rate_between(e.asset, into)[0]
             target = Decimal(one.amount) * self.rules.rate_between(one.asset, into)[0]
             left_amt, right_amt = (target, total) if len(lids) == 1 else (total, target)
-            if total == target or self.rules.within_tolerance(target, total):
-                self.match(kind, lids, rids, f"{rule}+batch")
-            else:
+            # each part against the whole as a pair would be: the direction rule, then the amounts, then the window
+            wrong_way = [e for e in many if not (self.direction_ok(one, e) if len(lids) == 1 else
+                                                 self.direction_ok(e, one))]
+            late = max((abs((_ts(e) - _ts(one)).total_seconds()) for e in many), default=0.0)
+            if wrong_way:
+                self.brk("amount_mismatch", lids, rids, f"{kind}: direction {one.direction} against "
+                         f"{wrong_way[0].direction} of {wrong_way[0].entry_id}, expected {self.rules.direction}",
+                         asset=into, left_amount=left_amt, right_amount=right_amt)
+            elif not (total == target or self.rules.within_tolerance(target, total)):
                 self.brk("amount_mismatch", lids, rids, f"{kind}: parts sum to {total}, whole is {target}",
                          asset=into, left_amount=left_amt, right_amount=right_amt)
+            elif late > self.rules.time_window_seconds:
+                self.brk("timing", lids, rids, f"{kind}: a part booked {late:.0f}s from the whole, window "
+                         f"{self.rules.time_window_seconds}s", asset=into, left_amount=left_amt, right_amount=right_amt)
+            else:
+                self.match(kind, lids, rids, f"{rule}+batch")
             return
-        # n:m under one key: pair equal amounts, leave the rest to tolerant matching
+        # n:m under one key: each left leg (in id order) takes the free right leg of its asset and amount, in
+        # the expected direction, nearest in time (equal gaps: the smaller id); the rest go to tolerant matching
         rights = [self.right[i] for i in rids]
         for lid in lids:
             l = self.left[lid]
-            for r in rights:
-                if ("R", r.entry_id) not in self.used and r.asset == l.asset and Decimal(r.amount) == Decimal(l.amount):
-                    self.pair(l, r, rule)
-                    break
+            candidates = [(abs(_ts(r) - _ts(l)), r.entry_id, r) for r in rights
+                          if ("R", r.entry_id) not in self.used and r.asset == l.asset
+                          and Decimal(r.amount) == Decimal(l.amount) and self.direction_ok(l, r)]
+            if candidates:
+                self.pair(l, min(candidates, key=lambda c: c[:2])[2], rule)
 
     def set_stages(self, left: list[CanonicalEntry], right: list[CanonicalEntry]) -> None:
         """Stages 1-3 in DuckDB; what needs the Python path is handed to it from here."""

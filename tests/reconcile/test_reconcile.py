@@ -260,3 +260,33 @@ def test_fx_rate_applies_in_both_directions():
     # and the other way round: the left leg unconverted against the right one times the rate, in leftovers too
     unkeyed = reconcile([bank("1", "3.00", None, asset="USDC")], [chain("1", "1.00", None, asset="EUR")], thirds)
     assert [(m["match_type"], m["rule"]) for m in unkeyed.matches] == [("tolerant", "tolerant:amount+time")]
+
+
+def test_a_batch_keeps_the_direction_rule_and_the_window():
+    """A batch's parts are held to what a pair is: parts in the wrong direction are an amount mismatch, a
+    part booked outside the window a timing break, never a one_to_many match."""
+    members = [{"refs": {"EndToEndId": f"M{i}"}} for i in (1, 2)]
+    whole = bank("w", "100.00", "B", details=members)
+    crossed = [chain("1", "50.00", "M1"), chain("2", "50.00", "M2", direction="debit")]
+    (b,) = reconcile([whole], crossed, RULES).breaks
+    assert b["break_type"] == "amount_mismatch" and "direction debit against debit" in b["reason"], b
+    later = [chain("1", "50.00", "M1"), chain("2", "50.00", "M2", at=T0 + timedelta(days=20))]
+    (b,) = reconcile([whole], later, RULES).breaks
+    assert b["break_type"] == "timing" and "window 172800s" in b["reason"], b
+    on_time = [chain("1", "50.00", "M1"), chain("2", "50.00", "M2", at=T0 + timedelta(hours=5))]
+    r = reconcile([whole], on_time, RULES)
+    assert [m["match_type"] for m in r.matches] == ["one_to_many"] and not r.breaks
+
+
+def test_legs_under_one_key_pair_by_direction_then_time():
+    """A debit and a credit of 100 on the left, two debits and a credit on the right, under one key: each
+    left leg takes the right leg in the expected direction (opposite), the nearest in time."""
+    rules = Rules.from_dict({"time_window": "2d", "direction": "opposite", "duplicate_key": ["entry_id"]})
+    left = [bank("c", "100.00", "K", direction="credit"), bank("d", "100.00", "K", direction="debit")]
+    right = [chain("c", "100.00", "K", direction="credit"), chain("d", "100.00", "K", direction="debit",
+                                                                 at=T0 + timedelta(hours=1)),
+             chain("d2", "100.00", "K", direction="debit")]
+    r = reconcile(left, right, rules)
+    pairs = sorted((m["left_entry_ids"][0], m["right_entry_ids"][0]) for m in r.matches)
+    assert pairs == [("core_banking:c", "eth_usdc:d2"), ("core_banking:d", "eth_usdc:c")], (pairs, r.breaks)
+    assert [(b["break_type"], b["right_entry_ids"]) for b in r.breaks] == [("missing_left", ["eth_usdc:d"])]
