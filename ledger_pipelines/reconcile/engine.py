@@ -33,8 +33,10 @@ asset is converted into its target, so a rate given EUR->USDC compares a USDC le
 right leg in USDC, and never through the rate's inverse, which has no finite decimal in general. A
 batch is compared in the first asset (the whole's, else a part's) every leg converts into so. Groups with more than one entry on a side (batches, shared keys) are
 few and go through the same Python path. Stage 4 is an index: right entries by asset and direction,
-then amount, then time; a left entry looks only at the amounts inside its tolerance band and, for
-each, at the entries either side of its own time (near-linear; SQL has no greedy choice).
+then amount, then time, and by time alone; a left entry looks at whichever is smaller, the amounts
+inside its tolerance band (for each, the entries either side of its own time) or the entries inside
+its time window (nearest first), so a wide band costs no scan of every amount (near-linear; SQL has
+no greedy choice).
 
 Amounts are exact everywhere; nothing passes through a float.
 """
@@ -139,21 +141,36 @@ def _members(e: CanonicalEntry, path: str | None) -> list[str]:
     return [str(v) for v in values if isinstance(v, (str, int)) and str(v)]
 
 
+def _time_of(item: tuple) -> datetime:
+    return item[0]
+
+
+def _time_id(item: tuple) -> tuple[datetime, str]:
+    return item[0], item[1]
+
+
 class _ByAmount:
-    """Right entries of one asset and direction: the distinct amounts in order, and for each amount
-    its entries ordered by (booking time, id)."""
+    """Right entries of one asset and direction, free for tolerant matching, indexed two ways: the
+    distinct amounts in order, each with its entries ordered by (booking time, id); and all of them
+    ordered by (booking time, id). A left entry searches whichever is smaller around it: the amounts
+    inside its tolerance band, or the entries inside its time window. Items are (time, id, entry, amount)."""
 
     def __init__(self) -> None:
-        self.times: dict[Decimal, list[tuple[datetime, str, CanonicalEntry]]] = defaultdict(list)
+        self.times: dict[Decimal, list[tuple]] = defaultdict(list)
         self.amounts: list[Decimal] = []
+        self.by_time: list[tuple] = []
+        self.taken: set[str] = set()  # taken entries still in by_time (skipped; dropped when they are many)
 
     def add(self, e: CanonicalEntry) -> None:
-        self.times[Decimal(e.amount)].append((_ts(e), e.entry_id, e))
+        item = (_ts(e), e.entry_id, e, Decimal(e.amount))
+        self.times[item[3]].append(item)
+        self.by_time.append(item)
 
     def sort(self) -> None:
         for lst in self.times.values():
-            lst.sort(key=lambda x: (x[0], x[1]))
+            lst.sort(key=_time_id)
         self.amounts = sorted(self.times)
+        self.by_time.sort(key=_time_id)
 
     def band(self, lo: Decimal, hi: Decimal):
         """(amount, entries) for the amounts in [lo, hi] that still have entries."""
@@ -161,6 +178,41 @@ class _ByAmount:
             times = self.times[self.amounts[i]]
             if times:
                 yield self.amounts[i], times
+
+    def amounts_within(self, lo: Decimal, hi: Decimal) -> int:
+        return bisect.bisect_right(self.amounts, hi) - bisect.bisect_left(self.amounts, lo)
+
+    def entries_within(self, t: datetime, window: timedelta) -> int:
+        return (bisect.bisect_right(self.by_time, t + window, key=_time_of)
+                - bisect.bisect_left(self.by_time, t - window, key=_time_of))
+
+    def nearest_in_time(self, t: datetime, window: timedelta, fits) -> tuple | None:
+        """(gap, id, item) of the free entry nearest to ``t`` within ``window`` whose item ``fits`` (equal
+        gaps: the smaller id): entries taken in order of their distance from ``t``, both ways at once."""
+        items = self.by_time
+        after = bisect.bisect_left(items, t, key=_time_of)
+        before = after - 1
+        best = None
+        while before >= 0 or after < len(items):
+            if after >= len(items) or (before >= 0 and t - items[before][0] <= items[after][0] - t):
+                item, gap = items[before], t - items[before][0]
+                before -= 1
+            else:
+                item, gap = items[after], items[after][0] - t
+                after += 1
+            if gap > window or (best is not None and gap > best[0]):
+                break
+            if item[1] not in self.taken and fits(item) and (best is None or (gap, item[1]) < best[:2]):
+                best = (gap, item[1], item)
+        return best
+
+    def take(self, item: tuple) -> None:
+        entries = self.times[item[3]]
+        del entries[bisect.bisect_left(entries, _time_id(item), key=_time_id)]
+        self.taken.add(item[1])
+        if len(self.taken) > 64 and 2 * len(self.taken) > len(self.by_time):
+            self.by_time = [i for i in self.by_time if i[1] not in self.taken]
+            self.taken.clear()
 
 
 def _band(expected: Decimal, tolerance: Decimal) -> tuple[Decimal, Decimal]:
@@ -185,7 +237,7 @@ def _band_divided(expected: Decimal, tolerance: Decimal, rate: Decimal) -> tuple
     return lo, hi
 
 
-def _nearest(times: list[tuple[datetime, str, CanonicalEntry]], t: datetime) -> tuple[timedelta, str, int] | None:
+def _nearest(times: list[tuple], t: datetime) -> tuple[timedelta, str, int] | None:
     """(gap, id, index) of the entry nearest to ``t`` in time, the smaller id on equal gaps."""
     i = bisect.bisect_left(times, t, key=lambda x: x[0])
     best = (times[i][0] - t, times[i][1], i) if i < len(times) else None
@@ -582,8 +634,8 @@ class _Engine:
         """Each free left entry, earliest first, takes the free right entry nearest in time (equal
         gaps: the smaller id) among those of an asset it converts to, in the expected direction, with
         an amount within tolerance, booked within the window. Right entries are indexed by asset and
-        direction, then amount, then time: a left entry looks only at the amounts inside its tolerance
-        band and, for each, at the entries on either side of its own time."""
+        direction, then amount, then time, and by time alone (:class:`_ByAmount`): a left entry looks at
+        the amounts inside its tolerance band, or at the entries inside its window when they are fewer."""
         if not self.rules.tolerant_matching:
             return
         index: dict[tuple[str, str], _ByAmount] = defaultdict(_ByAmount)
@@ -603,23 +655,34 @@ class _Engine:
                     continue
                 rate, inverse = found
                 if inverse:  # compared in the left asset: the right amounts times the rate around the left one
-                    band = _band_divided(la, self._tolerance(la), rate)
+                    lo, hi = _band_divided(la, self._tolerance(la), rate)
                 else:
                     exp = la * rate
-                    band = _band(exp, self._tolerance(exp))
-                for ra, times in bucket.band(*band):
-                    if not ((asset == l.asset and ra == la) or (self.rules.within_tolerance(la, ra * rate) if inverse
-                                                                else self.rules.within_tolerance(exp, ra))):
-                        continue
-                    found = _nearest(times, lt)
-                    if found is not None and found[0] <= window and (best is None or found[:2] < best[:2]):
-                        best = (*found, times)
+                    lo, hi = _band(exp, self._tolerance(exp))
+
+                def fits(ra: Decimal) -> bool:
+                    return (asset == l.asset and ra == la) or (
+                        self.rules.within_tolerance(la, ra * rate) if inverse else self.rules.within_tolerance(exp, ra))
+
+                if bucket.amounts_within(lo, hi) <= bucket.entries_within(lt, window):
+                    candidates = []
+                    for ra, times in bucket.band(lo, hi):
+                        near = _nearest(times, lt) if fits(ra) else None
+                        if near is not None:
+                            candidates.append((near[0], near[1], times[near[2]]))
+                else:  # a wide band: the entries inside the window, nearest first
+                    near = bucket.nearest_in_time(lt, window, lambda item: lo <= item[3] <= hi and fits(item[3]))
+                    candidates = [near] if near is not None else []
+                for gap, rid, item in candidates:
+                    if gap <= window and (best is None or (gap, rid) < best[:2]):
+                        best = (gap, rid, item, bucket)
             if best is not None:
                 self.taken_left.add(l.entry_id)
-                _, _, at, times = best
-                r = times.pop(at)[2]
+                _, _, item, bucket = best
+                bucket.take(item)
+                r = item[2]
                 self.taken.add(r.entry_id)
-                equal = r.asset == l.asset and Decimal(r.amount) == la
+                equal = r.asset == l.asset and item[3] == la
                 self.match("exact" if equal and l.correlation_id and l.correlation_id == r.correlation_id
                            else "tolerant", [l.entry_id], [r.entry_id], "tolerant:amount+time")
 

@@ -7,6 +7,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle.row_engine import reconcile as oracle
@@ -40,8 +41,9 @@ _near = st.sampled_from([
 _rule_sets = st.fixed_dictionaries({
     "time_window": st.sampled_from(["0s", "30m", "1h", "2h", "1d"]),
     "direction": st.sampled_from(["opposite", "same", "any"]),
-    "amount_tolerance": st.fixed_dictionaries({"absolute": st.sampled_from(["0", "0.01", "0.01", "0.05", "1"]),
-                                               "relative": st.sampled_from(["0", "0.0005", "0.001", "0.01"])}),
+    # a band wider than every amount (1000000, relative 0.5): leftovers searched by time, not by amount
+    "amount_tolerance": st.fixed_dictionaries({"absolute": st.sampled_from(["0", "0.01", "0.01", "0.05", "1", "1000000"]),
+                                               "relative": st.sampled_from(["0", "0.0005", "0.001", "0.01", "0.5"])}),
     "fx": st.sampled_from([[], [{"from": "EUR", "to": "USDC", "rate": "1.0842"}],
                            [{"from": "USDC", "to": "EUR", "rate": "0.9223"}, {"from": "USD", "to": "EUR", "rate": "1"}],
                            [{"from": "EUR", "to": "USD", "rate": "0.5"}, {"from": "USDC", "to": "USD", "rate": "12"}]]),
@@ -49,7 +51,7 @@ _rule_sets = st.fixed_dictionaries({
     "duplicate_key": st.sampled_from([["correlation_id", "asset", "amount", "direction"], ["amount", "asset"]]),
     "batch_members": st.sampled_from(["attributes.details[].refs.EndToEndId", None]),
 })
-_legs = st.lists(st.tuples(st.sampled_from(["K1", "K2", "K3", "B1", "B2", None, None, None]), _near,
+_legs = st.lists(st.tuples(st.sampled_from(["K1", "K2", "K3", "B1", "B2", None, None, None, ""]), _near,
                            st.sampled_from(["EUR", "EUR", "USD", "USDC"]), st.integers(0, 4),
                            st.sampled_from(["debit", "credit"]), st.booleans()), max_size=14)
 
@@ -136,3 +138,29 @@ def test_the_bridge_check_of_unchanged_entries_gives_the_oracles_records(spec, d
     got, want = reconcile(left, right, rules), oracle(left, right, rules)
     assert (_plain(got.matches), got.breaks) == (want.matches, want.breaks)
     _placed_once(left, right, got)
+
+
+@pytest.mark.parametrize("tolerance", ["0.01", "1000000"])
+def test_many_leftovers_searched_by_amount_or_by_time_agree_with_the_oracle(tolerance):
+    """Hundreds of unkeyed legs a side, their times spread over days: with a narrow band each left leg looks
+    at the few amounts inside it, with a band wider than every amount at the few legs inside its window;
+    either way the records are the oracle's (nearest in time within tolerance, ties by id)."""
+    import random
+
+    rnd = random.Random(7)
+    rules = Rules.from_dict({"time_window": "2h", "amount_tolerance": {"absolute": tolerance},
+                             "fx": [{"from": "EUR", "to": "USDC", "rate": "1.0842"}]})
+
+    def side(s, n):
+        return [make_entry(ledger="core_banking" if s == "L" else "eth_usdc", ledger_kind="sql", source_ref=f"{s}{i}",
+                           correlation_id=None, account="A1", asset=rnd.choice(["EUR", "USDC"]),
+                           amount=f"{rnd.randrange(1, 500)}.{rnd.randrange(100):02d}",
+                           direction="debit" if s == "L" else "credit",
+                           booked_at=T0 + timedelta(minutes=rnd.randrange(0, 6 * 24 * 60)), status="booked")
+                for i in range(n)]
+
+    left, right = side("L", 400), side("R", 400)
+    mine, theirs = reconcile(left, right, rules), oracle(left, right, rules)
+    _placed_once(left, right, mine)
+    assert _plain(mine.matches) == theirs.matches and mine.breaks == theirs.breaks
+    assert any(m.rule == "tolerant:amount+time" for m in mine.matches)
