@@ -11,6 +11,8 @@ handful of levels.
 
 from __future__ import annotations
 
+import re
+
 import yaml
 
 MAX_DEPTH = 64
@@ -55,6 +57,23 @@ def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+_PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
+
+
+def _plain_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    """Integers in plain decimal only. YAML 1.1 also reads ``1:30`` as 90, ``0x10`` as 16, ``010`` as 8 and
+    ``1_000`` as 1000, and an unquoted ``0x``-address as a huge number: each silently something else than
+    written."""
+    text = loader.construct_scalar(node)
+    if not _PLAIN_INT.match(text):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text[:80]!r} is read by YAML as the number {loader.construct_yaml_int(node)}: quote it "
+            "if it is text (an address, a name), write it in plain decimal digits if it is a number", node.start_mark)
+    return int(text)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _plain_int)
 
 
 def load(text: str):

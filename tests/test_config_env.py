@@ -332,3 +332,19 @@ def test_stack_env_stays_one_command_a_line_under_eval(tmp_path):
                            env=env, timeout=120)
     assert shell.returncode == 0, shell.stderr
     assert not marker.exists()
+
+
+def test_an_unquoted_token_address_is_refused_not_read_as_a_number(tmp_path):
+    """YAML 1.1 reads ``0xA0b8…`` as an integer: str() of it was taken for the address, a decimal string that
+    matched no log. The configuration is refused, saying to quote it."""
+    from ledger_pipelines.config import ConfigError, load_config
+
+    path = tmp_path / "ledgers.yaml"
+    path.write_text("ledgers:\n  - name: eth_usdc\n    kind: evm\n    rpc_env: LEDGER_ETH_RPC\n"
+                    "    tokens: [{address: 0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48, symbol: USDC, decimals: 6}]\n")
+    with pytest.raises(ConfigError, match="is read by YAML as the number .*: quote it if it is text"):
+        load_config(path)
+    path.write_text(path.read_text().replace("address: 0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48",
+                                             "address: '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48'"))
+    (lc,) = [lc for lc in load_config(path) if lc.name == "eth_usdc"]
+    assert lc.tokens[0].address == "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"

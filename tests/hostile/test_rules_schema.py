@@ -125,6 +125,11 @@ def test_the_audit_bridge_rules_stay_valid_beyond_the_user_window():
     ("[" * 100_000, "nested deeper than 64 levels at line 1, column 65"),
     ("a:\n" + "".join(f"{'  ' * i}- b:\n" for i in range(1, 80)), "nested deeper than 64 levels"),
     ("- key\n", "rules: expected a mapping"),
+    # YAML 1.1 numbers that are not what they look like
+    ("time_window: 1:30\n", "'1:30' is read by YAML as the number 90: quote it"),
+    ("time_window: 010\n", "'010' is read by YAML as the number 8"),
+    ("time_window: 0x10\n", "'0x10' is read by YAML as the number 16"),
+    ("time_window: 1_000\n", "'1_000' is read by YAML as the number 1000"),
 ])
 def test_rules_files_are_refused_with_a_reason(tmp_path, text, reason):
     path = tmp_path / "rules.yaml"
