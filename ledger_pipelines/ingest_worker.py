@@ -37,13 +37,13 @@ class _Stop:
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._lock = threading.Lock()
+        self._first = threading.Lock()
 
     def __call__(self, *_signal: Any) -> None:
-        with self._lock:
-            if self.event.is_set():
-                return
-            self.event.set()
+        # never waits: a second signal can arrive while the handler of the first runs, on the same thread
+        if not self._first.acquire(blocking=False):
+            return
+        self.event.set()
         threading.Thread(target=self._exit_after_grace, daemon=True).start()
 
     @staticmethod

@@ -115,17 +115,19 @@ def write_data_docs(results: dict[str, SuiteResult], folder: Path, title: str) -
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
-    pages = []
-    folder.mkdir(parents=True, exist_ok=True)
+    pages, texts = [], []
     for name, result in sorted(results.items()):
         if result.raw is None:
             continue
         doc = ValidationResultsPageRenderer().render(result.raw)
-        path = folder / f"{name}.html"
-        path.write_text(offline_page(DefaultJinjaPageView().render(doc)))
-        pages.append((name, path.name, result.success, len(result.failures), len(result.warnings)))
+        texts.append((f"{name}.html", offline_page(DefaultJinjaPageView().render(doc))))
+        pages.append((name, f"{name}.html", result.success, len(result.failures), len(result.warnings)))
     if not pages:
         return None
+    # made only once every page rendered: a report holds no empty folder (verify refuses one)
+    folder.mkdir(parents=True, exist_ok=True)
+    for file_name, text in texts:
+        (folder / file_name).write_text(text)
     rows = "".join(f"<li><a href='{f}'>{n}</a>: {'passed' if ok else 'FAILED'} ({nf} failed, {nw} warnings)</li>"
                    for n, f, ok, nf, nw in pages)
     index = folder / "index.html"

@@ -124,3 +124,20 @@ def test_data_docs_need_no_network_and_link_only_to_their_own_files(validator, t
         for target in re.findall(r'(?:href|src)="([^"#]+)"', html) + re.findall(r"href='([^'#]+)'", html):
             assert (page.parent / target).is_file(), (page.name, target)
     assert "up" in (tmp_path / "docs" / "failed_one.html").read_text()  # the failed value is still shown
+
+
+def test_data_docs_that_fail_to_render_leave_no_empty_folder(validator, tmp_path, monkeypatch):
+    """The folder appears only with its pages: an empty one copied into a day report would make verify refuse it."""
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+
+    from ledger_pipelines.validation import write_data_docs
+
+    ok = validator.run("ledger_snapshot", snapshot_frame(_rows()), {"days": [DAY], "assets": ["EUR"]})
+
+    def broken(self, *a, **k):
+        raise RuntimeError("renderer broke")
+
+    monkeypatch.setattr(ValidationResultsPageRenderer, "render", broken)
+    with pytest.raises(RuntimeError, match="renderer broke"):
+        write_data_docs({"expectations": ok}, tmp_path / "docs", "core_banking")
+    assert not (tmp_path / "docs").exists()

@@ -536,3 +536,27 @@ def test_id_array_literal_round_trips_through_postgresql(pg_url):
         for ids in (["core_banking:1", "core_banking:2"], ['q"uote', "back\\slash", "plain", ""], ['a","b'],
                     ["{brace}", "comma,id", "NULL"], []):
             assert conn.execute("SELECT %s::text[]", (_pg_text_array(ids),)).fetchone()[0] == ids
+
+
+def test_a_second_stop_signal_during_the_first_never_blocks(monkeypatch):
+    """A worker's stop runs in a signal handler: a second signal arriving while the first is handled (same
+    thread) returns at once, and one grace timer is started."""
+    from ledger_pipelines import ingest_worker
+
+    timers = []
+    monkeypatch.setattr(ingest_worker._Stop, "_exit_after_grace", staticmethod(lambda: timers.append(1)))
+    stop = ingest_worker._Stop()
+    real_set = stop.event.set
+
+    def set_then_signal_again():
+        real_set()
+        stop()  # the second signal, inside the first handler
+
+    stop.event.set = set_then_signal_again
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (stop(), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(5), "the second stop blocked inside the first"
+    worker.join(5)
+    time.sleep(0.1)
+    assert stop.event.is_set() and timers == [1]
