@@ -215,25 +215,15 @@ class _ByAmount:
             self.taken.clear()
 
 
-def _band(expected: Decimal, tolerance: Decimal) -> tuple[Decimal, Decimal]:
-    # rounded outwards: the band may be a hair wider than the tolerance, never narrower; every
-    # amount in it is still checked with Rules.within_tolerance
+def _band(expected: Decimal, tolerance: Decimal, per: Decimal | None = None) -> tuple[Decimal, Decimal]:
+    """``expected`` ± ``tolerance``, or with ``per`` the amounts ``a`` with ``a * per`` in it (a rate used
+    in its inverse direction). Rounded outwards: the band may be a hair wider than the tolerance, never
+    narrower (a search range only: every amount in it is still checked exactly, multiplied)."""
     with localcontext() as ctx:
         ctx.rounding = ROUND_FLOOR
-        lo = expected - tolerance
+        lo = expected - tolerance if per is None else (expected - tolerance) / per
         ctx.rounding = ROUND_CEILING
-        hi = expected + tolerance
-    return lo, hi
-
-
-def _band_divided(expected: Decimal, tolerance: Decimal, rate: Decimal) -> tuple[Decimal, Decimal]:
-    """The amounts ``a`` with ``a * rate`` in ``expected`` ± ``tolerance``, rounded outwards (a search
-    range only: every amount in it is still checked exactly, multiplied)."""
-    with localcontext() as ctx:
-        ctx.rounding = ROUND_FLOOR
-        lo = (expected - tolerance) / rate
-        ctx.rounding = ROUND_CEILING
-        hi = (expected + tolerance) / rate
+        hi = expected + tolerance if per is None else (expected + tolerance) / per
     return lo, hi
 
 
@@ -655,7 +645,7 @@ class _Engine:
                     continue
                 rate, inverse = found
                 if inverse:  # compared in the left asset: the right amounts times the rate around the left one
-                    lo, hi = _band_divided(la, self._tolerance(la), rate)
+                    lo, hi = _band(la, self._tolerance(la), per=rate)
                 else:
                     exp = la * rate
                     lo, hi = _band(exp, self._tolerance(exp))

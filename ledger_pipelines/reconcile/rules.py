@@ -109,9 +109,7 @@ class Rules:
         found = self.rate_between(a, b)
         if found is None:
             return None
-        rate, inverse = found
-        if a == b:
-            return b, x, y
+        rate, inverse = found  # the same asset: rate 1, not inverse
         return (a, x, EXACT.multiply(y, rate)) if inverse else (b, EXACT.multiply(x, rate), y)
 
     def within_tolerance(self, expected: Decimal, actual: Decimal) -> bool:
