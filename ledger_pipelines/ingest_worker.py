@@ -69,8 +69,9 @@ def _secrets(spec: dict) -> list[str]:
 
         parsed = make_url(url)
         found.append(parsed.password or "")
-        found += [v for k, v in parsed.query.items() if "pass" in k.lower() or "pwd" in k.lower()
-                  for v in ([v] if isinstance(v, str) else v)]
+        for key, value in parsed.query.items():  # a value is a string, or a tuple when the key repeats
+            if "pass" in key.lower() or "pwd" in key.lower():
+                found += [value] if isinstance(value, str) else list(value)
     except Exception:
         pass  # not a URL SQLAlchemy reads: the whole URL is masked below
     found.append((spec.get("kafka") or {}).get("sasl_password") or "")
