@@ -9,6 +9,14 @@ events are read from, default: its deployment block, recorded or found by binary
 ``LEDGER_ANCHOR=off`` turns anchoring off (reports then say they are not anchored, and
 ``verify --rpc`` fails on them).
 
+Finality. The anchor record names the block of the anchoring transaction, and ``verify --rpc`` holds it
+to the chain, so it is written only once that block is ``LEDGER_ANCHOR_CONFIRMATIONS`` deep (default 0:
+the first receipt; a chain that can reorganise needs its reorganisation depth) and still on the node's
+canonical chain, its receipt read again then: a transaction a reorganisation moved to another block is
+recorded in that block. A transaction not that deep within ``LEDGER_ANCHOR_TIMEOUT`` seconds (default
+600), or no longer in any block, stops the run with an error and no anchor record; a re-run reuses the
+transaction once the contract holds it, else anchors again.
+
 Re-running a partition that reproduces the same Merkle root reuses the existing anchor; a different
 root is anchored as a new version of the partition (the contract never overwrites a version). When the
 contract holds the same root and report version but its ``Anchored`` event is not in the blocks read
@@ -21,10 +29,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from typing import Any
 
 from .chain import (FROM_BLOCK_ENV, LOG_PAGE_BLOCKS, ChainError, Signer, contract, contract_address, contract_logs,
-                    deployment_block, redact)
+                    count_env, deployment_block, redact)
 from .commitment import anchor_record_problem, report_version
 from .settings import StackConfig
 
@@ -35,6 +44,52 @@ def anchor_url() -> str:
 
 def enabled() -> bool:
     return os.environ.get("LEDGER_ANCHOR", "on").lower() not in ("off", "0", "false", "no")
+
+
+CONFIRMATIONS_ENV = "LEDGER_ANCHOR_CONFIRMATIONS"
+TIMEOUT_ENV = "LEDGER_ANCHOR_TIMEOUT"
+_POLL_SECONDS = 1.0
+
+
+def confirmations() -> int:
+    """Blocks on top of the anchoring transaction's before its record is written (``LEDGER_ANCHOR_CONFIRMATIONS``)."""
+    n = count_env(CONFIRMATIONS_ENV, "a number of confirmations", limit=10_000)
+    return 0 if n is None else n
+
+
+def _settled(w3, tx_hash: str, depth: int, timeout: float) -> Any:
+    """The receipt of ``tx_hash`` once its block is ``depth`` blocks deep and still the node's block at that
+    height, read again then (a reorganisation may have moved the transaction); a :class:`ChainError` when it
+    is not so within ``timeout`` seconds."""
+    from web3.exceptions import TransactionNotFound
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            receipt = w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            receipt = None
+        head = w3.eth.block_number
+        if receipt is not None:
+            block = receipt["blockNumber"]
+            if head - block >= depth and w3.eth.get_block(block)["hash"] == receipt["blockHash"]:
+                return receipt
+            state = f"in block {block}, {max(head - block, 0)} of {depth} confirmations"
+        else:
+            state = "in no block of the chain (dropped by a reorganisation?)"
+        if time.monotonic() >= deadline:
+            raise ChainError(f"anchor tx {tx_hash} is {state} after {timeout:.0f}s ({CONFIRMATIONS_ENV}={depth}, "
+                             f"{TIMEOUT_ENV}): no anchor recorded; run the day again once the chain has moved on")
+        time.sleep(_POLL_SECONDS)
+
+
+def _final_record(w3, c, address: str, tx_hash: str) -> dict[str, Any]:
+    """The anchor record of ``tx_hash`` once it is final (:func:`_settled`)."""
+    timeout = count_env(TIMEOUT_ENV, "a number of seconds", limit=86_400)
+    receipt = _settled(w3, tx_hash, confirmations(), 600 if timeout is None else timeout)
+    if receipt["status"] != 1:
+        raise ChainError(f"anchoring failed in tx {tx_hash} (block {receipt['blockNumber']})")
+    return _record(w3, address, receipt, _event(c, receipt))
 
 
 def _event(c, receipt) -> dict[str, Any]:
@@ -59,16 +114,16 @@ def anchor_report(partition: str, audit: dict[str, Any], signer: Signer | None =
             first = deployment_block(w3, "AuditAnchor", address)
             found = find_anchor_tx(w3, address, partition, existing)
             if found:
-                return found
+                return _final_record(w3, c, address, found["tx_hash"])
             raise ChainError(f"{partition} is anchored on {address} as version {existing} with this report's root "
                              f"and report version, but no Anchored event of it was found in blocks {first} to "
                              f"{w3.eth.block_number} (is {FROM_BLOCK_ENV['AuditAnchor']} later than the anchoring "
                              f"transaction, or is the node behind?); not anchored again")
-    receipt = signer.wait(signer.send(c.functions.anchor(partition, root, version)))
+    tx_hash = signer.send(c.functions.anchor(partition, root, version))
+    receipt = signer.wait(tx_hash)
     if receipt["status"] != 1:
-        raise ChainError(f"anchoring {partition} failed in tx {receipt['transactionHash'].hex()}")
-    ev = _event(c, receipt)
-    return _record(signer.w3, address, receipt, ev)
+        raise ChainError(f"anchoring {partition} failed in tx {tx_hash}")
+    return _final_record(signer.w3, c, address, tx_hash)
 
 
 def _record(w3, address: str, receipt, ev) -> dict[str, Any]:
@@ -120,9 +175,10 @@ def trusted_contract(w3, given: str | None) -> tuple[str, str]:
 
 
 def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], url: str,
-                   expected_contract: str | None = None) -> dict[str, Any]:
+                   expected_contract: str | None = None, confirmations: int = 0) -> dict[str, Any]:
     """The trusted contract holds, as the anchor record's version of ``day``, exactly ``root`` and report
-    ``version``; the anchoring tx succeeded and emitted that; and no later version of the day exists."""
+    ``version``; the anchoring tx succeeded and emitted that, in the block the record names, at least
+    ``confirmations`` blocks deep; and no later version of the day exists."""
     from .contracts import web3_for
 
     if not anchor:
@@ -159,6 +215,10 @@ def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], ur
         if receipt["blockNumber"] != anchor["block_number"]:
             raise ChainError(f"anchor tx {anchor['tx_hash']} is in block {receipt['blockNumber']}, the report says "
                              f"block {anchor['block_number']}")
+        depth = w3.eth.block_number - receipt["blockNumber"]
+        if depth < confirmations:
+            raise ChainError(f"anchor tx {anchor['tx_hash']} in block {receipt['blockNumber']} has {max(depth, 0)} "
+                             f"confirmations, fewer than the {confirmations} asked: not final yet")
         logs = [lg for lg in receipt["logs"] if lg["address"].lower() == trusted.lower()]
         if not logs:
             raise ChainError(f"anchor tx {anchor['tx_hash']} emitted nothing from {trusted}")
@@ -177,6 +237,7 @@ def check_anchored(day: str, root: str, version: str, anchor: dict[str, Any], ur
         raise ChainError(redact(f"the chain at {url} could not be asked: {type(exc).__name__}: {exc}", url)) from None
     return {"contract": trusted, "contract_source": source, "chain_id": chain_id, "version": v,
             "latest_version": latest, "tx_hash": anchor["tx_hash"], "block_number": receipt["blockNumber"],
+            "confirmations": depth,
             "anchored_at": _utc(anchored_at), "partition": day}
 
 

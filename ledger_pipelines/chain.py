@@ -289,15 +289,24 @@ def _is_deployment_block(w3, address: str, block: int) -> bool:
         return False
 
 
+def count_env(name: str, what: str, limit: int = 10**12) -> int | None:
+    """The non-negative integer in the environment variable ``name`` (ASCII digits, at most ``limit``), or
+    None when it is unset or blank; anything else is a :class:`ChainError` naming the variable."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"[0-9]{1,13}", value) or int(value) > limit:
+        raise ChainError(f"{name}={value[:40]!r} is not {what} (an integer from 0 to {limit})")
+    return int(value)
+
+
 def deployment_block(w3, name: str, address: str) -> int:
     """The block to read ``name``'s events from: ``LEDGER_<ANCHOR|BRIDGE>_FROM_BLOCK``, else the deployment
     record's block, else the first block with code at ``address`` (binary search on ``eth_getCode``)."""
     env = FROM_BLOCK_ENV[name]
-    value = os.environ.get(env, "").strip()
-    if value:
-        if not value.isdigit():
-            raise ChainError(f"{env}={value!r} is not a block number (a non-negative integer)")
-        return int(value)
+    given = count_env(env, "a block number")
+    if given is not None:
+        return given
     address = w3.to_checksum_address(address)
     key = chain_key(w3)
     known = _DEPLOY_BLOCKS.get((key, address))

@@ -281,10 +281,16 @@ def cmd_produce_synthetic(args) -> int:
     return 0
 
 
+def _confirmations(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of blocks from 0 to 10000")
+    return int(text)
+
+
 def _ingest_processes(text: str) -> int:
     from .ingest import MAX_PROCESSES
 
-    if not text.isdigit() or not 1 <= int(text) <= MAX_PROCESSES:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_PROCESSES:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of processes from 1 to {MAX_PROCESSES}")
     return int(text)
 
@@ -586,12 +592,14 @@ def cmd_verify(args) -> int:
     if bool(args.report) == bool(args.proof):
         print(json.dumps({"verified": False, "reason": "give --report DIR or --proof FILE"}))
         return 2
-    if args.contract and not args.rpc:
-        print(json.dumps({"verified": False, "reason": "--contract names the anchor contract to check on chain: "
-                          "give --rpc URL with it"}))
-        return 2
-    out = (verify_report(Path(args.report), args.rpc, args.contract) if args.report
-           else verify_proof(Path(args.proof), args.rpc, args.contract))
+    for given, what in ((args.contract, "--contract names the anchor contract"),
+                        (args.confirmations, "--confirmations is the depth of the anchor")):
+        if given is not None and not args.rpc:
+            print(json.dumps({"verified": False, "reason": f"{what} to check on chain: give --rpc URL with it"}))
+            return 2
+    depth = args.confirmations or 0
+    out = (verify_report(Path(args.report), args.rpc, args.contract, depth) if args.report
+           else verify_proof(Path(args.proof), args.rpc, args.contract, depth))
     print(json.dumps(out if out["verified"] else {k: v for k, v in out.items() if k != "problems"}))
     if not out["verified"]:
         return 1
@@ -799,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rpc", help="EVM node: also check the anchor on chain")
     s.add_argument("--contract", help="the AuditAnchor address to trust (default: LEDGER_ANCHOR_CONTRACT, else the "
                    "project's deployment record for the chain; never the address the report names)")
+    s.add_argument("--confirmations", type=_confirmations, metavar="N",
+                   help="with --rpc: refuse an anchor fewer than N blocks deep (not final yet on a chain that can "
+                   "reorganise); default 0")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("prove", help="an inclusion proof of one fact of a day's report that verifies (a record, a "

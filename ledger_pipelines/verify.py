@@ -379,7 +379,7 @@ def _check_root(chk: _Check, audit: dict[str, Any], leaves: dict) -> list[bytes]
 
 
 def _anchor_problem(chk: _Check, day: str, root: str, version: str, anchor: Any, rpc: str | None,
-                    contract: str | None) -> Any:
+                    contract: str | None, confirmations: int = 0) -> Any:
     if not rpc:
         return ("not checked (no --rpc): consistent with the root the report states; only the anchor shows that "
                 "root is the one anchored")
@@ -387,7 +387,7 @@ def _anchor_problem(chk: _Check, day: str, root: str, version: str, anchor: Any,
     from .chain import ChainError
 
     try:
-        return check_anchored(day, root, version, anchor, rpc, contract)
+        return check_anchored(day, root, version, anchor, rpc, contract, confirmations)
     except ChainError as exc:
         chk.problem("anchor", str(exc))
         return None
@@ -405,7 +405,8 @@ def _answer(chk: _Check, day: Any, out: dict[str, Any]) -> dict[str, Any]:
 _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
 
-def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = None) -> dict[str, Any]:
+def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = None,
+                  confirmations: int = 0) -> dict[str, Any]:
     chk = _Check(Path(day_dir))
     audit: dict[str, Any] = {}
     out: dict[str, Any] = {}
@@ -428,7 +429,7 @@ def verify_report(day_dir: Path, rpc: str | None = None, contract: str | None = 
             chk.problem("anchor", "the report carries no anchor (anchoring was off or failed)")
         else:
             out["anchor"] = _anchor_problem(chk, audit["day"], audit["merkle_root"], out["report_version"], anchor,
-                                            rpc, contract)
+                                            rpc, contract, confirmations)
     return _answer(chk, audit.get("day") if isinstance(audit, dict) else None, out)
 
 
@@ -504,7 +505,8 @@ def prove(day_dir: Path, record: str | None = None, reconciliation: str | None =
             "tree_size": len(ordered), "path": [h.hex() for h in paths[index]]}
 
 
-def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None) -> dict[str, Any]:
+def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None,
+                 confirmations: int = 0) -> dict[str, Any]:
     """Checks an inclusion proof made by :func:`prove`: the leaf it carries hashes to its leaf hash, the audit path
     leads from there to the root, and (with ``rpc``) that root and report version are the day's anchored ones."""
     chk = _Check(Path(path).parent)
@@ -553,5 +555,5 @@ def verify_proof(path: Path, rpc: str | None = None, contract: str | None = None
             chk.problem("anchor", "the proof carries no anchor record (the report was not anchored)")
         else:
             out["anchor"] = _anchor_problem(chk, doc["day"], doc["merkle_root"], doc["report_version"],
-                                            doc.get("anchor"), rpc, contract)
+                                            doc.get("anchor"), rpc, contract, confirmations)
     return _answer(chk, doc.get("day") if isinstance(doc, dict) else None, out)

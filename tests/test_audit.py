@@ -140,6 +140,8 @@ def test_the_day_is_reconciled_against_the_bridge_and_reported(env, kafka, stack
     rpc = ("--rpc", stack_config.anvil_url)
     on_chain = _verify(folder, *rpc)
     assert on_chain["verified"] is True and on_chain["anchor"]["tx_hash"] == anchor["tx_hash"]
+    deep = _verify(folder, *rpc, "--confirmations", "1000")  # a third party's finality: not yet that deep
+    assert deep["verified"] is False and "fewer than the 1000 asked: not final yet" in deep["reason"]
     wrong_contract = _verify(folder, *rpc, "--contract", "0x" + "12" * 20)
     assert wrong_contract["verified"] is False and "expected contract" in wrong_contract["reason"]
     breaks = folder / "bank_vs_statements" / "breaks.jsonl"

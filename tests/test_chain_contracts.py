@@ -381,3 +381,94 @@ def test_a_local_chain_without_past_states_is_read_from_genesis_and_a_remote_one
     with pytest.raises(chain.ChainError, match="set LEDGER_ANCHOR_FROM_BLOCK"):
         chain._search_deployment_block(fake("https://node.example/rpc", 1), "AuditAnchor", address,
                                        "LEDGER_ANCHOR_FROM_BLOCK")
+
+
+# -- the anchor's finality ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["-1", "1e3", "²", "3.0", "10001", "0x10"])
+def test_a_confirmation_count_that_is_not_a_plain_number_is_refused_by_name(value, monkeypatch):
+    from ledger_pipelines.anchor import confirmations
+
+    monkeypatch.setenv("LEDGER_ANCHOR_CONFIRMATIONS", value)
+    with pytest.raises(ChainError, match=r"^LEDGER_ANCHOR_CONFIRMATIONS=.* is not a number of confirmations"):
+        confirmations()
+    monkeypatch.setenv("LEDGER_ANCHOR_CONFIRMATIONS", " 12 ")
+    assert confirmations() == 12
+
+
+def _anchor_tx(w3, signer, address, day: str, timeout: float = 30.0) -> str:
+    """The hash of the transaction that anchored ``day`` (waited for: the anchoring runs in a thread)."""
+    import time
+
+    from ledger_pipelines.chain import contract
+
+    c = contract(signer, "AuditAnchor", address)
+    deadline = time.monotonic() + timeout
+    while not c.functions.versions(day).call():
+        assert time.monotonic() < deadline, f"{day} was never anchored"
+        time.sleep(0.02)
+    block = w3.eth.get_block("latest")
+    (tx,) = block["transactions"]
+    return "0x" + tx.hex().removeprefix("0x")
+
+
+@pytest.mark.services
+def test_the_anchor_record_waits_for_its_confirmations_and_names_the_block_a_reorganisation_moved_it_to(
+        chain, stack_dir, stack_config, monkeypatch):
+    from ledger_pipelines import anchor as anchor_mod
+    from ledger_pipelines.chain import contract_address
+    from ledger_pipelines.commitment import report_version
+
+    monkeypatch.setenv("LEDGER_ANCHOR_CONFIRMATIONS", "3")
+    monkeypatch.setattr(anchor_mod, "_POLL_SECONDS", 0.02)
+    signer = _signer(stack_config)
+    address = contract_address(signer, "AuditAnchor")
+    day, root = "2026-11-26", "ef" * 32
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(
+        record=anchor_mod.anchor_report(day, {"day": day, "merkle_root": root}, signer)))
+    worker.start()
+    try:
+        tx = _anchor_tx(chain, signer, address, day)
+        first_block = chain.eth.get_transaction_receipt(tx)["blockNumber"]
+        # the block is taken away and the transaction mined again one block later
+        raw = chain.provider.make_request("eth_getRawTransactionByHash", [tx])["result"]
+        _mine(chain, 1)
+        chain.provider.make_request("anvil_reorg", [2, [[raw, 1]]])
+        moved_to = chain.eth.get_transaction_receipt(tx)["blockNumber"]
+        assert moved_to == first_block + 1
+        _mine(chain, 1)
+        worker.join(0.5)
+        assert worker.is_alive() and not result  # one block on top of it: no record yet
+        _mine(chain, 2)
+    finally:
+        worker.join(30)
+    record = result["record"]
+    assert record["tx_hash"] == tx and record["block_number"] == moved_to and record["version"] == 1
+    version = report_version({"day": day, "merkle_root": root})
+    checked = anchor_mod.check_anchored(day, root, version, record, stack_config.anvil_url, confirmations=3)
+    assert checked["confirmations"] == 3 and checked["block_number"] == moved_to
+    with pytest.raises(ChainError, match=rf"in block {moved_to} has 3 confirmations, fewer than the 4 asked"):
+        anchor_mod.check_anchored(day, root, version, record, stack_config.anvil_url, confirmations=4)
+
+
+@pytest.mark.services
+def test_an_anchor_not_deep_enough_in_time_records_nothing_and_a_re_run_reuses_its_transaction(
+        chain, stack_dir, stack_config, monkeypatch):
+    from ledger_pipelines import anchor as anchor_mod
+    from ledger_pipelines.chain import contract, contract_address
+
+    monkeypatch.setenv("LEDGER_ANCHOR_CONFIRMATIONS", "5")
+    monkeypatch.setenv("LEDGER_ANCHOR_TIMEOUT", "1")
+    monkeypatch.setattr(anchor_mod, "_POLL_SECONDS", 0.05)
+    signer = _signer(stack_config)
+    address = contract_address(signer, "AuditAnchor")
+    day, audit = "2026-11-27", {"day": "2026-11-27", "merkle_root": "ab" * 32}
+    with pytest.raises(ChainError, match=r"^anchor tx 0x[0-9a-f]{64} is in block \d+, 0 of 5 confirmations after 1s "
+                                         r"\(LEDGER_ANCHOR_CONFIRMATIONS=5, LEDGER_ANCHOR_TIMEOUT\): no anchor recorded"):
+        anchor_mod.anchor_report(day, audit, signer)
+    tx = "0x" + chain.eth.get_block("latest")["transactions"][0].hex().removeprefix("0x")
+    _mine(chain, 5)
+    record = anchor_mod.anchor_report(day, audit, signer)
+    assert record["tx_hash"] == tx and record["version"] == 1
+    assert contract(signer, "AuditAnchor", address).functions.versions(day).call() == 1  # not anchored twice

@@ -540,9 +540,11 @@ def test_the_index_page_escapes_every_member_of_the_anchor_record():
     assert "<img" not in line and "<b>" not in line and "<u>" not in line and "&lt;img src=x" in line
 
 
-def test_contract_without_rpc_is_refused(report):
+def test_contract_or_confirmations_without_rpc_is_refused(report):
     code, out, _ = cli_verify(report, "--contract", "0x" + "12" * 20)
     assert code == 2 and "--rpc" in out["reason"]
+    code, out, _ = cli_verify(report, "--confirmations", "12")
+    assert code == 2 and "--confirmations is the depth of the anchor to check on chain: give --rpc" in out["reason"]
 
 
 def test_an_unanchored_report_verified_offline_exits_0(report):
