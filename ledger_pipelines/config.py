@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +101,20 @@ def _ledger(d: dict[str, Any]) -> LedgerConfig:
         mapping = ColumnMapping.from_dict(d.get("mapping")) if kind in ("sql", "cdc") else None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"ledger {name}: mapping: {exc}") from None
-    tokens = tuple(
-        TokenConfig(address=str(t["address"]).lower(), symbol=t.get("symbol"), decimals=t.get("decimals"))
-        for t in d.get("tokens", [])
-    )
+    tokens = tuple(_token(name, i, t) for i, t in enumerate(_list(name, "tokens", d.get("tokens"))))
     watched = d.get("watched_address")
+    if watched is not None and not (isinstance(watched, str) and _ADDRESS.fullmatch(watched)):
+        raise ConfigError(f"ledger {name}: watched_address {str(watched)[:80]!r} is not a 0x-prefixed 20-byte hex "
+                          "address (quoted: YAML reads 0x... as a number)")
+    assets = _list(name, "assets", d.get("assets"))
+    if not all(isinstance(a, str) and 0 < len(a) <= 512 for a in assets):
+        raise ConfigError(f"ledger {name}: assets must be a list of asset names such as [EUR, USD]")
+    options = d.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise ConfigError(f"ledger {name}: options must be a mapping")
+    inbox = d.get("inbox")
+    if inbox is not None and not (isinstance(inbox, str) and inbox.strip()):
+        raise ConfigError(f"ledger {name}: inbox must be a folder path")
     known = {"name", "kind", "connection_env", "mapping", "rpc_env", "tokens", "watched_address", "confirmations",
              "start_block", "max_block_range", "inbox", "assets", "options", "source"}
     unknown = set(d) - known
@@ -125,10 +135,51 @@ def _ledger(d: dict[str, Any]) -> LedgerConfig:
     return LedgerConfig(
         name=name, kind=kind, source=source, connection_env=d.get("connection_env"), mapping=mapping, rpc_env=d.get("rpc_env"),
         tokens=tokens, watched_address=watched.lower() if watched else None,
-        confirmations=int(d.get("confirmations", 6)), start_block=int(d.get("start_block", 0)),
-        max_block_range=int(d.get("max_block_range", 2000)), inbox=d.get("inbox"),
-        assets=tuple(d.get("assets", ())), options=dict(d.get("options", {})),
+        confirmations=_count(f"ledger {name}", "confirmations", d.get("confirmations"), 6, 0, 100_000),
+        start_block=_count(f"ledger {name}", "start_block", d.get("start_block"), 0, 0, 2**63 - 1),
+        max_block_range=_count(f"ledger {name}", "max_block_range", d.get("max_block_range"), 2000, 1, 10_000_000),
+        inbox=inbox, assets=tuple(assets), options=dict(options or {}),
     )
+
+
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_SYMBOL = re.compile(r"[^\s\x00-\x1f\x7f]{1,64}")
+
+
+def _count(where: str, key: str, value: Any, default: int, lo: int, hi: int) -> int:
+    """An integer setting from ``lo`` to ``hi`` (``default`` when absent); true/false and text are refused."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{where}: {key} must be an integer from {lo} to {hi}, got {str(value)[:80]!r}")
+    return value
+
+
+def _list(name: str, key: str, value: Any) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(f"ledger {name}: {key} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _token(name: str, i: int, t: Any) -> TokenConfig:
+    where = f"ledger {name}: tokens[{i}]"
+    if not isinstance(t, dict):
+        raise ConfigError(f"{where} must be a mapping of address, symbol and decimals")
+    unknown = set(t) - {"address", "symbol", "decimals"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    address, symbol = t.get("address"), t.get("symbol")
+    if not (isinstance(address, str) and _ADDRESS.fullmatch(address)):
+        raise ConfigError(f"{where}: address {str(address)[:80]!r} is not a 0x-prefixed 20-byte hex address "
+                          "(quoted: YAML reads 0x... as a number)")
+    if symbol is not None and not (isinstance(symbol, str) and _SYMBOL.fullmatch(symbol)):
+        raise ConfigError(f"{where}: symbol {str(symbol)[:80]!r} must be 1 to 64 characters without spaces")
+    decimals = t.get("decimals")
+    if decimals is not None:  # ERC-20 decimals are a uint8
+        decimals = _count(where, "decimals", decimals, 0, 0, 255)
+    return TokenConfig(address=address.lower(), symbol=symbol, decimals=decimals)
 
 
 def config_path(path: str | Path | None = None) -> Path:
@@ -171,17 +222,57 @@ def load_project(path: str | Path | None = None) -> ProjectConfig:
     names = [lc.name for lc in ledgers]
     if len(set(names)) != len(names):
         raise ConfigError(f"{p}: duplicate ledger names {names}")
-    pairs = doc.get("reconciliations", []) or []
-    for pair in pairs:
+    pairs = doc.get("reconciliations") or []
+    if not isinstance(pairs, list):
+        raise ConfigError(f"{p}: reconciliations must be a list of ledger pairs")
+    pair_names: set[str] = set()
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, dict):
+            raise ConfigError(f"{p}: reconciliations[{i}] must be a mapping (name, left, right, rules)")
+        pair_name = pair.get("name")
+        # the name of the pair's folder in each day's report, of its Dagster check and its desk records
+        if not isinstance(pair_name, str) or not re.match(NAME_PATTERN, pair_name):
+            raise ConfigError(f"{p}: reconciliations[{i}]: name {str(pair_name)[:80]!r} must match {NAME_PATTERN}")
+        if pair_name in pair_names:
+            raise ConfigError(f"{p}: reconciliation {pair_name}: the name is given twice")
+        if pair_name == "data_docs" or pair_name in {f"bridge_{n}" for n in names}:
+            raise ConfigError(f"{p}: reconciliation {pair_name}: the name of another folder of each day's report "
+                              "(data_docs, bridge_<ledger>)")
+        pair_names.add(pair_name)
+        unknown = set(pair) - {"name", "left", "right", "rules", "left_filter", "right_filter"}
+        if unknown:
+            raise ConfigError(f"{p}: reconciliation {pair_name}: unknown keys {sorted(unknown)}")
         for side in ("left", "right"):
             if pair.get(side) not in names:
-                raise ConfigError(f"reconciliation {pair.get('name')!r}: {side} ledger {pair.get(side)!r} "
+                raise ConfigError(f"reconciliation {pair_name}: {side} ledger {pair.get(side)!r} "
                                   "is not configured")
-    schedule = doc.get("audit_schedule") or {}
     return ProjectConfig(path=p, ledgers=ledgers, pairs=pairs,
-                         partitions_start=str(doc.get("partitions_start", "2026-11-01")),
-                         audit_schedule={"hour": int(schedule.get("hour", 2)), "minute": int(schedule.get("minute", 30))},
-                         document=doc)
+                         partitions_start=_start_day(p, doc.get("partitions_start")),
+                         audit_schedule=_schedule(p, doc.get("audit_schedule")), document=doc)
+
+
+def _start_day(p: Path, value: Any) -> str:
+    """``partitions_start``: a day, as YAML reads an unquoted one (a date) or ISO text."""
+    if value is None:
+        return "2026-11-01"
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            pass
+    raise ConfigError(f"{p}: partitions_start {str(value)[:80]!r} is not a day (YYYY-MM-DD)")
+
+
+def _schedule(p: Path, value: Any) -> dict[str, int]:
+    """``audit_schedule``: the nightly audit's hour and minute (UTC)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict) or set(value) - {"hour", "minute"}:
+        raise ConfigError(f"{p}: audit_schedule must be a mapping of hour and minute, e.g. {{hour: 2, minute: 30}}")
+    return {"hour": _count(f"{p}: audit_schedule", "hour", value.get("hour"), 2, 0, 23),
+            "minute": _count(f"{p}: audit_schedule", "minute", value.get("minute"), 30, 0, 59)}
 
 
 def load_config(path: str | Path | None = None) -> list[LedgerConfig]:

@@ -61,11 +61,20 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 _PLAIN_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
 
 
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9]+\Z")
+
+
 def _plain_int(loader: _Loader, node: yaml.ScalarNode) -> int:
     """Integers in plain decimal only. YAML 1.1 also reads ``1:30`` as 90, ``0x10`` as 16, ``010`` as 8 and
     ``1_000`` as 1000, and an unquoted ``0x``-address as a huge number: each silently something else than
-    written."""
+    written. Digits with a leading zero are refused whatever they are: YAML reads ``07`` as the number 7 and
+    ``08`` as the text "08", so an unquoted account number or minute would change kind with its digits."""
     text = loader.construct_scalar(node)
+    if _LEADING_ZERO.match(text):
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{text[:80]!r} has a leading zero, which YAML reads as an octal number or as text depending "
+            "on its digits: quote it if it is text (an account number), write it without the zero if it is a number",
+            node.start_mark)
     if not _PLAIN_INT.match(text):
         raise yaml.constructor.ConstructorError(
             None, None, f"{text[:80]!r} is read by YAML as the number {loader.construct_yaml_int(node)}: quote it "
@@ -74,6 +83,9 @@ def _plain_int(loader: _Loader, node: yaml.ScalarNode) -> int:
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _plain_int)
+# digits with a leading zero that are not octal (08, 0912) are text to YAML 1.1: resolved as integers here, so
+# that _plain_int refuses them as it refuses 07
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _LEADING_ZERO, list("-+0"))
 
 
 def load(text: str):

@@ -348,3 +348,82 @@ def test_an_unquoted_token_address_is_refused_not_read_as_a_number(tmp_path):
                                              "address: '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48'"))
     (lc,) = [lc for lc in load_config(path) if lc.name == "eth_usdc"]
     assert lc.tokens[0].address == "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"
+
+
+@pytest.mark.parametrize("minute", ["05", "08"])
+def test_digits_with_a_leading_zero_are_refused_whether_yaml_would_read_a_number_or_text(tmp_path, minute):
+    """YAML 1.1 reads 05 as the number 5 and 08 as the text "08": both are refused alike, saying to quote text."""
+    from ledger_pipelines.config import ConfigError, load_project
+
+    path = tmp_path / "ledgers.yaml"
+    path.write_text(f"audit_schedule: {{hour: 2, minute: {minute}}}\nledgers: []\n")
+    with pytest.raises(ConfigError, match=rf"'{minute}' has a leading zero, .*: quote it if it is text"):
+        load_project(path)
+
+
+_EVM = "{name: e, kind: evm, rpc_env: LEDGER_E_RPC"
+_SQL = "{name: s, kind: sql, connection_env: LEDGER_S_URL"
+
+
+@pytest.mark.parametrize("text, says", [
+    (f"ledgers: [{_EVM}, confirmations: -3}}]", "ledger e: confirmations must be an integer from 0 to 100000, got '-3'"),
+    (f"ledgers: [{_EVM}, confirmations: true}}]", "ledger e: confirmations must be an integer from 0 to 100000, got 'True'"),
+    (f"ledgers: [{_EVM}, max_block_range: 0}}]", "ledger e: max_block_range must be an integer from 1 to"),
+    (f"ledgers: [{_EVM}, start_block: '12'}}]", "ledger e: start_block must be an integer from 0 to"),
+    (f"ledgers: [{_EVM}, tokens: [{{address: xyz, symbol: U, decimals: 6}}]}}]",
+     "ledger e: tokens[0]: address 'xyz' is not a 0x-prefixed 20-byte hex address"),
+    (f"ledgers: [{_EVM}, tokens: [{{address: '0x{'ab' * 20}', symbol: U, decimals: -2}}]}}]",
+     "ledger e: tokens[0]: decimals must be an integer from 0 to 255, got '-2'"),
+    (f"ledgers: [{_EVM}, tokens: [{{address: '0x{'ab' * 20}', symbol: 'U S'}}]}}]",
+     "ledger e: tokens[0]: symbol 'U S' must be 1 to 64 characters without spaces"),
+    (f"ledgers: [{_EVM}, tokens: [{{address: '0x{'ab' * 20}', decimal: 6}}]}}]",
+     "ledger e: tokens[0]: unknown keys ['decimal']"),
+    (f"ledgers: [{_EVM}, tokens: '0x{'ab' * 20}'}}]", "ledger e: tokens must be a list, got str"),
+    (f"ledgers: [{_EVM}, watched_address: '0x12'}}]", "ledger e: watched_address '0x12' is not a 0x-prefixed"),
+    (f"ledgers: [{_SQL}, assets: EUR}}]", "ledger s: assets must be a list, got str"),
+    (f"ledgers: [{_SQL}, options: 5}}]", "ledger s: options must be a mapping"),
+    ("audit_schedule: {hour: 25, minute: 0}\nledgers: []", "audit_schedule: hour must be an integer from 0 to 23"),
+    ("audit_schedule: {hour: 2.5}\nledgers: []", "audit_schedule: hour must be an integer from 0 to 23, got '2.5'"),
+    ("audit_schedule: {hour: 2, minte: 5}\nledgers: []", "audit_schedule must be a mapping of hour and minute"),
+    ("audit_schedule: 3\nledgers: []", "audit_schedule must be a mapping of hour and minute"),
+    ("partitions_start: hello\nledgers: []", "partitions_start 'hello' is not a day (YYYY-MM-DD)"),
+    ("partitions_start: '2026-02-30'\nledgers: []", "partitions_start '2026-02-30' is not a day"),
+    (f"ledgers: [{_SQL}}}]\nreconciliations: 3", "reconciliations must be a list of ledger pairs"),
+    (f"ledgers: [{_SQL}}}]\nreconciliations: [3]", "reconciliations[0] must be a mapping"),
+    (f"ledgers: [{_SQL}}}]\nreconciliations: [{{name: ../x, left: s, right: s}}]",
+     "reconciliations[0]: name '../x' must match"),
+    (f"ledgers: [{_SQL}}}]\nreconciliations: [{{name: p, left: s, right: s}}, {{name: p, left: s, right: s}}]",
+     "reconciliation p: the name is given twice"),
+    (f"ledgers: [{_SQL}}}]\nreconciliations: [{{name: bridge_s, left: s, right: s}}]",
+     "reconciliation bridge_s: the name of another folder of each day's report"),
+    (f"ledgers: [{_SQL}}}]\nreconciliations: [{{name: data_docs, left: s, right: s}}]",
+     "reconciliation data_docs: the name of another folder"),
+    (f"ledgers: [{_SQL}}}]\nreconciliations: [{{name: p, left: s, right: s, rule: {{}}}}]",
+     "reconciliation p: unknown keys ['rule']"),
+])
+def test_settings_of_the_configuration_are_checked_and_refused_by_name(tmp_path, text, says):
+    """Each would have been taken as something else: -3 confirmations (every block final), a string of assets
+    as its letters, a pair's name as a path out of the day's report folder, 25 o'clock as a schedule Dagster
+    refuses at load, a day not on the calendar as an uncaught ValueError."""
+    from ledger_pipelines.config import ConfigError, load_project
+
+    path = tmp_path / "ledgers.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as exc:
+        load_project(path)
+    assert says in str(exc.value), str(exc.value)
+
+
+def test_settings_of_the_configuration_read_as_written(tmp_path):
+    from ledger_pipelines.config import load_project
+
+    path = tmp_path / "ledgers.yaml"
+    path.write_text(f"partitions_start: 2026-10-01\naudit_schedule: {{hour: 0, minute: 59}}\n"
+                    f"ledgers: [{_EVM}, confirmations: 0, tokens: [{{address: '0x{'AB' * 20}', symbol: USDC, "
+                    f"decimals: 6}}]}}, {_SQL}, assets: [EUR]}}]\n"
+                    f"reconciliations: [{{name: s_vs_e, left: s, right: e}}]\n")
+    project = load_project(path)
+    assert project.partitions_start == "2026-10-01" and project.audit_schedule == {"hour": 0, "minute": 59}
+    evm, sql = project.ledgers
+    assert evm.confirmations == 0 and evm.tokens[0].address == "0x" + "ab" * 20 and evm.tokens[0].decimals == 6
+    assert sql.assets == ("EUR",) and project.pairs[0]["name"] == "s_vs_e"

@@ -127,7 +127,8 @@ def test_the_audit_bridge_rules_stay_valid_beyond_the_user_window():
     ("- key\n", "rules: expected a mapping"),
     # YAML 1.1 numbers that are not what they look like
     ("time_window: 1:30\n", "'1:30' is read by YAML as the number 90: quote it"),
-    ("time_window: 010\n", "'010' is read by YAML as the number 8"),
+    ("time_window: 010\n", "'010' has a leading zero, which YAML reads as an octal number or as text"),
+    ("time_window: 08\n", "'08' has a leading zero, which YAML reads as an octal number or as text"),
     ("time_window: 0x10\n", "'0x10' is read by YAML as the number 16"),
     ("time_window: 1_000\n", "'1_000' is read by YAML as the number 1000"),
 ])
