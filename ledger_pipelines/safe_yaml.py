@@ -88,6 +88,19 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _plain_int)
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", _LEADING_ZERO, list("-+0"))
 
 
+def _timestamp(loader: _Loader, node: yaml.ScalarNode):
+    """An unquoted date or time, as YAML reads it; one off the calendar (``2026-13-01``) is a YAML error with its
+    line, not a bare ValueError."""
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except (ValueError, OverflowError) as exc:
+        raise yaml.constructor.ConstructorError(None, None, f"{loader.construct_scalar(node)[:80]!r} is not a date "
+                                                f"or time on the calendar ({exc})", node.start_mark) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp)
+
+
 def load(text: str):
     """The document in ``text``; raises ``yaml.YAMLError`` (with a mark where YAML gives one)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass

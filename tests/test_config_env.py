@@ -388,6 +388,8 @@ _SQL = "{name: s, kind: sql, connection_env: LEDGER_S_URL"
     ("audit_schedule: 3\nledgers: []", "audit_schedule must be a mapping of hour and minute"),
     ("partitions_start: hello\nledgers: []", "partitions_start 'hello' is not a day (YYYY-MM-DD)"),
     ("partitions_start: '2026-02-30'\nledgers: []", "partitions_start '2026-02-30' is not a day"),
+    ("partitions_start: 2026-13-01\nledgers: []", "'2026-13-01' is not a date or time on the calendar (month must be in "
+                                                  "1..12) at line 1, column 19"),
     (f"ledgers: [{_SQL}}}]\nreconciliations: 3", "reconciliations must be a list of ledger pairs"),
     (f"ledgers: [{_SQL}}}]\nreconciliations: [3]", "reconciliations[0] must be a mapping"),
     (f"ledgers: [{_SQL}}}]\nreconciliations: [{{name: ../x, left: s, right: s}}]",
