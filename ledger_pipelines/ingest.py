@@ -102,9 +102,12 @@ def _records(stage: str, consumed: int, c: BatchCounts) -> dict[str, int]:
     return record_counts(stage, consumed, c.inserted, c.rejected, duplicates=c.duplicates, conflicts=c.conflicts)
 
 
-def _row_of(value: bytes | None, key: bytes | None, topic: str, part: int, off: int, run_id: str | None,
-            ledger: str | None, max_bytes: int):
-    """The event-log row of a valid message; raises EntryError with the reason otherwise."""
+def message_entry(value: bytes | None, key: bytes | None, topic: str, ledger: str | None, max_bytes: int = MAX_ENTRY_BYTES,
+                  decode: Callable = decode_wire):
+    """The entry of a message of ``topic`` (the entries topic of ``ledger``), decoded by ``decode``; an
+    :class:`EntryError` with the reason for anything the event log refuses: a tombstone, a value over
+    ``max_bytes``, a NUL character, another ledger's entry, a key other than the entry id. The bridge holds
+    what it acts on to the same rules."""
     if value is None:
         raise EntryError("null value (tombstone): entry topics carry entries, not deletions")
     if len(value) > max_bytes:
@@ -112,11 +115,18 @@ def _row_of(value: bytes | None, key: bytes | None, topic: str, part: int, off: 
     if value.find(b"\\u0000") >= 0:
         # PostgreSQL refuses NUL in text; refusing it here keeps one record from failing a batch
         raise EntryError("a string contains the NUL character (\\u0000)")
-    e = decode_wire(value, ledger)
+    e = decode(value, ledger)
     if ledger is not None and e.ledger != ledger:
         raise EntryError(f"ledger: {e.ledger!r} does not belong on topic {topic!r}")
     if key is not None and key != e.entry_id.encode():
         raise EntryError(f"message key {key[:200]!r} differs from entry_id {e.entry_id!r}")
+    return e
+
+
+def _row_of(value: bytes | None, key: bytes | None, topic: str, part: int, off: int, run_id: str | None,
+            ledger: str | None, max_bytes: int):
+    """The event-log row of a valid message; raises EntryError with the reason otherwise."""
+    e = message_entry(value, key, topic, ledger, max_bytes, decode_wire)
     # version identity is the value's bytes: our producers encode canonically (sorted keys, no
     # spaces), so a re-published entry is byte-identical; another producer's formatting of the same
     # content makes a second version with equal economics (never a conflict), and readers take the

@@ -221,9 +221,9 @@ def _decode(decoder: msgspec.json.Decoder, data: bytes | str, known_ledger: str 
     return check_entry(entry, known_ledger=known_ledger)
 
 
-def decode_entry(data: bytes | str) -> CanonicalEntry:
+def decode_entry(data: bytes | str, known_ledger: str | None = None) -> CanonicalEntry:
     """Decode and validate one canonical entry (JSON); raises :class:`EntryError` with the reason."""
-    return _decode(_decoder, data)
+    return _decode(_decoder, data, known_ledger)
 
 
 def decode_wire(data: bytes | str, known_ledger: str | None = None) -> WireEntry:

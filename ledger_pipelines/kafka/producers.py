@@ -19,8 +19,10 @@ DLQ_PAYLOAD_LIMIT = 64 * 1024
 
 
 class PublishError(RuntimeError):
-    def __init__(self, failures: list[tuple[str, str]]):
+    def __init__(self, failures: list[tuple[str, str]], codes: list[Any] | None = None):
         self.failures = failures
+        # (key, reason, KafkaError code or None) of each failure
+        self.detailed = [(k, e, c) for (k, e), c in zip(failures, codes or [None] * len(failures))]
         sample = "; ".join(f"{k}: {e}" for k, e in failures[:5])
         super().__init__(f"{len(failures)} message(s) not acknowledged by Kafka: {sample}")
 
@@ -46,12 +48,14 @@ class _AckingProducer:
         self.client_id = client_id
         self._producer = Producer(conf)
         self._failures: list[tuple[str, str]] = []
+        self._codes: list[Any] = []
         self._acked = 0
 
     def _on_delivery(self, err: KafkaError | None, msg) -> None:
         if err is not None:
             key = msg.key().decode("utf-8", "replace") if msg.key() else "?"
             self._failures.append((key, err.str()))
+            self._codes.append(err.code())
         else:
             self._acked += 1
 
@@ -71,10 +75,12 @@ class _AckingProducer:
         remaining = self._producer.flush(timeout)
         if remaining:
             self._failures.append(("(pending)", f"{remaining} message(s) still unacknowledged after {timeout}s"))
+            self._codes.append(None)
         failures, self._failures = self._failures, []
+        codes, self._codes = self._codes, []
         acked, self._acked = self._acked, 0
         if failures:
-            raise PublishError(failures)
+            raise PublishError(failures, codes)
         return acked
 
 

@@ -103,9 +103,13 @@ class TriggerConsumer:
     def step(self, timeout: float = 0.2) -> int:
         from confluent_kafka import TopicPartition
 
+        from ..ingest import message_entry
+        from ..kafka.topics import ledger_of_topic
+
         msgs = self.consumer.consume(num_messages=self.batch, timeout=timeout)
         if not msgs:
             return 0
+        kafka = self.engine.kafka
         entries, where = [], []
         ends: dict[tuple[str, int], int] = {}
         for m in msgs:
@@ -116,13 +120,16 @@ class TriggerConsumer:
             if m.value() is None:
                 continue
             try:
-                entries.append(decode_entry(m.value()))
+                # what the event log refuses (another ledger's entry on this topic, a key that is not the
+                # entry's id, ...) is never acted on either
+                entries.append(message_entry(m.value(), m.key(), m.topic(), ledger_of_topic(kafka, m.topic()),
+                                             decode=decode_entry))
                 where.append((tp, m.offset()))
             except EntryError as exc:
                 # the event log's ingestion dead-letters it with the same reason; the bridge only skips it
                 self.rejected += 1
-                log.warning("%s[%d]@%d: not a canonical entry (%s); skipped", m.topic(), m.partition(), m.offset(),
-                            exc)
+                log.warning("%s[%d]@%d: not an entry of this topic (%s); skipped", m.topic(), m.partition(),
+                            m.offset(), str(exc)[:500])
         res, pending = self.engine.process_entries(entries)
         for e, (tp, offset) in zip(entries, where):
             if e.entry_id in pending and offset < self.held.get(tp, offset + 1):

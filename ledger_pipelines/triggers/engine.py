@@ -5,10 +5,12 @@ runs an action stays pending, and announces requests and outcomes on ``ledger.br
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from ..config import LedgerConfig, ledger_by_name
+from ..kafka.producers import PublishError
 from ..model import CanonicalEntry, encode_entry
 from ..warehouse import Warehouse
 from .action_log import TERMINAL, Action, ActionLog
@@ -17,6 +19,13 @@ from .rules import TriggerRule
 
 # runs an action may stay pending; at this many it is failed with its last reason (and dead-lettered)
 MAX_PENDING_RUNS = 100
+# an outcome's reason is kept (action log, announcement, DLQ) to this many characters
+MAX_REASON_CHARS = 2000
+log = logging.getLogger(__name__)
+
+
+class _Unavailable(RuntimeError):
+    """An executor that could not be made earlier in the same batch (its reason already cleaned)."""
 
 
 @dataclass
@@ -57,8 +66,32 @@ class TriggerEngine:
             elif rule.kind == "sql_post":
                 self._executors[key] = SqlPoster(ledger_by_name(self.ledgers, rule.action["ledger"]))
             else:
-                self._executors[key] = TopicPublisher(self.producer)
+                self._executors[key] = TopicPublisher(self.kafka)
         return self._executors[key]
+
+    def _unavailable(self, rule: TriggerRule, exc: Exception) -> str:
+        """Why ``rule``'s executor could not be made (its target unreachable at the start, a setting missing),
+        with the secrets of its endpoint taken out: an RPC URL's path and query (where hosted nodes take their
+        API keys), a database URL's password."""
+        import os
+
+        from ..chain import redact
+        from ..settings import StackConfig
+
+        text_ = f"{type(exc).__name__}: {exc}"
+        if rule.kind == "bridge_record":
+            text_ = redact(text_, os.environ.get("LEDGER_BRIDGE_RPC_URL") or StackConfig.from_env().anvil_url)
+        elif rule.kind == "sql_post":
+            from sqlalchemy.engine import make_url
+
+            url = ledger_by_name(self.ledgers, rule.action["ledger"]).connection_url()
+            try:
+                password = make_url(url).password if url else None
+            except Exception:  # not a URL SQLAlchemy reads: its whole text is masked
+                password = url
+            if password:
+                text_ = text_.replace(str(password), "***")
+        return f"{rule.kind} target not available: {text_}"[:MAX_REASON_CHARS]
 
     def process(self, entries: list[CanonicalEntry]) -> BatchResult:
         return self.process_entries(entries)[0]
@@ -116,12 +149,26 @@ class TriggerEngine:
 
     def _act(self, todo: list[Action], res: BatchResult, pending: set[str]) -> None:
         by_exec: dict[int, tuple[Any, list[Action]]] = {}
+        unavailable: list[tuple[Action, str, dict[str, Any], int]] = []
+        down: dict[str, str] = {}  # executors that could not be made in this batch: tried once each
         for a in todo:
-            ex = self.executor(a.rule)
+            key = a.rule.kind + ":" + a.rule.action.get("ledger", "")
+            try:
+                if key in down:
+                    raise _Unavailable(down[key])
+                ex = self.executor(a.rule)
+            except Exception as exc:  # its target down at the start: the action waits for a later run
+                reason = down.setdefault(key, str(exc) if isinstance(exc, _Unavailable) else self._unavailable(a.rule, exc))
+                log.warning("%s: %s; pending, retried on a later run", a.action_id, reason)
+                unavailable.append((a, "pending", {"reason": reason}, 0))
+                continue
             by_exec.setdefault(id(ex), (ex, []))[1].append(a)
-        for ex, actions in by_exec.values():
+        groups = [(ex.run, actions) for ex, actions in by_exec.values()]
+        if unavailable:
+            groups.append((lambda _actions: unavailable, [a for a, *_ in unavailable]))
+        for run, actions in groups:
             self._announce_requested(actions)
-            outcomes = ex.run(actions)
+            outcomes = run(actions)
             before = self.log.pending_runs([a.action_id for a, st, _, _ in outcomes if st == "pending"])
             rows = []
             for a, st, detail, tries in outcomes:
@@ -146,13 +193,16 @@ class TriggerEngine:
             self.log.record(rows)
 
     def _outcome(self, a: Action, status: str, detail: dict[str, Any], tries: int) -> dict[str, Any]:
+        if len(str(detail.get("reason", ""))) > MAX_REASON_CHARS:  # a node's message may quote every argument
+            detail = {**detail, "reason": str(detail["reason"])[:MAX_REASON_CHARS] + "..."}
         return {"action_id": a.action_id, "rule": a.rule.name, "kind": a.kind, "source_ledger": a.entry.ledger,
                 "source_entry_id": a.entry.entry_id, "action_type": a.rule.kind, "status": status,
                 "target_ref": detail.get("reference") or detail.get("txn_id") or detail.get("topic"),
                 "detail": detail, "attempts": tries, "source_booked_at": a.entry.booked_at}
 
     def _dead_letter(self, a: Action, reason: str) -> None:
-        self.dlq.send(a.entry.ledger, f"trigger:{a.rule.name}:{a.entry.entry_id}", reason, encode_entry(a.entry))
+        self.dlq.send(a.entry.ledger, f"trigger:{a.rule.name}:{a.entry.entry_id}", reason[:MAX_REASON_CHARS],
+                      encode_entry(a.entry))
         self.dlq.confirm()
 
     def _announce_requested(self, actions: list[Action]) -> None:
@@ -177,6 +227,10 @@ class TriggerEngine:
                 {"event": "outcome", **{k: r[k] for k in ("action_id", "rule", "kind", "source_entry_id",
                                                           "action_type", "status", "target_ref", "attempts")},
                  "detail": json.loads(r["detail"])}).encode())
-        self.producer.confirm(60)
+        try:
+            self.producer.confirm(60)
+        except PublishError as exc:  # the log holds the outcomes: announced on a later call, never a reason to stop
+            log.warning("announcing %d outcome(s) on %s: %s; announced again later", len(rows), topic, str(exc)[:500])
+            return 0
         self.log.mark_announced([r["action_id"] for r in rows])
         return len(rows)

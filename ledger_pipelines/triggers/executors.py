@@ -59,6 +59,11 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = RETRY_ATTEMPTS,
     raise AssertionError("unreachable")
 
 
+# the longest reference LedgerBridge.record is sent (an EndToEndId has 35 characters, a UETR 36): a longer one is
+# failed at once, never sent with a gas limit it cannot fit
+MAX_REFERENCE_BYTES = 256
+
+
 class BridgeRecorder:
     """``bridge_record``: LedgerBridge.record, several transactions in flight per batch.
 
@@ -156,6 +161,11 @@ class BridgeRecorder:
         out, sent = [], []
         for a in actions:
             ref = a.reference()
+            size = len(ref.encode("utf-8", "surrogatepass"))
+            if size > MAX_REFERENCE_BYTES:  # its gas grows with it past the fixed limit, so no retry can help
+                out.append((a, "failed", {"reason": f"reference of {size} bytes (at most {MAX_REFERENCE_BYTES}): "
+                                                    f"{ref[:80]!r}...", "reference": ref[:80] + "..."}, 0))
+                continue
             if self._down and time.monotonic() < self._down[0]:
                 out.append(self._pending(a, f"not tried, the node failed just before ({self._down[1]})", None, 0,
                                          reference=ref))
@@ -266,11 +276,7 @@ class SqlPoster:
         return out
 
     def _permanent(self, exc: BaseException) -> str | None:
-        from sqlalchemy.exc import InterfaceError, OperationalError
-
-        if isinstance(exc, (OperationalError, InterfaceError)):
-            return None
-        return f"posting into {self.lc.name}: {type(exc).__name__}: {_first_line(exc)}"
+        return None if sql_transient(exc) else f"posting into {self.lc.name}: {type(exc).__name__}: {_first_line(exc)}"
 
     def _post(self, a: Action) -> dict[str, Any]:
         from sqlalchemy.exc import IntegrityError
@@ -311,23 +317,86 @@ class SqlPoster:
         return {"txn_id": txn, "lines": 2, "debit_account": debit, "credit_account": credit}
 
 
+# SQLSTATE classes and codes a later attempt can pass: connection exceptions (08), transaction rollbacks
+# (40: serialization failures, deadlocks), insufficient resources (53), operator intervention (57: a server
+# shutting down or starting), a read-only transaction (25006: a replica during a failover), lock not
+# available (55P03)
+_TRANSIENT_SQLSTATES = ("08", "40", "53", "57", "25006", "55P03")
+# SQLite reports a missing table or column, which no retry creates, as an OperationalError
+_SQLITE_SCHEMA = ("no such table", "no such column", "has no column named")
+
+
+def sql_transient(exc: BaseException) -> bool:
+    """Whether a database error may pass on a later attempt (the target unreachable, restarting, in a failover),
+    by its SQLSTATE where the driver gives one, else by its kind (SQLAlchemy's ``OperationalError`` and
+    ``InterfaceError``), except SQLite's schema errors."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if isinstance(exc, DBAPIError) and isinstance(state, str) and state:
+        return state.startswith(_TRANSIENT_SQLSTATES)
+    if isinstance(exc, OperationalError):
+        return not any(m in str(exc.orig) for m in _SQLITE_SCHEMA)
+    return isinstance(exc, InterfaceError)
+
+
 def _first_line(exc: BaseException) -> str:
     """A database error's message without the statement and parameters SQLAlchemy appends."""
     return (str(exc).strip().splitlines() or [""])[0]
 
 
 class TopicPublisher:
-    """``publish``: the entry (as is) to another topic, key = entry id; consumers dedupe by entry id."""
+    """``publish``: the entry (as is) to another topic, key = entry id; consumers dedupe by entry id.
 
-    def __init__(self, producer):
-        self.producer = producer
+    A producer of its own (the engine's announcements are not its deliveries). Each message is an outcome:
+    ``applied`` once acknowledged; ``failed`` when Kafka refuses it for good (too large for the topic, not
+    authorised, an invalid record); ``pending`` for any other failure (brokers unreachable, a leader election
+    outlasting the delivery timeout), published again on a later run."""
+
+    def __init__(self, kafka):
+        from ..kafka.producers import MessageProducer
+
+        self.producer = MessageProducer(kafka, client_id="ledger-pipelines.bridge.publish", **{"linger.ms": 2})
 
     def run(self, actions: list[Action]) -> list[tuple[Action, str, dict[str, Any], int]]:
-        out = []
+        from confluent_kafka import KafkaException
+
+        from ..kafka.producers import PublishError
+
+        out, sent = [], []
         for a in actions:
             topic = a.rule.action["topic"]
-            self.producer.produce(topic, key=a.entry.entry_id.encode(), value=encode_entry(a.entry),
-                                  headers=[("action_id", a.action_id.encode())])
-            out.append((a, "applied", {"topic": topic}, 1))
-        self.producer.confirm(60)
+            try:
+                self.producer.produce(topic, key=a.entry.entry_id.encode(), value=encode_entry(a.entry),
+                                      headers=[("action_id", a.action_id.encode())])
+                sent.append(a)
+            except KafkaException as exc:  # refused before it leaves (larger than the producer takes, say)
+                err = exc.args[0] if exc.args else None
+                out.append(_delivery_outcome(a, topic, getattr(err, "str", lambda: str(exc))(),
+                                             getattr(err, "code", lambda: None)()))
+        try:
+            self.producer.confirm(60)
+            failures: dict[str, tuple[str, Any]] = {}
+        except PublishError as exc:
+            failures = {key: (text_, code) for key, text_, code in exc.detailed}
+        for a in sent:
+            topic = a.rule.action["topic"]
+            if a.entry.entry_id in failures:
+                out.append(_delivery_outcome(a, topic, *failures[a.entry.entry_id]))
+            elif "(pending)" in failures:
+                out.append((a, "pending", {"topic": topic, "reason": failures["(pending)"][0]}, 1))
+            else:
+                out.append((a, "applied", {"topic": topic}, 1))
         return out
+
+
+def _delivery_outcome(a: Action, topic: str, reason: str, code: Any) -> tuple[Action, str, dict[str, Any], int]:
+    from confluent_kafka import KafkaError
+
+    permanent = {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                 KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE,
+                 KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+    status = "failed" if code in permanent else "pending"
+    if status == "pending":
+        log.warning("%s: publishing to %s: %s; pending, retried on a later run", a.action_id, topic, reason)
+    return a, status, {"topic": topic, "reason": f"publishing to {topic}: {reason}"}, 1

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..config import ConfigError, LedgerConfig, ledger_by_name
-from ..model import CanonicalEntry
+from ..model import STATUSES, CanonicalEntry
 
 ACTION_TYPES = ("bridge_record", "sql_post", "publish")
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
@@ -75,17 +75,54 @@ def rules_from_config(path=None) -> list[TriggerRule]:
     return load_rules(_document(path), load_config(path))
 
 
+_RULE_KEYS = {"name", "source", "action", "filter", "on_orphaned"}
+_ACTION_KEYS = {"bridge_record": {"type", "reference"},
+                "sql_post": {"type", "ledger", "debit_account", "credit_account"},
+                "publish": {"type", "topic"}}
+_AMOUNT = re.compile(r"(0|[1-9][0-9]{0,95})(\.[0-9]{1,96})?")
+
+
+def _amount(name: str, key: str, value: Any) -> Decimal | None:
+    """A filter bound: a non-negative decimal written out (``"45000"``, ``"0.01"``; no NaN, infinity or exponent)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not _AMOUNT.fullmatch(str(value)):
+        raise ConfigError(f"trigger {name}: filter {key} {str(value)[:80]!r} is not a non-negative decimal amount "
+                          "(quoted, e.g. \"45000.00\")")
+    return Decimal(str(value))
+
+
+def _choices(name: str, key: str, value: Any, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    values = _as_tuple(value)
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        raise ConfigError(f"trigger {name}: filter {key} {wrong[0]!r} is not one of {allowed}")
+    return values
+
+
 def load_rules(doc: dict[str, Any], ledgers: list[LedgerConfig]) -> list[TriggerRule]:
     rules, names = [], set()
-    for d in doc.get("triggers", []) or []:
+    triggers = doc.get("triggers", []) or []
+    if not isinstance(triggers, list) or not all(isinstance(d, dict) for d in triggers):
+        raise ConfigError("triggers must be a list of rules (mappings of name, source, action, filter)")
+    for d in triggers:
         name = d.get("name")
         if not isinstance(name, str) or not _RULE_NAME.match(name) or name in names:
             raise ConfigError(f"trigger name {name!r} must be unique and match {_RULE_NAME.pattern}")
         names.add(name)
+        unknown = set(d) - _RULE_KEYS
+        if unknown:  # a misspelt filter: or on_orphaned: would act on every entry or fall back to hold
+            raise ConfigError(f"trigger {name}: unknown keys {sorted(unknown)} (known: {sorted(_RULE_KEYS)})")
         ledger_by_name(ledgers, d.get("source"))
-        action = dict(d.get("action") or {})
+        if not isinstance(d.get("action"), dict):
+            raise ConfigError(f"trigger {name}: action must be a mapping with a type of {ACTION_TYPES}")
+        action = dict(d["action"])
         if action.get("type") not in ACTION_TYPES:
             raise ConfigError(f"trigger {name}: action type {action.get('type')!r} is not one of {ACTION_TYPES}")
+        unknown = set(action) - _ACTION_KEYS[action["type"]]
+        if unknown:
+            raise ConfigError(f"trigger {name}: unknown keys of a {action['type']} action {sorted(unknown)} "
+                              f"(known: {sorted(_ACTION_KEYS[action['type']])})")
         if action["type"] == "sql_post":
             target = ledger_by_name(ledgers, action.get("ledger"))
             if target.kind != "sql":
@@ -99,6 +136,8 @@ def load_rules(doc: dict[str, Any], ledgers: list[LedgerConfig]) -> list[Trigger
                 "correlation_id", "entry_id"):
             raise ConfigError(f"trigger {name}: reference must be correlation_id or entry_id")
         f = d.get("filter") or {}
+        if not isinstance(f, dict):
+            raise ConfigError(f"trigger {name}: filter must be a mapping")
         unknown = set(f) - {"status", "direction", "account", "asset", "min_amount", "max_amount", "attributes",
                             "has_correlation"}
         if unknown:
@@ -106,13 +145,19 @@ def load_rules(doc: dict[str, Any], ledgers: list[LedgerConfig]) -> list[Trigger
         on_orphaned = d.get("on_orphaned", "hold")
         if on_orphaned not in ("hold", "compensate"):
             raise ConfigError(f"trigger {name}: on_orphaned must be hold or compensate")
+        low, high = _amount(name, "min_amount", f.get("min_amount")), _amount(name, "max_amount", f.get("max_amount"))
+        if low is not None and high is not None and low > high:
+            raise ConfigError(f"trigger {name}: filter min_amount {low} is above max_amount {high}: nothing would match")
+        has_correlation = f.get("has_correlation", False)
+        if not isinstance(has_correlation, bool):
+            raise ConfigError(f"trigger {name}: filter has_correlation must be true or false, got {has_correlation!r}")
+        if not isinstance(f.get("attributes") or {}, dict):
+            raise ConfigError(f"trigger {name}: filter attributes must be a mapping")
         rules.append(TriggerRule(
-            name=name, source=d["source"], action=action, statuses=_as_tuple(f.get("status")) or ("booked", "final"),
-            directions=_as_tuple(f.get("direction")), accounts=_as_tuple(f.get("account")),
-            assets=_as_tuple(f.get("asset")),
-            min_amount=Decimal(str(f["min_amount"])) if f.get("min_amount") is not None else None,
-            max_amount=Decimal(str(f["max_amount"])) if f.get("max_amount") is not None else None,
-            attributes=dict(f.get("attributes") or {}), has_correlation=bool(f.get("has_correlation", False)),
-            on_orphaned=on_orphaned,
+            name=name, source=d["source"], action=action,
+            statuses=_choices(name, "status", f.get("status"), STATUSES) or ("booked", "final"),
+            directions=_choices(name, "direction", f.get("direction"), ("debit", "credit")),
+            accounts=_as_tuple(f.get("account")), assets=_as_tuple(f.get("asset")), min_amount=low, max_amount=high,
+            attributes=dict(f.get("attributes") or {}), has_correlation=has_correlation, on_orphaned=on_orphaned,
         ))
     return rules

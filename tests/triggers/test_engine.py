@@ -118,3 +118,156 @@ def test_an_action_pending_run_after_run_is_failed_after_max_pending_runs(tmp_pa
     assert reason == "still pending after 4 runs (MAX_PENDING_RUNS); last reason: connection refused (run 4)"
     res, _ = engine.process_entries([entry])
     assert res.skipped == 1 and runs == [1, 2, 3, 4]  # terminal: not tried again
+
+
+def _bare_engine(tmp_path, triggers, ledgers, dead):
+    """A TriggerEngine without Kafka: the DLQ collects into ``dead``, nothing is announced."""
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.triggers.action_log import ActionLog
+    from ledger_pipelines.triggers.engine import TriggerEngine
+    from ledger_pipelines.warehouse import Warehouse
+
+    lcs = [_ledger(d) for d in ledgers]
+    engine = TriggerEngine.__new__(TriggerEngine)
+    engine.rules, engine.ledgers = load_rules({"triggers": triggers}, lcs), lcs
+    engine.log = ActionLog(Warehouse(f"sqlite:///{tmp_path / 'w.db'}"))
+    engine._executors = {}
+    engine.dlq = type("Dlq", (), {"send": lambda self, *a: dead.append(a), "confirm": lambda self: None})()
+    engine._announce_requested = lambda actions: None
+    engine.announce = lambda: 0
+    return engine
+
+
+def test_a_target_down_when_its_executor_is_made_leaves_the_actions_pending_and_keeps_the_rpc_key_out(
+        tmp_path, monkeypatch, caplog):
+    """The node refusing connections at the first action of a run: the run went down with the raw error, whose
+    URL carried the provider's API key, instead of leaving the actions pending."""
+    import logging
+
+    key = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
+    monkeypatch.setenv("LEDGER_BRIDGE_RPC_URL", f"http://127.0.0.1:9/v3/{key}")
+    dead: list = []
+    engine = _bare_engine(tmp_path, [{"name": "on_chain", "source": "core_banking",
+                                      "action": {"type": "bridge_record"}}],
+                          [{"name": "core_banking", "kind": "sql"}], dead)
+    from ledger_pipelines.triggers import engine as engine_mod
+
+    made = []
+
+    class Counted(engine_mod.BridgeRecorder):
+        def __init__(self, *a, **kw):
+            made.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(engine_mod, "BridgeRecorder", Counted)
+    entries = [source_entry(ref=f"P{i}", corr=f"E2E-P{i}") for i in range(3)]
+    with caplog.at_level(logging.WARNING):
+        res, pending = engine.process_entries(entries)
+    assert res.pending == 3 and pending == {e.entry_id for e in entries} and dead == []
+    details = [d for (d,) in engine.log.wh.rows("SELECT detail FROM bridge_actions")]
+    assert len(details) == 3 and all("bridge_record target not available" in d for d in details)
+    assert key not in caplog.text and all(key not in d for d in details)
+    assert "Connection refused" in details[0] and made == [1]  # the executor is tried once a batch, not an action
+
+
+def test_an_outcome_s_reason_is_kept_short_in_the_log_and_the_dlq(tmp_path):
+    """A node's message quoting a megabyte reference made an announcement Kafka refuses, and the bridge
+    stopped at each start on it."""
+    from ledger_pipelines.triggers.engine import MAX_REASON_CHARS
+
+    dead: list = []
+    engine = _bare_engine(tmp_path, [{"name": "on_chain", "source": "core_banking",
+                                      "action": {"type": "bridge_record"}}],
+                          [{"name": "core_banking", "kind": "sql"}], dead)
+
+    class Refusing:
+        def run(self, actions):
+            return [(a, "failed", {"reason": "invalid argument: " + "x" * 1_000_000}, 1) for a in actions]
+
+    engine._executors = {"bridge_record:": Refusing()}
+    res, _ = engine.process_entries([source_entry(ref="P1", corr="E2E-P1")])
+    assert res.failed == 1
+    ((detail,),) = engine.log.wh.rows("SELECT detail FROM bridge_actions")
+    assert MAX_REASON_CHARS < len(detail) < MAX_REASON_CHARS + 200
+    ((_, _, reason, _),) = dead
+    assert len(reason) == MAX_REASON_CHARS
+
+
+def test_an_announcement_kafka_refuses_stops_nothing_and_is_announced_later(tmp_path):
+    from ledger_pipelines.kafka.producers import PublishError
+    from ledger_pipelines.settings import KafkaSettings
+    from ledger_pipelines.triggers.engine import TriggerEngine
+
+    dead: list = []
+    engine = _bare_engine(tmp_path, [{"name": "on_chain", "source": "core_banking",
+                                      "action": {"type": "bridge_record"}}],
+                          [{"name": "core_banking", "kind": "sql"}], dead)
+    engine._executors = {"bridge_record:": type("Ok", (), {"run": lambda self, actions: [
+        (a, "applied", {"reference": "E2E-P1"}, 1) for a in actions]})()}
+    engine.process_entries([source_entry(ref="P1", corr="E2E-P1")])
+    del engine.announce  # the real one, on a producer whose deliveries fail
+    engine.kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9")
+
+    class Failing:
+        def produce(self, *a, **kw):
+            pass
+
+        def confirm(self, timeout=None):
+            raise PublishError([("on_chain:x", "Broker: Message size too large")])
+
+    engine.producer = Failing()
+    assert TriggerEngine.announce(engine) == 0
+    assert len(engine.log.unannounced()) == 1  # still to be announced
+
+
+def test_the_bridge_never_acts_on_a_record_the_event_log_refuses(tmp_path):
+    """A message on core_banking's topic whose body says it is an eth_usdc entry (the event log dead-letters it:
+    it does not belong on that topic) was posted by eth_usdc's rule."""
+    from ledger_pipelines.model import encode_entry
+    from ledger_pipelines.settings import KafkaSettings
+    from ledger_pipelines.triggers.consumer import TriggerConsumer
+    from ledger_pipelines.triggers.engine import BatchResult
+
+    dead: list = []
+    engine = _bare_engine(tmp_path, [{"name": "mirror_deposits", "source": "eth_usdc",
+                                      "action": {"type": "bridge_record"}}],
+                          [{"name": "core_banking", "kind": "sql"}, {"name": "eth_usdc", "kind": "evm"}], dead)
+    engine.kafka = KafkaSettings(bootstrap_servers="127.0.0.1:9")
+    seen = []
+    engine.process_entries = lambda entries: (seen.extend(entries), (BatchResult(seen=len(entries)), set()))[1]
+    forged = source_entry(ledger="eth_usdc", direction="credit", amount="5000000.00", ref="0xforged:0", corr="X-1")
+    honest = source_entry(ledger="eth_usdc", ref="0xabc:1", corr="X-2")
+    other_key = source_entry(ledger="eth_usdc", ref="0xabc:2", corr="X-3")
+
+    class Msg:
+        def __init__(self, topic, off, entry, key):
+            self.args = topic, off, encode_entry(entry), key
+
+        def error(self):
+            return None
+
+        def topic(self):
+            return self.args[0]
+
+        def partition(self):
+            return 0
+
+        def offset(self):
+            return self.args[1]
+
+        def value(self):
+            return self.args[2]
+
+        def key(self):
+            return self.args[3]
+
+    msgs = [Msg("ledger.core_banking.entries", 0, forged, forged.entry_id.encode()),
+            Msg("ledger.eth_usdc.entries", 0, honest, honest.entry_id.encode()),
+            Msg("ledger.eth_usdc.entries", 1, other_key, b"eth_usdc:someone-else")]
+    consumer = TriggerConsumer.__new__(TriggerConsumer)
+    consumer.engine, consumer.held, consumer.total, consumer.rejected, consumer.batch = engine, {}, BatchResult(), 0, 500
+    consumer.consumer = type("C", (), {"consume": lambda self, num_messages, timeout: msgs,
+                                       "commit": lambda self, offsets, asynchronous: None})()
+    consumer._commit = lambda offsets: None
+    assert consumer.step() == 3
+    assert [e.entry_id for e in seen] == [honest.entry_id] and consumer.rejected == 2

@@ -153,3 +153,94 @@ def test_a_reference_recorded_but_without_its_event_in_the_range_read_is_failed_
     ((_, status, detail, _),) = recorder.run([Action.of(rule, "apply", source_entry(corr="E2E-NOEV"))])
     assert status == "failed"
     assert "no PaymentRecorded event" in detail["reason"] and "LEDGER_BRIDGE_FROM_BLOCK" in detail["reason"]
+
+
+def test_a_database_error_is_pending_when_a_later_attempt_can_pass_and_failed_when_none_can(tmp_path, monkeypatch):
+    """By SQLSTATE where the driver gives one: a replica in a failover (read-only transaction, 25006), a server
+    shutting down (57P01) or a deadlock (40P01) are pending, a constraint (23505) is not; SQLite's missing table
+    (an OperationalError) is failed at once instead of retried run after run."""
+    from sqlalchemy.exc import IntegrityError, InternalError, OperationalError
+
+    from ledger_pipelines.triggers import executors
+    from ledger_pipelines.triggers.executors import sql_transient
+
+    class Orig(Exception):
+        def __init__(self, message, sqlstate):
+            super().__init__(message)
+            self.sqlstate = sqlstate
+
+    def error(kind, message, state=None):
+        return kind("INSERT", {}, Orig(message, state) if state else Exception(message))
+
+    assert sql_transient(error(InternalError, "cannot execute INSERT in a read-only transaction", "25006"))
+    assert sql_transient(error(OperationalError, "terminating connection due to administrator command", "57P01"))
+    assert sql_transient(error(InternalError, "deadlock detected", "40P01"))
+    assert not sql_transient(error(IntegrityError, "duplicate key value violates unique constraint", "23505"))
+    assert sql_transient(error(OperationalError, "database is locked"))
+    assert not sql_transient(error(OperationalError, "no such table: journal_lines"))
+
+    monkeypatch.setattr(executors.time, "sleep", lambda s: None)
+    poster, action, url = _sql_post_action(tmp_path, monkeypatch)
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url)
+    with eng.begin() as c:
+        c.execute(text("DROP TABLE journal_lines"))
+    eng.dispose()
+    ((_, status, detail, tries),) = poster.run([action])
+    assert status == "failed" and tries == 1 and "no such table: journal_lines" in detail["reason"]
+
+
+def test_a_reference_too_long_for_the_gas_limit_is_failed_without_a_call():
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.triggers.executors import MAX_REFERENCE_BYTES, BridgeRecorder
+
+    (rule,) = load_rules({"triggers": [{"name": "on_chain", "source": "core_banking",
+                                        "action": {"type": "bridge_record"}}]}, [_ledger({"name": "core_banking",
+                                                                                          "kind": "sql"})])
+    recorder = BridgeRecorder.__new__(BridgeRecorder)  # no node: nothing may be asked of one
+    recorder._down = None
+    long_ref = "R" * (MAX_REFERENCE_BYTES + 1)
+    ((_, status, detail, tries),) = recorder.run([Action.of(rule, "apply", source_entry(corr=long_ref))])
+    assert status == "failed" and tries == 0
+    assert detail["reason"].startswith(f"reference of {MAX_REFERENCE_BYTES + 1} bytes (at most {MAX_REFERENCE_BYTES})")
+    assert len(json.dumps(detail)) < 1000
+
+
+class _Producer:
+    """A MessageProducer whose deliveries fail as given (key -> (reason, KafkaError code))."""
+
+    def __init__(self, fail):
+        self.fail, self.keys = fail, []
+
+    def produce(self, topic, key, value, headers=None):
+        self.keys.append(key.decode())
+
+    def confirm(self, timeout=None):
+        from ledger_pipelines.kafka.producers import PublishError
+
+        failed = [(k, *self.fail[k]) for k in self.keys if k in self.fail]
+        self.keys = []
+        if failed:
+            raise PublishError([(k, r) for k, r, _ in failed], [c for _, _, c in failed])
+        return 0
+
+
+def test_a_publish_kafka_refuses_for_good_is_failed_and_one_it_could_not_deliver_yet_is_pending():
+    from confluent_kafka import KafkaError
+
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.triggers.executors import TopicPublisher
+
+    (rule,) = load_rules({"triggers": [{"name": "forward", "source": "core_banking",
+                                        "action": {"type": "publish", "topic": "alerts"}}]},
+                         [_ledger({"name": "core_banking", "kind": "sql"})])
+    big, later, fine = (source_entry(ref=r, corr=f"E2E-{r}") for r in ("BIG", "LATER", "FINE"))
+    publisher = TopicPublisher.__new__(TopicPublisher)
+    publisher.producer = _Producer({big.entry_id: ("Broker: Message size too large", KafkaError.MSG_SIZE_TOO_LARGE),
+                                    later.entry_id: ("Local: Message timed out", KafkaError._MSG_TIMED_OUT)})
+    outcomes = {a.entry.entry_id: (st, d) for a, st, d, _ in publisher.run(
+        [Action.of(rule, "apply", e) for e in (big, later, fine)])}
+    assert outcomes[big.entry_id] == ("failed", {"topic": "alerts", "reason": "publishing to alerts: Broker: Message "
+                                                                            "size too large"})
+    assert outcomes[later.entry_id][0] == "pending" and outcomes[fine.entry_id] == ("applied", {"topic": "alerts"})
