@@ -35,17 +35,23 @@ its journal lines. So a crash between acting and logging is recovered by looking
 twice. Kafka offsets are committed only after a batch's actions are logged (at-least-once delivery,
 idempotent effect). Transient errors are retried with backoff for a few seconds; one that outlasts
 that (connection refused, a timeout, HTTP 5xx, a node restarting, a nonce taken by another sender,
-insufficient funds for gas, a target database unreachable: a connection-level error, SQLAlchemy's
-``OperationalError``/``InterfaceError``) leaves the action ``pending`` in the action log with the reason
+insufficient funds for gas, a target database unreachable or in a failover: by its SQLSTATE where the
+driver gives one, else SQLAlchemy's ``OperationalError``/``InterfaceError`` other than SQLite's missing table
+or column, see :func:`.executors.sql_transient`; a target that cannot be reached when the run makes its
+executor; a ``publish`` not acknowledged yet) leaves the action ``pending`` in the action log with the reason
 and the number of runs it has been pending (``detail.pending_runs``), and its source record uncommitted,
 so a later run acts on it (asking the target first, as after a crash). An action still pending after
 ``MAX_PENDING_RUNS`` runs is ``failed`` with its last reason, so one action never holds its partition for
 ever. Every other cause is permanent and logged as ``failed`` and sent to the DLQ with the reason: a call
 reverted (with the contract's reason); an argument the ABI refuses; a duplicate reference from another
-entry; a reference recorded on chain whose event is not found from the bridge's first block; an amount
-beyond 255 decimals; a bad rule; a target database refusing the posting (``DataError``,
-``ProgrammingError``, an ``IntegrityError`` with no ``bridge_postings`` row of the action). Requests and
-outcomes (``pending`` included) are produced to ``ledger.bridge.actions`` (key: action id).
+entry; a reference over 256 bytes; a reference recorded on chain whose event is not found from the bridge's
+first block; an amount beyond 255 decimals; a target database refusing the posting (``DataError``,
+``ProgrammingError``, an ``IntegrityError`` with no ``bridge_postings`` row of the action); a ``publish``
+Kafka refuses for good (too large, not authorised). A bad rule stops the configuration from loading. Reasons
+are kept to 2,000 characters. Requests and outcomes (``pending`` included) are produced to
+``ledger.bridge.actions`` (key: action id); an announcement that fails is made again later and stops nothing.
+
+The consumer acts only on records the event log would take (:func:`ledger_pipelines.ingest.message_entry`).
 
 Modules, the way data flows: :mod:`.rules` (the rules and their checks), :mod:`.consumer` (the Kafka consumer
 loop), :mod:`.engine` (a batch against the rules and the log), :mod:`.executors` (acting on the targets),

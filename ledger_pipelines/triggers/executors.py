@@ -242,9 +242,9 @@ POSTINGS_DDL = ("CREATE TABLE IF NOT EXISTS bridge_postings (action_id VARCHAR(1
 class SqlPoster:
     """``sql_post``: two journal lines and a ``bridge_postings`` row, in one transaction of the target.
 
-    ``pending``: a connection-level error (SQLAlchemy's ``OperationalError``, ``InterfaceError``) outlasting the
-    in-run retries. ``failed``: any other error (``DataError``, ``ProgrammingError``, ...), at once, and an
-    ``IntegrityError`` unless the action's ``bridge_postings`` row is there (then it was posted concurrently)."""
+    ``pending``: an error a later attempt can pass (:func:`sql_transient`) outlasting the in-run retries.
+    ``failed``: any other error (``DataError``, ``ProgrammingError``, ...), at once, and an ``IntegrityError``
+    unless the action's ``bridge_postings`` row is there (then it was posted concurrently)."""
 
     def __init__(self, lc: LedgerConfig):
         from sqlalchemy import create_engine
