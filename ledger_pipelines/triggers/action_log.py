@@ -18,21 +18,29 @@ from .rules import TriggerRule
 
 @dataclass(frozen=True)
 class Action:
+    """One action of a rule on a source entry. ``generation`` counts the times the entry's action was applied and
+    compensated before: a chain leg orphaned by a reorganisation (compensated) and mined again under the same
+    entry id is applied again as generation 1, with ids and references of their own."""
+
     action_id: str
     rule: TriggerRule
     kind: str  # apply | compensate
     entry: CanonicalEntry
+    generation: int = 0
 
     @staticmethod
-    def of(rule: TriggerRule, kind: str, entry: CanonicalEntry) -> "Action":
-        digest = hashlib.sha256(f"{rule.name}|{entry.entry_id}|{kind}".encode()).hexdigest()[:32]
-        return Action(f"{rule.name}:{digest}", rule, kind, entry)
+    def of(rule: TriggerRule, kind: str, entry: CanonicalEntry, generation: int = 0) -> "Action":
+        text_ = f"{rule.name}|{entry.entry_id}|{kind}" + (f"|{generation}" if generation else "")
+        digest = hashlib.sha256(text_.encode()).hexdigest()[:32]
+        return Action(f"{rule.name}:{digest}", rule, kind, entry, generation)
 
     def reference(self) -> str:
         if self.rule.action.get("reference", "correlation_id") == "correlation_id" and self.entry.correlation_id:
             ref = self.entry.correlation_id
         else:
             ref = self.entry.entry_id
+        if self.generation:
+            ref = f"{ref}:again{self.generation}"
         return ref if self.kind == "apply" else f"{ref}:compensation"
 
 

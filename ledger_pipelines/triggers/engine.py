@@ -111,15 +111,32 @@ class TriggerEngine:
                         res.held += 1
                     continue
                 wanted.append(Action.of(rule, kind, e))
-        # one action per id (a batch may carry an entry's pending and final versions)
-        unique: dict[str, Action] = {}
+        # one action per rule and entry, the one its latest version in the batch asks for (a batch may carry an
+        # entry's pending, orphaned and final versions: a leg orphaned and mined again within it is applied once)
+        latest: dict[tuple[str, str], Action] = {}
         for a in wanted:
-            unique.setdefault(a.action_id, a)
+            latest[(a.rule.name, a.entry.entry_id)] = a
+        current = self._generations(list(latest.values()))
         for kind in ("apply", "compensate"):
-            todo = self._todo([a for a in unique.values() if a.kind == kind], res, pending)
+            todo = self._todo([a for a in current if a.kind == kind], res, pending)
             self._act(todo, res, pending)
         self.announce()
         return res, pending
+
+    def _generations(self, actions: list[Action]) -> list[Action]:
+        """Each action in the generation it belongs to: past every generation whose apply and compensation
+        are both applied (an entry orphaned, compensated and then seen again), else as given."""
+        out = []
+        both = [(Action.of(a.rule, "apply", a.entry), Action.of(a.rule, "compensate", a.entry)) for a in actions]
+        status = self.log.status([x.action_id for pair in both for x in pair])
+        for a, (ap, cp) in zip(actions, both):
+            g = 0
+            while status.get(ap.action_id) == "applied" and status.get(cp.action_id) == "applied":
+                g += 1  # rare: one look-up a generation
+                ap, cp = Action.of(a.rule, "apply", a.entry, g), Action.of(a.rule, "compensate", a.entry, g)
+                status.update(self.log.status([ap.action_id, cp.action_id]))
+            out.append(a if g == 0 else Action.of(a.rule, a.kind, a.entry, g))
+        return out
 
     def _todo(self, actions: list[Action], res: BatchResult, pending: set[str]) -> list[Action]:
         status = self.log.status([a.action_id for a in actions])
@@ -129,7 +146,7 @@ class TriggerEngine:
                 res.skipped += 1
                 continue
             if a.kind == "compensate":
-                apply_id = Action.of(a.rule, "apply", a.entry).action_id
+                apply_id = Action.of(a.rule, "apply", a.entry, a.generation).action_id
                 applied = self.log.status([apply_id]).get(apply_id)
                 if applied == "pending":  # not known yet whether it was done: decided once it is
                     res.pending += 1

@@ -271,3 +271,45 @@ def test_the_bridge_never_acts_on_a_record_the_event_log_refuses(tmp_path):
     consumer._commit = lambda offsets: None
     assert consumer.step() == 3
     assert [e.entry_id for e in seen] == [honest.entry_id] and consumer.rejected == 2
+
+
+def test_a_deposit_orphaned_compensated_and_mined_again_is_mirrored_again_once(tmp_path, monkeypatch):
+    """A reorganisation takes a chain leg away (compensated) and the new chain mines the same transaction again,
+    same entry id: the mirror was left posted-and-reversed (net 0) for a deposit final on chain. It is applied
+    again as a generation of its own, once however often its versions are seen, and a second reorganisation
+    compensates that generation."""
+    from decimal import Decimal
+
+    from sqlalchemy import create_engine, text
+
+    from ledger_pipelines.connectors.sql.journal import SqlLedger
+    from ledger_pipelines.connectors.sql.mapping import ColumnMapping
+
+    mirror = f"sqlite:///{tmp_path / 'mirror.db'}"
+    SqlLedger(mirror, ColumnMapping(), "mirror").create_journal()
+    monkeypatch.setenv("LEDGER_T_MIRROR_URL", mirror)
+    dead: list = []
+    engine = _bare_engine(tmp_path, [
+        {"name": "mirror_now", "source": "eth_usdc", "filter": {"direction": "credit"}, "on_orphaned": "compensate",
+         "action": {"type": "sql_post", "ledger": "mirror", "debit_account": "GL-1200-USDC",
+                    "credit_account": "GL-2300-CLIENTS"}}],
+        [{"name": "eth_usdc", "kind": "evm"}, {"name": "mirror", "kind": "sql", "connection_env": "LEDGER_T_MIRROR_URL"}],
+        dead)
+    dep = dict(ledger="eth_usdc", account="0xabc", direction="credit", amount="250.00", ref="0xt:1", corr="D-1")
+    pending, orphaned, final = (source_entry(status=s, **dep) for s in ("pending", "orphaned", "final"))
+
+    def usdc_balance() -> tuple[int, str]:
+        with create_engine(mirror).connect() as c:
+            rows = c.execute(text("SELECT side, amount FROM journal_lines WHERE account = 'GL-1200-USDC'")).all()
+        net = sum((Decimal(amount) if side == "D" else -Decimal(amount) for side, amount in rows), Decimal(0))
+        return len(rows), f"{net:.2f}"
+
+    assert engine.process([pending]).applied == 1 and usdc_balance() == (1, "250.00")
+    assert engine.process([orphaned]).applied == 1 and usdc_balance() == (2, "0.00")  # reversed
+    assert engine.process([pending, final]).applied == 1 and usdc_balance() == (3, "250.00")  # mined again
+    assert engine.process([final, pending]).skipped == 1 and usdc_balance() == (3, "250.00")  # once
+    assert engine.process([orphaned]).applied == 1 and usdc_balance() == (4, "0.00")  # a second reorganisation
+    assert engine.process([orphaned]).skipped == 1 and usdc_balance() == (4, "0.00")
+    # within one batch, the latest version decides: orphaned and back again before anything was compensated
+    assert engine.process([pending, orphaned, final]).applied == 1 and usdc_balance() == (5, "250.00")
+    assert engine.process([final]).skipped == 1 and usdc_balance() == (5, "250.00") and dead == []
