@@ -39,10 +39,11 @@ insufficient funds for gas, a target database unreachable or in a failover: by i
 driver gives one, else SQLAlchemy's ``OperationalError``/``InterfaceError`` other than SQLite's missing table
 or column, see :func:`.executors.sql_transient`; a target that cannot be reached when the run makes its
 executor; a ``publish`` not acknowledged yet) leaves the action ``pending`` in the action log with the reason
-and the number of runs it has been pending (``detail.pending_runs``), and its source record uncommitted,
-so a later run acts on it (asking the target first, as after a crash). An action still pending after
-``MAX_PENDING_RUNS`` runs is ``failed`` with its last reason, so one action never holds its partition for
-ever. Every other cause is permanent and logged as ``failed`` and sent to the DLQ with the reason: a call
+the runs it has been pending and since when (``detail.pending_runs``, ``detail.pending_since``), and its
+source record uncommitted,
+so a later run acts on it (asking the target first, as after a crash). An action still pending
+``MAX_PENDING_SECONDS`` (3 days) after it first was is ``failed`` with its last reason, so one action never
+holds its partition for ever. Every other cause is permanent and logged as ``failed`` and sent to the DLQ with the reason: a call
 reverted (with the contract's reason); an argument the ABI refuses; a duplicate reference from another
 entry; a reference over 256 bytes; a reference recorded on chain whose event is not found from the bridge's
 first block; an amount beyond 255 decimals; a target database refusing the posting (``DataError``,

@@ -73,15 +73,18 @@ class ActionLog:
     def status(self, ids: list[str]) -> dict[str, str]:
         return dict(self._by_ids("SELECT action_id, status FROM bridge_actions WHERE 1 = 1", ids))
 
-    def pending_runs(self, ids: list[str]) -> dict[str, int]:
-        """For each of ``ids`` logged ``pending``: the runs it has been pending (``detail.pending_runs``)."""
-        out: dict[str, int] = {}
+    def pending_since(self, ids: list[str]) -> dict[str, tuple[int, str | None]]:
+        """For each of ``ids`` logged ``pending``: the runs it has been pending (``detail.pending_runs``) and when
+        it first was (``detail.pending_since``, RFC 3339 UTC; None when the log does not say)."""
+        out: dict[str, tuple[int, str | None]] = {}
         for aid, detail in self._by_ids("SELECT action_id, detail FROM bridge_actions WHERE status = 'pending'", ids):
             try:
-                runs = json.loads(detail).get("pending_runs", 1)
+                doc = json.loads(detail)
+                runs, since = doc.get("pending_runs", 1), doc.get("pending_since")
             except (ValueError, AttributeError):
-                runs = 1
-            out[aid] = runs if isinstance(runs, int) and not isinstance(runs, bool) and runs > 0 else 1
+                runs, since = 1, None
+            out[aid] = (runs if isinstance(runs, int) and not isinstance(runs, bool) and runs > 0 else 1,
+                        since if isinstance(since, str) else None)
         return out
 
     def record(self, outcomes: list[dict[str, Any]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from ..config import LedgerConfig, ledger_by_name
@@ -17,8 +18,21 @@ from .action_log import TERMINAL, Action, ActionLog
 from .executors import BridgeRecorder, SqlPoster, TopicPublisher
 from .rules import TriggerRule
 
-# runs an action may stay pending; at this many it is failed with its last reason (and dead-lettered)
-MAX_PENDING_RUNS = 100
+# how long an action may stay pending (a target down, retried run after run); then it is failed with its last
+# reason (and dead-lettered): by time, not by runs, so that a bridge retrying every 30 s and a sensor every
+# 5 minutes ride out the same outage
+MAX_PENDING_SECONDS = 3 * 24 * 3600
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _parse_utc(text_: str, default: datetime) -> datetime:
+    try:
+        return datetime.strptime(text_, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return default
 # an outcome's reason is kept (action log, announcement, DLQ) to this many characters
 MAX_REASON_CHARS = 2000
 log = logging.getLogger(__name__)
@@ -186,16 +200,19 @@ class TriggerEngine:
         for run, actions in groups:
             self._announce_requested(actions)
             outcomes = run(actions)
-            before = self.log.pending_runs([a.action_id for a, st, _, _ in outcomes if st == "pending"])
+            before = self.log.pending_since([a.action_id for a, st, _, _ in outcomes if st == "pending"])
+            now = _now()
             rows = []
             for a, st, detail, tries in outcomes:
                 if st == "pending":
-                    runs = before.get(a.action_id, 0) + 1
-                    detail = {**detail, "pending_runs": runs}
-                    if runs >= MAX_PENDING_RUNS:  # never holds its partition for ever
+                    runs, since = before.get(a.action_id, (0, None))
+                    since = since or now.strftime("%Y-%m-%dT%H:%M:%SZ")
+                    detail = {**detail, "pending_runs": runs + 1, "pending_since": since}
+                    waited = (now - _parse_utc(since, now)).total_seconds()
+                    if waited >= MAX_PENDING_SECONDS:  # never holds its partition for ever
                         st = "failed"
-                        detail["reason"] = (f"still pending after {runs} runs (MAX_PENDING_RUNS); last reason: "
-                                            f"{detail.get('reason', 'none given')}")
+                        detail["reason"] = (f"still pending after {waited / 3600:.0f} hours ({runs + 1} runs, "
+                                            f"MAX_PENDING_SECONDS); last reason: {detail.get('reason', 'none given')}")
                 rows.append(self._outcome(a, st, detail, tries))
                 if st == "failed":
                     res.failed += 1

@@ -1,5 +1,5 @@
 """The engine: a batch against the rules and the action log; each action once, compensations after applies,
-held rules wait for final entries, and an action pending run after run is failed at MAX_PENDING_RUNS."""
+held rules wait for final entries, and an action pending for MAX_PENDING_SECONDS is failed."""
 
 from __future__ import annotations
 
@@ -79,13 +79,18 @@ def test_orphaned_source_entries_are_compensated_or_held_by_rule(tmp_path, kafka
     assert [g["entry_id"] for g in got] == ["eth_usdc:0xt:3"]
 
 
-def test_an_action_pending_run_after_run_is_failed_after_max_pending_runs(tmp_path, monkeypatch):
+def test_an_action_pending_for_max_pending_seconds_is_failed_however_often_it_was_tried(tmp_path, monkeypatch):
+    """By time, not by runs: a bridge retrying every 30 s failed every action of a 50-minute outage at 100 runs."""
+    from datetime import datetime, timedelta, timezone
+
     from ledger_pipelines.config import _ledger
+    from ledger_pipelines.triggers import engine as engine_mod
     from ledger_pipelines.triggers.action_log import ActionLog
-    from ledger_pipelines.triggers.engine import TriggerEngine
+    from ledger_pipelines.triggers.engine import MAX_PENDING_SECONDS, TriggerEngine
     from ledger_pipelines.warehouse import Warehouse
 
-    monkeypatch.setattr("ledger_pipelines.triggers.engine.MAX_PENDING_RUNS", 4)
+    clock = [datetime(2026, 11, 18, 10, 0, tzinfo=timezone.utc)]
+    monkeypatch.setattr(engine_mod, "_now", lambda: clock[0])
     lcs = [_ledger({"name": "core_banking", "kind": "sql"})]
     rules = load_rules({"triggers": [{"name": "payments_on_chain", "source": "core_banking",
                                       "action": {"type": "bridge_record"}}]}, lcs)
@@ -106,18 +111,20 @@ def test_an_action_pending_run_after_run_is_failed_after_max_pending_runs(tmp_pa
     engine.announce = lambda: 0
     entry = source_entry(ref="P9", corr="E2E-P9")
     aid = Action.of(rules[0], "apply", entry).action_id
-    for n in (1, 2, 3):
+    for n in range(1, 201):  # 200 runs 30 s apart: 100 minutes of outage, still pending
         res, pending = engine.process_entries([entry])
         assert res.pending == 1 and pending == {entry.entry_id} and dead == []
-        (detail,) = engine.log.wh.rows("SELECT detail FROM bridge_actions WHERE action_id = :a", a=aid)[0]
-        assert json.loads(detail)["pending_runs"] == n
+        clock[0] += timedelta(seconds=30)
+    (detail,) = engine.log.wh.rows("SELECT detail FROM bridge_actions WHERE action_id = :a", a=aid)[0]
+    assert json.loads(detail)["pending_runs"] == 200 and json.loads(detail)["pending_since"] == "2026-11-18T10:00:00Z"
+    clock[0] = datetime(2026, 11, 18, 10, 0, tzinfo=timezone.utc) + timedelta(seconds=MAX_PENDING_SECONDS)
     res, pending = engine.process_entries([entry])
     assert res.failed == 1 and res.pending == 0 and pending == set()
     assert engine.log.status([aid]) == {aid: "failed"}
     ((_, _, reason, _),) = dead
-    assert reason == "still pending after 4 runs (MAX_PENDING_RUNS); last reason: connection refused (run 4)"
+    assert reason == "still pending after 72 hours (201 runs, MAX_PENDING_SECONDS); last reason: connection refused (run 201)"
     res, _ = engine.process_entries([entry])
-    assert res.skipped == 1 and runs == [1, 2, 3, 4]  # terminal: not tried again
+    assert res.skipped == 1 and len(runs) == 201  # terminal: not tried again
 
 
 def _bare_engine(tmp_path, triggers, ledgers, dead):
