@@ -130,16 +130,18 @@ class TriggerEngine:
         latest: dict[tuple[str, str], Action] = {}
         for a in wanted:
             latest[(a.rule.name, a.entry.entry_id)] = a
-        current = self._generations(list(latest.values()))
+        current = self._generations(list(latest.values()), pending)
         for kind in ("apply", "compensate"):
             todo = self._todo([a for a in current if a.kind == kind], res, pending)
             self._act(todo, res, pending)
         self.announce()
         return res, pending
 
-    def _generations(self, actions: list[Action]) -> list[Action]:
+    def _generations(self, actions: list[Action], hold: set[str]) -> list[Action]:
         """Each action in the generation it belongs to: past every generation whose apply and compensation
-        are both applied (an entry orphaned, compensated and then seen again), else as given."""
+        are both applied (an entry orphaned, compensated and then seen again), else as given. An entry seen
+        again while its compensation's outcome is unknown (``pending``) gets that compensation settled first
+        and is held (added to ``hold``): its next generation is decided once the compensation is known."""
         out = []
         both = [(Action.of(a.rule, "apply", a.entry), Action.of(a.rule, "compensate", a.entry)) for a in actions]
         status = self.log.status([x.action_id for pair in both for x in pair])
@@ -149,6 +151,10 @@ class TriggerEngine:
                 g += 1  # rare: one look-up a generation
                 ap, cp = Action.of(a.rule, "apply", a.entry, g), Action.of(a.rule, "compensate", a.entry, g)
                 status.update(self.log.status([ap.action_id, cp.action_id]))
+            if a.kind == "apply" and status.get(ap.action_id) == "applied" and status.get(cp.action_id) == "pending":
+                out.append(cp)
+                hold.add(a.entry.entry_id)
+                continue
             out.append(a if g == 0 else Action.of(a.rule, a.kind, a.entry, g))
         return out
 

@@ -320,3 +320,39 @@ def test_a_deposit_orphaned_compensated_and_mined_again_is_mirrored_again_once(t
     # within one batch, the latest version decides: orphaned and back again before anything was compensated
     assert engine.process([pending, orphaned, final]).applied == 1 and usdc_balance() == (5, "250.00")
     assert engine.process([final]).skipped == 1 and usdc_balance() == (5, "250.00") and dead == []
+
+
+def test_an_entry_seen_again_while_its_compensation_is_unknown_has_it_settled_first(tmp_path):
+    """The compensation's outcome unknown (pending: sent, no answer) when the leg is mined again: the
+    compensation is settled first and the entry held, then the next generation is applied; before, the
+    compensation was never asked for again."""
+    dead: list = []
+    engine = _bare_engine(tmp_path, [
+        {"name": "mirror_now", "source": "eth_usdc", "on_orphaned": "compensate",
+         "action": {"type": "bridge_record", "reference": "entry_id"}}], [{"name": "eth_usdc", "kind": "evm"}], dead)
+    calls = []
+
+    class Flaky:
+        answers = {"compensate": ["pending", "applied"]}
+
+        def run(self, actions):
+            out = []
+            for a in actions:
+                calls.append((a.kind, a.generation))
+                queue = self.answers.get(a.kind)
+                st = queue.pop(0) if queue else "applied"
+                out.append((a, st, {"reference": a.reference(), **({"reason": "no receipt"} if st == "pending" else {})},
+                            1))
+            return out
+
+    engine._executors = {"bridge_record:": Flaky()}
+    dep = dict(ledger="eth_usdc", account="0xabc", direction="credit", amount="250.00", ref="0xt:1", corr="D-1")
+    pending, orphaned, final = (source_entry(status=s, **dep) for s in ("pending", "orphaned", "final"))
+    engine.process_entries([pending])
+    res, held = engine.process_entries([orphaned])
+    assert res.pending == 1 and held == {pending.entry_id}
+    res, held = engine.process_entries([final])  # mined again: the compensation is settled, the entry held
+    assert calls[-1] == ("compensate", 0) and res.applied == 1 and held == {final.entry_id}
+    res, held = engine.process_entries([final])
+    assert calls[-1] == ("apply", 1) and res.applied == 1 and held == set()
+    assert calls == [("apply", 0), ("compensate", 0), ("compensate", 0), ("apply", 1)] and dead == []
