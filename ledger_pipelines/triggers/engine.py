@@ -141,7 +141,8 @@ class TriggerEngine:
         """Each action in the generation it belongs to: past every generation whose apply and compensation
         are both applied (an entry orphaned, compensated and then seen again), else as given. An entry seen
         again while its compensation's outcome is unknown (``pending``) gets that compensation settled first
-        and is held (added to ``hold``): its next generation is decided once the compensation is known."""
+        and is held (added to ``hold``): its next generation is decided once the compensation is known. A
+        compensation whose apply's outcome is unknown comes with that apply, settled first in the batch."""
         out = []
         both = [(Action.of(a.rule, "apply", a.entry), Action.of(a.rule, "compensate", a.entry)) for a in actions]
         status = self.log.status([x.action_id for pair in both for x in pair])
@@ -155,6 +156,8 @@ class TriggerEngine:
                 out.append(cp)
                 hold.add(a.entry.entry_id)
                 continue
+            if a.kind == "compensate" and status.get(ap.action_id) == "pending":
+                out.append(ap)  # its outcome unknown: settled first (applies run before compensations)
             out.append(a if g == 0 else Action.of(a.rule, a.kind, a.entry, g))
         return out
 

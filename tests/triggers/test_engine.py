@@ -356,3 +356,33 @@ def test_an_entry_seen_again_while_its_compensation_is_unknown_has_it_settled_fi
     res, held = engine.process_entries([final])
     assert calls[-1] == ("apply", 1) and res.applied == 1 and held == set()
     assert calls == [("apply", 0), ("compensate", 0), ("compensate", 0), ("apply", 1)] and dead == []
+
+
+def test_an_orphaned_version_read_with_its_unsettled_apply_settles_the_apply_then_compensates(tmp_path):
+    """The apply's outcome unknown (pending), the source read again from the held offset: its pending and
+    orphaned versions in one batch. The apply is settled, then compensated, in that batch; with only the latest
+    version's action the apply was never asked for again and the partition stayed held."""
+    dead: list = []
+    engine = _bare_engine(tmp_path, [
+        {"name": "mirror_now", "source": "eth_usdc", "on_orphaned": "compensate",
+         "action": {"type": "bridge_record", "reference": "entry_id"}}], [{"name": "eth_usdc", "kind": "evm"}], dead)
+    calls = []
+    answers = {"apply": ["pending"]}
+
+    class Flaky:
+        def run(self, actions):
+            out = []
+            for a in actions:
+                calls.append((a.kind, a.generation))
+                st = answers[a.kind].pop(0) if answers.get(a.kind) else "applied"
+                out.append((a, st, {"reference": a.reference(), **({"reason": "no receipt"} if st == "pending" else {})},
+                            1))
+            return out
+
+    engine._executors = {"bridge_record:": Flaky()}
+    dep = dict(ledger="eth_usdc", account="0xabc", direction="credit", amount="250.00", ref="0xt:1", corr="D-1")
+    pending, orphaned = source_entry(status="pending", **dep), source_entry(status="orphaned", **dep)
+    res, held = engine.process_entries([pending])
+    assert res.pending == 1 and held == {pending.entry_id}
+    res, held = engine.process_entries([pending, orphaned])
+    assert calls == [("apply", 0), ("apply", 0), ("compensate", 0)] and res.applied == 2 and held == set()
