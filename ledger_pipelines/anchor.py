@@ -83,10 +83,15 @@ def _settled(w3, tx_hash: str, depth: int, timeout: float) -> Any:
         time.sleep(_POLL_SECONDS)
 
 
-def _final_record(w3, c, address: str, tx_hash: str) -> dict[str, Any]:
-    """The anchor record of ``tx_hash`` once it is final (:func:`_settled`)."""
+def _finality() -> tuple[int, int]:
+    """(confirmations, timeout in seconds) of the anchoring, from the environment (read before anything is sent)."""
     timeout = count_env(TIMEOUT_ENV, "a number of seconds", limit=86_400)
-    receipt = _settled(w3, tx_hash, confirmations(), 600 if timeout is None else timeout)
+    return confirmations(), 600 if timeout is None else timeout
+
+
+def _final_record(w3, c, address: str, tx_hash: str, finality: tuple[int, int]) -> dict[str, Any]:
+    """The anchor record of ``tx_hash`` once it is final (:func:`_settled`)."""
+    receipt = _settled(w3, tx_hash, *finality)
     if receipt["status"] != 1:
         raise ChainError(f"anchoring failed in tx {tx_hash} (block {receipt['blockNumber']})")
     return _record(w3, address, receipt, _event(c, receipt))
@@ -101,6 +106,7 @@ def _event(c, receipt) -> dict[str, Any]:
 
 def anchor_report(partition: str, audit: dict[str, Any], signer: Signer | None = None) -> dict[str, Any]:
     """Anchor ``audit['merkle_root']`` for ``partition``; returns the anchor record kept in the report."""
+    finality = _finality()  # a bad value stops the run before a transaction is sent
     signer = signer or Signer.from_env(anchor_url(), "LEDGER_ANCHOR_KEY")
     address = contract_address(signer, "AuditAnchor")
     c = contract(signer, "AuditAnchor", address)
@@ -114,7 +120,7 @@ def anchor_report(partition: str, audit: dict[str, Any], signer: Signer | None =
             first = deployment_block(w3, "AuditAnchor", address)
             found = find_anchor_tx(w3, address, partition, existing)
             if found:
-                return _final_record(w3, c, address, found["tx_hash"])
+                return _final_record(w3, c, address, found["tx_hash"], finality)
             raise ChainError(f"{partition} is anchored on {address} as version {existing} with this report's root "
                              f"and report version, but no Anchored event of it was found in blocks {first} to "
                              f"{w3.eth.block_number} (is {FROM_BLOCK_ENV['AuditAnchor']} later than the anchoring "
@@ -123,7 +129,7 @@ def anchor_report(partition: str, audit: dict[str, Any], signer: Signer | None =
     receipt = signer.wait(tx_hash)
     if receipt["status"] != 1:
         raise ChainError(f"anchoring {partition} failed in tx {tx_hash}")
-    return _final_record(signer.w3, c, address, tx_hash)
+    return _final_record(signer.w3, c, address, tx_hash, finality)
 
 
 def _record(w3, address: str, receipt, ev) -> dict[str, Any]:

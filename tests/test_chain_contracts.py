@@ -472,3 +472,16 @@ def test_an_anchor_not_deep_enough_in_time_records_nothing_and_a_re_run_reuses_i
     record = anchor_mod.anchor_report(day, audit, signer)
     assert record["tx_hash"] == tx and record["version"] == 1
     assert contract(signer, "AuditAnchor", address).functions.versions(day).call() == 1  # not anchored twice
+
+
+@pytest.mark.services
+def test_a_bad_finality_setting_stops_the_anchoring_before_a_transaction_is_sent(chain, stack_dir, stack_config,
+                                                                                   monkeypatch):
+    from ledger_pipelines.anchor import anchor_report
+
+    signer = _signer(stack_config)
+    before = chain.eth.get_transaction_count(signer.address)
+    monkeypatch.setenv("LEDGER_ANCHOR_TIMEOUT", "ten")
+    with pytest.raises(ChainError, match=r"^LEDGER_ANCHOR_TIMEOUT='ten' is not a number of seconds"):
+        anchor_report("2026-11-28", {"day": "2026-11-28", "merkle_root": "12" * 32}, signer)
+    assert chain.eth.get_transaction_count(signer.address) == before

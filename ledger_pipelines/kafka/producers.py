@@ -19,10 +19,10 @@ DLQ_PAYLOAD_LIMIT = 64 * 1024
 
 
 class PublishError(RuntimeError):
-    def __init__(self, failures: list[tuple[str, str]], codes: list[Any] | None = None):
+    def __init__(self, failures: list[tuple[str, str]], codes: list[tuple[Any, str | None]] | None = None):
         self.failures = failures
-        # (key, reason, KafkaError code or None) of each failure
-        self.detailed = [(k, e, c) for (k, e), c in zip(failures, codes or [None] * len(failures))]
+        # (key, reason, KafkaError code or None, topic or None) of each failure
+        self.detailed = [(k, e, c, t) for (k, e), (c, t) in zip(failures, codes or [(None, None)] * len(failures))]
         sample = "; ".join(f"{k}: {e}" for k, e in failures[:5])
         super().__init__(f"{len(failures)} message(s) not acknowledged by Kafka: {sample}")
 
@@ -48,14 +48,14 @@ class _AckingProducer:
         self.client_id = client_id
         self._producer = Producer(conf)
         self._failures: list[tuple[str, str]] = []
-        self._codes: list[Any] = []
+        self._codes: list[tuple[Any, str | None]] = []
         self._acked = 0
 
     def _on_delivery(self, err: KafkaError | None, msg) -> None:
         if err is not None:
             key = msg.key().decode("utf-8", "replace") if msg.key() else "?"
             self._failures.append((key, err.str()))
-            self._codes.append(err.code())
+            self._codes.append((err.code(), msg.topic()))
         else:
             self._acked += 1
 
@@ -75,7 +75,7 @@ class _AckingProducer:
         remaining = self._producer.flush(timeout)
         if remaining:
             self._failures.append(("(pending)", f"{remaining} message(s) still unacknowledged after {timeout}s"))
-            self._codes.append(None)
+            self._codes.append((None, None))
         failures, self._failures = self._failures, []
         codes, self._codes = self._codes, []
         acked, self._acked = self._acked, 0

@@ -27,7 +27,8 @@ where it is deployed once per chain (see :mod:`ledger_pipelines.chain`); its eve
 balanced two-line journal entry in a configured SQL ledger: ``ledger``, ``debit_account``,
 ``credit_account``), ``publish`` (the entry to another topic: ``topic``).
 
-Exactly-once effect. Every action has a deterministic id (rule, source ``entry_id``, kind), and the
+Exactly-once effect. Every action has a deterministic id (rule, source ``entry_id``, kind, and for a chain
+leg mined again after its compensation a generation: :meth:`.engine.TriggerEngine._generations`), and the
 warehouse keeps an action log. Before acting, the target is asked whether the action is already
 there: the bridge contract's ``PaymentRecorded`` event for the reference names the source entry; an SQL
 posting is a row of ``bridge_postings`` (primary key = action id) written in the same transaction as
@@ -45,7 +46,7 @@ so a later run acts on it (asking the target first, as after a crash). An action
 ``MAX_PENDING_SECONDS`` (3 days) after it first was is ``failed`` with its last reason, so one action never
 holds its partition for ever. Every other cause is permanent and logged as ``failed`` and sent to the DLQ with the reason: a call
 reverted (with the contract's reason); an argument the ABI refuses; a duplicate reference from another
-entry; a reference over 256 bytes; a reference recorded on chain whose event is not found from the bridge's
+entry; a source reference over 2,048 bytes; a reference recorded on chain whose event is not found from the bridge's
 first block; an amount beyond 255 decimals; a target database refusing the posting (``DataError``,
 ``ProgrammingError``, an ``IntegrityError`` with no ``bridge_postings`` row of the action); a ``publish``
 Kafka refuses for good (too large, not authorised). A bad rule stops the configuration from loading. Reasons

@@ -34,11 +34,14 @@ class Action:
         digest = hashlib.sha256(text_.encode()).hexdigest()[:32]
         return Action(f"{rule.name}:{digest}", rule, kind, entry, generation)
 
-    def reference(self) -> str:
+    def base_reference(self) -> str:
+        """The source's reference the rule names (its correlation id or entry id), without this action's suffix."""
         if self.rule.action.get("reference", "correlation_id") == "correlation_id" and self.entry.correlation_id:
-            ref = self.entry.correlation_id
-        else:
-            ref = self.entry.entry_id
+            return self.entry.correlation_id
+        return self.entry.entry_id
+
+    def reference(self) -> str:
+        ref = self.base_reference()
         if self.generation:
             ref = f"{ref}:again{self.generation}"
         return ref if self.kind == "apply" else f"{ref}:compensation"
@@ -72,6 +75,15 @@ class ActionLog:
 
     def status(self, ids: list[str]) -> dict[str, str]:
         return dict(self._by_ids("SELECT action_id, status FROM bridge_actions WHERE 1 = 1", ids))
+
+    def detail(self, action_id: str) -> dict[str, Any]:
+        """The logged detail of ``action_id`` (``{}`` when it is not logged or not a JSON object)."""
+        rows = list(self._by_ids("SELECT action_id, detail FROM bridge_actions WHERE 1 = 1", [action_id]))
+        try:
+            doc = json.loads(rows[0][1]) if rows else {}
+        except ValueError:
+            doc = {}
+        return doc if isinstance(doc, dict) else {}
 
     def pending_since(self, ids: list[str]) -> dict[str, tuple[int, str | None]]:
         """For each of ``ids`` logged ``pending``: the runs it has been pending (``detail.pending_runs``) and when

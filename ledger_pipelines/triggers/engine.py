@@ -138,17 +138,24 @@ class TriggerEngine:
         return res, pending
 
     def _generations(self, actions: list[Action], hold: set[str]) -> list[Action]:
-        """Each action in the generation it belongs to: past every generation whose apply and compensation
-        are both applied (an entry orphaned, compensated and then seen again), else as given. An entry seen
-        again while its compensation's outcome is unknown (``pending``) gets that compensation settled first
-        and is held (added to ``hold``): its next generation is decided once the compensation is known. A
-        compensation whose apply's outcome is unknown comes with that apply, settled first in the batch."""
+        """Each action in the generation of the entry's inclusion it belongs to. A chain leg orphaned,
+        compensated and then mined again (same entry id, another block) is a new generation; a version of a
+        generation already applied and compensated, read again (a held offset re-read, an earlier record
+        replayed), is that generation's and does nothing: the block hash the entry names is compared with the
+        one each generation's apply was done for (``detail.source_block``). An entry without a block hash
+        (no chain leg), or a generation logged without one, stays in its generation. An entry seen again while
+        its compensation's outcome is unknown (``pending``) gets that compensation settled first and is held
+        (added to ``hold``); a compensation whose apply's outcome is unknown comes with that apply, settled
+        first in the batch."""
         out = []
         both = [(Action.of(a.rule, "apply", a.entry), Action.of(a.rule, "compensate", a.entry)) for a in actions]
         status = self.log.status([x.action_id for pair in both for x in pair])
         for a, (ap, cp) in zip(actions, both):
+            block = a.entry.position.get("block_hash") if isinstance(a.entry.position, dict) else None
             g = 0
             while status.get(ap.action_id) == "applied" and status.get(cp.action_id) == "applied":
+                if not isinstance(block, str) or self.log.detail(ap.action_id).get("source_block") in (None, block):
+                    break  # this generation's version read again, or nothing tells them apart: nothing new
                 g += 1  # rare: one look-up a generation
                 ap, cp = Action.of(a.rule, "apply", a.entry, g), Action.of(a.rule, "compensate", a.entry, g)
                 status.update(self.log.status([ap.action_id, cp.action_id]))
@@ -158,7 +165,7 @@ class TriggerEngine:
                 continue
             if a.kind == "compensate" and status.get(ap.action_id) == "pending":
                 out.append(ap)  # its outcome unknown: settled first (applies run before compensations)
-            out.append(a if g == 0 else Action.of(a.rule, a.kind, a.entry, g))
+            out.append(ap if a.kind == "apply" else cp)
         return out
 
     def _todo(self, actions: list[Action], res: BatchResult, pending: set[str]) -> list[Action]:
@@ -238,6 +245,9 @@ class TriggerEngine:
     def _outcome(self, a: Action, status: str, detail: dict[str, Any], tries: int) -> dict[str, Any]:
         if len(str(detail.get("reason", ""))) > MAX_REASON_CHARS:  # a node's message may quote every argument
             detail = {**detail, "reason": str(detail["reason"])[:MAX_REASON_CHARS] + "..."}
+        block = a.entry.position.get("block_hash") if isinstance(a.entry.position, dict) else None
+        if isinstance(block, str):  # which inclusion of a chain leg it was done for (see _generations)
+            detail = {**detail, "source_block": block}
         return {"action_id": a.action_id, "rule": a.rule.name, "kind": a.kind, "source_ledger": a.entry.ledger,
                 "source_entry_id": a.entry.entry_id, "action_type": a.rule.kind, "status": status,
                 "target_ref": detail.get("reference") or detail.get("txn_id") or detail.get("topic"),
@@ -272,8 +282,12 @@ class TriggerEngine:
                  "detail": json.loads(r["detail"])}).encode())
         try:
             self.producer.confirm(60)
+            failed: set[str] = set()
         except PublishError as exc:  # the log holds the outcomes: announced on a later call, never a reason to stop
             log.warning("announcing %d outcome(s) on %s: %s; announced again later", len(rows), topic, str(exc)[:500])
-            return 0
-        self.log.mark_announced([r["action_id"] for r in rows])
-        return len(rows)
+            failed = {key for key, *_ in exc.detailed}
+            if "(pending)" in failed:  # some not acknowledged in time, which ones unknown: all again later
+                return 0
+        done = [r["action_id"] for r in rows if r["action_id"] not in failed]
+        self.log.mark_announced(done)
+        return len(done)

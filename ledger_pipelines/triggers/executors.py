@@ -59,9 +59,10 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = RETRY_ATTEMPTS,
     raise AssertionError("unreachable")
 
 
-# the longest reference LedgerBridge.record is sent (an EndToEndId has 35 characters, a UETR 36): a longer one is
-# failed at once, never sent with a gas limit it cannot fit
-MAX_REFERENCE_BYTES = 256
+# the longest source reference LedgerBridge.record is sent (before its suffix, :compensation or :againN): room for
+# the longest entry id (512 characters of up to 4 bytes); a record costs about 25 gas a byte of reference above
+# ~50,000, so 2 KiB stays far inside GAS, a correlation id of 200 KB did not (its transaction was dropped)
+MAX_REFERENCE_BYTES = 2048
 
 
 class BridgeRecorder:
@@ -161,8 +162,8 @@ class BridgeRecorder:
         out, sent = [], []
         for a in actions:
             ref = a.reference()
-            size = len(ref.encode("utf-8", "surrogatepass"))
-            if size > MAX_REFERENCE_BYTES:  # its gas grows with it past the fixed limit, so no retry can help
+            size = len(a.base_reference().encode("utf-8", "surrogatepass"))
+            if size > MAX_REFERENCE_BYTES:  # a correlation id has no bound of its own: sent, its gas would not fit
                 out.append((a, "failed", {"reason": f"reference of {size} bytes (at most {MAX_REFERENCE_BYTES}): "
                                                     f"{ref[:80]!r}...", "reference": ref[:80] + "..."}, 0))
                 continue
@@ -327,17 +328,19 @@ _SQLITE_SCHEMA = ("no such table", "no such column", "has no column named")
 
 
 def sql_transient(exc: BaseException) -> bool:
-    """Whether a database error may pass on a later attempt (the target unreachable, restarting, in a failover),
-    by its SQLSTATE where the driver gives one, else by its kind (SQLAlchemy's ``OperationalError`` and
-    ``InterfaceError``), except SQLite's schema errors."""
+    """Whether a database error may pass on a later attempt (the target unreachable, restarting, in a failover):
+    SQLAlchemy's ``OperationalError`` and ``InterfaceError`` (but SQLite's schema errors), and any other
+    database error whose SQLSTATE is of a transient class (a read-only transaction during a failover is an
+    ``InternalError``)."""
     from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    if isinstance(exc, DBAPIError) and isinstance(state, str) and state:
-        return state.startswith(_TRANSIENT_SQLSTATES)
     if isinstance(exc, OperationalError):
         return not any(m in str(exc.orig) for m in _SQLITE_SCHEMA)
-    return isinstance(exc, InterfaceError)
+    if isinstance(exc, InterfaceError):
+        return True
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3, psycopg2
+    return isinstance(exc, DBAPIError) and isinstance(state, str) and state.startswith(_TRANSIENT_SQLSTATES)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -376,15 +379,16 @@ class TopicPublisher:
                                              getattr(err, "code", lambda: None)()))
         try:
             self.producer.confirm(60)
-            failures: dict[str, tuple[str, Any]] = {}
+            failures: dict[tuple[str | None, str], tuple[str, Any]] = {}
         except PublishError as exc:
-            failures = {key: (text_, code) for key, text_, code in exc.detailed}
+            failures = {(topic, key): (text_, code) for key, text_, code, topic in exc.detailed}
+        unknown = failures.get((None, "(pending)"))
         for a in sent:
             topic = a.rule.action["topic"]
-            if a.entry.entry_id in failures:
-                out.append(_delivery_outcome(a, topic, *failures[a.entry.entry_id]))
-            elif "(pending)" in failures:
-                out.append((a, "pending", {"topic": topic, "reason": failures["(pending)"][0]}, 1))
+            if (topic, a.entry.entry_id) in failures:
+                out.append(_delivery_outcome(a, topic, *failures[(topic, a.entry.entry_id)]))
+            elif unknown:
+                out.append((a, "pending", {"topic": topic, "reason": unknown[0]}, 1))
             else:
                 out.append((a, "applied", {"topic": topic}, 1))
         return out

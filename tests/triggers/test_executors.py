@@ -177,6 +177,13 @@ def test_a_database_error_is_pending_when_a_later_attempt_can_pass_and_failed_wh
     assert sql_transient(error(InternalError, "deadlock detected", "40P01"))
     assert not sql_transient(error(IntegrityError, "duplicate key value violates unique constraint", "23505"))
     assert sql_transient(error(OperationalError, "database is locked"))
+    assert sql_transient(error(OperationalError, "could not read block: I/O error", "58030"))  # a lost connection kind
+    assert sql_transient(error(OperationalError, "password authentication failed", "28P01"))  # credentials rotated
+
+    class Psycopg2Orig(Exception):
+        pgcode = "25006"
+
+    assert sql_transient(InternalError("INSERT", {}, Psycopg2Orig("read-only transaction")))
     assert not sql_transient(error(OperationalError, "no such table: journal_lines"))
 
     monkeypatch.setattr(executors.time, "sleep", lambda s: None)
@@ -205,24 +212,30 @@ def test_a_reference_too_long_for_the_gas_limit_is_failed_without_a_call():
     assert status == "failed" and tries == 0
     assert detail["reason"].startswith(f"reference of {MAX_REFERENCE_BYTES + 1} bytes (at most {MAX_REFERENCE_BYTES})")
     assert len(json.dumps(detail)) < 1000
+    # the bound is the source's reference: the longest one's compensation (13 bytes more) is sent, not failed
+    recorder._down = (float("inf"), "the node is down")  # the first step of a send: the action is left pending
+    at_bound = source_entry(corr="R" * MAX_REFERENCE_BYTES)
+    for kind in ("apply", "compensate"):
+        ((_, status, _, _),) = recorder.run([Action.of(rule, kind, at_bound)])
+        assert status == "pending", kind
 
 
 class _Producer:
-    """A MessageProducer whose deliveries fail as given (key -> (reason, KafkaError code))."""
+    """A MessageProducer whose deliveries fail as given ((topic, key) -> (reason, KafkaError code))."""
 
     def __init__(self, fail):
         self.fail, self.keys = fail, []
 
     def produce(self, topic, key, value, headers=None):
-        self.keys.append(key.decode())
+        self.keys.append((topic, key.decode()))
 
     def confirm(self, timeout=None):
         from ledger_pipelines.kafka.producers import PublishError
 
-        failed = [(k, *self.fail[k]) for k in self.keys if k in self.fail]
+        failed = [(t, k, *self.fail[(t, k)]) for t, k in self.keys if (t, k) in self.fail]
         self.keys = []
         if failed:
-            raise PublishError([(k, r) for k, r, _ in failed], [c for _, _, c in failed])
+            raise PublishError([(k, r) for _, k, r, _ in failed], [(c, t) for t, _, _, c in failed])
         return 0
 
 
@@ -232,15 +245,21 @@ def test_a_publish_kafka_refuses_for_good_is_failed_and_one_it_could_not_deliver
     from ledger_pipelines.config import _ledger
     from ledger_pipelines.triggers.executors import TopicPublisher
 
-    (rule,) = load_rules({"triggers": [{"name": "forward", "source": "core_banking",
-                                        "action": {"type": "publish", "topic": "alerts"}}]},
-                         [_ledger({"name": "core_banking", "kind": "sql"})])
+    rule, audit = load_rules({"triggers": [
+        {"name": "forward", "source": "core_banking", "action": {"type": "publish", "topic": "alerts"}},
+        {"name": "to_audit", "source": "core_banking", "action": {"type": "publish", "topic": "audit"}}]},
+        [_ledger({"name": "core_banking", "kind": "sql"})])
     big, later, fine = (source_entry(ref=r, corr=f"E2E-{r}") for r in ("BIG", "LATER", "FINE"))
     publisher = TopicPublisher.__new__(TopicPublisher)
-    publisher.producer = _Producer({big.entry_id: ("Broker: Message size too large", KafkaError.MSG_SIZE_TOO_LARGE),
-                                    later.entry_id: ("Local: Message timed out", KafkaError._MSG_TIMED_OUT)})
-    outcomes = {a.entry.entry_id: (st, d) for a, st, d, _ in publisher.run(
-        [Action.of(rule, "apply", e) for e in (big, later, fine)])}
-    assert outcomes[big.entry_id] == ("failed", {"topic": "alerts", "reason": "publishing to alerts: Broker: Message "
-                                                                            "size too large"})
-    assert outcomes[later.entry_id][0] == "pending" and outcomes[fine.entry_id] == ("applied", {"topic": "alerts"})
+    publisher.producer = _Producer({
+        ("alerts", big.entry_id): ("Broker: Message size too large", KafkaError.MSG_SIZE_TOO_LARGE),
+        ("alerts", later.entry_id): ("Local: Message timed out", KafkaError._MSG_TIMED_OUT),
+        ("audit", fine.entry_id): ("Broker: Topic authorization failed", KafkaError.TOPIC_AUTHORIZATION_FAILED)})
+    outcomes = {(a.rule.name, a.entry.entry_id): (st, d) for a, st, d, _ in publisher.run(
+        [Action.of(rule, "apply", e) for e in (big, later, fine)] + [Action.of(audit, "apply", fine)])}
+    assert outcomes[("forward", big.entry_id)] == (
+        "failed", {"topic": "alerts", "reason": "publishing to alerts: Broker: Message size too large"})
+    assert outcomes[("forward", later.entry_id)][0] == "pending"
+    # one entry to two topics: each delivery its own outcome
+    assert outcomes[("forward", fine.entry_id)] == ("applied", {"topic": "alerts"})
+    assert outcomes[("to_audit", fine.entry_id)][0] == "failed"
