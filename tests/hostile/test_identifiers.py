@@ -66,7 +66,7 @@ def test_entry_topic_names():
 
 def test_trigger_rule_name():
     ledgers = [_ledger({"name": "core", "kind": "sql"}), _ledger({"name": "chain", "kind": "evm"})]
-    rule = {"name": "to_chain", "source": "core", "action": {"type": "bridge_record", "ledger": "chain"}}
+    rule = {"name": "to_chain", "source": "core", "action": {"type": "bridge_record"}}
     assert load_rules({"triggers": [rule]}, ledgers)[0].name == "to_chain"
     with pytest.raises(ConfigError, match="trigger name"):
         load_rules({"triggers": [dict(rule, name="to_chain" + NL)]}, ledgers)
