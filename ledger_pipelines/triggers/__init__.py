@@ -27,8 +27,7 @@ where it is deployed once per chain (see :mod:`ledger_pipelines.chain`); its eve
 balanced two-line journal entry in a configured SQL ledger: ``ledger``, ``debit_account``,
 ``credit_account``), ``publish`` (the entry to another topic: ``topic``).
 
-Exactly-once effect. Every action has a deterministic id (rule, source ``entry_id``, kind, and for a chain
-leg mined again after its compensation a generation: :meth:`.engine.TriggerEngine._generations`), and the
+Exactly-once effect. Every action has a deterministic id (rule, source ``entry_id``, kind), and the
 warehouse keeps an action log. Before acting, the target is asked whether the action is already
 there: the bridge contract's ``PaymentRecorded`` event for the reference names the source entry; an SQL
 posting is a row of ``bridge_postings`` (primary key = action id) written in the same transaction as
@@ -36,10 +35,10 @@ its journal lines. So a crash between acting and logging is recovered by looking
 twice. Kafka offsets are committed only after a batch's actions are logged (at-least-once delivery,
 idempotent effect). Transient errors are retried with backoff for a few seconds; one that outlasts
 that (connection refused, a timeout, HTTP 5xx, a node restarting, a nonce taken by another sender,
-insufficient funds for gas, a target database unreachable or in a failover: by its SQLSTATE where the
-driver gives one, else SQLAlchemy's ``OperationalError``/``InterfaceError`` other than SQLite's missing table
-or column, see :func:`.executors.sql_transient`; a target that cannot be reached when the run makes its
-executor; a ``publish`` not acknowledged yet) leaves the action ``pending`` in the action log with the reason
+insufficient funds for gas, a target database unreachable or in a failover: SQLAlchemy's
+``OperationalError``/``InterfaceError`` other than SQLite's missing table or column, another database error
+whose SQLSTATE is of a transient class, see :func:`.executors.sql_transient`; a target that cannot be
+reached when the run makes its executor; a ``publish`` not acknowledged yet) leaves the action ``pending`` in the action log with the reason
 the runs it has been pending and since when (``detail.pending_runs``, ``detail.pending_since``), and its
 source record uncommitted,
 so a later run acts on it (asking the target first, as after a crash). An action still pending

@@ -18,21 +18,15 @@ from .rules import TriggerRule
 
 @dataclass(frozen=True)
 class Action:
-    """One action of a rule on a source entry. ``generation`` counts the times the entry's action was applied and
-    compensated before: a chain leg orphaned by a reorganisation (compensated) and mined again under the same
-    entry id is applied again as generation 1, with ids and references of their own."""
-
     action_id: str
     rule: TriggerRule
     kind: str  # apply | compensate
     entry: CanonicalEntry
-    generation: int = 0
 
     @staticmethod
-    def of(rule: TriggerRule, kind: str, entry: CanonicalEntry, generation: int = 0) -> "Action":
-        text_ = f"{rule.name}|{entry.entry_id}|{kind}" + (f"|{generation}" if generation else "")
-        digest = hashlib.sha256(text_.encode()).hexdigest()[:32]
-        return Action(f"{rule.name}:{digest}", rule, kind, entry, generation)
+    def of(rule: TriggerRule, kind: str, entry: CanonicalEntry) -> "Action":
+        digest = hashlib.sha256(f"{rule.name}|{entry.entry_id}|{kind}".encode()).hexdigest()[:32]
+        return Action(f"{rule.name}:{digest}", rule, kind, entry)
 
     def base_reference(self) -> str:
         """The source's reference the rule names (its correlation id or entry id), without this action's suffix."""
@@ -42,8 +36,6 @@ class Action:
 
     def reference(self) -> str:
         ref = self.base_reference()
-        if self.generation:
-            ref = f"{ref}:again{self.generation}"
         return ref if self.kind == "apply" else f"{ref}:compensation"
 
 
@@ -75,15 +67,6 @@ class ActionLog:
 
     def status(self, ids: list[str]) -> dict[str, str]:
         return dict(self._by_ids("SELECT action_id, status FROM bridge_actions WHERE 1 = 1", ids))
-
-    def detail(self, action_id: str) -> dict[str, Any]:
-        """The logged detail of ``action_id`` (``{}`` when it is not logged or not a JSON object)."""
-        rows = list(self._by_ids("SELECT action_id, detail FROM bridge_actions WHERE 1 = 1", [action_id]))
-        try:
-            doc = json.loads(rows[0][1]) if rows else {}
-        except ValueError:
-            doc = {}
-        return doc if isinstance(doc, dict) else {}
 
     def pending_since(self, ids: list[str]) -> dict[str, tuple[int, str | None]]:
         """For each of ``ids`` logged ``pending``: the runs it has been pending (``detail.pending_runs``) and when

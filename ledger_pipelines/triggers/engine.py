@@ -126,46 +126,34 @@ class TriggerEngine:
                     continue
                 wanted.append(Action.of(rule, kind, e))
         # one action per rule and entry, the one its latest version in the batch asks for (a batch may carry an
-        # entry's pending, orphaned and final versions: a leg orphaned and mined again within it is applied once)
+        # entry's pending, orphaned and final versions; the EVM reader publishes a reorganised block's orphaned
+        # entries with the new chain's: a leg orphaned and mined again by one reorganisation is applied once)
         latest: dict[tuple[str, str], Action] = {}
         for a in wanted:
             latest[(a.rule.name, a.entry.entry_id)] = a
-        current = self._generations(list(latest.values()), pending)
+        current = self._settling(list(latest.values()), pending)
         for kind in ("apply", "compensate"):
             todo = self._todo([a for a in current if a.kind == kind], res, pending)
             self._act(todo, res, pending)
         self.announce()
         return res, pending
 
-    def _generations(self, actions: list[Action], hold: set[str]) -> list[Action]:
-        """Each action in the generation of the entry's inclusion it belongs to. A chain leg orphaned,
-        compensated and then mined again (same entry id, another block) is a new generation; a version of a
-        generation already applied and compensated, read again (a held offset re-read, an earlier record
-        replayed), is that generation's and does nothing: the block hash the entry names is compared with the
-        one each generation's apply was done for (``detail.source_block``). An entry without a block hash
-        (no chain leg), or a generation logged without one, stays in its generation. An entry seen again while
-        its compensation's outcome is unknown (``pending``) gets that compensation settled first and is held
-        (added to ``hold``); a compensation whose apply's outcome is unknown comes with that apply, settled
-        first in the batch."""
+    def _settling(self, actions: list[Action], hold: set[str]) -> list[Action]:
+        """The actions with those whose outcome is unknown (``pending``) settled first: an entry seen again while
+        its compensation is pending gets that compensation (and is held, added to ``hold``, until it is known);
+        a compensation whose apply is pending comes with that apply, settled first in the batch (applies run
+        before compensations)."""
         out = []
         both = [(Action.of(a.rule, "apply", a.entry), Action.of(a.rule, "compensate", a.entry)) for a in actions]
         status = self.log.status([x.action_id for pair in both for x in pair])
         for a, (ap, cp) in zip(actions, both):
-            block = a.entry.position.get("block_hash") if isinstance(a.entry.position, dict) else None
-            g = 0
-            while status.get(ap.action_id) == "applied" and status.get(cp.action_id) == "applied":
-                if not isinstance(block, str) or self.log.detail(ap.action_id).get("source_block") in (None, block):
-                    break  # this generation's version read again, or nothing tells them apart: nothing new
-                g += 1  # rare: one look-up a generation
-                ap, cp = Action.of(a.rule, "apply", a.entry, g), Action.of(a.rule, "compensate", a.entry, g)
-                status.update(self.log.status([ap.action_id, cp.action_id]))
             if a.kind == "apply" and status.get(ap.action_id) == "applied" and status.get(cp.action_id) == "pending":
                 out.append(cp)
                 hold.add(a.entry.entry_id)
                 continue
             if a.kind == "compensate" and status.get(ap.action_id) == "pending":
-                out.append(ap)  # its outcome unknown: settled first (applies run before compensations)
-            out.append(ap if a.kind == "apply" else cp)
+                out.append(ap)
+            out.append(a)
         return out
 
     def _todo(self, actions: list[Action], res: BatchResult, pending: set[str]) -> list[Action]:
@@ -176,7 +164,7 @@ class TriggerEngine:
                 res.skipped += 1
                 continue
             if a.kind == "compensate":
-                apply_id = Action.of(a.rule, "apply", a.entry, a.generation).action_id
+                apply_id = Action.of(a.rule, "apply", a.entry).action_id
                 applied = self.log.status([apply_id]).get(apply_id)
                 if applied == "pending":  # not known yet whether it was done: decided once it is
                     res.pending += 1
@@ -245,9 +233,6 @@ class TriggerEngine:
     def _outcome(self, a: Action, status: str, detail: dict[str, Any], tries: int) -> dict[str, Any]:
         if len(str(detail.get("reason", ""))) > MAX_REASON_CHARS:  # a node's message may quote every argument
             detail = {**detail, "reason": str(detail["reason"])[:MAX_REASON_CHARS] + "..."}
-        block = a.entry.position.get("block_hash") if isinstance(a.entry.position, dict) else None
-        if isinstance(block, str):  # which inclusion of a chain leg it was done for (see _generations)
-            detail = {**detail, "source_block": block}
         return {"action_id": a.action_id, "rule": a.rule.name, "kind": a.kind, "source_ledger": a.entry.ledger,
                 "source_entry_id": a.entry.entry_id, "action_type": a.rule.kind, "status": status,
                 "target_ref": detail.get("reference") or detail.get("txn_id") or detail.get("topic"),

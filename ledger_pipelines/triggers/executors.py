@@ -59,7 +59,7 @@ def _retry(fn: Callable[[], Any], what: str, attempts: int = RETRY_ATTEMPTS,
     raise AssertionError("unreachable")
 
 
-# the longest source reference LedgerBridge.record is sent (before its suffix, :compensation or :againN): room for
+# the longest source reference LedgerBridge.record is sent (before its suffix, :compensation): room for
 # the longest entry id (512 characters of up to 4 bytes); a record costs about 25 gas a byte of reference above
 # ~50,000, so 2 KiB stays far inside GAS, a correlation id of 200 KB did not (its transaction was dropped)
 MAX_REFERENCE_BYTES = 2048
