@@ -66,8 +66,10 @@ class TriggerEngine:
         self.ledgers = ledgers
         self.log = ActionLog(wh)
         self.kafka = kafka
-        # the actions topic, the DLQ and the targets of publish rules exist before anything is produced
-        ensure_topics(kafka, [], extra=sorted({r.action["topic"] for r in rules if r.kind == "publish"}))
+        # the actions topic, the DLQ and the targets of publish rules exist before anything is produced, and the
+        # sources' topics before the consumer subscribes (a source never published yet is no error, only quiet)
+        ensure_topics(kafka, sorted({r.source for r in rules}),
+                      extra=sorted({r.action["topic"] for r in rules if r.kind == "publish"}))
         self.producer = MessageProducer(kafka, client_id="ledger-pipelines.bridge", **{"linger.ms": 2})
         self.dlq = DeadLetterProducer(kafka, "bridge")
         self._executors: dict[str, Any] = {}

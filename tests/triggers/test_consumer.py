@@ -356,3 +356,26 @@ def test_bridge_sensor_asks_again_for_offsets_a_run_left_pending(monkeypatch):
     assert key() == first
     now[0] += module.RETRY_PENDING_SECONDS
     assert key() != first
+
+
+@pytest.mark.services
+def test_a_bridge_started_before_its_source_was_ever_published_waits_quietly(tmp_path, kafka):
+    """The consumer subscribed to a topic nobody had created yet and the run died at once with Kafka's
+    UNKNOWN_TOPIC_OR_PART: a bridge (or a bridge_job) started on a fresh stack before the first publish."""
+    from ledger_pipelines.config import _ledger
+    from ledger_pipelines.triggers.consumer import TriggerConsumer
+    from ledger_pipelines.triggers.engine import TriggerEngine
+    from ledger_pipelines.triggers.rules import load_rules
+    from ledger_pipelines.warehouse import Warehouse
+
+    lcs = [_ledger({"name": "core_banking", "kind": "sql"})]
+    rules = load_rules({"triggers": [{"name": "forward", "source": "core_banking",
+                                      "action": {"type": "publish", "topic": f"{kafka.topic_prefix}alerts.entries"}}]},
+                       lcs)
+    engine = TriggerEngine(rules, lcs, Warehouse(f"sqlite:///{tmp_path / 'w.db'}"), kafka)
+    consumer = TriggerConsumer(engine, group=f"{kafka.topic_prefix}bridge", instance=None)
+    try:
+        result = consumer.run(until_caught_up=True, assign_timeout=30)
+    finally:
+        consumer.close()
+    assert result.seen == 0 and consumer.rejected == 0
