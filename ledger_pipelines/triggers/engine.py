@@ -1,6 +1,7 @@
-"""The engine: matches a batch of entries against the rules, skips actions the log holds as done, runs the rest
-on their executors (applies before compensations), logs the outcomes, dead-letters the failed, counts the
-runs an action stays pending, and announces requests and outcomes on ``ledger.bridge.actions``."""
+"""The engine: matches a batch of entries against the rules (the latest version of an entry decides), skips
+actions the log holds as done, runs the rest on their executors (applies before compensations), logs the
+outcomes, dead-letters the failed, bounds how long an action stays pending, and announces requests and
+outcomes on ``ledger.bridge.actions``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from .rules import TriggerRule
 # reason (and dead-lettered): by time, not by runs, so that a bridge retrying every 30 s and a sensor every
 # 5 minutes ride out the same outage
 MAX_PENDING_SECONDS = 3 * 24 * 3600
+# an outcome's reason is kept (action log, announcement, DLQ) to this many characters
+MAX_REASON_CHARS = 2000
+log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
@@ -33,9 +37,6 @@ def _parse_utc(text_: str, default: datetime) -> datetime:
         return datetime.strptime(text_, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
     except ValueError:
         return default
-# an outcome's reason is kept (action log, announcement, DLQ) to this many characters
-MAX_REASON_CHARS = 2000
-log = logging.getLogger(__name__)
 
 
 class _Unavailable(RuntimeError):
