@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 from .ingest import WORKER_STOP_GRACE, IngestOptions, consume_partitions
-from .settings import KafkaSettings, libraries_to_log_file, redact_url
+from .settings import KafkaSettings, libraries_to_log_file, mask_secrets
 from .warehouse import Warehouse
 
 MAX_ERROR_CHARS = 2000
@@ -60,32 +60,11 @@ def _stop_when_stdin_closes(stop: _Stop) -> None:
     stop()
 
 
-def _secrets(spec: dict) -> list[str]:
-    """The credentials a spec carries, as they may appear in an error's text."""
-    found: list[str] = []
-    url = spec.get("warehouse_url") or ""
-    try:
-        from sqlalchemy.engine import make_url
-
-        parsed = make_url(url)
-        found.append(parsed.password or "")
-        for key, value in parsed.query.items():  # a value is a string, or a tuple when the key repeats
-            if "pass" in key.lower() or "pwd" in key.lower():
-                found += [value] if isinstance(value, str) else list(value)
-    except Exception:
-        pass  # not a URL SQLAlchemy reads: the whole URL is masked below
-    found.append((spec.get("kafka") or {}).get("sasl_password") or "")
-    return [form for s in found if s for form in {s, quote(s, safe=""), quote_plus(s)}]
-
-
 def error_text(text: str, spec: dict, limit: int | None = MAX_ERROR_CHARS) -> str:
     """``text`` (an error, a traceback) with the spec's URL shown redacted and every credential masked,
     cut to ``limit`` characters."""
-    url = spec.get("warehouse_url")
-    if url:
-        text = text.replace(url, redact_url(url))
-    for secret in sorted(_secrets(spec), key=len, reverse=True):
-        text = text.replace(secret, "***")
+    sasl = (spec.get("kafka") or {}).get("sasl_password") or ""
+    text = mask_secrets(text, spec.get("warehouse_url"), [sasl, quote(sasl, safe=""), quote_plus(sasl)])
     return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 

@@ -275,6 +275,35 @@ def redact_url(url: str) -> str:
     return _PARAM_PASSWORD.sub(r"\1***", url)
 
 
+def url_secrets(url: str) -> list[str]:
+    """The credentials a database URL carries (its password, the values of its password parameters), in
+    each form they may take in an error's text: as written and percent-quoted."""
+    from urllib.parse import quote, quote_plus
+
+    found: list[str] = []
+    try:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        found.append(parsed.password or "")
+        for key, value in parsed.query.items():  # a value is a string, or a tuple when the key repeats
+            if "pass" in key.lower() or "pwd" in key.lower():
+                found += [value] if isinstance(value, str) else list(value)
+    except Exception:
+        pass  # not a URL SQLAlchemy reads: mask_secrets masks the whole URL
+    return [form for s in found if s for form in {s, quote(s, safe=""), quote_plus(s)}]
+
+
+def mask_secrets(text: str, url: str | None, others: list[str] | tuple[str, ...] = ()) -> str:
+    """``text`` (an error, a traceback) with ``url`` shown redacted and every credential of it, and ``others``,
+    masked wherever they appear."""
+    if url:
+        text = text.replace(url, redact_url(url))
+    for secret in sorted([*(url_secrets(url) if url else []), *(o for o in others if o)], key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def libraries_to_log_file(path: Path | None = None) -> None:
     """librdkafka's and Great Expectations' chatter (connection retries, progress bars' notices) goes to
     ``path``, by default ``LEDGER_LOG_FILE`` (else ``.stack/logs/ledger-pipelines.log``), not to the

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Callable
 
+from ..ingest import message_entry
+from ..kafka.topics import ledger_of_topic
 from ..model import EntryError, decode_entry
 from .engine import BatchResult, TriggerEngine
 
@@ -102,9 +104,6 @@ class TriggerConsumer:
 
     def step(self, timeout: float = 0.2) -> int:
         from confluent_kafka import TopicPartition
-
-        from ..ingest import message_entry
-        from ..kafka.topics import ledger_of_topic
 
         msgs = self.consumer.consume(num_messages=self.batch, timeout=timeout)
         if not msgs:

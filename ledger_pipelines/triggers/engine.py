@@ -75,8 +75,12 @@ class TriggerEngine:
         self.dlq = DeadLetterProducer(kafka, "bridge")
         self._executors: dict[str, Any] = {}
 
+    @staticmethod
+    def _executor_key(rule: TriggerRule) -> str:
+        return rule.kind + ":" + rule.action.get("ledger", "")
+
     def executor(self, rule: TriggerRule):
-        key = rule.kind + ":" + rule.action.get("ledger", "")
+        key = self._executor_key(rule)
         if key not in self._executors:
             if rule.kind == "bridge_record":
                 self._executors[key] = BridgeRecorder()
@@ -93,21 +97,13 @@ class TriggerEngine:
         import os
 
         from ..chain import redact
-        from ..settings import StackConfig
+        from ..settings import StackConfig, mask_secrets
 
         text_ = f"{type(exc).__name__}: {exc}"
         if rule.kind == "bridge_record":
             text_ = redact(text_, os.environ.get("LEDGER_BRIDGE_RPC_URL") or StackConfig.from_env().anvil_url)
         elif rule.kind == "sql_post":
-            from sqlalchemy.engine import make_url
-
-            url = ledger_by_name(self.ledgers, rule.action["ledger"]).connection_url()
-            try:
-                password = make_url(url).password if url else None
-            except Exception:  # not a URL SQLAlchemy reads: its whole text is masked
-                password = url
-            if password:
-                text_ = text_.replace(str(password), "***")
+            text_ = mask_secrets(text_, ledger_by_name(self.ledgers, rule.action["ledger"]).connection_url())
         return f"{rule.kind} target not available: {text_}"[:MAX_REASON_CHARS]
 
     def process(self, entries: list[CanonicalEntry]) -> BatchResult:
@@ -190,7 +186,7 @@ class TriggerEngine:
         unavailable: list[tuple[Action, str, dict[str, Any], int]] = []
         down: dict[str, str] = {}  # executors that could not be made in this batch: tried once each
         for a in todo:
-            key = a.rule.kind + ":" + a.rule.action.get("ledger", "")
+            key = self._executor_key(a.rule)
             try:
                 if key in down:
                     raise _Unavailable(down[key])

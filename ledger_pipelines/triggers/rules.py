@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from ..config import ConfigError, LedgerConfig, ledger_by_name
-from ..model import STATUSES, CanonicalEntry
+from ..model import STATUSES, CanonicalEntry, amount_is_canonical
 
 ACTION_TYPES = ("bridge_record", "sql_post", "publish")
 _RULE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")
@@ -79,14 +79,12 @@ _RULE_KEYS = {"name", "source", "action", "filter", "on_orphaned"}
 _ACTION_KEYS = {"bridge_record": {"type", "reference"},
                 "sql_post": {"type", "ledger", "debit_account", "credit_account"},
                 "publish": {"type", "topic"}}
-_AMOUNT = re.compile(r"(0|[1-9][0-9]{0,95})(\.[0-9]{1,96})?")
-
-
 def _amount(name: str, key: str, value: Any) -> Decimal | None:
-    """A filter bound: a non-negative decimal written out (``"45000"``, ``"0.01"``; no NaN, infinity or exponent)."""
+    """A filter bound: a non-negative decimal written out as an entry's amount is (``"45000"``, ``"0.01"``; no NaN,
+    infinity or exponent)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or not _AMOUNT.fullmatch(str(value)):
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or not amount_is_canonical(str(value)):
         raise ConfigError(f"trigger {name}: filter {key} {str(value)[:80]!r} is not a non-negative decimal amount "
                           "(quoted, e.g. \"45000.00\")")
     return Decimal(str(value))
